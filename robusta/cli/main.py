@@ -1,0 +1,189 @@
+"""The ``robusta`` command: thin click commands over the API, with rich output.
+
+Exit codes: 0 success; 1 the input has problems (each printed as path:line:column: message);
+2 the command could not run (a usage or environment error, explained); 70 an internal error
+(reported in one line; ROBUSTA_DEBUG=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from robusta import __version__
+from robusta.cli.render import plan_json, plan_table, print_problems, tiles_table
+from robusta.errors import RobustaError, ValidationError
+from robusta.workspace import load_workspace
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 180
+out = Console(highlight=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 180)
+
+
+def handle_errors(func: F) -> F:
+    """Map errors to one clear message and an exit code; never show a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ValidationError as exc:
+            print_problems(err, list(exc.problems))
+            sys.exit(1)
+        except RobustaError as exc:
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the last line of defence: one line, never a traceback
+            if os.environ.get("ROBUSTA_DEBUG"):
+                raise
+            err.print(
+                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                "(rerun with ROBUSTA_DEBUG=1 for details and please report it)"
+            )
+            sys.exit(70)
+
+    return wrapper  # type: ignore[return-value]
+
+
+config_option = click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="robusta.yaml to use (default: found from the working directory upwards).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="robusta")
+def main() -> None:
+    """Robusta: declarative features for recommendation and ranking models."""
+
+
+@main.command()
+@click.argument("specs", nargs=-1, type=click.Path(path_type=Path))
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def validate(specs: tuple[Path, ...], config: Path | None, as_json: bool) -> None:
+    """Check robusta.yaml and feature specs (all of them, or SPECS); exit 1 on problems."""
+    workspace = load_workspace(config, specs)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": workspace.ok,
+                    "specs": [s.name for s in workspace.project.specs],
+                    "problems": [p.to_json() for p in workspace.problems],
+                },
+                indent=2,
+            )
+        )
+    elif workspace.problems:
+        print_problems(err, workspace.problems)
+        files = len({p.location.file for p in workspace.problems})
+        err.print(f"{len(workspace.problems)} problem(s) in {files} file(s)")
+    else:
+        specs_found = workspace.project.specs
+        features = sum(len(s.outputs) for s in workspace.plan.specs)
+        out.print(f"[green]ok[/green]: {len(specs_found)} spec(s), {features} output features")
+    sys.exit(0 if workspace.ok else 1)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def plan(config: Path | None, as_json: bool) -> None:
+    """Show the compiled plan: base features, output features, IR columns, tiles."""
+    workspace = load_workspace(config).require_valid()
+    if as_json:
+        click.echo(json.dumps(plan_json(workspace.plan), indent=2, default=str))
+        return
+    out.print(plan_table(workspace.plan))
+    out.print(tiles_table(workspace.plan))
+
+
+@main.command()
+@config_option
+@click.option(
+    "--days",
+    default=14,
+    show_default=True,
+    type=click.IntRange(1, 366),
+    help="Days of events to generate.",
+)
+@handle_errors
+def demo(config: Path | None, days: int) -> None:
+    """Run the demo end to end on the embedded defaults."""
+    from robusta.demo import run_demo
+    from robusta.spec.config import find_config
+
+    path = config or find_config()
+    with out.status("starting") as status:
+        result = run_demo(path, days=days, step=status.update)
+    data = result.data
+    summary = Table(title="1. Generated events", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    for label, value in (
+        ("events", f"{data.events:,} in {data.files} Parquet files"),
+        ("time range", f"{data.first:%Y-%m-%d %H:%M} .. {data.last:%Y-%m-%d %H:%M} UTC"),
+        ("users / items", f"{data.users:,} / {data.items:,}"),
+        ("duplicates / late (> 1 min)", f"{data.duplicates:,} / {data.late:,}"),
+        ("null user ids / null timestamps", f"{data.null_keys:,} / {data.null_timestamps:,}"),
+    ):
+        summary.add_row(label, value)
+    out.print(summary)
+    out.print(f"2. Validated {len(result.workspace.plan.specs)} specs: [green]no problems[/green]")
+    out.print(plan_table(result.workspace.plan))
+    out.print(tiles_table(result.workspace.plan))
+    estimates = Table(title="3. Tiles `robusta materialize` will write (counted on this data)")
+    granularities = sorted(
+        {g for e in result.estimates for g in e.per_granularity}, key=lambda g: -len(g)
+    )
+    estimates.add_column("tile table")
+    for g in granularities:
+        estimates.add_column(g, justify="right")
+    for estimate in result.estimates:
+        estimates.add_row(
+            estimate.table, *[f"{estimate.per_granularity.get(g, 0):,}" for g in granularities]
+        )
+    out.print(estimates)
+    for example in result.examples:
+        sizes = Counter(t.size for t in example.tiles)
+        parts = " + ".join(
+            f"{n} x {_duration_name(s)}" for s, n in sorted(sizes.items(), reverse=True)
+        )
+        out.print(
+            f"4. {example.feature} at {example.at:%Y-%m-%d %H:%M:%S} UTC is assembled "
+            f"from {len(example.tiles)} tiles: {parts}"
+        )
+    out.print(
+        "Next stages (later issues): materialize tiles to Iceberg, backfill training "
+        "frames, upload and look up online, stream fresh events."
+    )
+
+
+def _duration_name(micros: int) -> str:
+    from robusta.spec.durations import Duration
+
+    return Duration(micros).name
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The end-to-end demo: generate events, validate and plan the specs, preview the tiles.
+
+Later stages (materialize, backfill, upload, lookup, stream) extend :func:`run_demo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.errors import RobustaError
+from robusta.plan.model import Plan, TileGroup
+from robusta.plan.windows import TileRef, decompose
+from robusta.spec.durations import floor_to, from_micros
+from robusta.workspace import Workspace, load_workspace
+
+DEMO_SOURCE = "engagement_events"
+
+
+class DemoError(RobustaError, RuntimeError):
+    """The demo project is not set up as expected."""
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    events: int
+    files: int
+    users: int
+    items: int
+    first: datetime
+    last: datetime
+    duplicates: int
+    late: int
+    null_keys: int
+    null_timestamps: int
+
+
+@dataclass(frozen=True)
+class TileEstimate:
+    """Tiles a group will write per granularity, counted on the generated events."""
+
+    table: str
+    per_granularity: dict[str, int]
+
+
+@dataclass(frozen=True)
+class WindowExample:
+    feature: str
+    at: datetime
+    tiles: list[TileRef]
+
+
+@dataclass
+class DemoResult:
+    workspace: Workspace
+    data: DataSummary
+    estimates: list[TileEstimate] = field(default_factory=list)
+    examples: list[WindowExample] = field(default_factory=list)
+
+
+Step = Callable[[str], None]
+
+
+def run_demo(config: Path, days: int = 14, step: Step = lambda _: None) -> DemoResult:
+    """Generate the demo data where the config's demo source points, then validate and plan."""
+    first = load_workspace(config)
+    project_config = first.project.config
+    if project_config is None or DEMO_SOURCE not in project_config.sources:
+        raise DemoError(
+            f'the demo needs a source "{DEMO_SOURCE}" in {config}; run it from the '
+            "repository root, where robusta.yaml defines it"
+        )
+    target = project_config.sources[DEMO_SOURCE].path
+    if target is None:
+        raise DemoError(f'source "{DEMO_SOURCE}" has no path')
+    step(f"generating {days} days of engagement events")
+    events = generate_events(GeneratorConfig(days=days))
+    step(f"writing Parquet files to {target}")
+    _clear(target)
+    files = write_events(events, target, "parquet", by="day")
+    step("validating specs and compiling the plan")
+    workspace = load_workspace(config).require_valid()
+    step("estimating tiles")
+    result = DemoResult(workspace, _summary(events, len(files)))
+    result.estimates = _estimates(workspace.plan, events)
+    result.examples = _examples(workspace.plan, events)
+    return result
+
+
+def _clear(folder: Path) -> None:
+    if folder.is_dir():
+        for old in folder.iterdir():
+            if old.is_file() and old.suffix in (".parquet", ".csv", ".json"):
+                old.unlink()
+
+
+def _summary(events: pa.Table, files: int) -> DataSummary:
+    ts = events.column("event_ts")
+    ids = events.column("event_id")
+    late = pc.greater(
+        pc.subtract(events.column("ingest_ts"), ts), pa.scalar(60_000_000, pa.duration("us"))
+    )
+    return DataSummary(
+        events=events.num_rows,
+        files=files,
+        users=pc.count_distinct(events.column("user_id")).as_py(),
+        items=pc.count_distinct(events.column("item_id")).as_py(),
+        first=pc.min(ts).as_py(),
+        last=pc.max(ts).as_py(),
+        duplicates=events.num_rows - pc.count_distinct(ids).as_py(),
+        late=pc.sum(pc.fill_null(late, False)).as_py() or 0,
+        null_keys=events.column("user_id").null_count,
+        null_timestamps=ts.null_count,
+    )
+
+
+def _estimates(plan: Plan, events: pa.Table) -> list[TileEstimate]:
+    out = []
+    micros = pc.cast(events.column("event_ts"), pa.int64())
+    for spec in plan.specs:
+        for group in spec.groups:
+            keys = [k.column for k in group.layout.keys]
+            if not all(k in events.column_names for k in keys):
+                continue
+            out.append(TileEstimate(group.layout.table, _count_tiles(group, events, keys, micros)))
+    return out
+
+
+def _count_tiles(
+    group: TileGroup, events: pa.Table, keys: list[str], micros: pa.ChunkedArray
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for granularity in group.layout.granularities:
+        size = granularity.micros
+        # Event times are after 1970, so integer division floors to the bucket start.
+        bucket = pc.multiply(pc.divide(micros, size), size)
+        table = pa.table({**{k: events.column(k) for k in keys}, "bucket": bucket})
+        table = table.filter(pc.is_valid(table.column("bucket")))
+        for k in keys:
+            table = table.filter(pc.is_valid(table.column(k)))
+        counts[granularity.name] = table.group_by([*keys, "bucket"]).aggregate([]).num_rows
+    return counts
+
+
+def _examples(plan: Plan, events: pa.Table) -> list[WindowExample]:
+    last = pc.max(pc.cast(events.column("event_ts"), pa.int64())).as_py()
+    at = last - 7 * 3_600_000_000 - 13 * 60_000_000  # an instant off every bucket edge
+    out = []
+    for spec in plan.specs[:2]:
+        for feature in spec.features[:1]:
+            window = max(
+                (w for w in feature.windows if not w.is_lifetime),
+                key=lambda w: w.sort_key,
+                default=None,
+            )
+            if window is None or window.duration is None:
+                continue
+            sizes = [g.micros for g in spec.spec.granularities]
+            end = floor_to(at, sizes[-1])
+            tiles = decompose(end - window.duration.micros, end, sizes)
+            out.append(WindowExample(f"{feature.name}_{window.name}", from_micros(at), tiles))
+    return out

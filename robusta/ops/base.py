@@ -1,0 +1,197 @@
+"""The aggregator contract every operator implements, once, for every engine.
+
+An operator turns events into an intermediate representation (IR), merges IRs and finalizes
+an IR into a feature value. In Python an IR column is a *state*: a tuple of equal-length
+numpy arrays (struct of arrays), so merges are vectorized across many rows at once.
+
+Hooks, in the order data meets them:
+
+- ``lift``: one IR per raw event (vectorized); ``build`` = lift + ``merge_segments``.
+- ``combine(a, b)``: element-wise merge of two IR columns, ``a`` holding the earlier tiles.
+- ``merge_segments(state, offsets)``: merge each contiguous run of IRs, in array order. The
+  default is a left fold of ``combine`` vectorized across segments, so every segment is merged
+  in exactly the same order on every path (bit-identical float sums online and offline).
+- ``finalize``: IR -> feature value; an empty IR gives the brief's empty value.
+- ``to_arrow`` / ``from_arrow``: the stored IR format (``ir_type``).
+- ``spark_build`` / ``spark_merge``: Spark SQL aggregate expressions (text; no pyspark here)
+  that build an IR from rows and merge IRs, producing exactly ``ir_type``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from robusta.errors import OperatorError
+from robusta.ops.values import Array
+from robusta.spec.types import DataType
+
+State = tuple[Array, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One operator parameter: name, default, a checker returning a message when invalid."""
+
+    name: str
+    default: Any
+    check: Callable[[Any], str | None]
+    help: str
+
+
+class ParamError(OperatorError):
+    """An operator parameter is missing, unknown or out of range (``key`` names it)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class Operator(ABC):
+    """Base of every aggregation operator; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    needs_input: ClassVar[bool] = True
+    exact: ClassVar[bool] = True
+    param_specs: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(
+        self, input_type: DataType = DataType.UNKNOWN, params: Mapping[str, Any] | None = None
+    ) -> None:
+        self.input_type = input_type
+        self.params = self.normalize_params(params or {})
+        problem = self.check_input_type(input_type)
+        if problem is not None:
+            raise OperatorError(problem)
+
+    # ---- validation -------------------------------------------------------------------
+    @classmethod
+    def normalize_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        known = {p.name: p for p in cls.param_specs}
+        for key in params:
+            if key not in known:
+                allowed = ", ".join(known) or "none"
+                raise ParamError(
+                    key, f'{cls.name} has no parameter "{key}" (parameters: {allowed})'
+                )
+        out: dict[str, Any] = {}
+        for spec in cls.param_specs:
+            value = params.get(spec.name, spec.default)
+            message = spec.check(value)
+            if message is not None:
+                raise ParamError(spec.name, f"{cls.name} {spec.name}: {message}")
+            out[spec.name] = value
+        return out
+
+    @classmethod
+    def check_input_type(cls, dtype: DataType) -> str | None:
+        """A message when ``dtype`` cannot be this operator's input, else None."""
+        if not dtype.is_known:
+            return None
+        return None if dtype.is_orderable else f"{cls.name} cannot aggregate {dtype} values"
+
+    # ---- types --------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def ir_type(self) -> pa.DataType: ...
+
+    @property
+    @abstractmethod
+    def result_type(self) -> pa.DataType: ...
+
+    # ---- python state -------------------------------------------------------------------
+    @abstractmethod
+    def empty(self, n: int) -> State:
+        """``n`` empty IRs (the identity of ``combine``)."""
+
+    @abstractmethod
+    def lift(self, ts: Array, values: pa.Array | None) -> State:
+        """One IR per event; ``ts`` are int64 epoch microseconds."""
+
+    @abstractmethod
+    def combine(self, a: State, b: State) -> State:
+        """Element-wise merge; ``a`` covers earlier time than ``b``."""
+
+    @abstractmethod
+    def finalize(self, state: State) -> pa.Array:
+        """Feature values, typed ``result_type``."""
+
+    @abstractmethod
+    def from_arrow(self, array: pa.Array) -> State: ...
+
+    @abstractmethod
+    def to_arrow(self, state: State) -> pa.Array: ...
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        """Merge ``state[offsets[i]:offsets[i+1]]`` for every i, each as a left fold in order."""
+        return fold_segments(self, state, offsets)
+
+    def build(self, ts: Array, values: pa.Array | None, offsets: Array) -> State:
+        """IRs of contiguous groups of events (``offsets`` as in ``merge_segments``)."""
+        return self.merge_segments(self.lift(ts, values), offsets)
+
+    # ---- spark hooks ----------------------------------------------------------------------
+    @abstractmethod
+    def spark_build(self, value: str, ts: str) -> str:
+        """Spark SQL aggregate expression building the IR from rows."""
+
+    @abstractmethod
+    def spark_merge(self, ir: str, order: str) -> str:
+        """Spark SQL aggregate expression merging IRs; ``order`` sorts them in time."""
+
+    # ---- helpers for subclasses -----------------------------------------------------------
+    def _values(self, values: pa.Array | None, n: int) -> tuple[Array, Array]:
+        from robusta.ops.values import to_numpy
+
+        if values is None:
+            raise OperatorError(f"{self.name} needs an input column")
+        if len(values) != n:
+            raise OperatorError(f"{self.name}: {len(values)} values for {n} timestamps")
+        return to_numpy(values, self.input_type)
+
+
+def take(state: State, index: Array) -> State:
+    return tuple(column[index] for column in state)
+
+
+def concat(states: list[State]) -> State:
+    return tuple(np.concatenate(cols) for cols in zip(*states, strict=True))
+
+
+def fold_segments(op: Operator, state: State, offsets: Array) -> State:
+    """Vectorized left fold of ``op.combine`` over contiguous segments.
+
+    Segments are processed longest first so the rows still active at step j form a prefix;
+    each step merges the j-th element of every active segment into its accumulator.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    acc = op.empty(n)
+    if n == 0 or not lengths.any():
+        return acc
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    sorted_starts = offsets[:-1][order]
+    acc = take(acc, order)
+    ascending = sorted_lengths[::-1]
+    for j in range(int(sorted_lengths[0])):
+        active = n - int(np.searchsorted(ascending, j, side="right"))
+        nxt = take(state, sorted_starts[:active] + j)
+        merged = nxt if j == 0 else op.combine(take(acc, np.arange(active)), nxt)
+        acc = tuple(_set_prefix(a, m) for a, m in zip(acc, merged, strict=True))
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n)
+    return take(acc, inverse)
+
+
+def _set_prefix(column: Array, prefix: Array) -> Array:
+    out = column.copy()
+    out[: len(prefix)] = prefix
+    return out

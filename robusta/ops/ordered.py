@@ -1,0 +1,213 @@
+"""first, last, first_n and last_n: values ordered by (timestamp, value)."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from robusta.ops.base import Operator, Param, State
+from robusta.ops.params import int_between
+from robusta.ops.values import TS_TYPE, Array, from_numpy, numpy_dtype, struct_fields, to_numpy
+from robusta.spec.types import DataType
+
+
+def _event_struct(value: str, ts: str) -> str:
+    """Spark struct (ts, value) of an event, null when the value is null."""
+    return f"CASE WHEN {value} IS NOT NULL THEN struct({ts} AS ts, {value} AS value) END"
+
+
+class _Edge(Operator):
+    """first / last: the event with the least / greatest (ts, value)."""
+
+    want_least: bool = True
+
+    @property
+    def ir_type(self) -> pa.DataType:
+        return pa.struct([("ts", TS_TYPE), ("value", self.input_type.arrow())])
+
+    @property
+    def result_type(self) -> pa.DataType:
+        return self.input_type.arrow()
+
+    def empty(self, n: int) -> State:
+        values = np.empty(n, dtype=numpy_dtype(self.input_type))
+        values[:] = 0 if values.dtype != object else ""
+        return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.int64), values
+
+    def lift(self, ts: Array, values: pa.Array | None) -> State:
+        v, valid = self._values(values, len(ts))
+        return valid, np.asarray(ts, dtype=np.int64), v
+
+    def combine(self, a: State, b: State) -> State:
+        av, ats, aval = a
+        bv, bts, bval = b
+        if self.want_least:
+            a_wins = (ats < bts) | ((ats == bts) & (aval <= bval))
+        else:
+            a_wins = (ats > bts) | ((ats == bts) & (aval >= bval))
+        pick_a = av & (~bv | a_wins)
+        return av | bv, np.where(pick_a, ats, bts), np.where(pick_a, aval, bval)
+
+    def finalize(self, state: State) -> pa.Array:
+        return from_numpy(state[2], state[0], self.input_type)
+
+    def from_arrow(self, array: pa.Array) -> State:
+        fields = struct_fields(array)
+        ts, ts_valid = to_numpy(fields["ts"], DataType.TIMESTAMP)
+        v, valid = to_numpy(fields["value"], self.input_type)
+        return valid & ts_valid, ts, v
+
+    def to_arrow(self, state: State) -> pa.Array:
+        valid, ts, v = state
+        return pa.StructArray.from_arrays(
+            [from_numpy(ts, valid, DataType.TIMESTAMP), from_numpy(v, valid, self.input_type)],
+            names=["ts", "value"],
+            mask=pa.array(~valid),
+        )
+
+    def spark_build(self, value: str, ts: str) -> str:
+        return f"{self._agg}({_event_struct(value, ts)})"
+
+    def spark_merge(self, ir: str, order: str) -> str:
+        return f"{self._agg}({ir})"
+
+    @property
+    def _agg(self) -> str:
+        return "min" if self.want_least else "max"
+
+
+class First(_Edge):
+    name = "first"
+    summary = "value of the event with the least (ts, value)"
+    want_least = True
+
+
+class Last(_Edge):
+    name = "last"
+    summary = "value of the event with the greatest (ts, value)"
+    want_least = False
+
+
+Item = tuple[int, Any]
+
+
+class _EdgeN(Operator):
+    """first_n / last_n: the n events with the least / greatest (ts, value).
+
+    A state row is a tuple of (ts, value) pairs sorted ascending; first_n keeps the n smallest,
+    last_n the n largest. Results list first_n oldest first and last_n newest first.
+    """
+
+    want_least: bool = True
+    param_specs = (Param("n", 5, int_between(1, 10_000), "how many values to keep"),)
+
+    @property
+    def n(self) -> int:
+        return int(self.params["n"])
+
+    @property
+    def ir_type(self) -> pa.DataType:
+        return pa.list_(pa.struct([("ts", TS_TYPE), ("value", self.input_type.arrow())]))
+
+    @property
+    def result_type(self) -> pa.DataType:
+        return pa.list_(self.input_type.arrow())
+
+    def empty(self, n: int) -> State:
+        out = np.empty(n, dtype=object)
+        out[:] = [()] * n
+        return (out,)
+
+    def lift(self, ts: Array, values: pa.Array | None) -> State:
+        v, valid = self._values(values, len(ts))
+        out = np.empty(len(ts), dtype=object)
+        out[:] = [
+            ((int(t), x),) if ok else () for t, x, ok in zip(ts, v.tolist(), valid, strict=True)
+        ]
+        return (out,)
+
+    def combine(self, a: State, b: State) -> State:
+        out = np.empty(len(a[0]), dtype=object)
+        out[:] = [self._keep(x, y) for x, y in zip(a[0], b[0], strict=True)]
+        return (out,)
+
+    def _keep(self, x: tuple[Item, ...], y: tuple[Item, ...]) -> tuple[Item, ...]:
+        if not y:
+            return x
+        if not x:
+            return y
+        merged = list(heapq.merge(x, y))
+        return tuple(merged[: self.n]) if self.want_least else tuple(merged[-self.n :])
+
+    def finalize(self, state: State) -> pa.Array:
+        rows: list[list[Any] | None] = []
+        for items in state[0]:
+            if not items:
+                rows.append(None)
+                continue
+            ordered = items if self.want_least else reversed(items)
+            rows.append([self._py(v) for _, v in ordered])
+        return pa.array(rows, self.result_type)
+
+    def _py(self, value: Any) -> Any:
+        if self.input_type is DataType.TIMESTAMP:
+            return pa.scalar(value, pa.int64()).cast(TS_TYPE).as_py()
+        if self.input_type is DataType.DATE:
+            return pa.scalar(value, pa.int32()).cast(pa.date32()).as_py()
+        return value
+
+    def from_arrow(self, array: pa.Array) -> State:
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        out = np.empty(len(array), dtype=object)
+        flat = array.flatten()
+        fields = struct_fields(flat)
+        ts, _ = to_numpy(fields["ts"], DataType.TIMESTAMP)
+        v, _ = to_numpy(fields["value"], self.input_type)
+        offsets = np.asarray(array.offsets)
+        valid = np.asarray(array.is_valid())
+        pairs = list(zip(ts.tolist(), v.tolist(), strict=True))
+        out[:] = [
+            tuple(sorted(pairs[offsets[i] : offsets[i + 1]])) if valid[i] else ()
+            for i in range(len(array))
+        ]
+        return (out,)
+
+    def to_arrow(self, state: State) -> pa.Array:
+        rows = [
+            [{"ts": self._ts(t), "value": self._py(v)} for t, v in items] if items else None
+            for items in state[0]
+        ]
+        return pa.array(rows, self.ir_type)
+
+    @staticmethod
+    def _ts(micros: int) -> Any:
+        return pa.scalar(micros, pa.int64()).cast(TS_TYPE).as_py()
+
+    def spark_build(self, value: str, ts: str) -> str:
+        return self._cut(f"array_sort(collect_list({_event_struct(value, ts)}))")
+
+    def spark_merge(self, ir: str, order: str) -> str:
+        return self._cut(f"array_sort(flatten(collect_list({ir})))")
+
+    def _cut(self, sorted_items: str) -> str:
+        if self.want_least:
+            return f"slice({sorted_items}, 1, {self.n})"
+        # Bind the sorted array to a lambda variable so it is computed once.
+        keep_last = f"s -> slice(s, greatest(size(s) - {self.n} + 1, 1), {self.n})"
+        return f"element_at(transform(array({sorted_items}), {keep_last}), 1)"
+
+
+class FirstN(_EdgeN):
+    name = "first_n"
+    summary = "values of the n events with the least (ts, value), oldest first"
+    want_least = True
+
+
+class LastN(_EdgeN):
+    name = "last_n"
+    summary = "values of the n events with the greatest (ts, value), newest first"
+    want_least = False

@@ -1,0 +1,379 @@
+"""approx_distinct (HLL), approx_quantile (KLL) and top_k (mergeable frequent items).
+
+Sketch IRs are stored in the DataSketches binary formats Spark 4.1 writes: ``hll_sketch_agg``
+(updatable HLL_8 image) and ``kll_sketch_agg_double`` (compact KLL doubles image).
+
+Determinism: a KLL merge compacts with a random bit, so merging the same sketches twice can
+give different quantiles. Window assembly therefore never KLL-merges: it pools the retained
+(item, weight) pairs of the window's sketches and reads quantiles off that weighted sample with
+KLL's own inclusive-rank rule. The result depends only on the stored tiles, so online and offline
+assembly agree exactly, and pooling adds no compaction error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from itertools import pairwise
+from typing import Any
+
+import datasketches as ds
+import numpy as np
+import pyarrow as pa
+
+from robusta.ops.base import Operator, Param, State
+from robusta.ops.params import int_between, optional, quantile_list
+from robusta.ops.values import Array, to_numpy
+from robusta.spec.types import DataType
+
+
+def _objects(items: Iterable[Any], n: int) -> Array:
+    out = np.empty(n, dtype=object)
+    out[:] = list(items)
+    return out
+
+
+def _binary_rows(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+    return [None if v is None else bytes(v) for v in array.to_pylist()]
+
+
+def _segments(offsets: Array) -> Iterable[tuple[int, int]]:
+    bounds = np.asarray(offsets, dtype=np.int64).tolist()
+    return pairwise(bounds)
+
+
+class ApproxDistinct(Operator):
+    name = "approx_distinct"
+    summary = "distinct count estimate (HLL sketch, Spark hll_sketch_agg bytes)"
+    exact = False
+    param_specs = (Param("lg_k", 12, int_between(4, 21), "log2 of HLL buckets"),)
+
+    @classmethod
+    def check_input_type(cls, dtype: DataType) -> str | None:
+        if dtype.is_known and not (dtype.is_integer or dtype in (DataType.STRING, DataType.BINARY)):
+            return (
+                f"approx_distinct counts integer, string or binary values (as Spark's "
+                f"hll_sketch_agg), got {dtype}; CAST it to STRING or BIGINT in the query"
+            )
+        return None
+
+    @property
+    def lg_k(self) -> int:
+        return int(self.params["lg_k"])
+
+    @property
+    def ir_type(self) -> pa.DataType:
+        return pa.binary()
+
+    @property
+    def result_type(self) -> pa.DataType:
+        return pa.int64()
+
+    def empty(self, n: int) -> State:
+        return (_objects([None] * n, n),)
+
+    def lift(self, ts: Array, values: pa.Array | None) -> State:
+        return self.build(ts, values, np.arange(len(ts) + 1))
+
+    def build(self, ts: Array, values: pa.Array | None, offsets: Array) -> State:
+        v, valid = self._values(values, len(ts))
+        rows = v.tolist()
+        sketches: list[Any] = []
+        for lo, hi in _segments(offsets):
+            sketch = None
+            for i in range(lo, hi):
+                if valid[i]:
+                    sketch = sketch or ds.hll_sketch(self.lg_k, ds.tgt_hll_type.HLL_8)
+                    sketch.update(rows[i])
+            sketches.append(sketch)
+        return (_objects(sketches, len(sketches)),)
+
+    def combine(self, a: State, b: State) -> State:
+        return (
+            _objects((self._union([x, y]) for x, y in zip(a[0], b[0], strict=True)), len(a[0])),
+        )
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        rows = state[0]
+        merged = [self._union(rows[lo:hi]) for lo, hi in _segments(offsets)]
+        return (_objects(merged, len(merged)),)
+
+    def _union(self, sketches: Iterable[Any]) -> Any:
+        present = [s for s in sketches if s is not None]
+        if len(present) <= 1:
+            return present[0] if present else None
+        union = ds.hll_union(self.lg_k)
+        for sketch in present:
+            union.update(sketch)
+        return union.get_result(ds.tgt_hll_type.HLL_8)
+
+    def finalize(self, state: State) -> pa.Array:
+        # Spark's hll_sketch_estimate rounds half up (Math.round).
+        return pa.array(
+            [None if s is None else math.floor(s.get_estimate() + 0.5) for s in state[0]],
+            pa.int64(),
+        )
+
+    def from_arrow(self, array: pa.Array) -> State:
+        rows = _binary_rows(array)
+        return (
+            _objects(
+                (None if b is None else ds.hll_sketch.deserialize(b) for b in rows), len(rows)
+            ),
+        )
+
+    def to_arrow(self, state: State) -> pa.Array:
+        return pa.array(
+            [None if s is None else s.serialize_updatable() for s in state[0]], pa.binary()
+        )
+
+    def spark_build(self, value: str, ts: str) -> str:
+        return f"hll_sketch_agg({value}, {self.lg_k})"
+
+    def spark_merge(self, ir: str, order: str) -> str:
+        return f"hll_union_agg({ir}, true)"
+
+
+Weighted = tuple[Any, ...]  # the KLL sketches pooled into one IR row
+
+
+class ApproxQuantile(Operator):
+    name = "approx_quantile"
+    summary = "quantiles at params.q (KLL sketch, Spark kll_sketch_agg_double bytes)"
+    exact = False
+    param_specs = (
+        Param("q", [0.5], quantile_list, "fractions in [0, 1]"),
+        Param("k", 200, int_between(8, 65535), "KLL accuracy parameter"),
+    )
+
+    @classmethod
+    def check_input_type(cls, dtype: DataType) -> str | None:
+        if dtype.is_known and not dtype.is_numeric:
+            return f"approx_quantile needs a numeric input, got {dtype}; CAST it in the query"
+        return None
+
+    @property
+    def quantiles(self) -> list[float]:
+        return [float(q) for q in self.params["q"]]
+
+    @property
+    def k(self) -> int:
+        return int(self.params["k"])
+
+    @property
+    def ir_type(self) -> pa.DataType:
+        return pa.binary()
+
+    @property
+    def result_type(self) -> pa.DataType:
+        return pa.list_(pa.float64())
+
+    def empty(self, n: int) -> State:
+        return (_objects([()] * n, n),)
+
+    def lift(self, ts: Array, values: pa.Array | None) -> State:
+        return self.build(ts, values, np.arange(len(ts) + 1))
+
+    def build(self, ts: Array, values: pa.Array | None, offsets: Array) -> State:
+        v, valid = self._values(values, len(ts))
+        rows = v.astype(np.float64).tolist()
+        parts: list[Weighted] = []
+        for lo, hi in _segments(offsets):
+            sketch = ds.kll_doubles_sketch(self.k)
+            for i in range(lo, hi):
+                if valid[i]:
+                    sketch.update(rows[i])
+            parts.append(() if sketch.is_empty() else (sketch,))
+        return (_objects(parts, len(parts)),)
+
+    def combine(self, a: State, b: State) -> State:
+        return (_objects((x + y for x, y in zip(a[0], b[0], strict=True)), len(a[0])),)
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        rows = state[0]
+        merged = [sum(rows[lo:hi], ()) for lo, hi in _segments(offsets)]
+        return (_objects(merged, len(merged)),)
+
+    def finalize(self, state: State) -> pa.Array:
+        return pa.array([self._quantiles(parts) for parts in state[0]], self.result_type)
+
+    def _quantiles(self, parts: Weighted) -> list[float] | None:
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return [float(parts[0].get_quantile(q, True)) for q in self.quantiles]
+        pairs = [pair for sketch in parts for pair in sketch]
+        items = np.array([p[0] for p in pairs], dtype=np.float64)
+        weights = np.array([p[1] for p in pairs], dtype=np.int64)
+        order = np.argsort(items, kind="stable")
+        items, cumulative = items[order], np.cumsum(weights[order])
+        total = int(cumulative[-1])
+        out = []
+        for q in self.quantiles:
+            # KLL's inclusive rule: the first item whose cumulative weight reaches ceil(q * n).
+            i = int(np.searchsorted(cumulative, math.ceil(q * total), side="left"))
+            out.append(float(items[min(i, len(items) - 1)]))
+        return out
+
+    def from_arrow(self, array: pa.Array) -> State:
+        rows = _binary_rows(array)
+        parts = [() if b is None else (ds.kll_doubles_sketch.deserialize(b),) for b in rows]
+        return (_objects(parts, len(parts)),)
+
+    def to_arrow(self, state: State) -> pa.Array:
+        out: list[bytes | None] = []
+        for parts in state[0]:
+            if not parts:
+                out.append(None)
+                continue
+            sketch = ds.kll_doubles_sketch.deserialize(parts[0].serialize())
+            for other in parts[1:]:
+                sketch.merge(other)
+            out.append(sketch.serialize())
+        return pa.array(out, pa.binary())
+
+    def spark_build(self, value: str, ts: str) -> str:
+        return f"kll_sketch_agg_double(CAST({value} AS DOUBLE), {self.k})"
+
+    def spark_merge(self, ir: str, order: str) -> str:
+        return f"kll_merge_agg_double({ir}, {self.k})"
+
+
+Counts = tuple[tuple[Any, int], ...]  # (value, count) sorted by count desc, value asc
+
+
+class TopK(Operator):
+    """The k most frequent values, from a mergeable Misra-Gries summary.
+
+    An IR keeps at most ``capacity`` (value, count) pairs. Merging adds counts; when more than
+    ``capacity`` values remain, the (capacity+1)-th largest count is subtracted from all and the
+    non-positive ones dropped. Each reported count c' satisfies c - N/(capacity+1) <= c' <= c for
+    N events in the window. A segment is merged all at once, exactly as ``spark_merge`` does.
+    """
+
+    name = "top_k"
+    summary = "the k most frequent values with counts (Misra-Gries summary)"
+    exact = False
+    param_specs = (
+        Param("k", 10, int_between(1, 1000), "how many values to report"),
+        Param(
+            "capacity",
+            None,
+            optional(int_between(1, 100_000)),
+            "counters kept per IR (default max(64, 8k))",
+        ),
+    )
+
+    @property
+    def k(self) -> int:
+        return int(self.params["k"])
+
+    @property
+    def capacity(self) -> int:
+        cap = self.params["capacity"]
+        return int(cap) if cap is not None else max(64, 8 * self.k)
+
+    @property
+    def ir_type(self) -> pa.DataType:
+        return pa.list_(pa.struct([("value", self.input_type.arrow()), ("count", pa.int64())]))
+
+    @property
+    def result_type(self) -> pa.DataType:
+        return self.ir_type
+
+    def empty(self, n: int) -> State:
+        return (_objects([()] * n, n),)
+
+    def lift(self, ts: Array, values: pa.Array | None) -> State:
+        v, valid = self._values(values, len(ts))
+        items = [((x, 1),) if ok else () for x, ok in zip(v.tolist(), valid, strict=True)]
+        return (_objects(items, len(items)),)
+
+    def combine(self, a: State, b: State) -> State:
+        return (
+            _objects((self._reduce([x, y]) for x, y in zip(a[0], b[0], strict=True)), len(a[0])),
+        )
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        rows = state[0]
+        merged = [self._reduce(rows[lo:hi]) for lo, hi in _segments(offsets)]
+        return (_objects(merged, len(merged)),)
+
+    def _reduce(self, summaries: Iterable[Counts]) -> Counts:
+        totals: Counter[Any] = Counter()
+        for summary in summaries:
+            for value, count in summary:
+                totals[value] += count
+        ranked = sorted(totals.items(), key=lambda vc: (-vc[1], vc[0]))
+        if len(ranked) <= self.capacity:
+            return tuple(ranked)
+        threshold = ranked[self.capacity][1]
+        return tuple((v, c - threshold) for v, c in ranked[: self.capacity] if c > threshold)
+
+    def finalize(self, state: State) -> pa.Array:
+        rows = [
+            [{"value": self._py(v), "count": c} for v, c in counts[: self.k]] if counts else None
+            for counts in state[0]
+        ]
+        return pa.array(rows, self.result_type)
+
+    def _py(self, value: Any) -> Any:
+        if self.input_type is DataType.TIMESTAMP:
+            return pa.scalar(value, pa.int64()).cast(pa.timestamp("us", tz="UTC")).as_py()
+        if self.input_type is DataType.DATE:
+            return pa.scalar(value, pa.int32()).cast(pa.date32()).as_py()
+        return value
+
+    def from_arrow(self, array: pa.Array) -> State:
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        flat = array.flatten()
+        values, _ = to_numpy(flat.field("value"), self.input_type)
+        counts = np.asarray(flat.field("count").to_numpy(zero_copy_only=False), dtype=np.int64)
+        offsets = np.asarray(array.offsets).tolist()
+        valid = np.asarray(array.is_valid())
+        pairs = list(zip(values.tolist(), counts.tolist(), strict=True))
+        rows = [
+            tuple(pairs[offsets[i] : offsets[i + 1]]) if valid[i] else () for i in range(len(array))
+        ]
+        return (_objects(rows, len(rows)),)
+
+    def to_arrow(self, state: State) -> pa.Array:
+        rows = [
+            [{"value": self._py(v), "count": c} for v, c in counts] if counts else None
+            for counts in state[0]
+        ]
+        return pa.array(rows, self.ir_type)
+
+    def spark_build(self, value: str, ts: str) -> str:
+        # Exact counts per value in the tile, then the Misra-Gries cut.
+        counted = (
+            f"transform(array_distinct(collect_list({value})), "
+            f"v -> struct(v AS value, CAST(size(filter(collect_list({value}), "
+            f"y -> y = v)) AS BIGINT) AS count))"
+        )
+        return self._spark_cut(counted)
+
+    def spark_merge(self, ir: str, order: str) -> str:
+        flat = f"flatten(collect_list({ir}))"
+        counted = (
+            f"transform(array_distinct(transform({flat}, e -> e.value)), "
+            f"v -> struct(v AS value, aggregate(filter({flat}, e -> e.value = v), 0L, "
+            f"(acc, e) -> acc + e.count) AS count))"
+        )
+        return self._spark_cut(counted)
+
+    def _spark_cut(self, counted: str) -> str:
+        cap = self.capacity
+        ranked = (
+            f"array_sort({counted}, (a, b) -> CASE WHEN a.count > b.count THEN -1 "
+            f"WHEN a.count < b.count THEN 1 WHEN a.value < b.value THEN -1 "
+            f"WHEN a.value > b.value THEN 1 ELSE 0 END)"
+        )
+        cut = (
+            f"s -> CASE WHEN size(s) <= {cap} THEN s ELSE transform(filter(slice(s, 1, {cap}), "
+            f"e -> e.count > s[{cap}].count), e -> struct(e.value AS value, "
+            f"e.count - s[{cap}].count AS count)) END"
+        )
+        return f"element_at(transform(array({ranked}), {cut}), 1)"

@@ -1,0 +1,109 @@
+"""Conversions between Arrow arrays and the numpy columns operators compute on.
+
+Numbers, booleans and temporal values become fixed-width numpy arrays (timestamps as int64
+epoch microseconds, dates as int32 days); strings and binaries become object arrays. Nulls are
+carried as a separate validity mask with a harmless fill value in their slot, so vectorized
+comparisons never meet ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.errors import OperatorError
+from robusta.spec.types import DataType
+
+Array = npt.NDArray[Any]
+BoolArray = npt.NDArray[np.bool_]
+TS_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def numpy_dtype(dtype: DataType) -> npt.DTypeLike:
+    """The numpy dtype that holds values of a logical type."""
+    if dtype.is_integer or dtype is DataType.TIMESTAMP:
+        return np.int64
+    if dtype in (DataType.FLOAT, DataType.DOUBLE, DataType.DECIMAL):
+        return np.float64
+    if dtype is DataType.BOOLEAN:
+        return np.bool_
+    if dtype is DataType.DATE:
+        return np.int32
+    return object
+
+
+def fill_value(dtype: DataType) -> Any:
+    """Placeholder stored in null slots: comparable with real values, never observed."""
+    if dtype in (DataType.STRING,):
+        return ""
+    if dtype is DataType.BINARY:
+        return b""
+    return 0
+
+
+def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> tuple[Array, BoolArray]:
+    """Arrow values of a logical type -> (values, valid mask)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    target = dtype.arrow()
+    if dtype is DataType.UNKNOWN or dtype is DataType.OTHER:
+        raise OperatorError(f"cannot aggregate values of type {values.type}")
+    if not values.type.equals(target):
+        try:
+            values = values.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise OperatorError(f"cannot read {values.type} values as {dtype}: {exc}") from exc
+    valid = np.asarray(values.is_valid(), dtype=np.bool_)
+    filled = pc.fill_null(values, _arrow_fill(target)) if values.null_count else values
+    if dtype is DataType.TIMESTAMP:
+        filled = filled.cast(pa.int64())
+    elif dtype is DataType.DATE:
+        filled = filled.cast(pa.int32())
+    out = np.asarray(filled.to_numpy(zero_copy_only=False), dtype=numpy_dtype(dtype))
+    return out, valid
+
+
+def from_numpy(values: Array, valid: BoolArray | None, dtype: DataType) -> pa.Array:
+    """(values, valid mask) -> Arrow array of the logical type's Arrow type."""
+    mask = None if valid is None else ~np.asarray(valid, dtype=np.bool_)
+    target = dtype.arrow()
+    if dtype is DataType.TIMESTAMP:
+        return pa.array(np.asarray(values, dtype=np.int64), pa.int64(), mask=mask).cast(target)
+    if dtype is DataType.DATE:
+        return pa.array(np.asarray(values, dtype=np.int32), pa.int32(), mask=mask).cast(target)
+    return pa.array(values, target, mask=mask, from_pandas=False)
+
+
+def to_python(value: Any, dtype: DataType) -> Any:
+    """One numpy scalar -> a plain Python value of the logical type's Arrow representation."""
+    return from_numpy(np.asarray([value], dtype=numpy_dtype(dtype)), None, dtype)[0].as_py()
+
+
+def _arrow_fill(target: pa.DataType) -> pa.Scalar:
+    if pa.types.is_string(target):
+        return pa.scalar("", target)
+    if pa.types.is_binary(target):
+        return pa.scalar(b"", target)
+    if pa.types.is_boolean(target):
+        return pa.scalar(False, target)
+    if pa.types.is_timestamp(target) or pa.types.is_date(target):
+        return (
+            pa.scalar(0, pa.int64()).cast(target)
+            if pa.types.is_timestamp(target)
+            else (pa.scalar(0, pa.int32()).cast(target))
+        )
+    return pa.scalar(0, target)
+
+
+def struct_fields(array: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
+    """Fields of a struct array, with the struct's own nulls applied to every field."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if not isinstance(array, pa.StructArray):
+        raise OperatorError(f"expected a struct IR, got {array.type}")
+    names = [array.type.field(i).name for i in range(array.type.num_fields)]
+    return dict(zip(names, array.flatten(), strict=True))

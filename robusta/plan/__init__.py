@@ -1,0 +1,1 @@
+"""Plan layer: compiled specs, tile layouts, window decomposition (pure, engine-free)."""

@@ -1,0 +1,156 @@
+"""Compile validated specs into a plan: operators, IR columns, tile layouts, versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import sqlglot
+
+from robusta.errors import Location, OperatorError, Problem
+from robusta.ops import ParamError, make_operator
+from robusta.plan.keys import DEFAULT_KEY_BUCKETS
+from robusta.plan.model import (
+    BaseFeature,
+    KeyColumn,
+    OutputFeature,
+    Plan,
+    SpecPlan,
+    TileGroup,
+    TileLayout,
+)
+from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
+from robusta.spec.types import DataType
+
+
+def compile_plan(
+    config: ProjectConfig, specs: Iterable[FeatureSpec], key_buckets: int = DEFAULT_KEY_BUCKETS
+) -> tuple[Plan, list[Problem]]:
+    """Compile every spec; problems (unknown ops, bad params, wrong input types) are located."""
+    problems: list[Problem] = []
+    plans = [_compile_spec(config, spec, key_buckets, problems) for spec in specs]
+    return Plan(tuple(plans)), problems
+
+
+def _compile_spec(
+    config: ProjectConfig, spec: FeatureSpec, key_buckets: int, problems: list[Problem]
+) -> SpecPlan:
+    by_keys: dict[tuple[tuple[str, str], ...], list[BaseFeature]] = {}
+    primaries: dict[tuple[tuple[str, str], ...], str] = {}
+    for feature in spec.features:
+        compiled = _compile_feature(spec, feature, problems)
+        if compiled is None:
+            continue
+        keys = tuple(sorted(feature.group_by_selectors.items()))
+        by_keys.setdefault(keys, []).append(compiled)
+        first = primaries.setdefault(keys, feature.primary_selector)
+        if first != feature.primary_selector:
+            problems.append(
+                Problem(
+                    feature.where("primary_selector") or Location(str(spec.file)),
+                    f'features grouped by the same keys must share a primary_selector: "{first}" '
+                    f'is used by another feature of this spec, here "{feature.primary_selector}"',
+                )
+            )
+    groups = []
+    for keys, features in by_keys.items():
+        columns = tuple(
+            KeyColumn(col, entity, _key_type(config, spec, col, entity)) for col, entity in keys
+        )
+        table = (
+            spec.name if len(by_keys) == 1 else f"{spec.name}__by_{'_'.join(c for c, _ in keys)}"
+        )
+        layout = TileLayout(table, columns, primaries[keys], spec.granularities, key_buckets)
+        groups.append(TileGroup(layout, tuple(features)))
+    return SpecPlan(spec, tuple(groups), _spec_hash(spec, groups))
+
+
+def _compile_feature(
+    spec: FeatureSpec, feature: FeatureDef, problems: list[Problem]
+) -> BaseFeature | None:
+    fallback = feature.where("") or Location(str(spec.file))
+    input_type = DataType.UNKNOWN
+    if feature.input is not None:
+        column = spec.column(feature.input)
+        input_type = column.type if column is not None else DataType.UNKNOWN
+    try:
+        op = make_operator(feature.op, input_type, feature.params)
+    except ParamError as exc:
+        problems.append(
+            Problem(
+                feature.where(f"params.{exc.key}") or feature.where("params") or fallback, str(exc)
+            )
+        )
+        return None
+    except OperatorError as exc:
+        part = "op" if "unknown op" in str(exc) else "input"
+        problems.append(Problem(feature.where(part) or fallback, str(exc)))
+        return None
+    if op.needs_input and feature.input is None:
+        problems.append(
+            Problem(
+                fallback,
+                f'feature "{feature.name}" ({op.name}) needs an input column: add input: <column>',
+            )
+        )
+        return None
+    outputs = tuple(
+        OutputFeature(f"{feature.name}_{w.name}", feature.name, w, op.result_type)
+        for w in feature.windows
+    )
+    return BaseFeature(
+        name=feature.name,
+        op=op,
+        input=feature.input,
+        input_type=input_type,
+        windows=feature.windows,
+        outputs=outputs,
+        owner=spec.owner,
+        description=feature.description,
+        hash=_digest(_feature_identity(spec, feature, input_type)),
+    )
+
+
+def _key_type(config: ProjectConfig, spec: FeatureSpec, column: str, entity: str) -> DataType:
+    declared = config.entities.get(entity)
+    if declared is not None:
+        return declared.type
+    found = spec.column(column)
+    return found.type if found is not None else DataType.STRING
+
+
+def _normalized_query(query: str) -> str:
+    try:
+        return sqlglot.transpile(query, read="spark", write="spark")[0]
+    except sqlglot.errors.SqlglotError:
+        return query.strip()
+
+
+def _feature_identity(spec: FeatureSpec, feature: FeatureDef, input_type: DataType) -> Any:
+    # Windows are left out on purpose: they change assembly, not the stored tiles.
+    return {
+        "query": _normalized_query(spec.query),
+        "timestamp": spec.timestamp,
+        "granularities": [g.micros for g in spec.granularities],
+        "keys": sorted(feature.group_by_selectors.items()),
+        "op": feature.op,
+        "input": feature.input,
+        "input_type": input_type.value,
+        "params": feature.params,
+    }
+
+
+def _spec_hash(spec: FeatureSpec, groups: list[TileGroup]) -> str:
+    return _digest(
+        {
+            "name": spec.name,
+            "features": sorted(f.hash for g in groups for f in g.features),
+        }
+    )
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

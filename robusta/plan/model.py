@@ -1,0 +1,121 @@
+"""The compiled plan: what every engine and assembler reads instead of raw specs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from robusta.ops import Operator
+from robusta.spec.durations import Duration, Window
+from robusta.spec.model import FeatureSpec
+from robusta.spec.types import DataType
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFeature:
+    """One feature column users get: a base feature over one window."""
+
+    name: str  # <base>_<window>
+    base: str
+    window: Window
+    type: pa.DataType
+
+
+@dataclass(frozen=True, slots=True)
+class BaseFeature:
+    """An operator over an input column; its IR is one tile-table column named like it."""
+
+    name: str
+    op: Operator
+    input: str | None
+    input_type: DataType
+    windows: tuple[Window, ...]
+    outputs: tuple[OutputFeature, ...]
+    owner: str
+    description: str
+    hash: str  # of everything that decides this feature's IR
+
+    @property
+    def ir_column(self) -> str:
+        return self.name
+
+    @property
+    def ir_type(self) -> pa.DataType:
+        return self.op.ir_type
+
+
+@dataclass(frozen=True, slots=True)
+class KeyColumn:
+    column: str
+    entity: str
+    type: DataType
+
+
+@dataclass(frozen=True, slots=True)
+class TileLayout:
+    """How one group of base features (same group-by keys) is tiled and stored."""
+
+    table: str  # tile table name within the offline namespace
+    keys: tuple[KeyColumn, ...]
+    primary: str  # key column that shards tiles (key_bucket) and aligns the bucketed join
+    granularities: tuple[Duration, ...]  # largest first
+    key_buckets: int
+
+    @property
+    def finest(self) -> Duration:
+        return self.granularities[-1]
+
+    @property
+    def granularity_micros(self) -> tuple[int, ...]:
+        return tuple(g.micros for g in self.granularities)
+
+
+@dataclass(frozen=True, slots=True)
+class TileGroup:
+    layout: TileLayout
+    features: tuple[BaseFeature, ...]
+
+    @property
+    def longest_window(self) -> Window:
+        windows = [w for f in self.features for w in f.windows]
+        return max(windows, key=lambda w: w.sort_key)
+
+
+@dataclass(frozen=True, slots=True)
+class SpecPlan:
+    spec: FeatureSpec
+    groups: tuple[TileGroup, ...]
+    hash: str  # the spec version: changes whenever stored tiles would differ
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def features(self) -> tuple[BaseFeature, ...]:
+        return tuple(f for g in self.groups for f in g.features)
+
+    @property
+    def outputs(self) -> tuple[OutputFeature, ...]:
+        return tuple(o for f in self.features for o in f.outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    specs: tuple[SpecPlan, ...]
+
+    def spec(self, name: str) -> SpecPlan | None:
+        return next((s for s in self.specs if s.name == name), None)
+
+    def output(self, name: str) -> tuple[SpecPlan, BaseFeature, OutputFeature] | None:
+        for spec in self.specs:
+            for feature in spec.features:
+                for out in feature.outputs:
+                    if out.name == name:
+                        return spec, feature, out
+        return None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for s in self.specs for o in s.outputs)

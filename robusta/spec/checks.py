@@ -1,0 +1,98 @@
+"""Collecting, located checks over a YAML document's plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from robusta.errors import Location, Problem
+from robusta.spec.suggest import did_you_mean
+from robusta.spec.yamldoc import PathKey, YamlDoc
+
+_TYPE_NAMES = {dict: "a mapping", list: "a list", str: "text"}
+
+
+class Checker:
+    """Checks parts of a YAML document, collecting every problem with its location."""
+
+    def __init__(self, doc: YamlDoc) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def where(self, path: PathKey, *, key: bool = False) -> Location:
+        return self.doc.where(path, key=key)
+
+    def add(self, path: PathKey, message: str, *, key: bool = False) -> None:
+        self.problems.append(Problem(self.where(path, key=key), message))
+
+    def add_at(self, location: Location, message: str) -> None:
+        self.problems.append(Problem(location, message))
+
+    def get(self, path: PathKey) -> Any:
+        node: Any = self.doc.data
+        for part in path:
+            if isinstance(node, dict) and isinstance(part, str):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                return None
+        return node
+
+    def section(
+        self,
+        path: PathKey,
+        required: Sequence[str] = (),
+        optional: Sequence[str] = (),
+        what: str = "",
+    ) -> dict[str, Any] | None:
+        """A mapping with known keys: reports unknown keys (with suggestions) and missing ones."""
+        value = self.get(path)
+        label = what or (f'"{path[-1]}"' if path else "the file")
+        if not isinstance(value, dict):
+            self.add(path, f"{label} must be a mapping of keys to values")
+            return None
+        allowed = (*required, *optional)
+        for key in value:
+            if key not in allowed:
+                hint = did_you_mean(key, allowed) or f" (allowed: {', '.join(allowed)})"
+                self.add((*path, key), f'unknown key "{key}" in {label}{hint}', key=True)
+        for key in required:
+            if key not in value:
+                self.add(path, f'missing required key "{key}" in {label}', key=bool(path))
+        return value
+
+    def text(self, path: PathKey) -> str | None:
+        value = self.get(path)
+        if value is None:
+            # a missing required key is reported once, by section()
+            return None
+        if isinstance(value, bool | dict | list):
+            self.add(path, f'"{path[-1]}" must be text, got {_describe(value)}')
+            return None
+        return str(value)
+
+    def mapping(self, path: PathKey) -> dict[str, Any] | None:
+        value = self.get(path)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.add(path, f'"{path[-1]}" must be a mapping, got {_describe(value)}')
+            return None
+        return value
+
+    def sequence(self, path: PathKey) -> list[Any] | None:
+        value = self.get(path)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self.add(path, f'"{path[-1]}" must be a list like [a, b], got {_describe(value)}')
+            return None
+        return value
+
+
+def _describe(value: Any) -> str:
+    for kind, name in _TYPE_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return repr(value)

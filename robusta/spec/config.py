@@ -1,0 +1,215 @@
+"""Loading and validating the project config, robusta.yaml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from robusta.errors import ConfigNotFoundError, Location, Problem
+from robusta.spec.checks import Checker
+from robusta.spec.model import (
+    ONLINE_TYPES,
+    SOURCE_FORMATS,
+    EntityConfig,
+    OfflineConfig,
+    OnlineConfig,
+    ProjectConfig,
+    SourceConfig,
+    SparkConfig,
+)
+from robusta.spec.suggest import did_you_mean, one_of
+from robusta.spec.types import ENTITY_TYPES, DataType, SchemaSyntaxError, parse_schema
+from robusta.spec.yamldoc import YamlLoadError, load_yaml
+
+CONFIG_NAME = "robusta.yaml"
+_TOP = ("project",)
+_TOP_OPTIONAL = ("feature_defs", "sources", "entities", "offline", "online", "spark")
+_SOURCE_KEYS = ("format", "path", "options", "schema", "loader")
+_ONLINE_KEYS: dict[str, tuple[str, ...]] = {
+    "embedded": ("path",),
+    "redis": ("url", "password_env", "tls", "timeout_ms", "key_prefix"),
+    "aerospike": ("hosts", "namespace", "set", "timeout_ms", "user_env", "password_env"),
+}
+_SCHEMA_REQUIRED = ("csv", "json", "python")
+
+
+def find_config(start: Path | None = None) -> Path:
+    """robusta.yaml in ``start`` (default: the working directory) or the nearest parent."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigNotFoundError(here)
+
+
+def display_path(path: Path) -> str:
+    """A path as users should see it in messages: relative to the working directory if inside."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def load_config(path: Path) -> tuple[ProjectConfig | None, list[Problem]]:
+    """Parse and check robusta.yaml; returns the config (None if unusable) and every problem."""
+    path = path.resolve()
+    try:
+        doc = load_yaml(path, display_path(path))
+    except YamlLoadError as exc:
+        return None, exc.problems
+    check = Checker(doc)
+    top = check.section((), _TOP, _TOP_OPTIONAL, what=CONFIG_NAME)
+    if top is None:
+        return None, check.problems
+    root = path.parent
+    project = check.text(("project",)) or ""
+    feature_defs = root / (check.text(("feature_defs",)) or "feature_defs")
+    sources = _sources(check, root)
+    entities = _entities(check)
+    offline = _offline(check, root)
+    online = _online(check, root)
+    spark = _spark(check)
+    config = ProjectConfig(
+        file=path,
+        project=project,
+        feature_defs=feature_defs,
+        sources=sources,
+        entities=entities,
+        offline=offline,
+        online=online,
+        spark=spark,
+    )
+    return config, check.problems
+
+
+def _sources(check: Checker, root: Path) -> dict[str, SourceConfig]:
+    raw = check.mapping(("sources",)) or {}
+    out: dict[str, SourceConfig] = {}
+    for name in raw:
+        path = ("sources", name)
+        body = check.section(path, ("format",), _SOURCE_KEYS[1:], what=f'source "{name}"')
+        if body is None:
+            continue
+        fmt = (check.text((*path, "format")) or "").lower()
+        if fmt and fmt not in SOURCE_FORMATS:
+            check.add(
+                (*path, "format"),
+                f'unknown format "{fmt}"{did_you_mean(fmt, SOURCE_FORMATS)}; '
+                f"formats: {one_of(SOURCE_FORMATS)}",
+            )
+        loader = check.text((*path, "loader"))
+        where = check.text((*path, "path"))
+        if fmt == "python" and not loader:
+            check.add(
+                path, f'source "{name}" has format python: add loader: "module:function"', key=True
+            )
+        if fmt == "python" and loader and ":" not in loader:
+            check.add((*path, "loader"), 'loader must look like "package.module:function"')
+        if fmt not in ("python", "") and where is None:
+            check.add(path, f'source "{name}" needs a "path" (file or folder)', key=True)
+        options = {
+            str(k): _option_text(v) for k, v in (check.mapping((*path, "options")) or {}).items()
+        }
+        schema = _schema(check, (*path, "schema"))
+        if schema is None and fmt in _SCHEMA_REQUIRED and "schema" not in body:
+            check.add(
+                path,
+                f'source "{name}" ({fmt}) needs a "schema", e.g. '
+                '"user_id STRING, amount DOUBLE, ts TIMESTAMP"',
+                key=True,
+            )
+        out[name] = SourceConfig(
+            name=name,
+            format=fmt,
+            path=(root / where) if where else None,
+            options=options,
+            schema=schema,
+            loader=loader,
+            location=check.where(path, key=True),
+        )
+    return out
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _schema(check: Checker, path: tuple[str, ...]) -> tuple[Any, ...] | None:
+    text = check.text(path)
+    if text is None:
+        return None
+    try:
+        return parse_schema(text)
+    except SchemaSyntaxError as exc:
+        base = check.where(path)
+        style = check.doc.marks[path].style if path in check.doc.marks else None
+        shift = exc.offset + (1 if style in ("'", '"') else 0)
+        check.add_at(Location(base.file, base.line, base.column + shift), f"schema: {exc.message}")
+        return None
+
+
+def _entities(check: Checker) -> dict[str, EntityConfig]:
+    raw = check.mapping(("entities",)) or {}
+    out: dict[str, EntityConfig] = {}
+    for name, body in raw.items():
+        path = ("entities", name)
+        kind = "string"
+        if body is not None:
+            if check.section(path, (), ("type", "description"), what=f'entity "{name}"') is None:
+                continue
+            kind = (check.text((*path, "type")) or "string").lower()
+        if kind not in ENTITY_TYPES:
+            check.add(
+                (*path, "type"),
+                f'unknown entity type "{kind}"'
+                f"{did_you_mean(kind, ENTITY_TYPES)}; types: {one_of(ENTITY_TYPES)}",
+            )
+            kind = "string"
+        out[name] = EntityConfig(name, ENTITY_TYPES.get(kind, DataType.STRING))
+    return out
+
+
+def _offline(check: Checker, root: Path) -> OfflineConfig:
+    default_catalog = {"type": "sql", "uri": f"sqlite:///{root / '.robusta' / 'catalog.db'}"}
+    if check.get(("offline",)) is None:
+        return OfflineConfig(default_catalog, root / ".robusta" / "warehouse", "robusta")
+    check.section(("offline",), (), ("catalog", "warehouse", "namespace"))
+    catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
+    uri = str(catalog.get("uri", ""))
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        catalog["uri"] = f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
+    warehouse = root / (check.text(("offline", "warehouse")) or ".robusta/warehouse")
+    namespace = check.text(("offline", "namespace")) or "robusta"
+    return OfflineConfig(catalog, warehouse, namespace)
+
+
+def _online(check: Checker, root: Path) -> OnlineConfig:
+    if check.get(("online",)) is None:
+        return OnlineConfig("embedded", {"path": str(root / ".robusta" / "online")})
+    body = check.mapping(("online",)) or {}
+    kind = str(body.get("type", "embedded"))
+    if kind not in ONLINE_TYPES:
+        check.add(
+            ("online", "type"),
+            f'unknown online store "{kind}"'
+            f"{did_you_mean(kind, ONLINE_TYPES)}; stores: {one_of(ONLINE_TYPES)}",
+        )
+        return OnlineConfig("embedded", {})
+    check.section(("online",), (), ("type", *_ONLINE_KEYS[kind]), what=f"online ({kind})")
+    options = {k: v for k, v in body.items() if k != "type"}
+    if kind == "embedded":
+        options["path"] = str(root / str(options.get("path", ".robusta/online")))
+    return OnlineConfig(kind, options)
+
+
+def _spark(check: Checker) -> SparkConfig:
+    if check.get(("spark",)) is None:
+        return SparkConfig("local[2]", {})
+    check.section(("spark",), (), ("master", "conf"))
+    master = check.text(("spark", "master")) or "local[2]"
+    conf = {str(k): _option_text(v) for k, v in (check.mapping(("spark", "conf")) or {}).items()}
+    return SparkConfig(master, conf)

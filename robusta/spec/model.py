@@ -1,0 +1,119 @@
+"""Frozen, typed models of the project config (robusta.yaml) and feature specs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robusta.errors import Location
+from robusta.spec.durations import Duration, Window
+from robusta.spec.types import Column, DataType
+
+SOURCE_FORMATS = ("csv", "json", "parquet", "iceberg", "python")
+ONLINE_TYPES = ("embedded", "redis", "aerospike")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    name: str
+    format: str
+    path: Path | None  # file or folder, resolved against the config file's folder
+    options: Mapping[str, str]
+    schema: tuple[Column, ...] | None  # None: not declared (parquet/iceberg may omit it)
+    loader: str | None = None  # python sources: "module:function" returning a DataFrame
+    location: Location | None = None
+
+    def column(self, name: str) -> Column | None:
+        lowered = name.lower()
+        return next((c for c in self.schema or () if c.name.lower() == lowered), None)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityConfig:
+    name: str
+    type: DataType
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineConfig:
+    catalog: Mapping[str, Any]
+    warehouse: Path
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineConfig:
+    type: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SparkConfig:
+    master: str
+    conf: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    file: Path
+    project: str
+    feature_defs: Path
+    sources: Mapping[str, SourceConfig]
+    entities: Mapping[str, EntityConfig]
+    offline: OfflineConfig
+    online: OnlineConfig
+    spark: SparkConfig
+
+    @property
+    def root(self) -> Path:
+        return self.file.parent
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureDef:
+    """One base feature: an operator over an input column, for several windows."""
+
+    name: str
+    op: str
+    input: str | None
+    params: Mapping[str, Any]
+    windows: tuple[Window, ...]
+    group_by_selectors: Mapping[str, str]  # query column -> entity
+    primary_selector: str
+    description: str = ""
+    # where each part was written, for messages raised by later stages (plan, ops)
+    locations: Mapping[str, Location] = field(default_factory=dict)
+
+    def where(self, part: str) -> Location | None:
+        return self.locations.get(part) or self.locations.get("")
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}_{w.name}" for w in self.windows)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """A feature spec file: a query over sources plus base features aggregated from it."""
+
+    name: str
+    owner: str
+    description: str
+    query: str
+    timestamp: str
+    granularities: tuple[Duration, ...]  # largest first
+    features: tuple[FeatureDef, ...]
+    file: Path
+    sources: tuple[str, ...]  # source names the query reads
+    columns: tuple[Column, ...]  # the query's output columns (types UNKNOWN when not derivable)
+    location: Location | None = None
+
+    @property
+    def finest(self) -> Duration:
+        return self.granularities[-1]
+
+    def column(self, name: str) -> Column | None:
+        lowered = name.lower()
+        return next((c for c in self.columns if c.name.lower() == lowered), None)

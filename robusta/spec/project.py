@@ -1,0 +1,98 @@
+"""A whole project: its config and every spec, checked together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from robusta.errors import Location, Problem, ValidationError
+from robusta.spec.config import load_config
+from robusta.spec.loader import load_spec, spec_files
+from robusta.spec.model import FeatureSpec, ProjectConfig
+
+
+@dataclass
+class Project:
+    """Parsed config and specs, plus every problem found (empty when valid)."""
+
+    config: ProjectConfig | None
+    specs: tuple[FeatureSpec, ...]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None and not self.problems
+
+    def raise_for_problems(self) -> None:
+        if self.problems or self.config is None:
+            raise ValidationError(self.problems or [Problem(Location("robusta.yaml"), "invalid")])
+
+    def spec(self, name: str) -> FeatureSpec | None:
+        return next((s for s in self.specs if s.name == name), None)
+
+
+def load_project(config_path: Path, only: Sequence[Path] = ()) -> Project:
+    """Load robusta.yaml and its specs (or just ``only``), collecting all problems.
+
+    Cross-spec rules (unique spec names, unique output feature names) always consider every
+    spec of the project, so validating one file still catches a clash with another.
+    """
+    config, problems = load_config(config_path)
+    if config is None:
+        return Project(None, (), problems)
+    files = spec_files(config.feature_defs)
+    if not files and not only:
+        problems.append(
+            Problem(Location(str(config.file)), f"no spec files (*.yaml) in {config.feature_defs}")
+        )
+    selected = {p.resolve() for p in only}
+    for extra in selected - {f.resolve() for f in files}:
+        files.append(extra)
+    specs: list[FeatureSpec] = []
+    for file in files:
+        if not file.is_file():
+            problems.append(Problem(Location(str(file)), "spec file not found"))
+            continue
+        spec, found = load_spec(file, config)
+        if not selected or file.resolve() in selected:
+            problems.extend(found)
+        if spec is not None:
+            specs.append(spec)
+    problems.extend(_clashes(specs, selected))
+    chosen = [s for s in specs if not selected or s.file in selected]
+    return Project(config, tuple(chosen), sorted(problems, key=lambda p: p.location))
+
+
+def _clashes(specs: list[FeatureSpec], selected: set[Path]) -> list[Problem]:
+    problems: list[Problem] = []
+    seen_specs: dict[str, FeatureSpec] = {}
+    seen_outputs: dict[str, tuple[FeatureSpec, str]] = {}
+    for spec in specs:
+        report = not selected or spec.file in selected
+        first = seen_specs.setdefault(spec.name, spec)
+        if first is not spec and report and spec.location is not None:
+            problems.append(
+                Problem(
+                    spec.location,
+                    f'spec name "{spec.name}" is already used by '
+                    f"{first.location}; spec names must be unique",
+                )
+            )
+        for feature in spec.features:
+            for output in feature.output_names:
+                owner = seen_outputs.setdefault(output, (spec, feature.name))
+                if owner[0] is spec and owner[1] == feature.name:
+                    continue
+                where = feature.where("")
+                if report and where is not None:
+                    other = owner[0].location.file if owner[0].location else owner[0].name
+                    problems.append(
+                        Problem(
+                            where,
+                            f'feature "{output}" is already defined by '
+                            f'"{owner[1]}" in {other}; output feature names must '
+                            "be unique across all specs",
+                        )
+                    )
+    return problems

@@ -1,0 +1,153 @@
+"""Logical column types shared by specs, plans and operators (engine-neutral)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+
+class DataType(StrEnum):
+    BOOLEAN = "boolean"
+    INT = "int"
+    BIGINT = "bigint"
+    FLOAT = "float"
+    DOUBLE = "double"
+    DECIMAL = "decimal"
+    STRING = "string"
+    BINARY = "binary"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    OTHER = "other"  # arrays, maps, structs: allowed in queries, not as aggregation inputs
+    UNKNOWN = "unknown"  # the source declares no schema
+
+    @property
+    def is_integer(self) -> bool:
+        return self in (DataType.INT, DataType.BIGINT)
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (
+            DataType.INT,
+            DataType.BIGINT,
+            DataType.FLOAT,
+            DataType.DOUBLE,
+            DataType.DECIMAL,
+        )
+
+    @property
+    def is_orderable(self) -> bool:
+        return self not in (DataType.OTHER, DataType.BINARY)
+
+    @property
+    def is_known(self) -> bool:
+        return self is not DataType.UNKNOWN
+
+    def arrow(self) -> pa.DataType:
+        """Arrow type used for values of this type in IRs and results."""
+        return _ARROW[self]
+
+
+_ARROW: dict[DataType, pa.DataType] = {
+    DataType.BOOLEAN: pa.bool_(),
+    DataType.INT: pa.int64(),
+    DataType.BIGINT: pa.int64(),
+    DataType.FLOAT: pa.float64(),
+    DataType.DOUBLE: pa.float64(),
+    DataType.DECIMAL: pa.float64(),
+    DataType.STRING: pa.string(),
+    DataType.BINARY: pa.binary(),
+    DataType.DATE: pa.date32(),
+    DataType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    DataType.OTHER: pa.null(),
+    DataType.UNKNOWN: pa.null(),
+}
+
+_T = exp.DataType.Type
+_FROM_SQLGLOT: dict[object, DataType] = {
+    _T.BOOLEAN: DataType.BOOLEAN,
+    _T.TINYINT: DataType.INT,
+    _T.SMALLINT: DataType.INT,
+    _T.INT: DataType.INT,
+    _T.BIGINT: DataType.BIGINT,
+    _T.FLOAT: DataType.FLOAT,
+    _T.DOUBLE: DataType.DOUBLE,
+    _T.DECIMAL: DataType.DECIMAL,
+    _T.TEXT: DataType.STRING,
+    _T.VARCHAR: DataType.STRING,
+    _T.CHAR: DataType.STRING,
+    _T.BINARY: DataType.BINARY,
+    _T.VARBINARY: DataType.BINARY,
+    _T.DATE: DataType.DATE,
+    _T.TIMESTAMP: DataType.TIMESTAMP,
+    _T.TIMESTAMPTZ: DataType.TIMESTAMP,
+    _T.TIMESTAMPLTZ: DataType.TIMESTAMP,
+    _T.TIMESTAMPNTZ: DataType.TIMESTAMP,
+    _T.DATETIME: DataType.TIMESTAMP,
+    _T.UNKNOWN: DataType.UNKNOWN,
+    _T.NULL: DataType.UNKNOWN,
+}
+
+
+def from_sqlglot(data_type: exp.DataType | None) -> DataType:
+    """Map a sqlglot type (as annotated on an expression) to a logical type."""
+    if data_type is None:
+        return DataType.UNKNOWN
+    return _FROM_SQLGLOT.get(data_type.this, DataType.OTHER)
+
+
+ENTITY_TYPES: dict[str, DataType] = {
+    "string": DataType.STRING,
+    "int": DataType.INT,
+    "long": DataType.BIGINT,
+    "bigint": DataType.BIGINT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: DataType
+    sql_type: str  # as written (Spark DDL), handed to sqlglot for type inference
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaSyntaxError(Exception):
+    """Internal: a DDL schema string does not parse; offset is 0-based into the string."""
+
+    message: str
+    offset: int
+
+
+_DDL_PREFIX = "CREATE TABLE t ("
+
+
+def parse_schema(ddl: str) -> tuple[Column, ...]:
+    """Parse a Spark DDL column list ("a STRING, b INT") into columns."""
+    try:
+        statement = sqlglot.parse_one(f"{_DDL_PREFIX}{ddl})", read="spark")
+    except ParseError as exc:
+        err = exc.errors[0] if exc.errors else {}
+        col = int(err.get("col", 0) or 0) - len(str(err.get("highlight", "") or ""))
+        message = str(err.get("description", "cannot parse the schema"))
+        raise SchemaSyntaxError(message, max(col - len(_DDL_PREFIX), 0)) from exc
+    except TokenError as exc:
+        raise SchemaSyntaxError(str(exc), 0) from exc
+    columns: list[Column] = []
+    schema = statement.this if isinstance(statement.this, exp.Schema) else None
+    for definition in schema.expressions if schema is not None else []:
+        kind = definition.args.get("kind") if isinstance(definition, exp.ColumnDef) else None
+        if kind is None or kind.this == exp.DataType.Type.USERDEFINED:
+            raise SchemaSyntaxError(
+                f'column "{definition.name}" needs a Spark type such as STRING, BIGINT, DOUBLE '
+                "or TIMESTAMP",
+                max(ddl.find(definition.name), 0),
+            )
+        columns.append(Column(definition.name, from_sqlglot(kind), kind.sql("spark")))
+    if not columns:
+        raise SchemaSyntaxError('no columns; write e.g. "user_id STRING, ts TIMESTAMP"', 0)
+    return tuple(columns)

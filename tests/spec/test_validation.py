@@ -1,0 +1,173 @@
+"""Every kind of bad config or spec gets one clear, located message and exit code 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from robusta.cli.main import main
+from robusta.workspace import load_workspace
+from tests.conftest import CONFIG, SPEC, MakeProject
+
+
+def validate(config: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["validate", "--config", str(config)])
+    return result.exit_code, result.output
+
+
+def test_valid_project_passes(make_project: MakeProject) -> None:
+    code, output = validate(make_project())
+    assert code == 0, output
+    assert "1 spec(s), 2 output features" in output
+
+
+# (case id, spec text, expected "line:column" in purchases.yaml, expected message fragment)
+SPEC_CASES = [
+    ("yaml-syntax", SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7d"), "13:23",
+     "YAML syntax error"),
+    ("unknown-top-key", SPEC.replace("owner: growth", "ownr: growth"), "2:1",
+     'unknown key "ownr" in the spec (did you mean "owner"?)'),
+    ("missing-key", SPEC.replace("timestamp: ts\n", ""), "1:1",
+     'missing required key "timestamp"'),
+    ("unknown-feature-key", SPEC.replace("    primary_selector", "    primary_selectr"), "14:5",
+     'did you mean "primary_selector"?'),
+    ("sql-syntax", SPEC.replace("  FROM events", "  FROM events WHERE"), "5:15",
+     'SQL syntax error near "WHERE"'),
+    ("unknown-source", SPEC.replace("  FROM events", "  FROM evnts"), "5:8",
+     'FROM names unknown source "evnts" (did you mean "events"?)'),
+    ("unknown-query-column", SPEC.replace("SELECT user_id,", "SELECT usr_id,"), "4:10",
+     "usr_id"),
+    ("input-not-a-column", SPEC.replace("input: amount", "input: amont"), "11:12",
+     'input "amont" is not an output column of the query (did you mean "amount"?)'),
+    ("timestamp-not-a-column", SPEC.replace("timestamp: ts", "timestamp: tss"), "6:12",
+     'timestamp "tss" is not an output column'),
+    ("timestamp-wrong-type", SPEC.replace("timestamp: ts", "timestamp: qty"), "6:12",
+     'timestamp "qty" is int, expected timestamp'),
+    ("selector-not-a-column", SPEC.replace("{user_id: USER_ID}", "{usr: USER_ID}")
+     .replace("primary_selector: user_id", "primary_selector: usr"), "13:26",
+     'group-by selector "usr" is not an output column'),
+    ("unknown-op", SPEC.replace("op: sum", "op: summ"), "10:9",
+     'unknown op "summ" (did you mean "sum"?)'),
+    ("bad-param", SPEC.replace("op: sum", "op: last_n\n    params: {n: 0}"), "11:14",
+     "last_n n: must be between 1 and 10000"),
+    ("unknown-param", SPEC.replace("op: sum", "op: last_n\n    params: {m: 3}"), "11:14",
+     'last_n has no parameter "m"'),
+    ("wrong-input-type", SPEC.replace("input: amount", "input: item_id"), "11:12",
+     "sum needs a numeric input, got string"),
+    ("window-not-multiple", SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7m]"), "12:19",
+     "window 7m is not a whole multiple of the smallest granularity 5m"),
+    ("window-syntax", SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7days]"), "12:19",
+     '"7days" is not a duration'),
+    ("granularity-not-dividing", SPEC.replace("[1d, 1h, 5m]", "[1d, 1h, 7m]"), "7:25",
+     "granularity 1h is not a whole multiple of 7m"),
+    ("undeclared-entity", SPEC.replace("{user_id: USER_ID}", "{user_id: USER}"), "13:35",
+     'entity "USER" is not declared (did you mean "USER_ID"?)'),
+    ("primary-not-selector", SPEC.replace("primary_selector: user_id",
+                                          "primary_selector: item_id"), "14:23",
+     'primary_selector "item_id" is not among the group_by_selectors'),
+    ("duplicate-yaml-key", SPEC.replace("owner: growth", "owner: growth\nowner: ads"), "3:1",
+     'duplicate key "owner"'),
+    ("needs-input", SPEC.replace("    input: amount\n", ""), "9:3",
+     "needs an input column"),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "where", "message"), SPEC_CASES,
+                         ids=[c[0] for c in SPEC_CASES])
+def test_bad_spec_is_located(
+    make_project: MakeProject, case: str, spec: str, where: str, message: str
+) -> None:
+    config = make_project(purchases=spec)
+    code, output = validate(config)
+    assert code == 1, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "purchases.yaml:" in line]
+    assert lines, output
+    located = f"purchases.yaml:{where}:"
+    assert any(located in line and message in line for line in lines), (case, output)
+
+
+CONFIG_CASES = [
+    ("unknown-config-key", CONFIG.replace("feature_defs: feature_defs",
+                                          "feature_def: feature_defs"), "2:1",
+     'unknown key "feature_def" in robusta.yaml (did you mean "feature_defs"?)'),
+    ("unknown-format", CONFIG.replace("format: csv", "format: cvs"), "5:13",
+     'unknown format "cvs" (did you mean "csv"?)'),
+    ("schema-syntax", CONFIG.replace("qty INT,", "qty,"), "8:61",
+     'column "qty" needs a Spark type'),
+    ("csv-needs-schema", CONFIG.replace(
+        '    schema: "user_id STRING, item_id STRING, amount DOUBLE, qty INT, ts TIMESTAMP"\n',
+        ""), "4:3", 'needs a "schema"'),
+    ("bad-entity-type", CONFIG.replace("USER_ID: {type: string}", "USER_ID: {type: strng}"),
+     "10:19", 'unknown entity type "strng" (did you mean "string"?)'),
+]
+
+
+@pytest.mark.parametrize(("case", "config_text", "where", "message"), CONFIG_CASES,
+                         ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_is_located(
+    make_project: MakeProject, case: str, config_text: str, where: str, message: str
+) -> None:
+    code, output = validate(make_project(config=config_text))
+    assert code == 1, output
+    assert any(f"robusta.yaml:{where}:" in line and message in line
+               for line in output.splitlines()), (case, output)
+
+
+def test_duplicate_output_feature_across_specs(make_project: MakeProject) -> None:
+    other = SPEC.replace("name: purchases", "name: purchases_copy")
+    config = make_project(purchases=SPEC, purchases_copy=other)
+    code, output = validate(config)
+    assert code == 1
+    assert 'feature "spend_1h" is already defined by "spend"' in output
+    assert 'spec name "purchases_copy"' not in output  # only the clash is reported
+
+
+def test_all_problems_are_collected(make_project: MakeProject) -> None:
+    spec = (SPEC.replace("op: sum", "op: summ").replace("[1h, 7d]", "[1h, 7m]")
+            .replace("{user_id: USER_ID}", "{user_id: USER}"))
+    workspace = load_workspace(make_project(purchases=spec))
+    messages = " | ".join(p.message for p in workspace.problems)
+    assert 'unknown op "summ"' in messages
+    assert "window 7m" in messages
+    assert 'entity "USER"' in messages
+
+
+def test_select_star_resolves_from_schema(make_project: MakeProject) -> None:
+    spec = SPEC.replace("SELECT user_id, item_id, amount, qty, ts", "SELECT *")
+    workspace = load_workspace(make_project(purchases=spec))
+    assert workspace.ok, workspace.problems
+    columns = [c.name for c in workspace.project.specs[0].columns]
+    assert columns == ["user_id", "item_id", "amount", "qty", "ts"]
+    bad = load_workspace(make_project(purchases=spec.replace("input: amount", "input: amt")))
+    assert any('input "amt"' in p.message for p in bad.problems)
+
+
+def test_json_output(make_project: MakeProject) -> None:
+    config = make_project(purchases=SPEC.replace("op: sum", "op: summ"))
+    result = CliRunner().invoke(main, ["validate", "--json", "--config", str(config)])
+    assert result.exit_code == 1
+    payload = json.loads(result.output)
+    assert payload["ok"] is False
+    (problem,) = payload["problems"]
+    assert problem["line"] == 10 and problem["column"] == 9
+    assert problem["file"].endswith("purchases.yaml")
+
+
+def test_validate_one_file_still_checks_clashes(make_project: MakeProject) -> None:
+    other = SPEC.replace("name: purchases", "name: purchases_copy")
+    config = make_project(purchases=SPEC, purchases_copy=other)
+    spec_file = config.parent / "feature_defs" / "purchases_copy.yaml"
+    result = CliRunner().invoke(main, ["validate", str(spec_file), "--config", str(config)])
+    assert result.exit_code == 1
+    assert "purchases_copy.yaml" in result.output and "already defined" in result.output
+
+
+def test_missing_config_is_one_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert "cannot read file" in result.output
+    assert "Traceback" not in result.output
