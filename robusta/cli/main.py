@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robusta import __version__
@@ -43,7 +44,7 @@ def handle_errors(func: F) -> F:
             print_problems(err, list(exc.problems))
             sys.exit(1)
         except RobustaError as exc:
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
             raise
@@ -51,7 +52,7 @@ def handle_errors(func: F) -> F:
             if os.environ.get("ROBUSTA_DEBUG"):
                 raise
             err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
                 "(rerun with ROBUSTA_DEBUG=1 for details and please report it)"
             )
             sys.exit(70)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robusta.errors import Problem
@@ -14,7 +15,7 @@ from robusta.plan.model import Plan, SpecPlan
 def print_problems(console: Console, problems: list[Problem]) -> None:
     for problem in problems:
         console.print(
-            f"[bold]{problem.location}[/bold]: [red]{problem.message}[/red]",
+            f"[bold]{escape(str(problem.location))}[/bold]: [red]{escape(problem.message)}[/red]",
             highlight=False,
             soft_wrap=True,
         )

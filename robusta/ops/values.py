@@ -107,3 +107,16 @@ def struct_fields(array: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
         raise OperatorError(f"expected a struct IR, got {array.type}")
     names = [array.type.field(i).name for i in range(array.type.num_fields)]
     return dict(zip(names, array.flatten(), strict=True))
+
+
+def same_shape(left: pa.DataType, right: pa.DataType) -> bool:
+    """Arrow types equal up to nullability (engines differ in the not-null flags they set)."""
+    if pa.types.is_struct(left) and pa.types.is_struct(right):
+        return left.num_fields == right.num_fields and all(
+            left.field(i).name == right.field(i).name
+            and same_shape(left.field(i).type, right.field(i).type)
+            for i in range(left.num_fields)
+        )
+    if pa.types.is_list(left) and pa.types.is_list(right):
+        return same_shape(left.value_type, right.value_type)
+    return bool(left.equals(right))

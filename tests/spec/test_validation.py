@@ -70,6 +70,8 @@ SPEC_CASES = [
      'primary_selector "item_id" is not among the group_by_selectors'),
     ("duplicate-yaml-key", SPEC.replace("owner: growth", "owner: growth\nowner: ads"), "3:1",
      'duplicate key "owner"'),
+    ("not-a-list", SPEC.replace("windows: [1h, 7d]", "windows: 7d"), "12:14",
+     '"windows" must be a list like [a, b], got text'),
     ("needs-input", SPEC.replace("    input: amount\n", ""), "9:3",
      "needs an input column"),
 ]
