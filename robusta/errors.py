@@ -77,3 +77,7 @@ class UnknownFeatureError(RobustaError, KeyError):
 
 class OperatorError(RobustaError, ValueError):
     """An operator was given data it cannot aggregate (wrong type or shape)."""
+
+
+class UnknownOperatorError(OperatorError):
+    """A spec names an operator that does not exist."""

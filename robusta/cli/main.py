@@ -24,6 +24,7 @@ from rich.table import Table
 from robusta import __version__
 from robusta.cli.render import plan_json, plan_table, print_problems, tiles_table
 from robusta.errors import RobustaError, ValidationError
+from robusta.spec.durations import Duration
 from robusta.workspace import load_workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,8 +182,6 @@ def demo(config: Path | None, days: int) -> None:
 
 
 def _duration_name(micros: int) -> str:
-    from robusta.spec.durations import Duration
-
     return Duration(micros).name
 
 

@@ -5,43 +5,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from robusta.errors import UnknownOperatorError
 from robusta.ops.base import Operator, Param, ParamError, State, concat, fold_segments, take
 from robusta.ops.numeric import Avg, Count, Max, Min, Stddev, Sum, Variance
 from robusta.ops.ordered import First, FirstN, Last, LastN
 from robusta.ops.sketches import ApproxDistinct, ApproxQuantile, TopK
+from robusta.spec.suggest import did_you_mean, one_of
 from robusta.spec.types import DataType
 
 OPERATORS: dict[str, type[Operator]] = {
     cls.name: cls
     for cls in (
-        Count,
-        Sum,
-        Avg,
-        Min,
-        Max,
-        Variance,
-        Stddev,
-        First,
-        Last,
-        FirstN,
-        LastN,
-        ApproxDistinct,
-        ApproxQuantile,
-        TopK,
+        Count, Sum, Avg, Min, Max, Variance, Stddev,
+        First, Last, FirstN, LastN,
+        ApproxDistinct, ApproxQuantile, TopK,
     )
-}
+}  # fmt: skip
 
 
 def make_operator(
     name: str, input_type: DataType = DataType.UNKNOWN, params: Mapping[str, Any] | None = None
 ) -> Operator:
-    """Instantiate operator ``name``; raises OperatorError/ParamError on bad input or params."""
-    from robusta.errors import OperatorError
-    from robusta.spec.suggest import did_you_mean, one_of
+    """Instantiate operator ``name`` for an input type.
 
+    Raises UnknownOperatorError, ParamError (bad params) or OperatorError (bad input type).
+    """
     cls = OPERATORS.get(name)
     if cls is None:
-        raise OperatorError(
+        raise UnknownOperatorError(
             f'unknown op "{name}"{did_you_mean(name, OPERATORS)}; ops: {one_of(OPERATORS)}'
         )
     return cls(input_type, params)

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from robusta.errors import OperatorError
-from robusta.ops.values import Array
+from robusta.ops.values import Array, to_numpy
 from robusta.spec.types import DataType
 
 State = tuple[Array, ...]
@@ -147,8 +147,6 @@ class Operator(ABC):
 
     # ---- helpers for subclasses -----------------------------------------------------------
     def _values(self, values: pa.Array | None, n: int) -> tuple[Array, Array]:
-        from robusta.ops.values import to_numpy
-
         if values is None:
             raise OperatorError(f"{self.name} needs an input column")
         if len(values) != n:

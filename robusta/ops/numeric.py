@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.ops.base import Operator, State
-from robusta.ops.values import Array, from_numpy, numpy_dtype, struct_fields, to_numpy
+from robusta.ops.values import Array, from_numpy, numpy_dtype, placeholders, struct_fields, to_numpy
 from robusta.spec.types import DataType
 
 # Ordered fold of IRs in Spark: collect (order, ir) pairs, sort by time, fold left. Used where
@@ -204,8 +204,7 @@ class _Extreme(Operator):
         return self.input_type.arrow()
 
     def empty(self, n: int) -> State:
-        values = np.empty(n, dtype=numpy_dtype(self.input_type))
-        values[:] = 0 if values.dtype != object else ""
+        values = placeholders(self.input_type, n)
         return np.zeros(n, dtype=np.bool_), values
 
     def lift(self, ts: Array, values: pa.Array | None) -> State:

@@ -10,7 +10,14 @@ import pyarrow as pa
 
 from robusta.ops.base import Operator, Param, State
 from robusta.ops.params import int_between
-from robusta.ops.values import TS_TYPE, Array, from_numpy, numpy_dtype, struct_fields, to_numpy
+from robusta.ops.values import (
+    TS_TYPE,
+    Array,
+    from_numpy,
+    placeholders,
+    struct_fields,
+    to_numpy,
+)
 from robusta.spec.types import DataType
 
 
@@ -33,8 +40,7 @@ class _Edge(Operator):
         return self.input_type.arrow()
 
     def empty(self, n: int) -> State:
-        values = np.empty(n, dtype=numpy_dtype(self.input_type))
-        values[:] = 0 if values.dtype != object else ""
+        values = placeholders(self.input_type, n)
         return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.int64), values
 
     def lift(self, ts: Array, values: pa.Array | None) -> State:

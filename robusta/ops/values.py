@@ -36,13 +36,12 @@ def numpy_dtype(dtype: DataType) -> npt.DTypeLike:
     return object
 
 
-def fill_value(dtype: DataType) -> Any:
-    """Placeholder stored in null slots: comparable with real values, never observed."""
-    if dtype in (DataType.STRING,):
-        return ""
-    if dtype is DataType.BINARY:
-        return b""
-    return 0
+def placeholders(dtype: DataType, n: int) -> Array:
+    """``n`` stand-in values for empty slots: comparable with real values, never observed."""
+    out = np.zeros(n, dtype=numpy_dtype(dtype))
+    if out.dtype == object:
+        out[:] = b"" if dtype is DataType.BINARY else ""
+    return out
 
 
 def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> tuple[Array, BoolArray]:
@@ -78,11 +77,6 @@ def from_numpy(values: Array, valid: BoolArray | None, dtype: DataType) -> pa.Ar
     return pa.array(values, target, mask=mask, from_pandas=False)
 
 
-def to_python(value: Any, dtype: DataType) -> Any:
-    """One numpy scalar -> a plain Python value of the logical type's Arrow representation."""
-    return from_numpy(np.asarray([value], dtype=numpy_dtype(dtype)), None, dtype)[0].as_py()
-
-
 def _arrow_fill(target: pa.DataType) -> pa.Scalar:
     if pa.types.is_string(target):
         return pa.scalar("", target)
@@ -90,12 +84,10 @@ def _arrow_fill(target: pa.DataType) -> pa.Scalar:
         return pa.scalar(b"", target)
     if pa.types.is_boolean(target):
         return pa.scalar(False, target)
-    if pa.types.is_timestamp(target) or pa.types.is_date(target):
-        return (
-            pa.scalar(0, pa.int64()).cast(target)
-            if pa.types.is_timestamp(target)
-            else (pa.scalar(0, pa.int32()).cast(target))
-        )
+    if pa.types.is_timestamp(target):
+        return pa.scalar(0, pa.int64()).cast(target)
+    if pa.types.is_date(target):
+        return pa.scalar(0, pa.int32()).cast(target)
     return pa.scalar(0, target)
 
 

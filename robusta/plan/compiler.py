@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlglot
 
-from robusta.errors import Location, OperatorError, Problem
+from robusta.errors import Location, OperatorError, Problem, UnknownOperatorError
 from robusta.ops import ParamError, make_operator
 from robusta.plan.keys import DEFAULT_KEY_BUCKETS
 from robusta.plan.model import (
@@ -84,9 +84,11 @@ def _compile_feature(
             )
         )
         return None
-    except OperatorError as exc:
-        part = "op" if "unknown op" in str(exc) else "input"
-        problems.append(Problem(feature.where(part) or fallback, str(exc)))
+    except UnknownOperatorError as exc:
+        problems.append(Problem(feature.where("op") or fallback, str(exc)))
+        return None
+    except OperatorError as exc:  # the input column's type does not suit the operator
+        problems.append(Problem(feature.where("input") or fallback, str(exc)))
         return None
     if op.needs_input and feature.input is None:
         problems.append(

@@ -76,11 +76,6 @@ class TileGroup:
     layout: TileLayout
     features: tuple[BaseFeature, ...]
 
-    @property
-    def longest_window(self) -> Window:
-        windows = [w for f in self.features for w in f.windows]
-        return max(windows, key=lambda w: w.sort_key)
-
 
 @dataclass(frozen=True, slots=True)
 class SpecPlan:

@@ -25,10 +25,6 @@ class SourceConfig:
     loader: str | None = None  # python sources: "module:function" returning a DataFrame
     location: Location | None = None
 
-    def column(self, name: str) -> Column | None:
-        lowered = name.lower()
-        return next((c for c in self.schema or () if c.name.lower() == lowered), None)
-
 
 @dataclass(frozen=True, slots=True)
 class EntityConfig:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from robusta.errors import Location, Problem, ValidationError
+from robusta.errors import Location, Problem
 from robusta.spec.config import load_config
 from robusta.spec.loader import load_spec, spec_files
 from robusta.spec.model import FeatureSpec, ProjectConfig
@@ -23,13 +23,6 @@ class Project:
     @property
     def ok(self) -> bool:
         return self.config is not None and not self.problems
-
-    def raise_for_problems(self) -> None:
-        if self.problems or self.config is None:
-            raise ValidationError(self.problems or [Problem(Location("robusta.yaml"), "invalid")])
-
-    def spec(self, name: str) -> FeatureSpec | None:
-        return next((s for s in self.specs if s.name == name), None)
 
 
 def load_project(config_path: Path, only: Sequence[Path] = ()) -> Project:

@@ -7,7 +7,6 @@ stages validate plain data and ask the document where a path is, so every messag
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +143,3 @@ def _construct_scalar(node: yaml.Node) -> Any:
         return loader.construct_object(node, deep=True)
     finally:
         loader.dispose()
-
-
-def is_mapping(value: object) -> bool:
-    return isinstance(value, Mapping)

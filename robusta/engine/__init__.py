@@ -1,0 +1,1 @@
+"""Engines that compute tiles and features (Spark today)."""

@@ -1,0 +1,1 @@
+"""The Spark engine: tile jobs, rollups, streaming and the bucketed PIT join."""
