@@ -154,16 +154,24 @@ def demo(config: Path | None, days: int) -> None:
     out.print(f"2. Validated {len(result.workspace.plan.specs)} specs: [green]no problems[/green]")
     out.print(plan_table(result.workspace.plan))
     out.print(tiles_table(result.workspace.plan))
-    estimates = Table(title="3. Tiles `robusta materialize` will write (counted on this data)")
+    estimates = Table(
+        title="3. Tiles `robusta materialize` will write (counted on the raw events, before "
+        "each spec's filters)"
+    )
     granularities = sorted(
-        {g for e in result.estimates for g in e.per_granularity}, key=lambda g: -len(g)
+        {g for e in result.estimates for g in e.per_granularity},
+        key=lambda g: -Duration.parse(g).micros,
     )
     estimates.add_column("tile table")
     for g in granularities:
         estimates.add_column(g, justify="right")
     for estimate in result.estimates:
         estimates.add_row(
-            estimate.table, *[f"{estimate.per_granularity.get(g, 0):,}" for g in granularities]
+            estimate.table,
+            *[
+                f"{estimate.per_granularity[g]:,}" if g in estimate.per_granularity else "-"
+                for g in granularities
+            ],
         )
     out.print(estimates)
     for example in result.examples:

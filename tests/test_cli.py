@@ -1,0 +1,61 @@
+"""The CLI end to end: demo, error mapping, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from robusta.cli import main as cli
+from robusta.datagen import EVENT_SCHEMA
+from tests.conftest import MakeProject
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def demo_project(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "robusta.yaml", tmp_path / "robusta.yaml")
+    shutil.copytree(REPO / "feature_defs", tmp_path / "feature_defs")
+    return tmp_path / "robusta.yaml"
+
+
+def test_demo_generates_data_and_plans(tmp_path: Path) -> None:
+    config = demo_project(tmp_path)
+    result = CliRunner().invoke(cli.main, ["demo", "--days", "2", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "Validated 4 specs" in result.output
+    files = sorted((tmp_path / ".robusta" / "demo" / "events").glob("*.parquet"))
+    assert len(files) >= 2
+    assert pq.read_schema(files[0]).names == EVENT_SCHEMA.names
+    assert "assembled from" in result.output
+
+
+def test_demo_without_its_source_says_what_to_do(make_project: MakeProject) -> None:
+    result = CliRunner().invoke(cli.main, ["demo", "--config", str(make_project())])
+    assert result.exit_code == 2
+    assert 'needs a source "engagement_events"' in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unexpected_errors_are_one_line(
+    make_project: MakeProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli, "load_workspace", broken)
+    monkeypatch.delenv("ROBUSTA_DEBUG", raising=False)
+    result = CliRunner().invoke(cli.main, ["plan", "--config", str(make_project())])
+    assert result.exit_code == 70
+    assert "internal error: RuntimeError: disk on fire" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_no_config_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["validate"])
+    assert result.exit_code == 2
+    assert "no robusta.yaml found" in result.output
