@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 
 from robusta.cli import main as cli
 from robusta.datagen import EVENT_SCHEMA
-from tests.conftest import MakeProject
+from tests.conftest import SPEC, MakeProject
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,3 +60,15 @@ def test_no_config_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     result = CliRunner().invoke(cli.main, ["validate"])
     assert result.exit_code == 2
     assert "no robusta.yaml found" in result.output
+
+
+def test_json_errors_stay_json(tmp_path: Path, make_project: MakeProject) -> None:
+    missing = CliRunner().invoke(
+        cli.main, ["validate", "--json", "--config", str(tmp_path / "none" / "robusta.yaml")]
+    )
+    assert missing.exit_code == 1
+    assert json.loads(missing.output)["ok"] is False
+    config = make_project(purchases=SPEC.replace("op: sum", "op: nope"))
+    invalid = CliRunner().invoke(cli.main, ["plan", "--json", "--config", str(config)])
+    assert invalid.exit_code == 1
+    assert json.loads(invalid.output)["problems"][0]["message"].startswith('unknown op "nope"')

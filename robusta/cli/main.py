@@ -35,17 +35,28 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 def handle_errors(func: F) -> F:
-    """Map errors to one clear message and an exit code; never show a traceback."""
+    """Map errors to one clear message and an exit code; never show a traceback.
+
+    Commands called with ``--json`` get the error as JSON on stdout instead.
+    """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except ValidationError as exc:
-            print_problems(err, list(exc.problems))
+            if as_json:
+                problems = [p.to_json() for p in exc.problems]
+                click.echo(json.dumps({"ok": False, "problems": problems}, indent=2))
+            else:
+                print_problems(err, list(exc.problems))
             sys.exit(1)
         except RobustaError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            if as_json:
+                click.echo(json.dumps({"ok": False, "error": str(exc)}, indent=2))
+            else:
+                err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
             raise

@@ -94,7 +94,11 @@ class Operator(ABC):
         """A message when ``dtype`` cannot be this operator's input, else None."""
         if not dtype.is_known:
             return None
-        return None if dtype.is_orderable else f"{cls.name} cannot aggregate {dtype} values"
+        if dtype is DataType.OTHER:
+            return f"{cls.name} cannot aggregate arrays, maps or structs; select a plain column"
+        if not dtype.is_orderable:
+            return f"{cls.name} cannot order {dtype} values; CAST them in the query"
+        return None
 
     # ---- types --------------------------------------------------------------------------
     @property

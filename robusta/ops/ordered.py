@@ -14,7 +14,9 @@ from robusta.ops.values import (
     TS_TYPE,
     Array,
     from_numpy,
+    list_of_pairs,
     placeholders,
+    python_value,
     struct_fields,
     to_numpy,
 )
@@ -155,43 +157,26 @@ class _EdgeN(Operator):
                 rows.append(None)
                 continue
             ordered = items if self.want_least else reversed(items)
-            rows.append([self._py(v) for _, v in ordered])
+            rows.append([self._value(v) for _, v in ordered])
         return pa.array(rows, self.result_type)
 
-    def _py(self, value: Any) -> Any:
-        if self.input_type is DataType.TIMESTAMP:
-            return pa.scalar(value, pa.int64()).cast(TS_TYPE).as_py()
-        if self.input_type is DataType.DATE:
-            return pa.scalar(value, pa.int32()).cast(pa.date32()).as_py()
-        return value
-
     def from_arrow(self, array: pa.Array) -> State:
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        out = np.empty(len(array), dtype=object)
-        flat = array.flatten()
-        fields = struct_fields(flat)
-        ts, _ = to_numpy(fields["ts"], DataType.TIMESTAMP)
-        v, _ = to_numpy(fields["value"], self.input_type)
-        offsets = np.asarray(array.offsets)
-        valid = np.asarray(array.is_valid())
-        pairs = list(zip(ts.tolist(), v.tolist(), strict=True))
-        out[:] = [
-            tuple(sorted(pairs[offsets[i] : offsets[i + 1]])) if valid[i] else ()
-            for i in range(len(array))
-        ]
+        rows = list_of_pairs(array, ("ts", "value"), (DataType.TIMESTAMP, self.input_type))
+        out = np.empty(len(rows), dtype=object)
+        out[:] = [tuple(sorted(items)) for items in rows]
         return (out,)
 
     def to_arrow(self, state: State) -> pa.Array:
         rows = [
-            [{"ts": self._ts(t), "value": self._py(v)} for t, v in items] if items else None
+            [{"ts": python_value(t, DataType.TIMESTAMP), "value": self._value(v)} for t, v in items]
+            if items
+            else None
             for items in state[0]
         ]
         return pa.array(rows, self.ir_type)
 
-    @staticmethod
-    def _ts(micros: int) -> Any:
-        return pa.scalar(micros, pa.int64()).cast(TS_TYPE).as_py()
+    def _value(self, value: Any) -> Any:
+        return python_value(value, self.input_type)
 
     def spark_build(self, value: str, ts: str) -> str:
         return self._cut(f"array_sort(collect_list({_event_struct(value, ts)}))")

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from robusta.ops.base import Operator, Param, State
 from robusta.ops.params import int_between, optional, quantile_list
-from robusta.ops.values import Array, to_numpy
+from robusta.ops.values import Array, list_of_pairs, python_value
 from robusta.spec.types import DataType
 
 
@@ -319,24 +319,10 @@ class TopK(Operator):
         return pa.array(rows, self.result_type)
 
     def _py(self, value: Any) -> Any:
-        if self.input_type is DataType.TIMESTAMP:
-            return pa.scalar(value, pa.int64()).cast(pa.timestamp("us", tz="UTC")).as_py()
-        if self.input_type is DataType.DATE:
-            return pa.scalar(value, pa.int32()).cast(pa.date32()).as_py()
-        return value
+        return python_value(value, self.input_type)
 
     def from_arrow(self, array: pa.Array) -> State:
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        flat = array.flatten()
-        values, _ = to_numpy(flat.field("value"), self.input_type)
-        counts = np.asarray(flat.field("count").to_numpy(zero_copy_only=False), dtype=np.int64)
-        offsets = np.asarray(array.offsets).tolist()
-        valid = np.asarray(array.is_valid())
-        pairs = list(zip(values.tolist(), counts.tolist(), strict=True))
-        rows = [
-            tuple(pairs[offsets[i] : offsets[i + 1]]) if valid[i] else () for i in range(len(array))
-        ]
+        rows = list_of_pairs(array, ("value", "count"), (self.input_type, DataType.BIGINT))
         return (_objects(rows, len(rows)),)
 
     def to_arrow(self, state: State) -> pa.Array:

@@ -112,3 +112,29 @@ def same_shape(left: pa.DataType, right: pa.DataType) -> bool:
     if pa.types.is_list(left) and pa.types.is_list(right):
         return same_shape(left.value_type, right.value_type)
     return bool(left.equals(right))
+
+
+def python_value(value: Any, dtype: DataType) -> Any:
+    """A value from a numpy column (int micros / days for temporal types) as Arrow's Python."""
+    if dtype is DataType.TIMESTAMP:
+        return pa.scalar(value, pa.int64()).cast(TS_TYPE).as_py()
+    if dtype is DataType.DATE:
+        return pa.scalar(value, pa.int32()).cast(pa.date32()).as_py()
+    return value
+
+
+def list_of_pairs(
+    array: pa.Array | pa.ChunkedArray, fields: tuple[str, str], types: tuple[DataType, DataType]
+) -> list[tuple[tuple[Any, Any], ...]]:
+    """A list<struct<a, b>> column as one tuple of (a, b) pairs per row (null rows -> ())."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    columns = struct_fields(array.flatten())
+    first, _ = to_numpy(columns[fields[0]], types[0])
+    second, _ = to_numpy(columns[fields[1]], types[1])
+    pairs = list(zip(first.tolist(), second.tolist(), strict=True))
+    offsets = np.asarray(array.offsets).tolist()
+    valid = np.asarray(array.is_valid()).tolist()
+    return [
+        tuple(pairs[offsets[i] : offsets[i + 1]]) if valid[i] else () for i in range(len(array))
+    ]

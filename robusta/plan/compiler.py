@@ -10,7 +10,7 @@ from typing import Any
 import sqlglot
 
 from robusta.errors import Location, OperatorError, Problem, UnknownOperatorError
-from robusta.ops import ParamError, make_operator
+from robusta.ops import Operator, ParamError, make_operator
 from robusta.plan.keys import DEFAULT_KEY_BUCKETS
 from robusta.plan.model import (
     BaseFeature,
@@ -21,6 +21,7 @@ from robusta.plan.model import (
     TileGroup,
     TileLayout,
 )
+from robusta.spec.config import display_path
 from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
 from robusta.spec.types import DataType
 
@@ -45,11 +46,13 @@ def _compile_spec(
             continue
         keys = tuple(sorted(feature.group_by_selectors.items()))
         by_keys.setdefault(keys, []).append(compiled)
+        if feature.primary_selector not in feature.group_by_selectors:
+            continue  # already reported by the spec checks
         first = primaries.setdefault(keys, feature.primary_selector)
         if first != feature.primary_selector:
             problems.append(
                 Problem(
-                    feature.where("primary_selector") or Location(str(spec.file)),
+                    feature.where("primary_selector") or Location(display_path(spec.file)),
                     f'features grouped by the same keys must share a primary_selector: "{first}" '
                     f'is used by another feature of this spec, here "{feature.primary_selector}"',
                 )
@@ -62,15 +65,16 @@ def _compile_spec(
         table = (
             spec.name if len(by_keys) == 1 else f"{spec.name}__by_{'_'.join(c for c, _ in keys)}"
         )
-        layout = TileLayout(table, columns, primaries[keys], spec.granularities, key_buckets)
+        primary = primaries.get(keys, keys[0][0] if keys else "")
+        layout = TileLayout(table, columns, primary, spec.granularities, key_buckets)
         groups.append(TileGroup(layout, tuple(features)))
-    return SpecPlan(spec, tuple(groups), _spec_hash(spec, groups))
+    return SpecPlan(spec, tuple(groups), _spec_hash(spec, groups, key_buckets))
 
 
 def _compile_feature(
     spec: FeatureSpec, feature: FeatureDef, problems: list[Problem]
 ) -> BaseFeature | None:
-    fallback = feature.where("") or Location(str(spec.file))
+    fallback = feature.where("") or Location(display_path(spec.file))
     input_type = DataType.UNKNOWN
     if feature.input is not None:
         column = spec.column(feature.input)
@@ -89,6 +93,15 @@ def _compile_feature(
         return None
     except OperatorError as exc:  # the input column's type does not suit the operator
         problems.append(Problem(feature.where("input") or fallback, str(exc)))
+        return None
+    if op.needs_input and feature.input is not None and not input_type.is_known:
+        problems.append(
+            Problem(
+                feature.where("input") or fallback,
+                f'cannot tell the type of input "{feature.input}": declare the schema of the '
+                "source in robusta.yaml, or CAST the column in the query",
+            )
+        )
         return None
     if op.needs_input and feature.input is None:
         problems.append(
@@ -111,7 +124,7 @@ def _compile_feature(
         outputs=outputs,
         owner=spec.owner,
         description=feature.description,
-        hash=_digest(_feature_identity(spec, feature, input_type)),
+        hash=_digest(_feature_identity(spec, feature, op)),
     )
 
 
@@ -124,30 +137,38 @@ def _key_type(config: ProjectConfig, spec: FeatureSpec, column: str, entity: str
 
 
 def _normalized_query(query: str) -> str:
+    """The query as sqlglot prints it, without comments: formatting edits keep the version."""
     try:
-        return sqlglot.transpile(query, read="spark", write="spark")[0]
+        return sqlglot.transpile(query, read="spark", write="spark", comments=False)[0]
     except sqlglot.errors.SqlglotError:
         return query.strip()
 
 
-def _feature_identity(spec: FeatureSpec, feature: FeatureDef, input_type: DataType) -> Any:
-    # Windows are left out on purpose: they change assembly, not the stored tiles.
+def _feature_identity(spec: FeatureSpec, feature: FeatureDef, op: Operator) -> Any:
+    """Everything that decides the stored IR column of a feature.
+
+    Windows and descriptions are left out on purpose: they change assembly or docs, not tiles.
+    Params are the operator's normalized ones, so writing a default out changes nothing.
+    """
     return {
         "query": _normalized_query(spec.query),
         "timestamp": spec.timestamp,
         "granularities": [g.micros for g in spec.granularities],
         "keys": sorted(feature.group_by_selectors.items()),
-        "op": feature.op,
+        "primary": feature.primary_selector,
+        "ir_column": feature.name,
+        "op": op.name,
         "input": feature.input,
-        "input_type": input_type.value,
-        "params": feature.params,
+        "input_type": op.input_type.value,
+        "params": op.params,
     }
 
 
-def _spec_hash(spec: FeatureSpec, groups: list[TileGroup]) -> str:
+def _spec_hash(spec: FeatureSpec, groups: list[TileGroup], key_buckets: int) -> str:
     return _digest(
         {
             "name": spec.name,
+            "key_buckets": key_buckets,
             "features": sorted(f.hash for g in groups for f in g.features),
         }
     )

@@ -32,8 +32,8 @@ def spark_key_bucket(column_sql: str, buckets: int = DEFAULT_KEY_BUCKETS) -> str
 
 
 def _key_text(key: object) -> str:
+    # Entity keys are strings or integers (spec.types.ENTITY_TYPES), whose text Spark and
+    # Python write alike; booleans get Spark's spelling.
     if isinstance(key, bool):
         return "true" if key else "false"
-    if isinstance(key, float) and key.is_integer():
-        return str(int(key))
     return str(key)

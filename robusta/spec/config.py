@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pyarrow
+import pyarrow.dataset
+
 from robusta.errors import ConfigNotFoundError, Location, Problem
 from robusta.spec.checks import Checker
 from robusta.spec.model import (
@@ -19,13 +22,22 @@ from robusta.spec.model import (
     SparkConfig,
 )
 from robusta.spec.suggest import did_you_mean, one_of
-from robusta.spec.types import ENTITY_TYPES, DataType, SchemaSyntaxError, parse_schema
+from robusta.spec.types import (
+    ENTITY_TYPES,
+    Column,
+    DataType,
+    SchemaSyntaxError,
+    parse_schema,
+    schema_from_arrow,
+)
 from robusta.spec.yamldoc import YamlLoadError, load_yaml
 
 CONFIG_NAME = "robusta.yaml"
 _TOP = ("project",)
 _TOP_OPTIONAL = ("feature_defs", "sources", "entities", "offline", "online", "spark")
-_SOURCE_KEYS = ("format", "path", "options", "schema", "loader")
+_SOURCE_KEYS = ("format", "path", "table", "options", "schema", "loader")
+# The key that says where each format's data is.
+_LOCATOR = {"python": "loader", "iceberg": "table"}
 _ONLINE_KEYS: dict[str, tuple[str, ...]] = {
     "embedded": ("path",),
     "redis": ("url", "password_env", "tls", "timeout_ms", "key_prefix"),
@@ -86,50 +98,59 @@ def load_config(path: Path) -> tuple[ProjectConfig | None, list[Problem]]:
 
 def _sources(check: Checker, root: Path) -> dict[str, SourceConfig]:
     raw = check.mapping(("sources",)) or {}
-    out: dict[str, SourceConfig] = {}
-    for name in raw:
-        path = ("sources", name)
-        body = check.section(path, ("format",), _SOURCE_KEYS[1:], what=f'source "{name}"')
-        if body is None:
-            continue
-        fmt = (check.text((*path, "format")) or "").lower()
-        if fmt and fmt not in SOURCE_FORMATS:
-            check.add(
-                (*path, "format"),
-                f'unknown format "{fmt}"{did_you_mean(fmt, SOURCE_FORMATS)}; '
-                f"formats: {one_of(SOURCE_FORMATS)}",
-            )
-        loader = check.text((*path, "loader"))
-        where = check.text((*path, "path"))
-        if fmt == "python" and not loader:
-            check.add(
-                path, f'source "{name}" has format python: add loader: "module:function"', key=True
-            )
-        if fmt == "python" and loader and ":" not in loader:
-            check.add((*path, "loader"), 'loader must look like "package.module:function"')
-        if fmt not in ("python", "") and where is None:
-            check.add(path, f'source "{name}" needs a "path" (file or folder)', key=True)
-        options = {
-            str(k): _option_text(v) for k, v in (check.mapping((*path, "options")) or {}).items()
-        }
-        schema = _schema(check, (*path, "schema"))
-        if schema is None and fmt in _SCHEMA_REQUIRED and "schema" not in body:
-            check.add(
-                path,
-                f'source "{name}" ({fmt}) needs a "schema", e.g. '
-                '"user_id STRING, amount DOUBLE, ts TIMESTAMP"',
-                key=True,
-            )
-        out[name] = SourceConfig(
-            name=name,
-            format=fmt,
-            path=(root / where) if where else None,
-            options=options,
-            schema=schema,
-            loader=loader,
-            location=check.where(path, key=True),
+    sources = (_source(check, root, name) for name in raw)
+    return {source.name: source for source in sources if source is not None}
+
+
+def _source(check: Checker, root: Path, name: str) -> SourceConfig | None:
+    path = ("sources", name)
+    body = check.section(path, ("format",), _SOURCE_KEYS[1:], what=f'source "{name}"')
+    if body is None:
+        return None
+    fmt = (check.text((*path, "format")) or "").lower()
+    if fmt and fmt not in SOURCE_FORMATS:
+        check.add(
+            (*path, "format"),
+            f'unknown format "{fmt}"{did_you_mean(fmt, SOURCE_FORMATS)}; '
+            f"formats: {one_of(SOURCE_FORMATS)}",
         )
-    return out
+    where = check.text((*path, "path"))
+    loader = check.text((*path, "loader"))
+    table = check.text((*path, "table"))
+    needed = _LOCATOR.get(fmt, "path")
+    if needed not in body and fmt:
+        example = {"loader": '"package.module:function"', "table": "namespace.table"}
+        check.add(
+            path,
+            f'source "{name}" ({fmt}) needs "{needed}"'
+            + (f": {example[needed]}" if needed in example else " (a file or folder)"),
+            key=True,
+        )
+    if loader is not None and ":" not in loader:
+        check.add((*path, "loader"), 'loader must look like "package.module:function"')
+    schema = _schema(check, (*path, "schema"))
+    if schema is None and fmt == "parquet" and where is not None:
+        schema = _parquet_schema(root / where)
+    if schema is None and fmt in _SCHEMA_REQUIRED and "schema" not in body:
+        check.add(
+            path,
+            f'source "{name}" ({fmt}) needs a "schema", e.g. '
+            '"user_id STRING, amount DOUBLE, ts TIMESTAMP"',
+            key=True,
+        )
+    options = {
+        str(k): _option_text(v) for k, v in (check.mapping((*path, "options")) or {}).items()
+    }
+    return SourceConfig(
+        name=name,
+        format=fmt,
+        path=(root / where) if where else None,
+        options=options,
+        schema=schema,
+        loader=loader,
+        table=table,
+        location=check.where(path, key=True),
+    )
 
 
 def _option_text(value: Any) -> str:
@@ -149,6 +170,15 @@ def _schema(check: Checker, path: tuple[str, ...]) -> tuple[Any, ...] | None:
         style = check.doc.marks[path].style if path in check.doc.marks else None
         shift = exc.offset + (1 if style in ("'", '"') else 0)
         check.add_at(Location(base.file, base.line, base.column + shift), f"schema: {exc.message}")
+        return None
+
+
+def _parquet_schema(path: Path) -> tuple[Column, ...] | None:
+    """The schema of existing Parquet files, so undeclared columns can still be checked."""
+    try:
+        dataset = pyarrow.dataset.dataset(path, format="parquet")
+        return schema_from_arrow(dataset.schema) if dataset.files else None
+    except (OSError, ValueError, pyarrow.ArrowException):
         return None
 
 
@@ -179,6 +209,14 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
         return OfflineConfig(default_catalog, root / ".robusta" / "warehouse", "robusta")
     check.section(("offline",), (), ("catalog", "warehouse", "namespace"))
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
+    if check.get(("offline", "catalog")) is not None:
+        check.section(("offline", "catalog"), ("type", "uri"), ("warehouse", "properties"))
+        if catalog.get("type", "sql") != "sql":
+            check.add(
+                ("offline", "catalog", "type"),
+                "only the SQL catalog is supported: type: sql "
+                "(uri: sqlite:///... or postgresql+psycopg2://...)",
+            )
     uri = str(catalog.get("uri", ""))
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         catalog["uri"] = f"sqlite:///{root / uri.removeprefix('sqlite:///')}"

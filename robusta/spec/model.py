@@ -23,6 +23,7 @@ class SourceConfig:
     options: Mapping[str, str]
     schema: tuple[Column, ...] | None  # None: not declared (parquet/iceberg may omit it)
     loader: str | None = None  # python sources: "module:function" returning a DataFrame
+    table: str | None = None  # iceberg sources: "namespace.table" in the offline catalog
     location: Location | None = None
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robusta.errors import Location, Problem
-from robusta.spec.config import load_config
+from robusta.spec.config import display_path, load_config
 from robusta.spec.loader import load_spec, spec_files
 from robusta.spec.model import FeatureSpec, ProjectConfig
 
@@ -37,7 +37,10 @@ def load_project(config_path: Path, only: Sequence[Path] = ()) -> Project:
     files = spec_files(config.feature_defs)
     if not files and not only:
         problems.append(
-            Problem(Location(str(config.file)), f"no spec files (*.yaml) in {config.feature_defs}")
+            Problem(
+                Location(display_path(config.file)),
+                f"no spec files (*.yaml) in {display_path(config.feature_defs)}",
+            )
         )
     selected = {p.resolve() for p in only}
     for extra in selected - {f.resolve() for f in files}:
@@ -45,7 +48,7 @@ def load_project(config_path: Path, only: Sequence[Path] = ()) -> Project:
     specs: list[FeatureSpec] = []
     for file in files:
         if not file.is_file():
-            problems.append(Problem(Location(str(file)), "spec file not found"))
+            problems.append(Problem(Location(display_path(file)), "spec file not found"))
             continue
         spec, found = load_spec(file, config)
         if not selected or file.resolve() in selected:

@@ -123,6 +123,37 @@ class SchemaSyntaxError(Exception):
     offset: int
 
 
+_ARROW_TO_SQL: tuple[tuple[str, str], ...] = (
+    ("is_boolean", "BOOLEAN"),
+    ("is_int8", "TINYINT"),
+    ("is_int16", "SMALLINT"),
+    ("is_int32", "INT"),
+    ("is_int64", "BIGINT"),
+    ("is_float32", "FLOAT"),
+    ("is_float64", "DOUBLE"),
+    ("is_string", "STRING"),
+    ("is_large_string", "STRING"),
+    ("is_binary", "BINARY"),
+    ("is_large_binary", "BINARY"),
+    ("is_date32", "DATE"),
+    ("is_timestamp", "TIMESTAMP"),
+)
+
+
+def schema_from_arrow(schema: pa.Schema) -> tuple[Column, ...]:
+    """Columns of an Arrow schema (e.g. of Parquet files); nested types become OTHER."""
+    columns = []
+    for field in schema:
+        sql = next((s for test, s in _ARROW_TO_SQL if getattr(pa.types, test)(field.type)), None)
+        if sql is None and pa.types.is_decimal(field.type):
+            sql = f"DECIMAL({field.type.precision}, {field.type.scale})"
+        if sql is None:
+            columns.append(Column(field.name, DataType.OTHER, "BINARY"))
+        else:
+            columns.append(Column(field.name, from_sqlglot(exp.DataType.build(sql, "spark")), sql))
+    return tuple(columns)
+
+
 _DDL_PREFIX = "CREATE TABLE t ("
 
 

@@ -1,0 +1,1 @@
+"""Test support shipped with the package: the brute-force reference evaluator (the oracle)."""
