@@ -170,30 +170,39 @@ def fold_segments(op: Operator, state: State, offsets: Array) -> State:
     """Vectorized left fold of ``op.combine`` over contiguous segments.
 
     Segments are processed longest first so the rows still active at step j form a prefix;
-    each step merges the j-th element of every active segment into its accumulator.
+    each step merges the j-th element of every active segment into its accumulator in place.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.diff(offsets)
     n = len(lengths)
-    acc = op.empty(n)
+    acc = op.empty(n)  # fresh, writable columns
     if n == 0 or not lengths.any():
         return acc
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     sorted_starts = offsets[:-1][order]
-    acc = take(acc, order)
     ascending = sorted_lengths[::-1]
     for j in range(int(sorted_lengths[0])):
         active = n - int(np.searchsorted(ascending, j, side="right"))
         nxt = take(state, sorted_starts[:active] + j)
-        merged = nxt if j == 0 else op.combine(take(acc, np.arange(active)), nxt)
-        acc = tuple(_set_prefix(a, m) for a, m in zip(acc, merged, strict=True))
+        merged = nxt if j == 0 else op.combine(tuple(c[:active] for c in acc), nxt)
+        for column, values in zip(acc, merged, strict=True):
+            column[:active] = values
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
     return take(acc, inverse)
 
 
-def _set_prefix(column: Array, prefix: Array) -> Array:
-    out = column.copy()
-    out[: len(prefix)] = prefix
+def reduce_segments(ufunc: np.ufunc, values: Array, offsets: Array, identity: Any) -> Array:
+    """``ufunc`` reduced over each contiguous segment; empty segments get ``identity``.
+
+    Only for merges whose result cannot depend on order (integer sums, min, max): numpy reduces
+    in its own order, which for float sums would break bit-identical results across paths.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    out = np.full(len(lengths), identity, dtype=values.dtype)
+    filled = lengths > 0
+    if filled.any():
+        out[filled] = ufunc.reduceat(values, starts[filled])
     return out

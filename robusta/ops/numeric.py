@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.ops.base import Operator, State
+from robusta.ops.base import Operator, State, fold_segments, reduce_segments
 from robusta.ops.values import Array, from_numpy, numpy_dtype, placeholders, struct_fields, to_numpy
 from robusta.spec.types import DataType
 
@@ -58,6 +58,9 @@ class Count(Operator):
     def combine(self, a: State, b: State) -> State:
         return (a[0] + b[0],)
 
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        return (reduce_segments(np.add, state[0], offsets, 0),)
+
     def finalize(self, state: State) -> pa.Array:
         return pa.array(state[0], pa.int64())
 
@@ -105,6 +108,15 @@ class Sum(Operator):
     def combine(self, a: State, b: State) -> State:
         return _nullable_sum(a[0], a[1], b[0], b[1])
 
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        if self.value_type is not DataType.BIGINT:
+            return fold_segments(self, state, offsets)  # floats: strictly in time order
+        valid, values = state
+        return (
+            reduce_segments(np.logical_or, valid, offsets, False),
+            reduce_segments(np.add, np.where(valid, values, 0), offsets, 0),
+        )
+
     def finalize(self, state: State) -> pa.Array:
         return from_numpy(state[1], state[0], self.value_type)
 
@@ -151,6 +163,15 @@ class Avg(Sum):
     def combine(self, a: State, b: State) -> State:
         _, total = _nullable_sum(a[0] > 0, a[1], b[0] > 0, b[1])
         return a[0] + b[0], total
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        if self.value_type is not DataType.BIGINT:
+            return fold_segments(self, state, offsets)  # floats: strictly in time order
+        count, total = state
+        return (
+            reduce_segments(np.add, count, offsets, 0),
+            reduce_segments(np.add, total, offsets, 0),
+        )
 
     def finalize(self, state: State) -> pa.Array:
         count, total = state
@@ -217,6 +238,25 @@ class _Extreme(Operator):
         keep_a = self._a_wins(a_val, b_val)
         value = np.where(av & bv, np.where(keep_a, a_val, b_val), np.where(av, a_val, b_val))
         return av | bv, value
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        valid, values = state
+        if values.dtype.kind not in "iuf":
+            return super().merge_segments(state, offsets)
+        # Nulls become the identity; NaN is the largest value as in Spark: maximum keeps it,
+        # fmin skips it unless every value is NaN.
+        ufunc: np.ufunc
+        identity: float | int
+        if values.dtype.kind == "f":
+            ufunc, identity = (np.maximum, -np.inf) if self.keep_larger else (np.fmin, np.inf)
+        else:
+            info = np.iinfo(values.dtype)
+            ufunc, identity = (np.maximum, info.min) if self.keep_larger else (np.minimum, info.max)
+        masked = np.where(valid, values, identity)
+        return (
+            reduce_segments(np.logical_or, valid, offsets, False),
+            reduce_segments(ufunc, masked, offsets, identity),
+        )
 
     def _a_wins(self, a: Array, b: Array) -> Array:
         floating = a.dtype.kind == "f"

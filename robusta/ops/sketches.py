@@ -21,11 +21,14 @@ from typing import Any
 import datasketches as ds
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from robusta.ops.base import Operator, Param, State
+from robusta.ops.base import Operator, Param, State, reduce_segments
 from robusta.ops.params import int_between, optional, quantile_list
-from robusta.ops.values import Array, list_of_pairs, python_value
+from robusta.ops.values import Array, list_of_pairs, python_value, struct_fields
 from robusta.spec.types import DataType
+
+EMPTY_STAND_IN = "\x00"  # what "" is counted as (Spark: char(0)); collides only with "\x00"
 
 
 def _objects(items: Iterable[Any], n: int) -> Array:
@@ -78,7 +81,7 @@ class ApproxDistinct(Operator):
 
     def build(self, ts: Array, values: pa.Array | None, offsets: Array) -> State:
         v, valid = self._values(values, len(ts))
-        rows = v.tolist()
+        rows = [self._nonempty(r) for r in v.tolist()]
         sketches: list[Any] = []
         for lo, hi in _segments(offsets):
             sketch = None
@@ -88,6 +91,14 @@ class ApproxDistinct(Operator):
                     sketch.update(rows[i])
             sketches.append(sketch)
         return (_objects(sketches, len(sketches)),)
+
+    def _nonempty(self, value: Any) -> Any:
+        # DataSketches skips empty strings and byte strings; count them as one value instead.
+        if value == "" and self.input_type is DataType.STRING:
+            return EMPTY_STAND_IN
+        if value == b"" and self.input_type is DataType.BINARY:
+            return EMPTY_STAND_IN.encode()
+        return value
 
     def combine(self, a: State, b: State) -> State:
         return (
@@ -109,11 +120,22 @@ class ApproxDistinct(Operator):
         return union.get_result(ds.tgt_hll_type.HLL_8)
 
     def finalize(self, state: State) -> pa.Array:
-        # Spark's hll_sketch_estimate rounds half up (Math.round).
-        return pa.array(
-            [None if s is None else math.floor(s.get_estimate() + 0.5) for s in state[0]],
-            pa.int64(),
-        )
+        return pa.array([self._estimate(s) for s in state[0]], pa.int64())
+
+    def _estimate(self, sketch: Any) -> int | None:
+        """Distinct count from the registers alone, rounded half up like Spark.
+
+        A sketch built in one pass carries a HIP accumulator whose estimate depends on how its
+        events were split into tiles; uniting it with itself switches to the composite
+        estimator, a function of the registers only, so every decomposition of a window (and
+        build-from-all) gives the same estimate.
+        """
+        if sketch is None:
+            return None
+        union = ds.hll_union(self.lg_k)
+        union.update(sketch)
+        union.update(sketch)
+        return math.floor(float(union.get_result(ds.tgt_hll_type.HLL_8).get_estimate()) + 0.5)
 
     def from_arrow(self, array: pa.Array) -> State:
         rows = _binary_rows(array)
@@ -129,6 +151,10 @@ class ApproxDistinct(Operator):
         )
 
     def spark_build(self, value: str, ts: str) -> str:
+        if self.input_type is DataType.STRING:
+            value = f"CASE WHEN {value} = '' THEN char(0) ELSE {value} END"
+        elif self.input_type is DataType.BINARY:
+            value = f"CASE WHEN length({value}) = 0 THEN X'00' ELSE {value} END"
         return f"hll_sketch_agg({value}, {self.lg_k})"
 
     def spark_merge(self, ir: str, order: str) -> str:
@@ -246,10 +272,12 @@ Counts = tuple[tuple[Any, int], ...]  # (value, count) sorted by count desc, val
 class TopK(Operator):
     """The k most frequent values, from a mergeable Misra-Gries summary.
 
-    An IR keeps at most ``capacity`` (value, count) pairs. Merging adds counts; when more than
-    ``capacity`` values remain, the (capacity+1)-th largest count is subtracted from all and the
-    non-positive ones dropped. Each reported count c' satisfies c - N/(capacity+1) <= c' <= c for
-    N events in the window. A segment is merged all at once, exactly as ``spark_merge`` does.
+    An IR holds the number of non-null events and at most ``capacity`` (value, count) pairs.
+    Merging adds counts; when more than ``capacity`` values remain, the (capacity+1)-th largest
+    count is subtracted from all and the non-positive ones dropped. Each reported count c'
+    satisfies c - N/(capacity+1) <= c' <= c for N events in the window. A segment is merged all
+    at once, exactly as ``spark_merge`` does. A window with events but no value frequent enough
+    to survive the cut gives an empty list; only an empty window gives null.
     """
 
     name = "top_k"
@@ -275,62 +303,68 @@ class TopK(Operator):
         return int(cap) if cap is not None else max(64, 8 * self.k)
 
     @property
-    def ir_type(self) -> pa.DataType:
+    def result_type(self) -> pa.DataType:
         return pa.list_(pa.struct([("value", self.input_type.arrow()), ("count", pa.int64())]))
 
     @property
-    def result_type(self) -> pa.DataType:
-        return self.ir_type
+    def ir_type(self) -> pa.DataType:
+        return pa.struct([("total", pa.int64()), ("items", self.result_type)])
 
     def empty(self, n: int) -> State:
-        return (_objects([()] * n, n),)
+        return np.zeros(n, dtype=np.int64), _objects([()] * n, n)
 
     def lift(self, ts: Array, values: pa.Array | None) -> State:
         v, valid = self._values(values, len(ts))
         items = [((x, 1),) if ok else () for x, ok in zip(v.tolist(), valid, strict=True)]
-        return (_objects(items, len(items)),)
+        return valid.astype(np.int64), _objects(items, len(items))
 
     def combine(self, a: State, b: State) -> State:
-        return (
-            _objects((self._reduce([x, y]) for x, y in zip(a[0], b[0], strict=True)), len(a[0])),
-        )
+        items = (self._reduce([x, y]) for x, y in zip(a[1], b[1], strict=True))
+        return a[0] + b[0], _objects(items, len(a[0]))
 
     def merge_segments(self, state: State, offsets: Array) -> State:
-        rows = state[0]
+        totals, rows = state
         merged = [self._reduce(rows[lo:hi]) for lo, hi in _segments(offsets)]
-        return (_objects(merged, len(merged)),)
+        return reduce_segments(np.add, totals, offsets, 0), _objects(merged, len(merged))
 
     def _reduce(self, summaries: Iterable[Counts]) -> Counts:
-        totals: Counter[Any] = Counter()
+        counts: Counter[Any] = Counter()
         for summary in summaries:
             for value, count in summary:
-                totals[value] += count
-        ranked = sorted(totals.items(), key=lambda vc: (-vc[1], vc[0]))
+                counts[value] += count
+        ranked = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))
         if len(ranked) <= self.capacity:
             return tuple(ranked)
         threshold = ranked[self.capacity][1]
         return tuple((v, c - threshold) for v, c in ranked[: self.capacity] if c > threshold)
 
     def finalize(self, state: State) -> pa.Array:
-        rows = [
-            [{"value": self._py(v), "count": c} for v, c in counts[: self.k]] if counts else None
-            for counts in state[0]
+        totals, rows = state
+        out = [
+            self._items(counts[: self.k]) if total > 0 else None
+            for total, counts in zip(totals.tolist(), rows, strict=True)
         ]
-        return pa.array(rows, self.result_type)
+        return pa.array(out, self.result_type)
 
-    def _py(self, value: Any) -> Any:
-        return python_value(value, self.input_type)
+    def _items(self, counts: Counts) -> list[dict[str, Any]]:
+        return [{"value": python_value(v, self.input_type), "count": c} for v, c in counts]
 
     def from_arrow(self, array: pa.Array) -> State:
-        rows = list_of_pairs(array, ("value", "count"), (self.input_type, DataType.BIGINT))
-        return (_objects(rows, len(rows)),)
+        fields = struct_fields(array)
+        totals = np.asarray(pc.fill_null(fields["total"], 0).to_numpy(zero_copy_only=False))
+        rows = list_of_pairs(
+            fields["items"], ("value", "count"), (self.input_type, DataType.BIGINT)
+        )
+        return totals.astype(np.int64), _objects(rows, len(rows))
 
     def to_arrow(self, state: State) -> pa.Array:
-        rows = [
-            [{"value": self._py(v), "count": c} for v, c in counts] if counts else None
-            for counts in state[0]
-        ]
-        return pa.array(rows, self.ir_type)
+        totals, rows = state
+        items = pa.array([self._items(counts) for counts in rows], self.result_type)
+        return pa.StructArray.from_arrays(
+            [pa.array(totals, pa.int64()), items],
+            names=["total", "items"],
+            mask=pa.array(totals == 0),
+        )
 
     def spark_build(self, value: str, ts: str) -> str:
         # Exact counts per value in the tile, then the Misra-Gries cut.
@@ -339,16 +373,19 @@ class TopK(Operator):
             f"v -> struct(v AS value, CAST(size(filter(collect_list({value}), "
             f"y -> y = v)) AS BIGINT) AS count))"
         )
-        return self._spark_cut(counted)
+        return f"named_struct('total', count({value}), 'items', {self._spark_cut(counted)})"
 
     def spark_merge(self, ir: str, order: str) -> str:
-        flat = f"flatten(collect_list({ir}))"
+        flat = f"flatten(collect_list({ir}.items))"
         counted = (
             f"transform(array_distinct(transform({flat}, e -> e.value)), "
             f"v -> struct(v AS value, aggregate(filter({flat}, e -> e.value = v), 0L, "
             f"(acc, e) -> acc + e.count) AS count))"
         )
-        return self._spark_cut(counted)
+        return (
+            f"named_struct('total', coalesce(sum({ir}.total), 0L), "
+            f"'items', {self._spark_cut(counted)})"
+        )
 
     def _spark_cut(self, counted: str) -> str:
         cap = self.capacity

@@ -133,7 +133,8 @@ def list_of_pairs(
     first, _ = to_numpy(columns[fields[0]], types[0])
     second, _ = to_numpy(columns[fields[1]], types[1])
     pairs = list(zip(first.tolist(), second.tolist(), strict=True))
-    offsets = np.asarray(array.offsets).tolist()
+    offsets = np.asarray(array.offsets)
+    offsets = (offsets - offsets[0]).tolist()  # a sliced array's offsets start past zero
     valid = np.asarray(array.is_valid()).tolist()
     return [
         tuple(pairs[offsets[i] : offsets[i + 1]]) if valid[i] else () for i in range(len(array))
