@@ -193,6 +193,17 @@ def fold_segments(op: Operator, state: State, offsets: Array) -> State:
     return take(acc, inverse)
 
 
+def checked_int_sums(values: Array, offsets: Array) -> Array:
+    """Integer segment sums that raise instead of wrapping around past int64."""
+    sums = reduce_segments(np.add, values, offsets, 0)
+    approx = reduce_segments(np.add, values.astype(np.float64), offsets, 0.0)
+    if np.any(np.abs(approx - sums.astype(np.float64)) > 2.0**62):
+        raise OperatorError(
+            "an integer sum overflows int64; CAST the input to DOUBLE in the spec's query"
+        )
+    return sums
+
+
 def reduce_segments(ufunc: np.ufunc, values: Array, offsets: Array, identity: Any) -> Array:
     """``ufunc`` reduced over each contiguous segment; empty segments get ``identity``.
 

@@ -6,7 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.ops.base import Operator, State, fold_segments, reduce_segments
+from robusta.ops.base import (
+    Operator,
+    State,
+    checked_int_sums,
+    fold_segments,
+    reduce_segments,
+)
 from robusta.ops.values import Array, from_numpy, numpy_dtype, placeholders, struct_fields, to_numpy
 from robusta.spec.types import DataType
 
@@ -114,7 +120,7 @@ class Sum(Operator):
         valid, values = state
         return (
             reduce_segments(np.logical_or, valid, offsets, False),
-            reduce_segments(np.add, np.where(valid, values, 0), offsets, 0),
+            checked_int_sums(np.where(valid, values, 0), offsets),
         )
 
     def finalize(self, state: State) -> pa.Array:
@@ -170,7 +176,7 @@ class Avg(Sum):
         count, total = state
         return (
             reduce_segments(np.add, count, offsets, 0),
-            reduce_segments(np.add, total, offsets, 0),
+            checked_int_sums(total, offsets),
         )
 
     def finalize(self, state: State) -> pa.Array:

@@ -126,16 +126,19 @@ def python_value(value: Any, dtype: DataType) -> Any:
 def list_of_pairs(
     array: pa.Array | pa.ChunkedArray, fields: tuple[str, str], types: tuple[DataType, DataType]
 ) -> list[tuple[tuple[Any, Any], ...]]:
-    """A list<struct<a, b>> column as one tuple of (a, b) pairs per row (null rows -> ())."""
+    """A list<struct<a, b>> column as one tuple of (a, b) pairs per row (null rows -> ()).
+
+    Reads the child values through the list's own offsets: ``flatten()`` would drop the items
+    a null row may still point at (and slices start past offset zero), misaligning the rows.
+    """
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    columns = struct_fields(array.flatten())
+    offsets = np.asarray(array.offsets)
+    lo, hi = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
+    columns = struct_fields(array.values.slice(lo, hi - lo))
     first, _ = to_numpy(columns[fields[0]], types[0])
     second, _ = to_numpy(columns[fields[1]], types[1])
     pairs = list(zip(first.tolist(), second.tolist(), strict=True))
-    offsets = np.asarray(array.offsets)
-    offsets = (offsets - offsets[0]).tolist()  # a sliced array's offsets start past zero
+    bounds = (offsets - lo).tolist()
     valid = np.asarray(array.is_valid()).tolist()
-    return [
-        tuple(pairs[offsets[i] : offsets[i + 1]]) if valid[i] else () for i in range(len(array))
-    ]
+    return [tuple(pairs[bounds[i] : bounds[i + 1]]) if valid[i] else () for i in range(len(array))]

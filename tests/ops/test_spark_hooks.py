@@ -86,18 +86,27 @@ def events() -> pa.Table:
         rows["k"].append(key)
         rows["b"].append(bucket)
         rows["ts"].append(ts)
-        rows["v_double"].append(None if rng.random() < 0.05 else rng.choice([1.5, -2.25, 1e6,
-                                                                              rng.random()]))
+        rows["v_double"].append(
+            None if rng.random() < 0.05 else rng.choice([1.5, -2.25, 1e6, rng.random()])
+        )
         rows["v_long"].append(None if rng.random() < 0.05 else rng.randrange(-50, 50))
         rows["v_str"].append(None if rng.random() < 0.05 else rng.choice("abcdefgh"))
-    schema = pa.schema([("k", pa.string()), ("b", pa.int64()), ("ts", pa.timestamp("us", "UTC")),
-                        ("v_double", pa.float64()), ("v_long", pa.int64()),
-                        ("v_str", pa.string())])
+    schema = pa.schema(
+        [
+            ("k", pa.string()),
+            ("b", pa.int64()),
+            ("ts", pa.timestamp("us", "UTC")),
+            ("v_double", pa.float64()),
+            ("v_long", pa.int64()),
+            ("v_str", pa.string()),
+        ]
+    )
     return pa.table(rows, schema=schema)
 
 
-@pytest.mark.parametrize(("name", "dtype", "params"), CASES,
-                         ids=[f"{c[0]}-{c[1].value}" for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "dtype", "params"), CASES, ids=[f"{c[0]}-{c[1].value}" for c in CASES]
+)
 def test_spark_ir_matches_python(
     spark: Any, events: pa.Table, name: str, dtype: DataType, params: dict[str, Any]
 ) -> None:
@@ -106,8 +115,7 @@ def test_spark_ir_matches_python(
     frame = spark.createDataFrame(events)
     frame.createOrReplaceTempView("events")
     tiles = spark.sql(
-        f"SELECT k, b, {op.spark_build(column, 'ts')} AS ir FROM events GROUP BY k, b "
-        "ORDER BY k, b"
+        f"SELECT k, b, {op.spark_build(column, 'ts')} AS ir FROM events GROUP BY k, b ORDER BY k, b"
     ).toArrow()
     assert same_shape(tiles.schema.field("ir").type, op.ir_type), tiles.schema
 
@@ -119,8 +127,12 @@ def test_spark_ir_matches_python(
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     python = op.build(ts, table.column(column), np.asarray(starts))
     spark_state = op.from_arrow(tiles.column("ir"))
-    assert_same(op.finalize(spark_state).to_pylist(), op.finalize(python).to_pylist(),
-                exact=False, rel=1e-12 if op.exact else 0.05)
+    assert_same(
+        op.finalize(spark_state).to_pylist(),
+        op.finalize(python).to_pylist(),
+        exact=False,
+        rel=1e-12 if op.exact else 0.05,
+    )
 
     # Merge: Spark's merge of a key's tiles equals the Python merge of the same Spark IRs.
     spark.createDataFrame(tiles).createOrReplaceTempView("tiles")
@@ -130,8 +142,11 @@ def test_spark_ir_matches_python(
     tile_keys = tiles.column("k").to_pylist()
     bounds = [0] + [i for i in range(1, len(tile_keys)) if tile_keys[i] != tile_keys[i - 1]]
     python_merged = op.merge_segments(spark_state, np.asarray([*bounds, len(tile_keys)]))
-    assert_same(op.finalize(op.from_arrow(merged.column("ir"))).to_pylist(),
-                op.finalize(python_merged).to_pylist(), exact=True)
+    assert_same(
+        op.finalize(op.from_arrow(merged.column("ir"))).to_pylist(),
+        op.finalize(python_merged).to_pylist(),
+        exact=True,
+    )
 
 
 def assert_same(left: list[Any], right: list[Any], exact: bool, rel: float = 0.0) -> None:
@@ -140,9 +155,9 @@ def assert_same(left: list[Any], right: list[Any], exact: bool, rel: float = 0.0
         return
     assert len(left) == len(right)
     for a, b in zip(left, right, strict=True):
-        if isinstance(a, int | float) and isinstance(b, int | float):
-            assert a == pytest.approx(b, rel=rel)
-        elif isinstance(a, list) and a and isinstance(a[0], float):
+        numbers = isinstance(a, int | float) and isinstance(b, int | float)
+        float_lists = isinstance(a, list) and bool(a) and isinstance(a[0], float)
+        if numbers or float_lists:
             assert a == pytest.approx(b, rel=rel)
         else:
             assert a == b

@@ -18,16 +18,40 @@ BASE_SPEC: dict[str, Any] = yaml.safe_load(SPEC)
 BASE_CONFIG: dict[str, Any] = yaml.safe_load(CONFIG)
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True),
     st.text(max_size=12),
-    st.sampled_from(["5m", "1h", "7d", "lifetime", "0m", "-1h", "1x", "sum", "last_n", "top_k",
-                     "approx_quantile", "USER_ID", "user_id", "amount", "ts", "SELECT 1",
-                     "SELECT * FROM events", "SELECT user_id FROM events WHERE", "events"]),
+    st.sampled_from(
+        [
+            "5m",
+            "1h",
+            "7d",
+            "lifetime",
+            "0m",
+            "-1h",
+            "1x",
+            "sum",
+            "last_n",
+            "top_k",
+            "approx_quantile",
+            "USER_ID",
+            "user_id",
+            "amount",
+            "ts",
+            "SELECT 1",
+            "SELECT * FROM events",
+            "SELECT user_id FROM events WHERE",
+            "events",
+        ]
+    ),
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=8,
 )
 

@@ -26,59 +26,137 @@ def test_valid_project_passes(make_project: MakeProject) -> None:
 
 # (case id, spec text, expected "line:column" in purchases.yaml, expected message fragment)
 SPEC_CASES = [
-    ("yaml-syntax", SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7d"), "13:23",
-     "YAML syntax error"),
-    ("unknown-top-key", SPEC.replace("owner: growth", "ownr: growth"), "2:1",
-     'unknown key "ownr" in the spec (did you mean "owner"?)'),
-    ("missing-key", SPEC.replace("timestamp: ts\n", ""), "1:1",
-     'missing required key "timestamp"'),
-    ("unknown-feature-key", SPEC.replace("    primary_selector", "    primary_selectr"), "14:5",
-     'did you mean "primary_selector"?'),
-    ("sql-syntax", SPEC.replace("  FROM events", "  FROM events WHERE"), "5:15",
-     'SQL syntax error near "WHERE"'),
-    ("unknown-source", SPEC.replace("  FROM events", "  FROM evnts"), "5:8",
-     'FROM names unknown source "evnts" (did you mean "events"?)'),
-    ("unknown-query-column", SPEC.replace("SELECT user_id,", "SELECT usr_id,"), "4:10",
-     "usr_id"),
-    ("input-not-a-column", SPEC.replace("input: amount", "input: amont"), "11:12",
-     'input "amont" is not an output column of the query (did you mean "amount"?)'),
-    ("timestamp-not-a-column", SPEC.replace("timestamp: ts", "timestamp: tss"), "6:12",
-     'timestamp "tss" is not an output column'),
-    ("timestamp-wrong-type", SPEC.replace("timestamp: ts", "timestamp: qty"), "6:12",
-     'timestamp "qty" is int, expected timestamp'),
-    ("selector-not-a-column", SPEC.replace("{user_id: USER_ID}", "{usr: USER_ID}")
-     .replace("primary_selector: user_id", "primary_selector: usr"), "13:26",
-     'group-by selector "usr" is not an output column'),
-    ("unknown-op", SPEC.replace("op: sum", "op: summ"), "10:9",
-     'unknown op "summ" (did you mean "sum"?)'),
-    ("bad-param", SPEC.replace("op: sum", "op: last_n\n    params: {n: 0}"), "11:14",
-     "last_n n: must be between 1 and 10000"),
-    ("unknown-param", SPEC.replace("op: sum", "op: last_n\n    params: {m: 3}"), "11:14",
-     'last_n has no parameter "m"'),
-    ("wrong-input-type", SPEC.replace("input: amount", "input: item_id"), "11:12",
-     "sum needs a numeric input, got string"),
-    ("window-not-multiple", SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7m]"), "12:19",
-     "window 7m is not a whole multiple of the smallest granularity 5m"),
-    ("window-syntax", SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7days]"), "12:19",
-     '"7days" is not a duration'),
-    ("granularity-not-dividing", SPEC.replace("[1d, 1h, 5m]", "[1d, 1h, 7m]"), "7:25",
-     "granularity 1h is not a whole multiple of 7m"),
-    ("undeclared-entity", SPEC.replace("{user_id: USER_ID}", "{user_id: USER}"), "13:35",
-     'entity "USER" is not declared (did you mean "USER_ID"?)'),
-    ("primary-not-selector", SPEC.replace("primary_selector: user_id",
-                                          "primary_selector: item_id"), "14:23",
-     'primary_selector "item_id" is not among the group_by_selectors'),
-    ("duplicate-yaml-key", SPEC.replace("owner: growth", "owner: growth\nowner: ads"), "3:1",
-     'duplicate key "owner"'),
-    ("not-a-list", SPEC.replace("windows: [1h, 7d]", "windows: 7d"), "12:14",
-     '"windows" must be a list like [a, b], got text'),
-    ("needs-input", SPEC.replace("    input: amount\n", ""), "9:3",
-     "needs an input column"),
+    (
+        "yaml-syntax",
+        SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7d"),
+        "13:23",
+        "YAML syntax error",
+    ),
+    (
+        "unknown-top-key",
+        SPEC.replace("owner: growth", "ownr: growth"),
+        "2:1",
+        'unknown key "ownr" in the spec (did you mean "owner"?)',
+    ),
+    ("missing-key", SPEC.replace("timestamp: ts\n", ""), "1:1", 'missing required key "timestamp"'),
+    (
+        "unknown-feature-key",
+        SPEC.replace("    primary_selector", "    primary_selectr"),
+        "14:5",
+        'did you mean "primary_selector"?',
+    ),
+    (
+        "sql-syntax",
+        SPEC.replace("  FROM events", "  FROM events WHERE"),
+        "5:15",
+        'SQL syntax error near "WHERE"',
+    ),
+    (
+        "unknown-source",
+        SPEC.replace("  FROM events", "  FROM evnts"),
+        "5:8",
+        'FROM names unknown source "evnts" (did you mean "events"?)',
+    ),
+    ("unknown-query-column", SPEC.replace("SELECT user_id,", "SELECT usr_id,"), "4:10", "usr_id"),
+    (
+        "input-not-a-column",
+        SPEC.replace("input: amount", "input: amont"),
+        "11:12",
+        'input "amont" is not an output column of the query (did you mean "amount"?)',
+    ),
+    (
+        "timestamp-not-a-column",
+        SPEC.replace("timestamp: ts", "timestamp: tss"),
+        "6:12",
+        'timestamp "tss" is not an output column',
+    ),
+    (
+        "timestamp-wrong-type",
+        SPEC.replace("timestamp: ts", "timestamp: qty"),
+        "6:12",
+        'timestamp "qty" is int, expected timestamp',
+    ),
+    (
+        "selector-not-a-column",
+        SPEC.replace("{user_id: USER_ID}", "{usr: USER_ID}").replace(
+            "primary_selector: user_id", "primary_selector: usr"
+        ),
+        "13:26",
+        'group-by selector "usr" is not an output column',
+    ),
+    (
+        "unknown-op",
+        SPEC.replace("op: sum", "op: summ"),
+        "10:9",
+        'unknown op "summ" (did you mean "sum"?)',
+    ),
+    (
+        "bad-param",
+        SPEC.replace("op: sum", "op: last_n\n    params: {n: 0}"),
+        "11:14",
+        "last_n n: must be between 1 and 10000",
+    ),
+    (
+        "unknown-param",
+        SPEC.replace("op: sum", "op: last_n\n    params: {m: 3}"),
+        "11:14",
+        'last_n has no parameter "m"',
+    ),
+    (
+        "wrong-input-type",
+        SPEC.replace("input: amount", "input: item_id"),
+        "11:12",
+        "sum needs a numeric input, got string",
+    ),
+    (
+        "window-not-multiple",
+        SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7m]"),
+        "12:19",
+        "window 7m is not a whole multiple of the smallest granularity 5m",
+    ),
+    (
+        "window-syntax",
+        SPEC.replace("windows: [1h, 7d]", "windows: [1h, 7days]"),
+        "12:19",
+        '"7days" is not a duration',
+    ),
+    (
+        "granularity-not-dividing",
+        SPEC.replace("[1d, 1h, 5m]", "[1d, 1h, 7m]"),
+        "7:25",
+        "granularity 1h is not a whole multiple of 7m",
+    ),
+    (
+        "undeclared-entity",
+        SPEC.replace("{user_id: USER_ID}", "{user_id: USER}"),
+        "13:35",
+        'entity "USER" is not declared (did you mean "USER_ID"?)',
+    ),
+    (
+        "primary-not-selector",
+        SPEC.replace("primary_selector: user_id", "primary_selector: item_id"),
+        "14:23",
+        'primary_selector "item_id" is not among the group_by_selectors',
+    ),
+    (
+        "duplicate-yaml-key",
+        SPEC.replace("owner: growth", "owner: growth\nowner: ads"),
+        "3:1",
+        'duplicate key "owner"',
+    ),
+    (
+        "not-a-list",
+        SPEC.replace("windows: [1h, 7d]", "windows: 7d"),
+        "12:14",
+        '"windows" must be a list like [a, b], got text',
+    ),
+    ("needs-input", SPEC.replace("    input: amount\n", ""), "9:3", "needs an input column"),
 ]
 
 
-@pytest.mark.parametrize(("case", "spec", "where", "message"), SPEC_CASES,
-                         ids=[c[0] for c in SPEC_CASES])
+@pytest.mark.parametrize(
+    ("case", "spec", "where", "message"), SPEC_CASES, ids=[c[0] for c in SPEC_CASES]
+)
 def test_bad_spec_is_located(
     make_project: MakeProject, case: str, spec: str, where: str, message: str
 ) -> None:
@@ -93,30 +171,53 @@ def test_bad_spec_is_located(
 
 
 CONFIG_CASES = [
-    ("unknown-config-key", CONFIG.replace("feature_defs: feature_defs",
-                                          "feature_def: feature_defs"), "2:1",
-     'unknown key "feature_def" in robusta.yaml (did you mean "feature_defs"?)'),
-    ("unknown-format", CONFIG.replace("format: csv", "format: cvs"), "5:13",
-     'unknown format "cvs" (did you mean "csv"?)'),
-    ("schema-syntax", CONFIG.replace("qty INT,", "qty,"), "8:61",
-     'column "qty" needs a Spark type'),
-    ("csv-needs-schema", CONFIG.replace(
-        '    schema: "user_id STRING, item_id STRING, amount DOUBLE, qty INT, ts TIMESTAMP"\n',
-        ""), "4:3", 'needs a "schema"'),
-    ("bad-entity-type", CONFIG.replace("USER_ID: {type: string}", "USER_ID: {type: strng}"),
-     "10:19", 'unknown entity type "strng" (did you mean "string"?)'),
+    (
+        "unknown-config-key",
+        CONFIG.replace("feature_defs: feature_defs", "feature_def: feature_defs"),
+        "2:1",
+        'unknown key "feature_def" in robusta.yaml (did you mean "feature_defs"?)',
+    ),
+    (
+        "unknown-format",
+        CONFIG.replace("format: csv", "format: cvs"),
+        "5:13",
+        'unknown format "cvs" (did you mean "csv"?)',
+    ),
+    (
+        "schema-syntax",
+        CONFIG.replace("qty INT,", "qty,"),
+        "8:61",
+        'column "qty" needs a Spark type',
+    ),
+    (
+        "csv-needs-schema",
+        CONFIG.replace(
+            '    schema: "user_id STRING, item_id STRING, amount DOUBLE, qty INT, ts TIMESTAMP"\n',
+            "",
+        ),
+        "4:3",
+        'needs a "schema"',
+    ),
+    (
+        "bad-entity-type",
+        CONFIG.replace("USER_ID: {type: string}", "USER_ID: {type: strng}"),
+        "10:19",
+        'unknown entity type "strng" (did you mean "string"?)',
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "config_text", "where", "message"), CONFIG_CASES,
-                         ids=[c[0] for c in CONFIG_CASES])
+@pytest.mark.parametrize(
+    ("case", "config_text", "where", "message"), CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES]
+)
 def test_bad_config_is_located(
     make_project: MakeProject, case: str, config_text: str, where: str, message: str
 ) -> None:
     code, output = validate(make_project(config=config_text))
     assert code == 1, output
-    assert any(f"robusta.yaml:{where}:" in line and message in line
-               for line in output.splitlines()), (case, output)
+    assert any(
+        f"robusta.yaml:{where}:" in line and message in line for line in output.splitlines()
+    ), (case, output)
 
 
 def test_duplicate_output_feature_across_specs(make_project: MakeProject) -> None:
@@ -129,8 +230,11 @@ def test_duplicate_output_feature_across_specs(make_project: MakeProject) -> Non
 
 
 def test_all_problems_are_collected(make_project: MakeProject) -> None:
-    spec = (SPEC.replace("op: sum", "op: summ").replace("[1h, 7d]", "[1h, 7m]")
-            .replace("{user_id: USER_ID}", "{user_id: USER}"))
+    spec = (
+        SPEC.replace("op: sum", "op: summ")
+        .replace("[1h, 7d]", "[1h, 7m]")
+        .replace("{user_id: USER_ID}", "{user_id: USER}")
+    )
     workspace = load_workspace(make_project(purchases=spec))
     messages = " | ".join(p.message for p in workspace.problems)
     assert 'unknown op "summ"' in messages
