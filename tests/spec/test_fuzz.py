@@ -91,7 +91,7 @@ def texts(base: dict[str, Any]) -> st.SearchStrategy[str]:
     return st.one_of(as_yaml, as_yaml, cut, st.text(max_size=200))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec_text=texts(BASE_SPEC))
 def test_mangled_specs_raise_only_our_errors(tmp_path_factory: Any, spec_text: str) -> None:
     root: Path = tmp_path_factory.mktemp("fuzz")
