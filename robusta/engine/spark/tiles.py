@@ -1,0 +1,182 @@
+"""The batch tile job: a spec's events -> tiles at every granularity, in one pass.
+
+For one tile group of a spec: the spec's query runs over the source views; a single
+aggregation groups *all* rows by (keys, finest bucket), building every base feature's IR with
+its operator's ``spark_build`` and counting events; groups with a null key or a null bucket are
+the dropped rows and are only counted. Each coarser granularity is then rolled up from the next
+finer one with ``spark_merge`` (ordered by bucket start), so larger tiles are exact merges of
+smaller ones. Only native Spark SQL expressions run: no Python UDF touches a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from robusta.plan.keys import spark_key_bucket
+from robusta.plan.model import SpecPlan, TileGroup
+from robusta.spec.durations import Duration
+
+BUCKET = "__bucket"  # bucket start, epoch microseconds
+PARTITION_COLUMNS = ("__p_granularity", "__p_key_bucket", "__p_month")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Whole buckets ``[start, end)`` in epoch microseconds; None means all data."""
+
+    start: int | None = None
+    end: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.start is not None and self.end is not None
+
+
+@dataclass
+class TileCounts:
+    events: int
+    null_keys: int
+    null_timestamps: int
+    tiles: dict[str, int]
+
+
+def q(name: str) -> str:
+    """A Spark SQL identifier, quoted."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+class TileJob:
+    """Spark DataFrames of one tile group's tiles; call :meth:`tiles` then :meth:`counts`."""
+
+    def __init__(self, spark: Any, plan: SpecPlan, group: TileGroup, window: Range) -> None:
+        self.spark = spark
+        self.plan = plan
+        self.group = group
+        self.window = window
+        self.keys = [k.column for k in group.layout.keys]
+        self._finest_all: Any = None
+
+    def events_view(self) -> str:
+        """The spec's query as a temp view (sources must already be registered)."""
+        view = f"__robusta_events_{self.plan.name}"
+        self.spark.sql(self.plan.spec.query).createOrReplaceTempView(view)
+        return view
+
+    def finest_all(self) -> Any:
+        """Finest tiles of every (keys, bucket) group, null keys and times included."""
+        if self._finest_all is not None:
+            return self._finest_all
+        layout = self.group.layout
+        ts = f"CAST({q(self.plan.spec.timestamp)} AS TIMESTAMP)"
+        size = layout.finest.micros
+        # Keys are cast to their entity type under internal names (inputs may share a name).
+        keys = [
+            f"CAST({q(k.column)} AS {'BIGINT' if k.type.is_integer else 'STRING'}) AS __k{i}"
+            for i, k in enumerate(layout.keys)
+        ]
+        inputs = sorted({q(f.input) for f in self.group.features if f.input})
+        irs = ", ".join(
+            f"{f.op.spark_build(q(f.input) if f.input else 'NULL', '__ts')} AS {q(f.ir_column)}"
+            for f in self.group.features
+        )
+        grouped = [f"__k{i}" for i in range(len(keys))]
+        where = ""
+        if self.window.bounded:
+            where = f"WHERE __m IS NULL OR (__m >= {self.window.start} AND __m < {self.window.end})"
+        sql = f"""
+            SELECT {", ".join(f"{g} AS {q(k)}" for g, k in zip(grouped, self.keys, strict=True))},
+                   __m - pmod(__m, {size}) AS {BUCKET}, count(1) AS events, {irs}
+            FROM (SELECT {", ".join([*keys, *inputs])}, unix_micros({ts}) AS __m, {ts} AS __ts
+                  FROM {self.events_view()}) AS e
+            {where}
+            GROUP BY {", ".join(grouped)}, __m - pmod(__m, {size})
+        """
+        self._finest_all = self.spark.sql(sql).persist()
+        return self._finest_all
+
+    def tiles(self) -> Any:
+        """Every tile of the group, all granularities, in the tile table's columns."""
+        finest = self.finest_all().where(
+            " AND ".join([f"{q(k)} IS NOT NULL" for k in self.keys] + [f"{BUCKET} IS NOT NULL"])
+        )
+        sizes = list(reversed(self.group.layout.granularities))  # finest first
+        levels = [(sizes[0], finest)]
+        for size in sizes[1:]:
+            levels.append((size, self._rollup(levels[-1][1], size)))
+        frames = [self._finish(frame, size) for size, frame in levels]
+        union = frames[0]
+        for frame in frames[1:]:
+            union = union.unionByName(frame)
+        return union
+
+    def _rollup(self, child: Any, size: Duration) -> Any:
+        view = f"__robusta_child_{self.plan.name}_{size.name}"
+        child.createOrReplaceTempView(view)
+        irs = ", ".join(
+            f"{f.op.spark_merge(q(f.ir_column), BUCKET)} AS {q(f.ir_column)}"
+            for f in self.group.features
+        )
+        parent = f"{BUCKET} - pmod({BUCKET}, {size.micros})"
+        keys = ", ".join(q(k) for k in self.keys)
+        return self.spark.sql(
+            f"SELECT {keys}, {parent} AS {BUCKET}, sum(events) AS events, {irs} "
+            f"FROM {view} GROUP BY {keys}, {parent}"
+        ).persist()
+
+    def _finish(self, frame: Any, size: Duration) -> Any:
+        from pyspark.sql import functions as F
+
+        layout = self.group.layout
+        columns = [
+            *[F.col(q(k)) for k in self.keys],
+            F.expr(spark_key_bucket(q(layout.primary), layout.key_buckets)).alias("key_bucket"),
+            F.lit(size.name).alias("granularity"),
+            F.expr(f"timestamp_micros({BUCKET})").alias("bucket_start"),
+            F.col("events"),
+            *[F.col(q(f.ir_column)) for f in self.group.features],
+            F.lit(self.plan.hash).alias("spec_version"),
+        ]
+        return frame.select(*columns)
+
+    def counts(self, tiles: Any) -> TileCounts:
+        """Events read, rows dropped and tiles per granularity (small Spark jobs on cached data)."""
+        null_key = " OR ".join(f"{q(k)} IS NULL" for k in self.keys)
+        row = (
+            self.finest_all()
+            .selectExpr(
+                "coalesce(sum(events), 0) AS events",
+                f"coalesce(sum(CASE WHEN {null_key} THEN events ELSE 0 END), 0) AS null_keys",
+                f"coalesce(sum(CASE WHEN NOT ({null_key}) AND {BUCKET} IS NULL THEN events "
+                "ELSE 0 END), 0) AS null_times",
+            )
+            .collect()[0]
+        )
+        per = {
+            r["granularity"]: int(r["count"])
+            for r in tiles.groupBy("granularity").count().collect()
+        }
+        ordered = {g.name: per.get(g.name, 0) for g in self.group.layout.granularities}
+        return TileCounts(
+            int(row["events"]), int(row["null_keys"]), int(row["null_times"]), ordered
+        )
+
+    def release(self) -> None:
+        self.spark.catalog.clearCache()
+
+
+def write_tiles(tiles: Any, folder: str) -> None:
+    """Write tiles as Parquet, one file per (granularity, key_bucket, month) partition."""
+    from pyspark.sql import functions as F
+
+    tagged = tiles.select(
+        "*",
+        F.col("granularity").alias(PARTITION_COLUMNS[0]),
+        F.col("key_bucket").alias(PARTITION_COLUMNS[1]),
+        F.date_format("bucket_start", "yyyy-MM").alias(PARTITION_COLUMNS[2]),
+    )
+    key_columns = [c for c in tiles.columns if c not in ("key_bucket", "granularity")]
+    ordered = tagged.repartition(*PARTITION_COLUMNS).sortWithinPartitions(
+        *PARTITION_COLUMNS, *key_columns[: key_columns.index("bucket_start") + 1]
+    )
+    ordered.write.mode("overwrite").partitionBy(*PARTITION_COLUMNS).parquet(folder)

@@ -1,0 +1,1 @@
+"""Stores: offline tile tables in Iceberg (pyiceberg); online stores come later."""

@@ -1,0 +1,177 @@
+"""Tile tables in Iceberg: one table per tile group, committed with pyiceberg.
+
+Layout (one row per tile): the key columns, ``key_bucket`` (plan.keys), ``granularity`` (its
+canonical name, e.g. ``5m``), ``bucket_start`` (UTC), ``events`` (events in the tile), one IR
+column per base feature (typed by its operator), and ``spec_version``. Partitioned by
+``granularity``, ``key_bucket`` and ``month(bucket_start)``; rows sorted by key and time.
+
+Spark writes the Parquet files into a run folder of the table; one Iceberg *overwrite*
+snapshot then removes the files a run replaces and adds the new ones, so readers see the old
+tiles or the new ones, never a mix. Runs that die before committing leave only their run
+folder, which the next run deletes (nothing references it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+from robusta.errors import RobustaError
+from robusta.plan.model import TileGroup
+from robusta.spec.model import OfflineConfig
+from robusta.store.catalog import open_catalog
+
+VERSION_PROPERTY = "robusta.spec-version"
+RUN_PROPERTY = "robusta.run-id"
+RUNS_FOLDER = "runs"
+TS_TYPE = pa.timestamp("us", tz="UTC")
+
+
+class SpecChangedError(RobustaError, ValueError):
+    """Stored tiles were written by another version of the spec."""
+
+
+def tile_schema(group: TileGroup) -> pa.Schema:
+    """The Arrow schema of a tile group's table (and of the files Spark writes for it)."""
+    keys = [pa.field(k.column, k.type.arrow()) for k in group.layout.keys]
+    fixed = [
+        pa.field("key_bucket", pa.int32()),
+        pa.field("granularity", pa.string()),
+        pa.field("bucket_start", TS_TYPE),
+        pa.field("events", pa.int64()),
+    ]
+    irs = [pa.field(f.ir_column, f.ir_type) for f in group.features]
+    return pa.schema([*keys, *fixed, *irs, pa.field("spec_version", pa.string())])
+
+
+@dataclass(frozen=True)
+class Run:
+    """One materialization of one table: where its files go, and its id."""
+
+    id: str
+    folder: Path
+
+
+class TileTables:
+    """Tile tables of one offline store (catalog + warehouse + namespace)."""
+
+    def __init__(self, offline: OfflineConfig) -> None:
+        self.offline = offline
+        self.catalog = open_catalog(offline)
+
+    def identifier(self, table: str) -> str:
+        return f"{self.offline.namespace}.{table}"
+
+    def load(self, table: str) -> Any | None:
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog.load_table(self.identifier(table))
+        except NoSuchTableError:
+            return None
+
+    def ensure(self, group: TileGroup, version: str, *, rebuild: bool = False) -> Any:
+        """The group's table, created if missing; refuses tiles of another spec version."""
+        table = self.load(group.layout.table)
+        if table is not None and rebuild:
+            self.catalog.drop_table(self.identifier(group.layout.table))
+            table = None
+        if table is None:
+            return self._create(group, version)
+        stored = table.properties.get(VERSION_PROPERTY)
+        if stored != version:
+            raise SpecChangedError(
+                f'the tiles in table "{self.identifier(group.layout.table)}" were written by '
+                f"spec version {stored}, the spec is now version {version}: rerun "
+                "`robusta materialize` with --rebuild to recompute every tile of it"
+            )
+        return table
+
+    def _create(self, group: TileGroup, version: str) -> Any:
+        from pyiceberg.transforms import MonthTransform
+
+        table = self.catalog.create_table(
+            self.identifier(group.layout.table),
+            schema=tile_schema(group),
+            properties={VERSION_PROPERTY: version},
+        )
+        with table.update_spec() as update:
+            update.add_identity("granularity")
+            update.add_identity("key_bucket")
+            update.add_field("bucket_start", MonthTransform(), "bucket_month")
+        return self.catalog.load_table(self.identifier(group.layout.table))
+
+    # ---- runs -------------------------------------------------------------------------------
+    def start_run(self, table: Any) -> Run:
+        """A fresh folder for a run's files; deletes folders of runs that never committed."""
+        self.clean_orphans(table)
+        run_id = uuid.uuid4().hex[:12]
+        folder = _local_path(table.location()) / RUNS_FOLDER / run_id
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return Run(run_id, folder)
+
+    def clean_orphans(self, table: Any) -> list[Path]:
+        """Delete run folders that no snapshot mentions (a run died before its commit)."""
+        runs = _local_path(table.location()) / RUNS_FOLDER
+        if not runs.is_dir():
+            return []
+        committed = {
+            s.summary.additional_properties.get(RUN_PROPERTY)
+            for s in table.snapshots()
+            if s.summary is not None
+        }
+        removed = [f for f in runs.iterdir() if f.is_dir() and f.name not in committed]
+        for folder in removed:
+            shutil.rmtree(folder)
+        return removed
+
+    def overlapping_files(self, table: Any, start: int | None, end: int | None) -> list[Any]:
+        """Data files that may hold tiles with ``start <= bucket_start < end`` (all if None)."""
+        from pyiceberg import expressions
+
+        if table.current_snapshot() is None:
+            return []
+        condition: Any = expressions.AlwaysTrue()
+        if start is not None and end is not None:
+            at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
+            below: Any = expressions.LessThan
+            condition = expressions.And(at_least("bucket_start", start), below("bucket_start", end))
+        return [task.file for task in table.scan(row_filter=condition).plan_files()]
+
+    def replace(
+        self, table: Any, old_files: Sequence[Any], run: Run, properties: dict[str, str]
+    ) -> int:
+        """One overwrite snapshot: ``old_files`` out, every Parquet file of ``run`` in."""
+        from pyiceberg.io.pyarrow import parquet_files_to_data_files
+        from pyiceberg.table import TableProperties
+
+        new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
+        summary = {**properties, RUN_PROPERTY: run.id}
+        with table.transaction() as tx:
+            if tx.table_metadata.name_mapping() is None:
+                mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
+                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
+            with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
+                for data_file in old_files:
+                    overwrite.delete_data_file(data_file)
+                for data_file in parquet_files_to_data_files(
+                    table.io, tx.table_metadata, iter(new_paths)
+                ):
+                    overwrite.append_data_file(data_file)
+        refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
+        snapshot = refreshed.current_snapshot()
+        return int(snapshot.snapshot_id) if snapshot is not None else 0
+
+
+def _local_path(location: str) -> Path:
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        raise RobustaError(f"tile tables must live on a local or mounted path, got {location}")
+    return Path(parsed.path)
