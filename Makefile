@@ -23,7 +23,7 @@ $(PY):
 	$(PIP) install --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e .
+	$(PIP) install -e '.[spark]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)

@@ -9,12 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.errors import RobustaError
+
+if TYPE_CHECKING:
+    from robusta.materialize import TableReport
 from robusta.plan.model import Plan, TileGroup
 from robusta.plan.windows import TileRef, decompose
 from robusta.spec.durations import floor_to, from_micros
@@ -62,23 +66,19 @@ class DemoResult:
     data: DataSummary
     estimates: list[TileEstimate] = field(default_factory=list)
     examples: list[WindowExample] = field(default_factory=list)
+    materialized: list[TableReport] = field(default_factory=list)
 
 
 Step = Callable[[str], None]
 
 
-def run_demo(config: Path, days: int = 14, step: Step = lambda _: None) -> DemoResult:
-    """Generate the demo data where the config's demo source points, then validate and plan."""
+def run_demo(
+    config: Path, days: int = 14, step: Step = lambda _: None, *, materialize_tiles: bool = True
+) -> DemoResult:
+    """Generate the demo events, validate and plan the specs, then materialize their tiles."""
     first = load_workspace(config)
-    project_config = first.project.config
-    if project_config is None or DEMO_SOURCE not in project_config.sources:
-        raise DemoError(
-            f'the demo needs a source "{DEMO_SOURCE}" in {config}; run it from the '
-            "repository root, where robusta.yaml defines it"
-        )
-    target = project_config.sources[DEMO_SOURCE].path
-    if target is None:
-        raise DemoError(f'source "{DEMO_SOURCE}" has no path')
+    first.require_valid()  # show the config's own problems before anything else
+    target = _demo_folder(first)
     step(f"generating {days} days of engagement events")
     events = generate_events(GeneratorConfig(days=days))
     step(f"writing Parquet files to {target}")
@@ -90,7 +90,34 @@ def run_demo(config: Path, days: int = 14, step: Step = lambda _: None) -> DemoR
     result = DemoResult(workspace, _summary(events, len(files)))
     result.estimates = _estimates(workspace.plan, events)
     result.examples = _examples(workspace.plan, events)
+    if materialize_tiles:
+        from robusta.materialize import materialize
+
+        # The demo owns its tables: a changed example spec is simply rebuilt.
+        result.materialized = materialize(workspace, rebuild=True, step=step)
     return result
+
+
+def _demo_folder(workspace: Workspace) -> Path:
+    """Where the demo may write: its Parquet source, inside the project's .robusta folder."""
+    config = workspace.project.config
+    assert config is not None
+    source = config.sources.get(DEMO_SOURCE)
+    if source is None or source.path is None:
+        raise DemoError(
+            f'the demo needs a source "{DEMO_SOURCE}" with a path in {config.file}; run it '
+            "from the repository root, where robusta.yaml defines it"
+        )
+    own = (config.root / ".robusta").resolve()
+    target = source.path.resolve()
+    if source.format != "parquet" or own not in target.parents:
+        raise DemoError(
+            f'the demo writes generated Parquet only inside {own}; source "{DEMO_SOURCE}" is '
+            f"{source.format} at {target}, so nothing was written"
+        )
+    if target.exists() and not target.is_dir():
+        raise DemoError(f"{target} is a file; the demo needs a folder there")
+    return target
 
 
 def _clear(folder: Path) -> None:

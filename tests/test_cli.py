@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,11 +24,12 @@ def demo_project(tmp_path: Path) -> Path:
     return tmp_path / "robusta.yaml"
 
 
-def test_demo_generates_data_and_plans(tmp_path: Path) -> None:
+def test_demo_generates_data_and_materializes(spark: Any, tmp_path: Path) -> None:
     config = demo_project(tmp_path)
-    result = CliRunner().invoke(cli.main, ["demo", "--days", "2", "--config", str(config)])
+    result = CliRunner().invoke(cli.main, ["demo", "--days", "1", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "Validated 4 specs" in result.output
+    assert "robusta.user_engagement" in result.output and "Materialized tiles" in result.output
     files = sorted((tmp_path / ".robusta" / "demo" / "events").glob("*.parquet"))
     assert len(files) >= 2
     assert pq.read_schema(files[0]).names == EVENT_SCHEMA.names
@@ -39,6 +41,21 @@ def test_demo_without_its_source_says_what_to_do(make_project: MakeProject) -> N
     assert result.exit_code == 2
     assert 'needs a source "engagement_events"' in result.output
     assert "Traceback" not in result.output
+
+
+def test_demo_never_writes_outside_its_folder(tmp_path: Path) -> None:
+    config = demo_project(tmp_path)
+    text = (
+        config.read_text()
+        .replace("format: parquet", "format: csv")
+        .replace("path: .robusta/demo/events", "path: mydata")
+    )
+    config.write_text(text)
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "important.csv").write_text("keep me")
+    result = CliRunner().invoke(cli.main, ["demo", "--config", str(config)])
+    assert result.exit_code == 2 and "nothing was written" in result.output
+    assert [p.name for p in (tmp_path / "mydata").iterdir()] == ["important.csv"]
 
 
 def test_unexpected_errors_are_one_line(

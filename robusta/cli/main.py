@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +24,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from robusta import __version__
-from robusta.cli.render import plan_json, plan_table, print_problems, tiles_table
+from robusta.cli.render import (
+    materialize_table,
+    plan_json,
+    plan_table,
+    print_problems,
+    tiles_table,
+    tiles_view_table,
+)
 from robusta.errors import RobustaError, ValidationError
 from robusta.spec.durations import Duration
 from robusta.workspace import load_workspace
@@ -194,10 +203,79 @@ def demo(config: Path | None, days: int) -> None:
             f"4. {example.feature} at {example.at:%Y-%m-%d %H:%M:%S} UTC is assembled "
             f"from {len(example.tiles)} tiles: {parts}"
         )
+    if result.materialized:
+        out.print(materialize_table(result.materialized))
+        first = result.materialized[0]
+        out.print(f"Inspect them: robusta tiles --spec {first.spec} --key <key> --limit 5")
     out.print(
-        "Next stages (later issues): materialize tiles to Iceberg, backfill training "
-        "frames, upload and look up online, stream fresh events."
+        "Next stages (later issues): backfill training frames, upload and look up online, "
+        "stream fresh events."
     )
+
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
+
+
+@main.command()
+@config_option
+@click.option(
+    "--spec", "specs", multiple=True, help="Spec to materialize (repeatable; default all)."
+)
+@click.option(
+    "--start", type=click.DateTime(DATE_FORMATS), help="Range start, UTC (whole buckets)."
+)
+@click.option("--end", type=click.DateTime(DATE_FORMATS), help="Range end, UTC (exclusive).")
+@click.option("--rebuild", is_flag=True, help="Recompute every tile of a changed spec.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def materialize(
+    config: Path | None,
+    specs: tuple[str, ...],
+    start: datetime | None,
+    end: datetime | None,
+    rebuild: bool,
+    as_json: bool,
+) -> None:
+    """Compute tiles with Spark and commit them to Iceberg, one atomic snapshot per table."""
+    from robusta.materialize import materialize as run
+
+    workspace = load_workspace(config).require_valid()
+    started = time.perf_counter()
+    with err.status("starting") as status:
+        step = (
+            (lambda text: None)
+            if as_json
+            else (
+                lambda text: status.update(
+                    f"{text}  [dim]{time.perf_counter() - started:.0f}s[/dim]"
+                )
+            )
+        )
+        reports = run(workspace, specs, _utc(start), _utc(end), rebuild=rebuild, step=step)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2))
+        return
+    out.print(materialize_table(reports))
+
+
+@main.command()
+@config_option
+@click.option("--spec", required=True, help="Spec whose tiles to show.")
+@click.option("--key", required=True, help="Value of the spec's primary selector.")
+@click.option("--granularity", default=None, help="Only this granularity, e.g. 1h.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@handle_errors
+def tiles(config: Path | None, spec: str, key: str, granularity: str | None, limit: int) -> None:
+    """Show stored tiles of one key (newest first), finalized beside their IRs."""
+    from robusta.inspect_tiles import read_tiles
+
+    workspace = load_workspace(config).require_valid()
+    for view in read_tiles(workspace, spec, key, granularity, limit):
+        out.print(tiles_view_table(view))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
 
 
 def _duration_name(micros: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -10,6 +10,10 @@ from rich.table import Table
 
 from robusta.errors import Problem
 from robusta.plan.model import Plan, SpecPlan
+
+if TYPE_CHECKING:
+    from robusta.inspect_tiles import TileView
+    from robusta.materialize import TableReport
 
 
 def print_problems(console: Console, problems: list[Problem]) -> None:
@@ -118,3 +122,57 @@ def _spec_json(spec: SpecPlan) -> dict[str, Any]:
             for g in spec.groups
         ],
     }
+
+
+def materialize_table(reports: list[TableReport]) -> Table:
+    table = Table(title="Materialized tiles", header_style="bold")
+    for column in (
+        "spec",
+        "table",
+        "events",
+        "dropped: null key",
+        "dropped: null time",
+        "tiles per granularity",
+        "seconds",
+        "snapshot",
+    ):
+        table.add_column(column, justify="right" if column not in ("spec", "table") else "left")
+    for r in reports:
+        table.add_row(
+            r.spec,
+            r.table,
+            f"{r.events:,}",
+            f"{r.dropped_null_key:,}",
+            f"{r.dropped_null_timestamp:,}",
+            ", ".join(f"{g}: {n:,}" for g, n in r.tiles.items()),
+            f"{r.seconds:.1f}",
+            str(r.snapshot_id),
+        )
+    return table
+
+
+def tiles_view_table(view: TileView) -> Table:
+    from robusta.inspect_tiles import describe_ir
+
+    rows = view.rows
+    table = Table(title=f"{view.table}: {rows.num_rows} tile(s)", header_style="bold")
+    keys = [k.column for k in view.group.layout.keys if k.column != view.group.layout.primary]
+    for column in ("granularity", "bucket_start", *keys, "events"):
+        table.add_column(column)
+    features = view.group.features
+    for feature in features:
+        table.add_column(f"{feature.name} ({feature.op.name})", overflow="fold")
+    finalized = {f.name: view.finalized(f.name) for f in features}
+    irs = {f.name: rows.column(f.ir_column).to_pylist() for f in features}
+    for i in range(rows.num_rows):
+        cells = [
+            str(rows.column("granularity")[i]),
+            str(rows.column("bucket_start")[i]),
+            *[str(rows.column(k)[i]) for k in keys],
+            str(rows.column("events")[i]),
+        ]
+        cells += [
+            f"{finalized[f.name][i]}\n[dim]{describe_ir(irs[f.name][i])}[/dim]" for f in features
+        ]
+        table.add_row(*cells)
+    return table

@@ -8,11 +8,12 @@ the Iceberg tables back with pyiceberg, as every later reader will.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import random
 import textwrap
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -388,3 +389,43 @@ def sorted_rows(rows: pa.Table) -> pa.Table:
         if c in rows.column_names
     ]
     return rows.sort_by([(k, "ascending") for k in keys])
+
+
+def test_cli_materialize_and_tiles(project: Project, first_run: list[TableReport]) -> None:
+    from click.testing import CliRunner
+
+    from robusta.cli.main import main
+
+    config = str(project.root / "robusta.yaml")
+    result = CliRunner().invoke(
+        main, ["materialize", "--config", config, "--spec", "engagement", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.output)
+    assert {r["table"].split(".")[-1] for r in reports} == {
+        "engagement__by_user_id",
+        "engagement__by_channel_id_user_id",
+    }
+    user = Counter(project.events.column("user_id").drop_null().to_pylist()).most_common(1)[0][0]
+    shown = CliRunner().invoke(
+        main,
+        [
+            "tiles",
+            "--config",
+            config,
+            "--spec",
+            "engagement",
+            "--key",
+            user,
+            "--granularity",
+            "1d",
+            "--limit",
+            "2",
+        ],
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "engagement__by_user_id: 2 tile(s)" in shown.output
+    missing = CliRunner().invoke(
+        main, ["tiles", "--config", config, "--spec", "nope", "--key", user]
+    )
+    assert missing.exit_code == 2 and 'no spec named "nope"' in missing.output

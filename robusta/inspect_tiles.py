@@ -1,0 +1,82 @@
+"""`robusta tiles`: read back stored tiles of one key, finalized beside their IRs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.plan.keys import key_bucket
+from robusta.plan.model import TileGroup
+from robusta.store.tiles import TileTables
+from robusta.workspace import Workspace
+
+
+@dataclass
+class TileView:
+    """Stored tiles of one key in one tile table, newest first."""
+
+    table: str
+    group: TileGroup
+    rows: pa.Table
+
+    def finalized(self, feature: str) -> list[Any]:
+        base = next(f for f in self.group.features if f.name == feature)
+        values: list[Any] = base.op.finalize(
+            base.op.from_arrow(self.rows.column(base.ir_column))
+        ).to_pylist()
+        return values
+
+
+class NoTilesError(RobustaError, LookupError):
+    """A tile table that has not been materialized yet."""
+
+
+def read_tiles(
+    workspace: Workspace, spec: str, key: str, granularity: str | None = None, limit: int = 50
+) -> list[TileView]:
+    """Tiles whose primary selector equals ``key`` (pruned to its key bucket), per group."""
+    from pyiceberg import expressions
+
+    workspace.require_valid()
+    config = workspace.project.config
+    assert config is not None
+    plan = workspace.plan.spec(spec)
+    if plan is None:
+        names = ", ".join(s.name for s in workspace.plan.specs)
+        raise UnknownFeatureError(f'no spec named "{spec}" (specs: {names})')
+    tables = TileTables(config.offline)
+    views = []
+    equal: Any = expressions.EqualTo  # pydantic models: untyped positionals
+    for group in plan.groups:
+        layout = group.layout
+        table = tables.load(layout.table)
+        if table is None:
+            raise NoTilesError(
+                f'table "{tables.identifier(layout.table)}" has no tiles yet: run '
+                f"`robusta materialize --spec {spec}` first"
+            )
+        primary = next(k for k in layout.keys if k.column == layout.primary)
+        value: Any = int(key) if primary.type.is_integer else key
+        condition: Any = expressions.And(
+            equal("key_bucket", key_bucket(value, layout.key_buckets)),
+            equal(layout.primary, value),
+        )
+        if granularity is not None:
+            condition = expressions.And(condition, equal("granularity", granularity))
+        rows = table.scan(row_filter=condition).to_arrow()
+        rows = rows.sort_by([("bucket_start", "descending"), ("granularity", "ascending")])
+        views.append(TileView(tables.identifier(layout.table), group, rows.slice(0, limit)))
+    return views
+
+
+def describe_ir(value: Any) -> str:
+    """A short, readable form of one IR value for the terminal."""
+    if value is None:
+        return "-"
+    if isinstance(value, bytes):
+        return f"<sketch {len(value)} B>"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
