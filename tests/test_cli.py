@@ -29,7 +29,7 @@ def test_demo_generates_data_and_materializes(spark: Any, tmp_path: Path) -> Non
     result = CliRunner().invoke(cli.main, ["demo", "--days", "1", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "Validated 4 specs" in result.output
-    assert "robusta.user_engagement" in result.output and "Materialized tiles" in result.output
+    assert "user_engagement" in result.output and "Materialized tiles" in result.output
     files = sorted((tmp_path / ".robusta" / "demo" / "events").glob("*.parquet"))
     assert len(files) >= 2
     assert pq.read_schema(files[0]).names == EVENT_SCHEMA.names

@@ -87,7 +87,15 @@ class Operator(ABC):
             if message is not None:
                 raise ParamError(spec.name, f"{cls.name} {spec.name}: {message}")
             out[spec.name] = value
+        problem = cls.check_params(out)
+        if problem is not None:
+            raise ParamError(*problem)
         return out
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(param, message) when parameters are fine one by one but not together."""
+        return None
 
     @classmethod
     def check_input_type(cls, dtype: DataType) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import pairwise
 from typing import Any
 
@@ -295,6 +295,13 @@ class TopK(Operator):
             "counters kept per IR (default max(64, 8k))",
         ),
     )
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> tuple[str, str] | None:
+        capacity, k = params["capacity"], params["k"]
+        if capacity is not None and capacity < k:
+            return "capacity", f"top_k capacity ({capacity}) must be at least k ({k})"
+        return None
 
     @property
     def k(self) -> int:

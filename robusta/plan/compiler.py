@@ -25,6 +25,8 @@ from robusta.spec.config import display_path
 from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
 from robusta.spec.types import DataType
 
+TILE_COLUMNS = ("key_bucket", "granularity", "bucket_start", "events", "spec_version")
+
 
 def compile_plan(
     config: ProjectConfig, specs: Iterable[FeatureSpec], key_buckets: int = DEFAULT_KEY_BUCKETS
@@ -32,7 +34,38 @@ def compile_plan(
     """Compile every spec; problems (unknown ops, bad params, wrong input types) are located."""
     problems: list[Problem] = []
     plans = [_compile_spec(config, spec, key_buckets, problems) for spec in specs]
+    problems.extend(_table_clashes(plans))
     return Plan(tuple(plans)), problems
+
+
+def _table_clashes(plans: list[SpecPlan]) -> list[Problem]:
+    seen: dict[str, str] = {}
+    problems = []
+    for plan in plans:
+        for group in plan.groups:
+            owner = seen.setdefault(group.layout.table, plan.name)
+            if owner != plan.name and plan.spec.location is not None:
+                problems.append(
+                    Problem(
+                        plan.spec.location,
+                        (
+                            f'tile table "{group.layout.table}" of spec "{plan.name}" is also '
+                            f'the table of spec "{owner}"; rename one of the specs'
+                        ),
+                    )
+                )
+    return problems
+
+
+def _reserved(feature: FeatureDef) -> str | None:
+    """A message when a feature's name would collide with a column of its tile table."""
+    taken = {c.lower() for c in (*TILE_COLUMNS, *feature.group_by_selectors)}
+    if feature.name.lower() in taken:
+        return (
+            f'feature name "{feature.name}" is also a column of its tile table '
+            f"({', '.join(sorted(taken))}); rename the feature"
+        )
+    return None
 
 
 def _compile_spec(
@@ -41,6 +74,8 @@ def _compile_spec(
     by_keys: dict[tuple[tuple[str, str], ...], list[BaseFeature]] = {}
     primaries: dict[tuple[tuple[str, str], ...], str] = {}
     for feature in spec.features:
+        if not feature.op:
+            continue  # the spec checks already said the op is missing or not text
         compiled = _compile_feature(spec, feature, problems)
         if compiled is None:
             continue
@@ -62,9 +97,8 @@ def _compile_spec(
         columns = tuple(
             KeyColumn(col, entity, _key_type(config, spec, col, entity)) for col, entity in keys
         )
-        table = (
-            spec.name if len(by_keys) == 1 else f"{spec.name}__by_{'_'.join(c for c, _ in keys)}"
-        )
+        # Named by spec and keys, so adding a feature with other keys never renames a table.
+        table = f"{spec.name}__by_{'__'.join(c for c, _ in keys)}".lower()
         primary = primaries.get(keys, keys[0][0] if keys else "")
         layout = TileLayout(table, columns, primary, spec.granularities, key_buckets)
         groups.append(TileGroup(layout, tuple(features)))
@@ -75,6 +109,10 @@ def _compile_feature(
     spec: FeatureSpec, feature: FeatureDef, problems: list[Problem]
 ) -> BaseFeature | None:
     fallback = feature.where("") or Location(display_path(spec.file))
+    clash = _reserved(feature)
+    if clash is not None:
+        problems.append(Problem(fallback, clash))
+        return None
     input_type = DataType.UNKNOWN
     if feature.input is not None:
         column = spec.column(feature.input)
@@ -94,7 +132,8 @@ def _compile_feature(
     except OperatorError as exc:  # the input column's type does not suit the operator
         problems.append(Problem(feature.where("input") or fallback, str(exc)))
         return None
-    if op.needs_input and feature.input is not None and not input_type.is_known:
+    known_column = feature.input is not None and spec.column(feature.input) is not None
+    if op.needs_input and known_column and not input_type.is_known:
         problems.append(
             Problem(
                 feature.where("input") or fallback,

@@ -60,6 +60,8 @@ class Checker:
         for key in required:
             if key not in value:
                 self.add(path, f'missing required key "{key}" in {label}', key=bool(path))
+            elif _blank(value[key]):
+                self.add((*path, key), f'"{key}" needs a value in {label}', key=True)
         return value
 
     def text(self, path: PathKey) -> str | None:
@@ -89,6 +91,15 @@ class Checker:
             self.add(path, f'"{path[-1]}" must be a list like [a, b], got {_describe(value)}')
             return None
         return value
+
+
+def _blank(value: Any) -> bool:
+    """None, blank text or an empty list/mapping: present in the file but saying nothing."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list | dict) and not value
 
 
 def _describe(value: Any) -> str:

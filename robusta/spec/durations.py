@@ -16,7 +16,8 @@ UNITS: dict[str, int] = {
 }
 # Canonical names use days at most, so "7d" stays "7d" (not "1w") and "24h" becomes "1d".
 _CANONICAL_UNITS = ("d", "h", "m", "s")
-_PATTERN = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_PATTERN = re.compile(r"^\s*([0-9]+)\s*([smhdw])\s*$", re.ASCII)
+MAX_DAYS = 36_600  # a century: far beyond any window, far below int64 microseconds
 LIFETIME = "lifetime"
 
 
@@ -41,15 +42,15 @@ class Duration:
         amount = int(match.group(1))
         if amount <= 0:
             raise DurationSyntaxError(f'"{text}" must be longer than zero')
-        return cls(amount * UNITS[match.group(2)])
+        micros = amount * UNITS[match.group(2)]
+        if micros > MAX_DAYS * UNITS["d"]:
+            raise DurationSyntaxError(f'"{text}" is longer than {MAX_DAYS} days; use lifetime')
+        return cls(micros)
 
     @property
     def name(self) -> str:
-        for unit in _CANONICAL_UNITS:
-            size = UNITS[unit]
-            if self.micros % size == 0:
-                return f"{self.micros // size}{unit}"
-        return f"{self.micros}us"
+        unit = next(u for u in _CANONICAL_UNITS if self.micros % UNITS[u] == 0)  # "s" always fits
+        return f"{self.micros // UNITS[unit]}{unit}"
 
     def __str__(self) -> str:
         return self.name
@@ -78,10 +79,6 @@ class Window:
     @property
     def sort_key(self) -> int:
         return self.duration.micros if self.duration is not None else 2**63 - 1
-
-    def start(self, end: int) -> int | None:
-        """Window start for an end time, or None (unbounded) for lifetime."""
-        return None if self.duration is None else end - self.duration.micros
 
     def __str__(self) -> str:
         return self.name

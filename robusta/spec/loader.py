@@ -13,7 +13,7 @@ from robusta.spec.durations import Duration, DurationSyntaxError, Window
 from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
 from robusta.spec.sql import QueryProblem, analyze_query
 from robusta.spec.suggest import did_you_mean, one_of
-from robusta.spec.types import DataType
+from robusta.spec.types import Column, DataType
 from robusta.spec.yamldoc import YamlDoc, YamlLoadError, load_yaml
 
 SPEC_REQUIRED = ("name", "query", "timestamp", "features")
@@ -50,7 +50,9 @@ def load_spec(path: Path, config: ProjectConfig) -> tuple[FeatureSpec | None, li
     columns = analysis.columns if analysis is not None else ()
     known = analysis is not None and analysis.columns_known and not analysis.problems
     ctx = _SpecContext(check, config, {c.name.lower(): c.type for c in columns}, known)
-    timestamp = check.text(("timestamp",)) or ""
+    ctx.spelling = {c.name.lower(): c.name for c in columns}
+    _duplicate_columns(check, columns)
+    timestamp = ctx.canonical(check.text(("timestamp",)) or "")
     if timestamp:
         ctx.require_column(("timestamp",), timestamp, "timestamp", {DataType.TIMESTAMP})
     granularities = _granularities(check)
@@ -81,9 +83,14 @@ class _SpecContext:
         self.config = config
         self.columns = columns
         self.known = known
+        self.spelling: dict[str, str] = {}
 
     def column_type(self, name: str) -> DataType:
         return self.columns.get(name.lower(), DataType.UNKNOWN)
+
+    def canonical(self, name: str) -> str:
+        """A column name as the query spells it (Spark matches names ignoring case)."""
+        return self.spelling.get(name.lower(), name)
 
     def require_column(
         self,
@@ -104,6 +111,18 @@ class _SpecContext:
             self.check.add(
                 path, f'{role} "{name}" is {actual.value}, expected {wanted}; CAST it in the query'
             )
+
+
+def _duplicate_columns(check: Checker, columns: tuple[Column, ...]) -> None:
+    seen: set[str] = set()
+    for column in columns:
+        if column.name.lower() in seen:
+            check.add(
+                ("query",),
+                f'the query has two output columns named "{column.name}" '
+                "(Spark ignores case in names); alias one of them",
+            )
+        seen.add(column.name.lower())
 
 
 def _identifier(check: Checker, path: tuple[str | int, ...], role: str) -> str | None:
@@ -151,7 +170,16 @@ def _features(ctx: _SpecContext, finest: Duration | None) -> tuple[FeatureDef, .
     if not raw:
         check.add(("features",), "features must define at least one feature")
     out = []
+    seen: set[str] = set()
     for name in raw:
+        if name.lower() in seen:
+            check.add(
+                ("features", name),
+                f'feature "{name}" differs from another feature only in '
+                "case; Spark column names ignore case, so rename one",
+                key=True,
+            )
+        seen.add(name.lower())
         feature = _feature(ctx, name, finest)
         if feature is not None:
             out.append(feature)
@@ -170,10 +198,12 @@ def _feature(ctx: _SpecContext, name: str, finest: Duration | None) -> FeatureDe
     input_col = check.text((*path, "input"))
     if input_col is not None:
         ctx.require_column((*path, "input"), input_col, "input")
+        input_col = ctx.canonical(input_col)
     params = check.mapping((*path, "params")) or {}
     windows = _windows(check, path, finest)
     selectors = _selectors(ctx, path)
     primary = check.text((*path, "primary_selector"))
+    primary = ctx.canonical(primary) if primary is not None else None
     if primary is None and len(selectors) == 1:
         primary = next(iter(selectors))
     elif primary is None and selectors:
@@ -280,7 +310,13 @@ def _selectors(ctx: _SpecContext, path: tuple[str | int, ...]) -> dict[str, str]
                 f'column "{column}" is {ctx.column_type(column).value} but entity '
                 f'"{entity_name}" is {declared.type.value}; CAST it in the query',
             )
-        out[column] = entity_name
+        if entity_name in out.values():
+            check.add(
+                where,
+                f'entity "{entity_name}" is already used by another selector of '
+                "this feature; training rows carry one column per entity",
+            )
+        out[ctx.canonical(column)] = entity_name
     return out
 
 

@@ -66,7 +66,7 @@ def _clashes(specs: list[FeatureSpec], selected: set[Path]) -> list[Problem]:
     seen_outputs: dict[str, tuple[FeatureSpec, str]] = {}
     for spec in specs:
         report = not selected or spec.file in selected
-        first = seen_specs.setdefault(spec.name, spec)
+        first = seen_specs.setdefault(spec.name.lower(), spec)
         if first is not spec and report and spec.location is not None:
             problems.append(
                 Problem(
@@ -77,7 +77,7 @@ def _clashes(specs: list[FeatureSpec], selected: set[Path]) -> list[Problem]:
             )
         for feature in spec.features:
             for output in feature.output_names:
-                owner = seen_outputs.setdefault(output, (spec, feature.name))
+                owner = seen_outputs.setdefault(output.lower(), (spec, feature.name))
                 if owner[0] is spec and owner[1] == feature.name:
                     continue
                 where = feature.where("")

@@ -85,61 +85,110 @@ def parse_yaml(text: str, name: str) -> YamlDoc:
     if node is None:
         doc.data = {}
         return doc
-    problems: list[Problem] = []
-    doc.data = _convert(node, (), doc, problems, node.start_mark, node.start_mark)
-    if problems:
-        raise YamlLoadError(problems)
+    converter = _Converter(doc)
+    try:
+        doc.data = converter.convert(node, (), node.start_mark, node.start_mark)
+    except _TooLarge:
+        converter.problems.append(
+            Problem(
+                Location(name, 1, 1),
+                (
+                    f"the file expands to more than {MAX_NODES:,} values (aliases?); write it out "
+                    "without deeply nested aliases"
+                ),
+            )
+        )
+    if converter.problems:
+        raise YamlLoadError(converter.problems)
     return doc
 
 
-def _convert(
-    node: yaml.Node,
-    path: PathKey,
-    doc: YamlDoc,
-    problems: list[Problem],
-    key_mark: yaml.Mark,
-    value_mark: yaml.Mark,
-) -> Any:
-    style = node.style if isinstance(node, yaml.ScalarNode) else None
-    doc.marks[path] = Marks(
-        key_mark.line, key_mark.column, value_mark.line, value_mark.column, style
-    )
-    if isinstance(node, yaml.MappingNode):
+MAX_NODES = 100_000  # aliases can make a tiny file expand without bound
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Converter:
+    """Plain values from composed YAML nodes, recording marks; problems are collected."""
+
+    def __init__(self, doc: YamlDoc) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+        self.budget = MAX_NODES
+
+    def convert(
+        self, node: yaml.Node, path: PathKey, key_mark: yaml.Mark, value_mark: yaml.Mark
+    ) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooLarge
+        style = node.style if isinstance(node, yaml.ScalarNode) else None
+        self.doc.marks[path] = Marks(
+            key_mark.line, key_mark.column, value_mark.line, value_mark.column, style
+        )
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.convert(item, (*path, i), item.start_mark, item.start_mark)
+                for i, item in enumerate(node.value)
+            ]
+        return self.scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: PathKey) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        merges = [(k, v) for k, v in node.value if k.tag == MERGE_TAG]
+        for _, value_node in merges:  # "<<: *base" first, so explicit keys override it
+            merged = self.convert(value_node, path, value_node.start_mark, value_node.start_mark)
+            for part in merged if isinstance(merged, list) else [merged]:
+                if isinstance(part, dict):
+                    out.update(part)
+        explicit: set[str] = set()
         for key_node, value_node in node.value:
-            key = _scalar_key(key_node, doc, problems)
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.key(key_node)
             if key is None:
                 continue
-            if key in out:
-                loc = Location(
-                    doc.file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                )
-                problems.append(Problem(loc, f'duplicate key "{key}"; keep only one'))
+            if key in explicit:
+                self.problem(key_node, f'duplicate key "{key}"; keep only one')
                 continue
-            out[key] = _convert(
-                value_node, (*path, key), doc, problems, key_node.start_mark, value_node.start_mark
+            explicit.add(key)
+            out[key] = self.convert(
+                value_node, (*path, key), key_node.start_mark, value_node.start_mark
             )
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _convert(item, (*path, i), doc, problems, item.start_mark, item.start_mark)
-            for i, item in enumerate(node.value)
-        ]
-    return _construct_scalar(node)
 
+    def key(self, node: yaml.Node) -> str | None:
+        if not isinstance(node, yaml.ScalarNode):
+            self.problem(node, "mapping keys must be plain names")
+            return None
+        value = self.scalar(node)
+        if not isinstance(value, str):
+            self.problem(
+                node,
+                f"key {node.value!r} is read as {type(value).__name__}, not a "
+                f'name; quote it ("{node.value}") if you meant the text',
+            )
+            return None
+        return value
 
-def _scalar_key(node: yaml.Node, doc: YamlDoc, problems: list[Problem]) -> str | None:
-    if isinstance(node, yaml.ScalarNode):
-        return str(_construct_scalar(node))
-    loc = Location(doc.file, node.start_mark.line + 1, node.start_mark.column + 1)
-    problems.append(Problem(loc, "mapping keys must be plain names"))
-    return None
+    def scalar(self, node: yaml.Node) -> Any:
+        # SafeLoader resolves tags (int, float, bool, null, timestamp) as yaml.safe_load does.
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            self.problem(node, f"unsupported YAML tag {node.tag}; write a plain value")
+            return None
+        finally:
+            loader.dispose()
 
-
-def _construct_scalar(node: yaml.Node) -> Any:
-    # SafeLoader resolves tags (int, float, bool, null, timestamp) exactly as yaml.safe_load does.
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+    def problem(self, node: yaml.Node, message: str) -> None:
+        mark = node.start_mark
+        self.problems.append(
+            Problem(Location(self.doc.file, mark.line + 1, mark.column + 1), message)
+        )

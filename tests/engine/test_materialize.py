@@ -224,7 +224,7 @@ def test_report_counts_events_nulls_and_tiles(
     assert set(main.tiles) == {"1d", "1h", "5m"}
 
 
-@pytest.mark.parametrize("table", ["engagement__by_user_id", "engagement__by_channel_id_user_id"])
+@pytest.mark.parametrize("table", ["engagement__by_user_id", "engagement__by_channel_id__user_id"])
 def test_stored_tiles_equal_the_reference(
     project: Project, first_run: list[TableReport], table: str
 ) -> None:
@@ -404,7 +404,7 @@ def test_cli_materialize_and_tiles(project: Project, first_run: list[TableReport
     reports = json.loads(result.output)
     assert {r["table"].split(".")[-1] for r in reports} == {
         "engagement__by_user_id",
-        "engagement__by_channel_id_user_id",
+        "engagement__by_channel_id__user_id",
     }
     user = Counter(project.events.column("user_id").drop_null().to_pylist()).most_common(1)[0][0]
     shown = CliRunner().invoke(

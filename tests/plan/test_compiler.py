@@ -24,7 +24,7 @@ def test_outputs_types_and_versions(make_project: MakeProject) -> None:
     assert [o.name for o in feature.outputs] == ["spend_1h", "spend_7d"]
     assert feature.ir_type == pa.float64()
     (group,) = spec.groups
-    assert group.layout.table == "purchases" and group.layout.primary == "user_id"
+    assert group.layout.table == "purchases__by_user_id" and group.layout.primary == "user_id"
     assert [g.name for g in group.layout.granularities] == ["1d", "1h", "5m"]
 
     # Windows change assembly only: same version. An op change makes new tiles: new version.
@@ -54,7 +54,7 @@ def test_composite_keys_form_their_own_tile_group(make_project: MakeProject) -> 
     )
     spec = load_workspace(make_project(purchases=text)).require_valid().plan.specs[0]
     tables = sorted(g.layout.table for g in spec.groups)
-    assert tables == ["purchases__by_item_id_user_id", "purchases__by_user_id"]
+    assert tables == ["purchases__by_item_id__user_id", "purchases__by_user_id"]
 
 
 def test_examples_cover_every_operator_and_a_composite_key() -> None:

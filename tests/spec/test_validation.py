@@ -277,3 +277,68 @@ def test_missing_config_is_one_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot read file" in result.output
     assert "Traceback" not in result.output
+
+
+NAME_CASES = [
+    (
+        "null-required-value",
+        SPEC.replace("timestamp: ts", "timestamp:"),
+        '"timestamp" needs a value',
+    ),
+    (
+        "case-duplicate-feature",
+        SPEC + "  Spend:\n    op: count\n    windows: [1d]\n"
+        "    group_by_selectors: {user_id: USER_ID}\n",
+        "differs from another feature only in case",
+    ),
+    (
+        "duplicate-select",
+        SPEC.replace(
+            "SELECT user_id, item_id, amount, qty, ts",
+            "SELECT user_id, item_id, amount, qty, ts, USER_ID",
+        ),
+        'two output columns named "USER_ID"',
+    ),
+    ("reserved-name", SPEC.replace("  spend:", "  events:"), "is also a column of its tile table"),
+    (
+        "entity-twice",
+        SPEC.replace("{user_id: USER_ID}", "{user_id: USER_ID, item_id: USER_ID}"),
+        'entity "USER_ID" is already used by another selector',
+    ),
+    (
+        "top-k-capacity",
+        SPEC.replace("op: sum", "op: top_k\n    params: {k: 10, capacity: 5}"),
+        "capacity (5) must be at least k (10)",
+    ),
+    ("huge-window", SPEC.replace("[1h, 7d]", "[1h, 99999999d]"), "longer than 36600 days"),
+    (
+        "yaml-tag",
+        SPEC.replace("owner: growth", "owner: !!python/object:os.system x"),
+        "unsupported YAML tag",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "message"), NAME_CASES, ids=[c[0] for c in NAME_CASES])
+def test_more_bad_specs(make_project: MakeProject, case: str, spec: str, message: str) -> None:
+    code, output = validate(make_project(purchases=spec))
+    assert code == 1, output
+    assert message in output, (case, output)
+
+
+def test_selector_spelling_follows_the_query(make_project: MakeProject) -> None:
+    spec = SPEC.replace("{user_id: USER_ID}", "{User_Id: USER_ID}").replace(
+        "primary_selector: user_id", "primary_selector: USER_ID"
+    )
+    workspace = load_workspace(make_project(purchases=spec)).require_valid()
+    (group,) = workspace.plan.specs[0].groups
+    assert group.layout.primary == "user_id" and group.layout.table == "purchases__by_user_id"
+
+
+def test_yaml_merge_keys_work(make_project: MakeProject) -> None:
+    spec = SPEC.replace("  spend:\n", "  spend: &base\n") + (
+        "  top_spend:\n    <<: *base\n    op: max\n"
+    )
+    workspace = load_workspace(make_project(purchases=spec)).require_valid()
+    ops = {f.name: f.op.name for f in workspace.plan.specs[0].features}
+    assert ops == {"spend": "sum", "top_spend": "max"}
