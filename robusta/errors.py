@@ -62,10 +62,14 @@ class ConfigNotFoundError(RobustaError, FileNotFoundError):
     """No robusta.yaml was found."""
 
     def __init__(self, start: Path) -> None:
-        super().__init__(
-            f"no robusta.yaml found in {start} or any parent folder; "
-            "run from inside a project or pass --config PATH"
-        )
+        if start.suffix in (".yaml", ".yml"):
+            message = f"{start} does not exist (or is not a file); check --config"
+        else:
+            message = (
+                f"no robusta.yaml found in {start} or any parent folder; "
+                "run from inside a project or pass --config PATH"
+            )
+        super().__init__(message)
 
 
 class UnknownFeatureError(RobustaError, KeyError):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from robusta.errors import Problem, ValidationError
+from robusta.errors import ConfigNotFoundError, Problem, ValidationError
 from robusta.plan.compiler import compile_plan
 from robusta.plan.model import Plan
 from robusta.spec.config import find_config
@@ -35,6 +35,8 @@ class Workspace:
 def load_workspace(config: Path | None = None, specs: Sequence[Path] = ()) -> Workspace:
     """Load and check the project at ``config`` (default: found from the working directory)."""
     path = config if config is not None else find_config()
+    if not path.is_file():
+        raise ConfigNotFoundError(path)
     project = load_project(path, specs)
     if project.config is None:
         return Workspace(project, Plan(()), list(project.problems))

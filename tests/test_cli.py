@@ -83,7 +83,7 @@ def test_json_errors_stay_json(tmp_path: Path, make_project: MakeProject) -> Non
     missing = CliRunner().invoke(
         cli.main, ["validate", "--json", "--config", str(tmp_path / "none" / "robusta.yaml")]
     )
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2
     assert json.loads(missing.output)["ok"] is False
     config = make_project(purchases=SPEC.replace("op: sum", "op: nope"))
     invalid = CliRunner().invoke(cli.main, ["plan", "--json", "--config", str(config)])

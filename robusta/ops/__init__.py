@@ -10,8 +10,8 @@ from robusta.ops.base import Operator, Param, ParamError, State, concat, fold_se
 from robusta.ops.numeric import Avg, Count, Max, Min, Stddev, Sum, Variance
 from robusta.ops.ordered import First, FirstN, Last, LastN
 from robusta.ops.sketches import ApproxDistinct, ApproxQuantile, TopK
+from robusta.spec.datatypes import DataType
 from robusta.spec.suggest import did_you_mean, one_of
-from robusta.spec.types import DataType
 
 OPERATORS: dict[str, type[Operator]] = {
     cls.name: cls

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from robusta.errors import OperatorError
 from robusta.ops.values import Array, to_numpy
-from robusta.spec.types import DataType
+from robusta.spec.datatypes import DataType
 
 State = tuple[Array, ...]
 

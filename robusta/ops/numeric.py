@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from robusta.errors import OperatorError
 from robusta.ops.base import (
     Operator,
     State,
@@ -14,7 +15,7 @@ from robusta.ops.base import (
     reduce_segments,
 )
 from robusta.ops.values import Array, from_numpy, numpy_dtype, placeholders, struct_fields, to_numpy
-from robusta.spec.types import DataType
+from robusta.spec.datatypes import DataType
 
 # Ordered fold of IRs in Spark: collect (order, ir) pairs, sort by time, fold left. Used where
 # float arithmetic makes the merge order visible, so Spark rollups equal Python merges bit for bit.
@@ -28,7 +29,10 @@ def ordered_fold(ir: str, order: str, init: str, step: str) -> str:
 
 def _nullable_sum(av: Array, a: Array, bv: Array, b: Array) -> tuple[Array, Array]:
     both = av & bv
-    value = np.where(both, a + b, np.where(av, a, b))
+    total = a + b
+    if total.dtype.kind == "i" and np.any(both & ((a ^ total) & (b ^ total) < 0)):
+        raise OperatorError("an integer sum overflows int64; CAST the input to DOUBLE in the query")
+    value = np.where(both, total, np.where(av, a, b))
     return av | bv, value
 
 

@@ -20,7 +20,7 @@ from robusta.ops.values import (
     struct_fields,
     to_numpy,
 )
-from robusta.spec.types import DataType
+from robusta.spec.datatypes import DataType
 
 
 def _event_struct(value: str, ts: str) -> str:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from robusta.ops.base import Operator, Param, State, reduce_segments
 from robusta.ops.params import int_between, optional, quantile_list
 from robusta.ops.values import Array, list_of_pairs, python_value, struct_fields
-from robusta.spec.types import DataType
+from robusta.spec.datatypes import DataType
 
 EMPTY_STAND_IN = "\x00"  # what "" is counted as (Spark: char(0)); collides only with "\x00"
 

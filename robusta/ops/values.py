@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.errors import OperatorError
-from robusta.spec.types import DataType
+from robusta.spec.datatypes import DataType
 
 Array = npt.NDArray[Any]
 BoolArray = npt.NDArray[np.bool_]

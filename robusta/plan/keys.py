@@ -8,22 +8,12 @@ every engine computes the same bucket without a UDF. Integer keys hash their dec
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
-
-import numpy as np
-import numpy.typing as npt
 
 DEFAULT_KEY_BUCKETS = 32
 
 
 def key_bucket(key: object, buckets: int = DEFAULT_KEY_BUCKETS) -> int:
     return zlib.crc32(_key_text(key).encode("utf-8")) % buckets
-
-
-def key_buckets(
-    keys: Iterable[object], buckets: int = DEFAULT_KEY_BUCKETS
-) -> npt.NDArray[np.int32]:
-    return np.fromiter((key_bucket(k, buckets) for k in keys), dtype=np.int32)
 
 
 def spark_key_bucket(column_sql: str, buckets: int = DEFAULT_KEY_BUCKETS) -> str:

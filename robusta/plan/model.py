@@ -66,10 +66,6 @@ class TileLayout:
     def finest(self) -> Duration:
         return self.granularities[-1]
 
-    @property
-    def granularity_micros(self) -> tuple[int, ...]:
-        return tuple(g.micros for g in self.granularities)
-
 
 @dataclass(frozen=True, slots=True)
 class TileGroup:
@@ -102,15 +98,3 @@ class Plan:
 
     def spec(self, name: str) -> SpecPlan | None:
         return next((s for s in self.specs if s.name == name), None)
-
-    def output(self, name: str) -> tuple[SpecPlan, BaseFeature, OutputFeature] | None:
-        for spec in self.specs:
-            for feature in spec.features:
-                for out in feature.outputs:
-                    if out.name == name:
-                        return spec, feature, out
-        return None
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(o.name for s in self.specs for o in s.outputs)

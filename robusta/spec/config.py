@@ -126,6 +126,8 @@ def _source(check: Checker, root: Path, name: str) -> SourceConfig | None:
             + (f": {example[needed]}" if needed in example else " (a file or folder)"),
             key=True,
         )
+    if table is not None and "." not in table:
+        check.add((*path, "table"), f'table "{table}" must be "namespace.table"')
     if loader is not None and ":" not in loader:
         check.add((*path, "loader"), 'loader must look like "package.module:function"')
     schema = _schema(check, (*path, "schema"))
@@ -159,18 +161,24 @@ def _option_text(value: Any) -> str:
     return str(value)
 
 
-def _schema(check: Checker, path: tuple[str, ...]) -> tuple[Any, ...] | None:
+def _schema(check: Checker, path: tuple[str, ...]) -> tuple[Column, ...] | None:
     text = check.text(path)
     if text is None:
         return None
     try:
-        return parse_schema(text)
+        columns = parse_schema(text)
     except SchemaSyntaxError as exc:
         base = check.where(path)
         style = check.doc.marks[path].style if path in check.doc.marks else None
         shift = exc.offset + (1 if style in ("'", '"') else 0)
         check.add_at(Location(base.file, base.line, base.column + shift), f"schema: {exc.message}")
         return None
+    names = [c.name.lower() for c in columns]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        check.add(path, f"schema: column {', '.join(twice)} is declared twice (names ignore case)")
+        return None
+    return columns
 
 
 def _parquet_schema(path: Path) -> tuple[Column, ...] | None:
@@ -211,6 +219,13 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
     if check.get(("offline", "catalog")) is not None:
         check.section(("offline", "catalog"), ("type", "uri"), ("warehouse", "properties"))
+        uri = str(catalog.get("uri", ""))
+        if uri and not uri.startswith(("sqlite:///", "postgresql")):
+            check.add(
+                ("offline", "catalog", "uri"),
+                f'catalog uri "{uri}" must start with '
+                "sqlite:/// or postgresql:// (or postgresql+psycopg2://)",
+            )
         if catalog.get("type", "sql") != "sql":
             check.add(
                 ("offline", "catalog", "type"),

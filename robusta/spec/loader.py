@@ -326,7 +326,10 @@ def _query_location(doc: YamlDoc, problem: QueryProblem) -> Location:
     if marks is None:
         return Location(doc.file, 1, 1)
     lines = doc.text.split("\n")
-    if marks.style in ("|", ">"):
+    if marks.style == ">" or (marks.style != "|" and problem.line > 1):
+        # Folded and multi-line flow scalars re-wrap the text: point at the query itself.
+        return Location(doc.file, marks.value_line + 1, marks.value_column + 1)
+    if marks.style == "|":
         first = marks.value_line + 1  # block content starts on the line after the indicator
         indent = next(
             (len(line) - len(line.lstrip(" ")) for line in lines[first:] if line.strip()), 0

@@ -54,6 +54,20 @@ class QueryAnalysis:
 def analyze_query(query: str, sources: Mapping[str, SourceConfig]) -> QueryAnalysis:
     """Parse ``query`` and derive its sources and output columns."""
     result = QueryAnalysis()
+    try:
+        return _analyze(query, sources, result)
+    except RecursionError:
+        result.problems.append(
+            QueryProblem(
+                1, 1, "the query is nested too deeply to analyze; flatten it with a WITH clause"
+            )
+        )
+        return result
+
+
+def _analyze(
+    query: str, sources: Mapping[str, SourceConfig], result: QueryAnalysis
+) -> QueryAnalysis:
     tree = _parse(query, result)
     if tree is None:
         return result
@@ -84,7 +98,14 @@ def _parse(query: str, result: QueryAnalysis) -> exp.Query | None:
             )
         return None
     except TokenError as exc:
-        result.problems.append(QueryProblem(1, 1, f"SQL syntax error: {exc}"))
+        line, column = _token_error_position(query, str(exc))
+        result.problems.append(
+            QueryProblem(
+                line,
+                column,
+                "SQL syntax error: cannot read the text here (an unclosed quote or comment?)",
+            )
+        )
         return None
     if len(statements) != 1 or not isinstance(statements[0], exp.Query):
         result.problems.append(
@@ -92,6 +113,15 @@ def _parse(query: str, result: QueryAnalysis) -> exp.Query | None:
         )
         return None
     return statements[0]
+
+
+def _token_error_position(query: str, message: str) -> tuple[int, int]:
+    """sqlglot's tokenizer quotes the text up to the error; find where that text ends."""
+    quoted = message.partition("'")[2].rpartition("'")[0]
+    at = query.find(quoted) + len(quoted) if quoted and quoted in query else 0
+    before = query[:at]
+    line = before.count("\n") + 1
+    return line, at - (before.rfind("\n") + 1) + 1
 
 
 def _position(query: str, node: exp.Expression) -> tuple[int, int]:

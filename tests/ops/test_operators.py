@@ -223,13 +223,13 @@ def groups_of(
 def params_for(name: str) -> st.SearchStrategy[dict[str, Any]]:
     if name in ("first_n", "last_n"):
         return st.fixed_dictionaries({}, optional={"n": st.sampled_from([1, 2, 3, 7])})
-    if name == "top_k":
-        return st.fixed_dictionaries(
-            {},
-            optional={
-                "k": st.sampled_from([1, 2, 3, 10]),
-                "capacity": st.sampled_from([1, 2, 3, 5, 16]),
-            },
+    if name == "top_k":  # small capacities force the Misra-Gries cut; capacity >= k
+        k = st.sampled_from([1, 2, 3, 10])
+        return k.flatmap(
+            lambda kk: st.fixed_dictionaries(
+                {"k": st.just(kk)},
+                optional={"capacity": st.sampled_from([c for c in (1, 2, 3, 5, 16) if c >= kk])},
+            )
         )
     if name == "approx_quantile":
         q = st.one_of(

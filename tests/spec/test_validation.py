@@ -274,8 +274,8 @@ def test_validate_one_file_still_checks_clashes(make_project: MakeProject) -> No
 
 def test_missing_config_is_one_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "--config", str(tmp_path / "nope.yaml")])
-    assert result.exit_code == 1
-    assert "cannot read file" in result.output
+    assert result.exit_code == 2
+    assert "nope.yaml does not exist" in result.output
     assert "Traceback" not in result.output
 
 
@@ -342,3 +342,15 @@ def test_yaml_merge_keys_work(make_project: MakeProject) -> None:
     workspace = load_workspace(make_project(purchases=spec)).require_valid()
     ops = {f.name: f.op.name for f in workspace.plan.specs[0].features}
     assert ops == {"spend": "sum", "top_spend": "max"}
+
+
+def test_sql_positions_in_a_folded_query_point_at_the_query(make_project: MakeProject) -> None:
+    folded = SPEC.replace("query: |", "query: >").replace("  FROM events", "  FROM evnts")
+    code, output = validate(make_project(purchases=folded))
+    assert code == 1 and "purchases.yaml:3:8:" in output and 'unknown source "evnts"' in output
+
+
+def test_unclosed_quote_is_located(make_project: MakeProject) -> None:
+    spec = SPEC.replace("  FROM events", "  FROM events WHERE item_id = 'abc")
+    code, output = validate(make_project(purchases=spec))
+    assert code == 1 and "purchases.yaml:5:" in output and "unclosed quote" in output

