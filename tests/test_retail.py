@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
+from robusta.materialize import materialize
 from robusta.ops import Operator, State, concat, make_operator, take
 from robusta.plan.windows import decompose
 from robusta.spec.durations import Window, floor_to
 from robusta.spec.types import DataType
+from robusta.store.tiles import TileTables
 from robusta.testing.reference import reference_value, window_bounds
 from robusta.workspace import load_workspace
 
@@ -199,3 +202,56 @@ def assert_matches(op: Operator, got: Any, want: Any, values: list[Any]) -> None
         assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6), (got, want)
     else:  # exact ops, and top_k: an item sells to at most 38 countries, under 64 counters
         assert got == want
+
+
+@pytest.mark.spark
+def test_materialized_year_matches_the_reference(
+    spark: Any, events: pa.Table, tmp_path: Path
+) -> None:
+    """The retail example materializes the whole year; per-customer totals from its 1d tiles
+    equal the reference evaluator over all events."""
+    project = tmp_path / "retail"
+    shutil.copytree(REPO / "examples" / "retail" / "feature_defs", project / "feature_defs")
+    config = (REPO / "examples" / "retail" / "robusta.yaml").read_text()
+    config = config.replace("../../../shared/data/online-retail/by-day", str(retail_folder()))
+    (project / "robusta.yaml").write_text(config)
+    workspace = load_workspace(project / "robusta.yaml").require_valid()
+    (report,) = materialize(workspace, ["customer_purchases"])
+    assert report.events == events.num_rows
+    plan = workspace.plan.spec("customer_purchases")
+    assert plan is not None
+    (group,) = plan.groups
+    offline = workspace.project.config.offline if workspace.project.config else None
+    assert offline is not None
+    table = TileTables(offline).load(group.layout.table)
+    assert table is not None
+    days = (
+        table.scan(row_filter="granularity == '1d'")
+        .to_arrow()
+        .sort_by([("customer_id", "ascending"), ("bucket_start", "ascending")])
+    )
+    customers = days.column("customer_id").to_pylist()
+    bounds = [0] + [i for i in range(1, len(customers)) if customers[i] != customers[i - 1]]
+    offsets = np.asarray([*bounds, len(customers)])
+    features = {f.name: f for f in group.features}
+    spend, lines = features["customer_spend"].op, features["customer_lines"].op
+    totals = spend.finalize(
+        spend.merge_segments(spend.from_arrow(days.column("customer_spend")), offsets)
+    ).to_pylist()
+    counts = lines.finalize(
+        lines.merge_segments(lines.from_arrow(days.column("customer_lines")), offsets)
+    ).to_pylist()
+    by_key: dict[str, list[tuple[int, Any]]] = {}
+    for key, t, amount in zip(
+        events.column("customer_id").to_pylist(),
+        events.column("ts").to_pylist(),
+        events.column("amount").to_pylist(),
+        strict=True,
+    ):
+        by_key.setdefault(key, []).append((t, amount))
+    assert len(bounds) == len(by_key)
+    for i, start in enumerate(bounds):
+        key = customers[start]
+        want_sum = reference_value("sum", {}, by_key[key], None, 2**62)
+        assert math.isclose(totals[i], want_sum, rel_tol=1e-9, abs_tol=1e-6), key
+        assert counts[i] == reference_value("count", {}, by_key[key], None, 2**62)

@@ -28,6 +28,13 @@ def _event_struct(value: str, ts: str) -> str:
     return f"CASE WHEN {value} IS NOT NULL THEN struct({ts} AS ts, {value} AS value) END"
 
 
+def _not_greater(a: Array, b: Array) -> Array:
+    """a <= b with NaN as the largest value (Spark's ordering), so ties do not hinge on order."""
+    if a.dtype.kind == "f":
+        return (a <= b) | np.isnan(b)
+    return a <= b
+
+
 class _Edge(Operator):
     """first / last: the event with the least / greatest (ts, value)."""
 
@@ -53,9 +60,9 @@ class _Edge(Operator):
         av, ats, aval = a
         bv, bts, bval = b
         if self.want_least:
-            a_wins = (ats < bts) | ((ats == bts) & (aval <= bval))
+            a_wins = (ats < bts) | ((ats == bts) & _not_greater(aval, bval))
         else:
-            a_wins = (ats > bts) | ((ats == bts) & (aval >= bval))
+            a_wins = (ats > bts) | ((ats == bts) & _not_greater(bval, aval))
         pick_a = av & (~bv | a_wins)
         return av | bv, np.where(pick_a, ats, bts), np.where(pick_a, aval, bval)
 
