@@ -66,9 +66,14 @@ def materialize(
     reports = []
     for plan in chosen:
         register_sources(spark, config, plan.spec.sources)
-        for group in plan.groups:
-            window = _aligned(plan, start, end)
-            reports.append(_materialize_group(spark, tables, plan, group, window, rebuild, step))
+        try:
+            for group in plan.groups:
+                window = _aligned(plan, start, end)
+                reports.append(
+                    _materialize_group(spark, tables, plan, group, window, rebuild, step)
+                )
+        finally:
+            spark.catalog.dropTempView(f"__robusta_events_{plan.name}")  # and its cache
     return reports
 
 
@@ -122,7 +127,7 @@ def _materialize_group(
             tiles = tiles.unionByName(_carried_over(spark, old_files, window))
         step(f"{name}: writing tiles")
         write_tiles(tiles, str(run.folder))
-        counts = job.counts(job.tiles())
+        counts = job.counts(job.tiles())  # the cached tiles: no recomputation
         step(f"{name}: committing")
         snapshot = tables.replace(
             table,

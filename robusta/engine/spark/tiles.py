@@ -56,11 +56,20 @@ class TileJob:
         self.window = window
         self.keys = [k.column for k in group.layout.keys]
         self._finest_all: Any = None
+        self._tiles: Any = None
+        self._cached: list[Any] = []  # persisted frames to release when the group is done
 
     def events_view(self) -> str:
-        """The spec's query as a temp view (sources must already be registered)."""
+        """The spec's query as a temp view (sources must already be registered).
+
+        With several tile groups the query result is cached, so the source is read once.
+        """
         view = f"__robusta_events_{self.plan.name}"
-        self.spark.sql(self.plan.spec.query).createOrReplaceTempView(view)
+        if not self.spark.catalog.tableExists(view):
+            events = self.spark.sql(self.plan.spec.query)
+            if len(self.plan.groups) > 1:
+                events = events.persist()
+            events.createOrReplaceTempView(view)
         return view
 
     def finest_all(self) -> Any:
@@ -93,10 +102,13 @@ class TileJob:
             GROUP BY {", ".join(grouped)}, __m - pmod(__m, {size})
         """
         self._finest_all = self.spark.sql(sql).persist()
+        self._cached.append(self._finest_all)
         return self._finest_all
 
     def tiles(self) -> Any:
-        """Every tile of the group, all granularities, in the tile table's columns."""
+        """Every tile of the group, all granularities, in the tile table's columns (cached)."""
+        if self._tiles is not None:
+            return self._tiles
         finest = self.finest_all().where(
             " AND ".join([f"{q(k)} IS NOT NULL" for k in self.keys] + [f"{BUCKET} IS NOT NULL"])
         )
@@ -108,7 +120,8 @@ class TileJob:
         union = frames[0]
         for frame in frames[1:]:
             union = union.unionByName(frame)
-        return union
+        self._tiles = union  # its parts (finest tiles, rollups) are already cached
+        return self._tiles
 
     def _rollup(self, child: Any, size: Duration) -> Any:
         view = f"__robusta_child_{self.plan.name}_{size.name}"
@@ -119,10 +132,12 @@ class TileJob:
         )
         parent = f"{BUCKET} - pmod({BUCKET}, {size.micros})"
         keys = ", ".join(q(k) for k in self.keys)
-        return self.spark.sql(
+        rollup = self.spark.sql(
             f"SELECT {keys}, {parent} AS {BUCKET}, sum(events) AS events, {irs} "
             f"FROM {view} GROUP BY {keys}, {parent}"
         ).persist()
+        self._cached.append(rollup)
+        return rollup
 
     def _finish(self, frame: Any, size: Duration) -> Any:
         from pyspark.sql import functions as F
@@ -162,7 +177,10 @@ class TileJob:
         )
 
     def release(self) -> None:
-        self.spark.catalog.clearCache()
+        """Unpersist this group's cached frames (the spec's events stay for its other groups)."""
+        for frame in self._cached:
+            frame.unpersist()
+        self._cached.clear()
 
 
 def write_tiles(tiles: Any, folder: str) -> None:
