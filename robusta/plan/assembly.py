@@ -1,0 +1,242 @@
+"""Window assembly: feature values of rows ``(keys, t, pointer)`` from stored tiles.
+
+The one assembler of the product: the PIT join runs it per key bucket inside Spark tasks, the
+online client runs it per lookup. It is pure numpy/pyarrow, vectorized over rows, and merges
+every window's tiles with the operator's ``merge_segments`` in ascending time order, so both
+paths give bit-identical values for the same tiles.
+
+How (per tile group, for all rows and windows at once):
+
+1. Keys: rows' and tiles' key columns are encoded to shared integer codes (composite keys
+   combined), so a row finds its key's tiles without hashing Python objects.
+2. Tiles are sorted by (key, granularity, bucket) and indexed by one int64 search key
+   ``group << 32 | bucket index``, where the bucket index counts tiles of that granularity
+   from an origin aligned to the largest granularity and at or before every tile.
+3. Each row's window ``[start, end)`` (the brief's ``end = min(floor(t, gmin), p)``) is cut
+   like :func:`robusta.plan.windows.decompose`, but vectorized: per granularity a left run and
+   a right run of tiles, the largest granularity in the middle; every run is a contiguous
+   slice of the sorted tiles, found by binary search (missing tiles are simply absent).
+4. The runs, laid out in time order, become one index array and segment offsets; each IR
+   column is decoded once for the tiles actually used and merged per segment.
+
+Lifetime windows start at the origin: no tile lies before it and it is aligned to every
+granularity, so the tiles used are the same as for an unbounded start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.ops import take
+from robusta.plan.model import BaseFeature, OutputFeature, TileGroup
+
+I64 = npt.NDArray[np.int64]
+BOOL = npt.NDArray[np.bool_]
+_IDX_BITS = 32
+_NO_KEY = -1
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows to assemble for: key columns (in the layout's key order), times, pointers.
+
+    ``ts`` and ``pointer`` are epoch microseconds; ``ts_valid`` marks non-null times and
+    ``pointer_valid`` non-null pointers (a null pointer caps nothing).
+    """
+
+    keys: Sequence[pa.Array]
+    ts: I64
+    ts_valid: BOOL
+    pointer: I64 | None = None
+    pointer_valid: BOOL | None = None
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass(frozen=True)
+class GroupAssembler:
+    """Assembles a tile group's output features (``outputs``) from that group's tiles."""
+
+    group: TileGroup
+    outputs: tuple[OutputFeature, ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        """Granularities in microseconds, finest first."""
+        return sorted(g.micros for g in self.group.layout.granularities)
+
+    @property
+    def features(self) -> list[BaseFeature]:
+        wanted = {o.base for o in self.outputs}
+        return [f for f in self.group.features if f.name in wanted]
+
+    def tile_columns(self) -> list[str]:
+        """The tile-table columns assembly reads."""
+        keys = [k.column for k in self.group.layout.keys]
+        return [*keys, "granularity", "bucket_start", *(f.ir_column for f in self.features)]
+
+    def assemble(self, tiles: pa.Table, rows: Rows) -> pa.Table:
+        """One column per output feature, one row per row, in row order."""
+        n = len(rows)
+        index = _TileIndex.build(self.group, tiles, rows.keys, self.sizes)
+        ends = _window_ends(rows, self.sizes[0])
+        by_feature = {f.name: f for f in self.features}
+        columns: list[pa.Array] = []
+        sorted_irs: dict[str, pa.Array] = {}
+        for output in self.outputs:
+            feature = by_feature[output.base]
+            window = output.window.duration
+            starts = ends - window.micros if window is not None else None
+            picks, offsets = index.window_tiles(starts, ends, rows.ts_valid)
+            op = feature.op
+            if feature.name not in sorted_irs:
+                sorted_irs[feature.name] = index.irs(feature.ir_column)
+            irs = sorted_irs[feature.name]
+            used, local = np.unique(picks, return_inverse=True)
+            state = op.from_arrow(irs.take(pa.array(used, pa.int64())))
+            merged = op.merge_segments(take(state, local.astype(np.int64)), offsets)
+            values = op.finalize(merged)
+            if not rows.ts_valid.all():
+                values = pc.if_else(pa.array(rows.ts_valid), values, pa.nulls(n, values.type))
+            columns.append(values.cast(output.type) if values.type != output.type else values)
+        return pa.table(columns, names=[o.name for o in self.outputs])
+
+
+def _window_ends(rows: Rows, gmin: int) -> I64:
+    """``end = floor(t, gmin)``, capped by the pointer (itself floored: a bucket end)."""
+    ts = np.where(rows.ts_valid, rows.ts, 0)
+    ends = ts - np.mod(ts, gmin)
+    if rows.pointer is not None:
+        valid = rows.pointer_valid if rows.pointer_valid is not None else np.ones(len(ts), bool)
+        pointer = np.where(valid, rows.pointer, 0)
+        capped = np.minimum(ends, pointer - np.mod(pointer, gmin))
+        ends = np.where(valid, capped, ends)
+    return ends.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _TileIndex:
+    """Tiles sorted by (key, granularity, bucket) with their search keys."""
+
+    sizes: list[int]
+    origin: int
+    search: I64  # sorted: group << 32 | bucket index
+    row_codes: I64  # per row: its key's code, _NO_KEY for a null key
+    order: I64  # sorted position -> row of the tiles table
+    tiles: pa.Table
+
+    @classmethod
+    def build(
+        cls, group: TileGroup, tiles: pa.Table, row_keys: Sequence[pa.Array], sizes: list[int]
+    ) -> _TileIndex:
+        names = [k.column for k in group.layout.keys]
+        tile_codes, row_codes = _shared_codes([tiles.column(c) for c in names], row_keys)
+        levels = _levels(tiles.column("granularity"), group)
+        starts = _micros(tiles.column("bucket_start"))
+        largest = sizes[-1]
+        origin = int(starts.min()) if len(starts) else 0
+        origin -= origin % largest
+        size_of = np.asarray(sizes, dtype=np.int64)[levels]
+        search = _search_key(tile_codes * len(sizes) + levels, (starts - origin) // size_of)
+        order = np.argsort(search, kind="stable").astype(np.int64)
+        return cls(sizes, origin, search[order], row_codes, order, tiles)
+
+    def irs(self, column: str) -> pa.Array:
+        """An IR column in sorted tile order."""
+        return self.tiles.column(column).combine_chunks().take(pa.array(self.order, pa.int64()))
+
+    def window_tiles(self, starts: I64 | None, ends: I64, valid: BOOL) -> tuple[I64, I64]:
+        """Sorted-tile positions of every row's window, in time order, and segment offsets."""
+        sizes, n = self.sizes, len(ends)
+        hi = np.maximum(ends, self.origin)
+        lo = (
+            np.full(n, self.origin, np.int64) if starts is None else np.maximum(starts, self.origin)
+        )
+        lo = np.minimum(lo, hi)
+        runs: list[tuple[int, I64, I64]] = []  # (level, from, to) in time order
+        right: list[tuple[int, I64, I64]] = []
+        for level in range(len(sizes) - 1):
+            larger = sizes[level + 1]
+            new_lo = np.minimum(_ceil(lo, larger), hi)
+            runs.append((level, lo, new_lo))
+            lo = new_lo
+            new_hi = np.maximum(hi - np.mod(hi, larger), lo)
+            right.append((level, new_hi, hi))
+            hi = new_hi
+        runs.append((len(sizes) - 1, lo, hi))
+        runs.extend(reversed(right))
+        found = (self.row_codes != _NO_KEY) & valid
+        firsts, counts = [], []
+        for level, a, b in runs:
+            group = self.row_codes * len(sizes) + level
+            size = sizes[level]
+            first = np.searchsorted(self.search, _search_key(group, (a - self.origin) // size))
+            # Non-empty runs have aligned ends; empty ones have a == b and round alike.
+            last = np.searchsorted(self.search, _search_key(group, (b - self.origin) // size))
+            firsts.append(first)
+            counts.append(np.where(found, last - first, 0))
+        first_m = np.stack(firsts, axis=1).ravel()
+        count_m = np.stack(counts, axis=1)
+        per_row = count_m.sum(axis=1)
+        flat_counts = count_m.ravel()
+        total = int(flat_counts.sum())
+        run_offsets = np.cumsum(flat_counts) - flat_counts
+        picks = np.repeat(first_m - run_offsets, flat_counts) + np.arange(total, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+        return picks.astype(np.int64), offsets
+
+
+def _search_key(group: I64, bucket: I64) -> I64:
+    return (np.asarray(group, np.int64) << _IDX_BITS) | np.asarray(bucket, np.int64)
+
+
+def _ceil(x: I64, size: int) -> I64:
+    return x + np.mod(-x, size)
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> I64:
+    values = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _levels(granularity: pa.ChunkedArray, group: TileGroup) -> I64:
+    """Granularity names -> level (0 = finest)."""
+    ordered = sorted(group.layout.granularities, key=lambda g: g.micros)
+    names = pa.array([g.name for g in ordered])
+    levels = pc.index_in(granularity, value_set=names)
+    if levels.null_count:
+        raise ValueError("tiles of a granularity the plan does not have")
+    return np.asarray(levels.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _shared_codes(
+    tile_keys: Sequence[pa.ChunkedArray | pa.Array], row_keys: Sequence[pa.Array]
+) -> tuple[I64, I64]:
+    """Integer codes of (composite) keys, shared by tiles and rows; _NO_KEY for null keys."""
+    n_tiles = len(tile_keys[0]) if tile_keys else 0
+    combined: I64 | None = None
+    null = np.zeros(n_tiles + len(row_keys[0]), dtype=bool)
+    for tile_col, row_col in zip(tile_keys, row_keys, strict=True):
+        both = pa.concat_arrays([*_chunks(tile_col), *_chunks(row_col.cast(tile_col.type))])
+        indices = pc.dictionary_encode(both).indices
+        null |= ~np.asarray(pc.is_valid(indices).to_numpy(zero_copy_only=False), dtype=bool)
+        codes = np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False), np.int64)
+        if combined is None:
+            combined = codes
+        else:
+            mixed = combined * (int(codes.max(initial=0)) + 1) + codes
+            combined = np.unique(mixed, return_inverse=True)[1].astype(np.int64)
+    assert combined is not None
+    combined = np.where(null, _NO_KEY, combined)
+    return combined[:n_tiles], combined[n_tiles:]
+
+
+def _chunks(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
