@@ -137,6 +137,7 @@ def _materialize_group(
                 "robusta.spec-version": plan.hash,
                 "robusta.events": str(counts.events),
             },
+            covered=(window.start, window.end),
         )
     finally:
         job.release()

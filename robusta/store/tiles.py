@@ -13,6 +13,7 @@ folder, which the next run deletes (nothing references it).
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from robusta.spec.model import OfflineConfig
 from robusta.store.catalog import open_catalog
 
 VERSION_PROPERTY = "robusta.spec-version"
+COVERAGE_PROPERTY = "robusta.coverage"  # JSON [[start, end], ...] in epoch micros; null = open
 RUN_PROPERTY = "robusta.run-id"
 RUNS_FOLDER = "runs"
 TS_TYPE = pa.timestamp("us", tz="UTC")
@@ -146,15 +148,25 @@ class TileTables:
         return [task.file for task in table.scan(row_filter=condition).plan_files()]
 
     def replace(
-        self, table: Any, old_files: Sequence[Any], run: Run, properties: dict[str, str]
+        self,
+        table: Any,
+        old_files: Sequence[Any],
+        run: Run,
+        properties: dict[str, str],
+        covered: Span = (None, None),
     ) -> int:
-        """One overwrite snapshot: ``old_files`` out, every Parquet file of ``run`` in."""
+        """One overwrite snapshot: ``old_files`` out, every Parquet file of ``run`` in.
+
+        ``covered`` (the run's time range) joins the table's coverage in the same commit.
+        """
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
         from pyiceberg.table import TableProperties
 
         new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
         summary = {**properties, RUN_PROPERTY: run.id}
         with table.transaction() as tx:
+            spans = merge_spans([*coverage(table), covered])
+            tx.set_properties(**{COVERAGE_PROPERTY: json.dumps(spans)})
             if tx.table_metadata.name_mapping() is None:
                 mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
                 tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
@@ -168,6 +180,42 @@ class TileTables:
         refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
         snapshot = refreshed.current_snapshot()
         return int(snapshot.snapshot_id) if snapshot is not None else 0
+
+
+Span = tuple[int | None, int | None]  # [start, end) in epoch micros; None = unbounded
+
+
+def coverage(table: Any) -> list[Span]:
+    """The time ranges whose tiles the table holds for its spec version (merged, sorted)."""
+    text = table.properties.get(COVERAGE_PROPERTY)
+    if not text:
+        return []
+    return [(a, b) for a, b in json.loads(text)]
+
+
+def merge_spans(spans: Sequence[Span]) -> list[Span]:
+    """Union of half-open spans, as few sorted spans."""
+    low = -(2**63)
+    high = 2**63
+    ordered = sorted(((low if a is None else a), (high if b is None else b)) for a, b in spans)
+    merged: list[list[int]] = []
+    for a, b in ordered:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(None if a == low else a, None if b == high else b) for a, b in merged]
+
+
+def uncovered(spans: Sequence[Span], wanted: Span) -> bool:
+    """Whether ``wanted`` is not inside one of the (merged) ``spans``."""
+    low, high = -(2**63), 2**63
+    a = low if wanted[0] is None else wanted[0]
+    b = high if wanted[1] is None else wanted[1]
+    for start, end in merge_spans(spans):
+        if (low if start is None else start) <= a and b <= (high if end is None else end):
+            return False
+    return True
 
 
 def _local_path(location: str) -> Path:

@@ -9,6 +9,7 @@ UTC session time (bucket boundaries are epoch-aligned UTC) and microsecond Parqu
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
         os.environ["JAVA_HOME"] = str(home)
     if _is_local(config.master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers (the PIT join's Arrow functions) run this interpreter, with its
+        # packages; on a cluster, spark.pyspark.python in the config says which one.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(config.master).appName(app_name)
     quiet = f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"
     defaults = {**LOCAL_DEFAULTS, "spark.driver.extraJavaOptions": quiet}

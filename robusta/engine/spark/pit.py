@@ -1,0 +1,156 @@
+"""The bucketed point-in-time join: training rows get their features from tile files.
+
+Per tile group the rows are hash-partitioned by the group's ``key_bucket`` (the same function
+as the tile tables, ``plan.keys``) and sorted by it within partitions. Tiles are never
+shuffled: each Spark task streams its rows in Arrow batches (``mapInArrow``), and for each key
+bucket it meets reads that bucket's tile files, pruned on the driver by pyiceberg to the rows'
+time range, straight from the table with pyarrow. The pure assembler
+(``robusta.plan.assembly``) then computes every window of every row of the bucket at once.
+Memory per task is one bucket's tiles plus one batch of rows, however hot a key is: a hot key's
+rows arrive in many bounded batches, and its bucket's tiles are read once per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.plan.assembly import GroupAssembler, Rows
+from robusta.plan.keys import spark_key_bucket
+from robusta.plan.model import OutputFeature, TileGroup
+
+ROW_ID = "__robusta_row_id"
+TS = "__robusta_ts"  # row time, epoch microseconds
+POINTER = "__robusta_pointer"  # version pointer, epoch microseconds
+KEY_BUCKET = "__robusta_key_bucket"
+
+
+def key_column(i: int) -> str:
+    return f"__robusta_key{i}"
+
+
+@dataclass(frozen=True)
+class GroupJoin:
+    """What a task needs to add one tile group's features: picklable, no Spark objects."""
+
+    group: TileGroup
+    outputs: tuple[OutputFeature, ...]
+    files: Mapping[int, Sequence[str]]  # key bucket -> tile files that may hold needed tiles
+    since: int | None  # no window starts before this (epoch micros); None: lifetime windows
+    with_pointer: bool
+
+    def add_features(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        assembler = GroupAssembler(self.group, self.outputs)
+        loaded: tuple[int, pa.Table] | None = None
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            buckets = np.asarray(batch.column(KEY_BUCKET).to_numpy(zero_copy_only=False))
+            parts, positions = [], []
+            for bucket in np.unique(buckets).tolist():
+                if loaded is None or loaded[0] != bucket:
+                    loaded = (bucket, self._tiles(bucket, assembler))
+                where = np.flatnonzero(buckets == bucket)
+                rows = batch.take(pa.array(where))
+                parts.append(assembler.assemble(loaded[1], self._rows(rows)))
+                positions.append(where)
+            features = pa.concat_tables(parts).combine_chunks()
+            back = np.empty(batch.num_rows, np.int64)
+            back[np.concatenate(positions)] = np.arange(batch.num_rows)
+            features = features.take(pa.array(back))
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, *(c.combine_chunks() for c in features.columns)],
+                names=[*batch.schema.names, *features.column_names],
+            )
+
+    def _rows(self, rows: pa.RecordBatch) -> Rows:
+        n = len(self.group.layout.keys)
+        ts = rows.column(TS)
+        pointer = rows.column(POINTER) if self.with_pointer else None
+        return Rows(
+            keys=[rows.column(key_column(i)) for i in range(n)],
+            ts=_int64(ts),
+            ts_valid=_valid(ts),
+            pointer=_int64(pointer) if pointer is not None else None,
+            pointer_valid=_valid(pointer) if pointer is not None else None,
+        )
+
+    def _tiles(self, bucket: int, assembler: GroupAssembler) -> pa.Table:
+        import pyarrow.dataset as ds
+
+        columns = assembler.tile_columns()
+        paths = list(self.files.get(bucket, ()))
+        if not paths:
+            return _empty_tiles(self.group, columns)
+        dataset = ds.dataset(paths, format="parquet")
+        condition = ds.field("key_bucket") == bucket
+        if self.since is not None:
+            since = pa.scalar(self.since, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+            condition = condition & (ds.field("bucket_start") >= since)
+        return dataset.to_table(columns=columns, filter=condition)
+
+
+def _empty_tiles(group: TileGroup, columns: list[str]) -> pa.Table:
+    from robusta.store.tiles import tile_schema
+
+    schema = tile_schema(group)
+    return schema.empty_table().select(columns)
+
+
+def _int64(column: pa.Array) -> np.ndarray:
+    return np.asarray(pc.fill_null(column, 0).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _valid(column: pa.Array) -> np.ndarray:
+    return np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def prepare_rows(rows: Any, timestamp_column: str, version_column: str | None) -> Any:
+    """Rows with a row id and their time (and pointer) as epoch microseconds."""
+    from pyspark.sql import functions as F
+
+    prepared = rows.withColumn(ROW_ID, F.monotonically_increasing_id()).withColumn(
+        TS, F.expr(f"unix_micros(CAST({_q(timestamp_column)} AS TIMESTAMP))")
+    )
+    if version_column is not None:
+        prepared = prepared.withColumn(
+            POINTER, F.expr(f"unix_micros(CAST({_q(version_column)} AS TIMESTAMP))")
+        )
+    return prepared
+
+
+def join_group(rows: Any, join: GroupJoin, key_columns: Sequence[str]) -> Any:
+    """``rows`` (from :func:`prepare_rows`) with ``join``'s feature columns added."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
+    from pyspark.sql.types import StructField, StructType
+
+    layout = join.group.layout
+    keyed = rows
+    for i, (key, column) in enumerate(zip(layout.keys, key_columns, strict=True)):
+        spark_type = "BIGINT" if key.type.is_integer else "STRING"
+        keyed = keyed.withColumn(key_column(i), F.expr(f"CAST({_q(column)} AS {spark_type})"))
+    primary = next(i for i, k in enumerate(layout.keys) if k.column == layout.primary)
+    bucket = spark_key_bucket(key_column(primary), layout.key_buckets)
+    keyed = keyed.withColumn(KEY_BUCKET, F.expr(f"coalesce({bucket}, -1)"))  # -1: null key
+    partitioned = keyed.repartition(layout.key_buckets, KEY_BUCKET).sortWithinPartitions(KEY_BUCKET)
+    added = [StructField(o.name, from_arrow_type(o.type), True) for o in join.outputs]
+    schema = StructType([*partitioned.schema.fields, *added])
+    joined = partitioned.mapInArrow(join.add_features, schema)
+    internal = [key_column(i) for i in range(len(layout.keys))] + [KEY_BUCKET]
+    return joined.drop(*internal)
+
+
+def finish(joined: Any, with_pointer: bool) -> Any:
+    """Input order restored, internal columns dropped."""
+    internal = [ROW_ID, TS] + ([POINTER] if with_pointer else [])
+    return joined.orderBy(ROW_ID).drop(*internal)
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"

@@ -1,0 +1,332 @@
+"""Point-in-time training frames: rows (entity keys + time) get features as of their time.
+
+    from robusta.training import get_training_frame
+    frame = get_training_frame("rows.parquet", ["user_events_1h", "user_engagement"])
+
+Every feature equals the brief's ``value(key, t, W)`` (``end = floor(t, gmin)``, capped by a
+version pointer column when given), assembled from the tile tables by the bucketed PIT join
+(``robusta.engine.spark.pit``). Tiles missing or stale for the rows' time range are
+materialized first (or, with ``materialize_missing=False``, reported with the command to run).
+Rows are checked (columns, types, feature names) before any Spark job starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.plan.model import OutputFeature, Plan, SpecPlan, TileGroup
+from robusta.spec.durations import floor_to, from_micros
+from robusta.spec.suggest import did_you_mean
+from robusta.workspace import Workspace, load_workspace
+
+Step = Callable[[str], None]
+ICEBERG_PREFIX = "iceberg:"
+_TIME_TYPES = ("timestamp", "timestamp_ntz", "date")
+
+
+class TrainingInputError(RobustaError, ValueError):
+    """Training rows that cannot be joined as given (missing column, wrong type, ...)."""
+
+
+class MissingTilesError(RobustaError, LookupError):
+    """Tiles the rows need are not materialized and materializing was not allowed."""
+
+
+@dataclass(frozen=True)
+class GroupRequest:
+    spec: SpecPlan
+    group: TileGroup
+    outputs: tuple[OutputFeature, ...]
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill did: rows, features, tables materialized first, time taken."""
+
+    rows: int = 0
+    features: list[str] = field(default_factory=list)
+    materialized: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "rows": self.rows,
+            "features": self.features,
+            "materialized": self.materialized,
+            "seconds": self.seconds,
+        }
+
+
+def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupRequest]:
+    """Output features for names of outputs, base features or specs (None or "all": all)."""
+    wanted: dict[str, OutputFeature] = {}
+    known: dict[str, list[OutputFeature]] = {}
+    for spec in plan.specs:
+        known.setdefault(spec.name, []).extend(spec.outputs)
+        for feature in spec.features:
+            known.setdefault(feature.name, []).extend(feature.outputs)
+            for output in feature.outputs:
+                known.setdefault(output.name, []).append(output)
+    for name in names if names else ["all"]:
+        if name == "all":
+            chosen = [o for s in plan.specs for o in s.outputs]
+        elif name in known:
+            chosen = known[name]
+        else:
+            raise UnknownFeatureError(
+                f'no feature, base feature or spec named "{name}"{did_you_mean(name, known)}; '
+                "`robusta plan` lists them"
+            )
+        wanted.update((o.name, o) for o in chosen)
+    requests = []
+    for spec in plan.specs:
+        for group in spec.groups:
+            outputs = tuple(o for f in group.features for o in f.outputs if o.name in wanted)
+            if outputs:
+                requests.append(GroupRequest(spec, group, outputs))
+    return requests
+
+
+def get_training_frame(
+    rows: Any,
+    features: Sequence[str] | None = None,
+    *,
+    config: str | Path | None = None,
+    workspace: Workspace | None = None,
+    timestamp_column: str = "ts",
+    entity_columns: Mapping[str, str] | None = None,
+    version_column: str | None = None,
+    materialize_missing: bool = True,
+    step: Step = lambda _: None,
+    report: BackfillReport | None = None,
+) -> Any:
+    """A Spark DataFrame: ``rows``' columns plus one column per requested feature.
+
+    ``rows``: a Spark DataFrame, a pandas DataFrame, or a path (Parquet file or folder, CSV
+    with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog). ``features``:
+    output names (``user_clicks_1h``), base features (every window), spec names, or None for
+    all. Entity ``E`` is read from column ``E`` unless ``entity_columns`` maps it.
+    """
+    from robusta.engine.spark.pit import finish, join_group, prepare_rows
+    from robusta.engine.spark.session import spark_session
+
+    started = _now()
+    workspace = (workspace or load_workspace(Path(config) if config else None)).require_valid()
+    project_config = workspace.project.config
+    assert project_config is not None  # require_valid guarantees it
+    requests = resolve_features(workspace.plan, features)
+    step("starting Spark")
+    spark = spark_session(project_config.spark)
+    frame = read_rows(spark, rows, workspace)
+    key_columns = check_rows(frame, requests, timestamp_column, entity_columns, version_column)
+    prepared = prepare_rows(frame, timestamp_column, version_column).persist()
+    step("scanning training rows")
+    bounds = prepared.selectExpr(
+        "count(1) AS n", "min(__robusta_ts) AS lo", "max(__robusta_ts) AS hi"
+    ).collect()[0]
+    joined = prepared
+    done = report if report is not None else BackfillReport()
+    done.rows = int(bounds["n"])
+    for request in requests:
+        join = _plan_join(
+            workspace,
+            request,
+            bounds["lo"],
+            bounds["hi"],
+            version_column is not None,
+            materialize_missing,
+            step,
+            done,
+        )
+        step(f"joining {request.group.layout.table}")
+        joined = join_group(joined, join, key_columns[request.group.layout.table])
+    done.features = [o.name for r in requests for o in r.outputs]
+    done.seconds = round(_now() - started, 2)
+    return finish(joined, version_column is not None)
+
+
+def read_rows(spark: Any, rows: Any, workspace: Workspace) -> Any:
+    """Training rows as a Spark DataFrame."""
+    if hasattr(rows, "sparkSession") and hasattr(rows, "schema"):
+        return rows
+    if type(rows).__module__.startswith("pandas"):
+        return spark.createDataFrame(rows)
+    if isinstance(rows, str) and rows.startswith(ICEBERG_PREFIX):
+        return _read_iceberg(spark, rows[len(ICEBERG_PREFIX) :], workspace)
+    path = Path(rows)
+    if not path.exists():
+        raise TrainingInputError(f"no training rows at {path}: give a Parquet or CSV path")
+    if path.suffix.lower() == ".csv" or (path.is_dir() and any(path.glob("*.csv"))):
+        return spark.read.option("header", "true").option("inferSchema", "true").csv(str(path))
+    return spark.read.parquet(str(path))
+
+
+def _read_iceberg(spark: Any, identifier: str, workspace: Workspace) -> Any:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from robusta.store.catalog import open_catalog
+
+    assert workspace.project.config is not None
+    catalog = open_catalog(workspace.project.config.offline)
+    try:
+        table = catalog.load_table(identifier)
+    except NoSuchTableError as exc:
+        raise TrainingInputError(f'no Iceberg table "{identifier}" in the catalog') from exc
+    files = [task.file.file_path for task in table.scan().plan_files()]
+    if not files:
+        raise TrainingInputError(f'Iceberg table "{identifier}" has no rows')
+    return spark.read.parquet(*files)
+
+
+def check_rows(
+    frame: Any,
+    requests: Sequence[GroupRequest],
+    timestamp_column: str,
+    entity_columns: Mapping[str, str] | None,
+    version_column: str | None,
+) -> dict[str, list[str]]:
+    """Check the rows' columns before any job runs; returns each table's key columns."""
+    types = {f.name: f.dataType.typeName() for f in frame.schema.fields}
+    mapping = dict(entity_columns or {})
+
+    def need(column: str, what: str, allowed: tuple[str, ...]) -> None:
+        if column not in types:
+            raise TrainingInputError(
+                f'the training rows have no {what} column "{column}"'
+                f"{did_you_mean(column, types)}; columns: {', '.join(types)}"
+            )
+        if types[column] not in allowed:
+            raise TrainingInputError(
+                f'{what} column "{column}" is {types[column]}; it must be one of '
+                f"{', '.join(allowed)} (CAST it first)"
+            )
+
+    need(timestamp_column, "timestamp", (*_TIME_TYPES, "string"))
+    if version_column is not None:
+        need(version_column, "version-pointer", (*_TIME_TYPES, "string"))
+    keys: dict[str, list[str]] = {}
+    for request in requests:
+        columns = []
+        for key in request.group.layout.keys:
+            column = mapping.get(key.entity, key.entity)
+            allowed = ("string", "long", "integer", "short", "byte")
+            if key.type.is_integer:
+                allowed = ("long", "integer", "short", "byte", "string")
+            need(column, f"{key.entity} entity", allowed)
+            columns.append(column)
+        keys[request.group.layout.table] = columns
+    return keys
+
+
+def _plan_join(
+    workspace: Workspace,
+    request: GroupRequest,
+    lo: int | None,
+    hi: int | None,
+    with_pointer: bool,
+    materialize_missing: bool,
+    step: Step,
+    report: BackfillReport,
+) -> Any:
+    from robusta.engine.spark.pit import GroupJoin
+
+    layout = request.group.layout
+    gmin = layout.finest.micros
+    durations = [o.window.duration for o in request.outputs]
+    lifetime = any(d is None for d in durations)
+    longest = max((d.micros for d in durations if d is not None), default=0)
+    end = None if hi is None else floor_to(hi, gmin) + gmin
+    since = None if lifetime or lo is None else floor_to(lo, gmin) - longest
+    table = _ready_table(workspace, request, since, end, materialize_missing, step, report)
+    return GroupJoin(
+        request.group, request.outputs, _files_by_bucket(table, since, end), since, with_pointer
+    )
+
+
+def _ready_table(
+    workspace: Workspace,
+    request: GroupRequest,
+    since: int | None,
+    end: int | None,
+    materialize_missing: bool,
+    step: Step,
+    report: BackfillReport,
+) -> Any:
+    """The group's tile table, materialized first when missing, stale or not covering."""
+    from robusta.materialize import materialize
+    from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage, uncovered
+
+    assert workspace.project.config is not None
+    tables = TileTables(workspace.project.config.offline)
+    name = request.spec.name
+    table = tables.load(request.group.layout.table)
+    stale = table is not None and table.properties.get(VERSION_PROPERTY) != request.spec.hash
+    missing = table is None or uncovered(coverage(table), (since, end))
+    if not (stale or missing):
+        return table
+    ranged = table is not None and not stale and since is not None and end is not None
+    why = "stale (the spec changed)" if stale else "missing for the rows' time range"
+    command = f"robusta materialize --spec {name}" + (" --rebuild" if stale else "")
+    if ranged:
+        assert since is not None and end is not None
+        command += f" --start {_iso(since)} --end {_iso(end)}"
+    if not materialize_missing:
+        raise MissingTilesError(f"tiles of spec {name} are {why}: run `{command}` first")
+    step(f"tiles of {name} are {why}: running `{command}`")
+    if ranged:
+        assert since is not None and end is not None
+        materialize(workspace, [name], from_micros(since), from_micros(end), step=step)
+    else:
+        materialize(workspace, [name], rebuild=stale, step=step)
+    report.materialized.append(name)
+    return tables.load(request.group.layout.table)
+
+
+def _files_by_bucket(table: Any, since: int | None, end: int | None) -> dict[int, list[str]]:
+    from pyiceberg import expressions
+
+    condition: Any = expressions.AlwaysTrue()
+    at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
+    below: Any = expressions.LessThan
+    if since is not None:
+        condition = expressions.And(condition, at_least("bucket_start", since))
+    if end is not None:
+        condition = expressions.And(condition, below("bucket_start", end))
+    files: dict[int, list[str]] = {}
+    position = _partition_position(table, "key_bucket")
+    for task in table.scan(row_filter=condition).plan_files():
+        bucket = int(task.file.partition[position])
+        files.setdefault(bucket, []).append(_local(task.file.file_path))
+    return files
+
+
+def _partition_position(table: Any, source_name: str) -> int:
+    spec = table.spec()
+    source = table.schema().find_field(source_name).field_id
+    return next(i for i, f in enumerate(spec.fields) if f.source_id == source)
+
+
+def _local(path: str) -> str:
+    return path.removeprefix("file://")
+
+
+def _iso(micros: int) -> str:
+    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def to_pandas(frame: Any) -> Any:
+    """A small training frame as pandas (needs pandas installed)."""
+    return frame.toPandas()
+
+
+__all__ = ["BackfillReport", "get_training_frame", "resolve_features", "to_pandas"]
