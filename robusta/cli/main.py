@@ -25,6 +25,7 @@ from rich.table import Table
 
 from robusta import __version__
 from robusta.cli.render import (
+    backfill_table,
     materialize_table,
     plan_json,
     plan_table,
@@ -272,6 +273,80 @@ def tiles(config: Path | None, spec: str, key: str, granularity: str | None, lim
     workspace = load_workspace(config).require_valid()
     for view in read_tiles(workspace, spec, key, granularity, limit):
         out.print(tiles_view_table(view))
+
+
+@main.command()
+@config_option
+@click.option(
+    "--input", "rows", required=True, help="Training rows: Parquet, CSV or iceberg:ns.table."
+)
+@click.option("--output", required=True, help="Parquet path, or iceberg:ns.table.")
+@click.option("--features", default=None, help="Comma-separated features, base features or specs.")
+@click.option("--spec", "specs", multiple=True, help="All features of this spec (repeatable).")
+@click.option("--timestamp-column", default="ts", show_default=True, help="Row time column.")
+@click.option(
+    "--entity-column",
+    "entity_columns",
+    multiple=True,
+    metavar="ENTITY=COLUMN",
+    help="Read an entity from another column (repeatable).",
+)
+@click.option("--version-column", default=None, help="Version-pointer column capping windows.")
+@click.option("--no-materialize", is_flag=True, help="Fail instead of materializing tiles.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def backfill(
+    config: Path | None,
+    rows: str,
+    output: str,
+    features: str | None,
+    specs: tuple[str, ...],
+    timestamp_column: str,
+    entity_columns: tuple[str, ...],
+    version_column: str | None,
+    no_materialize: bool,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Point-in-time features for training rows, from the tile tables."""
+    from robusta.backfill import backfill as run
+
+    names = [*(n.strip() for n in (features or "").split(",") if n.strip()), *specs]
+    mapping = {}
+    for item in entity_columns:
+        entity, sep, column = item.partition("=")
+        if not sep or not entity or not column:
+            raise click.BadParameter(f'"{item}" is not ENTITY=COLUMN', param_hint="--entity-column")
+        mapping[entity] = column
+    workspace = load_workspace(config).require_valid()
+    started = time.perf_counter()
+    with err.status("starting") as status:
+        step = (
+            (lambda text: None)
+            if as_json
+            else (
+                lambda text: status.update(
+                    f"{text}  [dim]{time.perf_counter() - started:.0f}s[/dim]"
+                )
+            )
+        )
+        result = run(
+            workspace,
+            rows,
+            output,
+            names or None,
+            timestamp_column=timestamp_column,
+            entity_columns=mapping,
+            version_column=version_column,
+            materialize_missing=not no_materialize,
+            overwrite=overwrite,
+            step=step,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    out.print(backfill_table(result))
 
 
 def _utc(value: datetime | None) -> datetime | None:

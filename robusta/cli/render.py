@@ -12,6 +12,7 @@ from robusta.errors import Problem
 from robusta.plan.model import Plan, SpecPlan
 
 if TYPE_CHECKING:
+    from robusta.backfill import BackfillResult
     from robusta.inspect_tiles import TileView
     from robusta.materialize import TableReport
 
@@ -122,6 +123,24 @@ def _spec_json(spec: SpecPlan) -> dict[str, Any]:
             for g in spec.groups
         ],
     }
+
+
+def backfill_table(result: BackfillResult) -> Table:
+    report = result.report
+    table = Table(
+        title=f"Backfill: {report.rows:,} rows -> {result.output} ({report.seconds:.1f} s)",
+        header_style="bold",
+    )
+    table.add_column("feature")
+    table.add_column("rows with a value", justify="right")
+    table.add_column("share", justify="right")
+    for name in report.features:
+        filled = result.non_null.get(name, 0)
+        share = f"{filled / report.rows:.1%}" if report.rows else "-"
+        table.add_row(name, f"{filled:,}", share)
+    if report.materialized:
+        table.caption = "materialized first: " + ", ".join(report.materialized)
+    return table
 
 
 def materialize_table(reports: list[TableReport]) -> Table:

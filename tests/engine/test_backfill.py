@@ -8,6 +8,7 @@ with version pointers (some inside a bucket, floored to it).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.spec.durations import Window
+from robusta.store.catalog import open_catalog
 from robusta.testing.compare import assert_matches_reference
 from robusta.testing.reference import window_bounds
 from robusta.training import BackfillReport, MissingTilesError, get_training_frame
@@ -170,3 +172,71 @@ def test_no_materialize_names_the_command(project: Project, tmp_path: Path) -> N
     finally:
         spec.write_text(original)
     _ = Window
+
+
+def run_cli(project: Project, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from robusta.cli.main import main
+
+    config = str(project.root / "robusta.yaml")
+    return CliRunner().invoke(main, ["backfill", "--config", config, *args])
+
+
+def test_cli_backfill_to_parquet_and_iceberg(project: Project, tmp_path: Path) -> None:
+    rows = training_rows(project.events, 40).rename_columns(
+        ["user", "CHANNEL_ID", "event_time", "served_at", "label"]
+    )
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    args = [
+        "--input", str(tmp_path / "rows.parquet"),
+        "--features", "n_events_1h,top_channels",
+        "--timestamp-column", "event_time",
+        "--entity-column", "USER_ID=user",
+    ]  # fmt: skip
+    result = run_cli(project, *args, "--output", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["rows"] == 40
+    assert report["features"] == [
+        "n_events_1h", "top_channels_10m", "top_channels_1h", "top_channels_1d",
+        "top_channels_lifetime",
+    ]  # fmt: skip
+    written = pq.read_table(tmp_path / "out")
+    assert written.column("label").to_pylist() == rows.column("label").to_pylist()
+    again = run_cli(project, *args, "--output", str(tmp_path / "out"))
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+    result = run_cli(project, *args, "--output", "iceberg:training_rows")
+    assert result.exit_code == 0, result.output
+    assert "n_events_1h" in result.output and "rows with a value" in result.output
+    config = project.workspace.project.config
+    assert config is not None
+    table = open_catalog(config.offline).load_table(f"{config.offline.namespace}.training_rows")
+    stored = table.scan().to_arrow()
+    assert sorted(stored.column("label").to_pylist()) == sorted(rows.column("label").to_pylist())
+    assert run_cli(project, *args, "--output", "iceberg:training_rows").exit_code == 0
+    assert len(table.refresh().scan().to_arrow()) == 40  # replaced, not appended
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--features", "n_event_1h"], 'no feature, base feature or spec named "n_event_1h"'),
+        (["--timestamp-column", "when"], 'no timestamp column "when"'),
+        (["--entity-column", "USER_ID=usr"], 'no USER_ID entity column "usr"'),
+        (["--timestamp-column", "label"], 'timestamp column "label" is long'),
+        (["--entity-column", "USER_ID"], '"USER_ID" is not ENTITY=COLUMN'),
+    ],
+)
+def test_cli_bad_input_gets_one_clear_message(
+    project: Project, tmp_path: Path, args: list[str], message: str
+) -> None:
+    pq.write_table(training_rows(project.events, 5), tmp_path / "rows.parquet")
+    result = run_cli(
+        project, "--input", str(tmp_path / "rows.parquet"), "--output", str(tmp_path / "o"), *args
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,128 @@
+"""`robusta backfill`: a training frame written to Parquet or to an Iceberg table.
+
+Output = the input rows' columns + one column per feature, in input order. An Iceberg output
+table is created from the frame's schema, or replaced in one overwrite snapshot when it exists
+with the same schema; a different schema is refused, so nothing stored is damaged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robusta.errors import RobustaError
+from robusta.training import (
+    ICEBERG_PREFIX,
+    BackfillReport,
+    Step,
+    get_training_frame,
+)
+from robusta.workspace import Workspace
+
+
+class OutputExistsError(RobustaError, FileExistsError):
+    """The output is there already and overwriting was not asked for."""
+
+
+@dataclass
+class BackfillResult:
+    report: BackfillReport
+    output: str
+    non_null: dict[str, int] = field(default_factory=dict)  # feature -> rows with a value
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.report.to_json(), "output": self.output, "non_null": self.non_null}
+
+
+def backfill(
+    workspace: Workspace,
+    rows: str,
+    output: str,
+    features: Sequence[str] | None = None,
+    *,
+    timestamp_column: str = "ts",
+    entity_columns: Mapping[str, str] | None = None,
+    version_column: str | None = None,
+    materialize_missing: bool = True,
+    overwrite: bool = False,
+    step: Step = lambda _: None,
+) -> BackfillResult:
+    """Join ``rows`` with ``features`` and write the result to ``output``."""
+    is_table = output.startswith(ICEBERG_PREFIX)
+    if not is_table and Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"{output} already exists: pass --overwrite or another path")
+    report = BackfillReport()
+    frame = get_training_frame(
+        rows,
+        features,
+        workspace=workspace,
+        timestamp_column=timestamp_column,
+        entity_columns=entity_columns,
+        version_column=version_column,
+        materialize_missing=materialize_missing,
+        step=step,
+        report=report,
+    )
+    step("assembling features and writing the output")
+    if is_table:
+        written = _write_table(workspace, frame, output[len(ICEBERG_PREFIX) :], step)
+    else:
+        frame.write.mode("overwrite").parquet(output)
+        written = output
+    step("counting feature values")
+    spark = frame.sparkSession
+    stored = spark.read.parquet(written)
+    counts = stored.selectExpr(*[f"count(`{f}`) AS `{f}`" for f in report.features]).collect()[0]
+    return BackfillResult(report, output, {f: int(counts[f]) for f in report.features})
+
+
+def _write_table(workspace: Workspace, frame: Any, identifier: str, step: Step) -> str:
+    """Write Parquet under the warehouse and commit it to Iceberg table ``identifier``."""
+    import pyarrow.parquet as pq
+    from pyiceberg.exceptions import NoSuchTableError
+    from pyiceberg.io.pyarrow import parquet_files_to_data_files
+    from pyiceberg.table import TableProperties
+
+    from robusta.store.catalog import open_catalog
+
+    config = workspace.project.config
+    assert config is not None
+    if "." not in identifier:
+        identifier = f"{config.offline.namespace}.{identifier}"
+    folder = Path(config.offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
+    frame.write.parquet(str(folder))
+    paths = sorted(str(p) for p in folder.glob("*.parquet"))
+    schema = pq.read_schema(paths[0]) if paths else None
+    catalog = open_catalog(config.offline)
+    try:
+        try:
+            table = catalog.load_table(identifier)
+        except NoSuchTableError:
+            catalog.create_namespace_if_not_exists(identifier.rsplit(".", 1)[0])
+            table = catalog.create_table(identifier, schema=schema)
+        if table.schema().as_arrow().names != (schema.names if schema else []):
+            raise OutputExistsError(
+                f'Iceberg table "{identifier}" exists with other columns: drop it or choose '
+                "another name"
+            )
+        step(f"committing {identifier}")
+        old = [task.file for task in table.scan().plan_files()]
+        with table.transaction() as tx:
+            if tx.table_metadata.name_mapping() is None:
+                mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
+                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
+            with tx.update_snapshot().overwrite() as overwrite:
+                for data_file in old:
+                    overwrite.delete_data_file(data_file)
+                for data_file in parquet_files_to_data_files(
+                    table.io, tx.table_metadata, iter(paths)
+                ):
+                    overwrite.append_data_file(data_file)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing references it
+        raise
+    return str(folder)
