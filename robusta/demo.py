@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,6 +67,16 @@ class DemoResult:
     estimates: list[TileEstimate] = field(default_factory=list)
     examples: list[WindowExample] = field(default_factory=list)
     materialized: list[TableReport] = field(default_factory=list)
+    training: list[dict[str, Any]] = field(default_factory=list)  # sampled PIT rows
+
+
+TRAINING_FEATURES = (
+    "user_events_1h",
+    "user_clicks_1d",
+    "user_dwell_avg_7d",
+    "user_distinct_items_7d",
+    "user_recent_items_1d",
+)
 
 
 Step = Callable[[str], None]
@@ -95,7 +105,36 @@ def run_demo(
 
         # The demo owns its tables: a changed example spec is simply rebuilt.
         result.materialized = materialize(workspace, rebuild=True, step=step)
+        step("building a training frame for sampled rows")
+        result.training = _training_rows(workspace, events, step)
     return result
+
+
+def _training_rows(workspace: Workspace, events: pa.Table, step: Step) -> list[dict[str, Any]]:
+    """Features as of sampled (user, time) rows, from the tiles just materialized."""
+    import numpy as np
+
+    from robusta.training import get_training_frame
+
+    plan = workspace.plan
+    wanted = [
+        f for f in TRAINING_FEATURES if any(o.name == f for s in plan.specs for o in s.outputs)
+    ]
+    if not wanted:
+        return []
+    rng = np.random.default_rng(5)
+    users = events.column("user_id").drop_null()
+    times = events.column("event_ts").drop_null()
+    picks = rng.integers(0, len(users), 6).tolist()
+    at = rng.integers(0, len(times), 6).tolist()
+    rows = pa.table(
+        {
+            "USER_ID": pa.array([users[i].as_py() for i in picks] + ["nobody"]),
+            "ts": pa.array([times[i].as_py() for i in at] + [times[at[0]].as_py()]),
+        }
+    )
+    frame = get_training_frame(rows.to_pandas(), wanted, workspace=workspace, step=step)
+    return [row.asDict() for row in frame.collect()]
 
 
 def _demo_folder(workspace: Workspace) -> Path:

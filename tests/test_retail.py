@@ -255,3 +255,61 @@ def test_materialized_year_matches_the_reference(
         want_sum = reference_value("sum", {}, by_key[key], None, 2**62)
         assert math.isclose(totals[i], want_sum, rel_tol=1e-9, abs_tol=1e-6), key
         assert counts[i] == reference_value("count", {}, by_key[key], None, 2**62)
+
+
+@pytest.mark.spark
+def test_backfill_over_the_year_matches_the_reference(
+    spark: Any, events: pa.Table, tmp_path: Path
+) -> None:
+    """Rows sampled across the year get every customer_purchases feature from a backfill
+    (which materializes the tiles first); each equals the reference evaluator."""
+    from robusta.testing.compare import assert_matches_reference
+    from robusta.training import BackfillReport, get_training_frame
+
+    project = tmp_path / "retail"
+    shutil.copytree(REPO / "examples" / "retail" / "feature_defs", project / "feature_defs")
+    config = (REPO / "examples" / "retail" / "robusta.yaml").read_text()
+    config = config.replace("../../../shared/data/online-retail/by-day", str(retail_folder()))
+    (project / "robusta.yaml").write_text(config)
+    workspace = load_workspace(project / "robusta.yaml").require_valid()
+    rows = list(probes(events, 300))
+    table = pa.table(
+        {
+            "CUSTOMER_ID": pa.array([k for k, _ in rows]),
+            "ts": pa.array([t for _, t in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        }
+    )
+    report = BackfillReport()
+    frame = get_training_frame(
+        table.to_pandas(), ["customer_purchases"], workspace=workspace, report=report
+    ).toArrow()
+    assert report.materialized == ["customer_purchases"]
+    plan = workspace.plan.spec("customer_purchases")
+    assert plan is not None
+    columns = {
+        "customer_spend": "amount",
+        "customer_lines": "amount",
+        "customer_recent_items": "item_id",
+        "customer_distinct_items": "item_id",
+        "customer_basket_quantity": "quantity",
+    }
+    by_key: dict[str, dict[str, list[tuple[int, Any]]]] = {c: {} for c in set(columns.values())}
+    keys = events.column("customer_id").to_pylist()
+    ts = events.column("ts").to_pylist()
+    for column, per_key in by_key.items():
+        for key, t, value in zip(keys, ts, events.column(column).to_pylist(), strict=True):
+            per_key.setdefault(key, []).append((t, value))
+    checked = 0
+    for feature in plan.features:
+        for output in feature.outputs:
+            got = frame.column(output.name).to_pylist()
+            for (key, t), value in zip(rows, got, strict=True):
+                start, end = window_bounds(t, output.window, FIVE_MIN)
+                inside = [
+                    (e, v)
+                    for e, v in by_key[columns[feature.name]].get(key, [])
+                    if (start is None or e >= start) and e < end
+                ]
+                assert_matches_reference(feature.op, value, inside)
+                checked += 1
+    assert checked == 300 * len(plan.outputs)

@@ -32,6 +32,7 @@ from robusta.cli.render import (
     print_problems,
     tiles_table,
     tiles_view_table,
+    training_table,
 )
 from robusta.errors import RobustaError, ValidationError
 from robusta.spec.durations import Duration
@@ -208,10 +209,13 @@ def demo(config: Path | None, days: int) -> None:
         out.print(materialize_table(result.materialized))
         first = result.materialized[0]
         out.print(f"Inspect them: robusta tiles --spec {first.spec} --key <key> --limit 5")
-    out.print(
-        "Next stages (later issues): backfill training frames, upload and look up online, "
-        "stream fresh events."
-    )
+    if result.training:
+        out.print(training_table(result.training))
+        out.print(
+            "Build your own: robusta backfill --input rows.parquet --output features.parquet "
+            "--features user_events_1h,user_engagement"
+        )
+    out.print("Next stages (later issues): upload and look up online, stream fresh events.")
 
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]

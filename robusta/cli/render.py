@@ -143,6 +143,29 @@ def backfill_table(result: BackfillResult) -> Table:
     return table
 
 
+def training_table(rows: list[dict[str, Any]]) -> Table:
+    """Sampled training rows with their point-in-time features."""
+    table = Table(title="5. A training frame: features as of each row's time", header_style="bold")
+    columns = list(rows[0]) if rows else []
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*[_cell(row[c]) for c in columns])
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value[:3]) + (" ..." if len(value) > 3 else "")
+    if hasattr(value, "strftime"):
+        return f"{value:%Y-%m-%d %H:%M}"
+    return escape(str(value))
+
+
 def materialize_table(reports: list[TableReport]) -> Table:
     table = Table(title="Materialized tiles", header_style="bold")
     for column in (

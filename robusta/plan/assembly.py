@@ -84,29 +84,50 @@ class GroupAssembler:
 
     def assemble(self, tiles: pa.Table, rows: Rows) -> pa.Table:
         """One column per output feature, one row per row, in row order."""
-        n = len(rows)
         index = _TileIndex.build(self.group, tiles, rows.keys, self.sizes)
         ends = _window_ends(rows, self.sizes[0])
-        by_feature = {f.name: f for f in self.features}
-        columns: list[pa.Array] = []
-        sorted_irs: dict[str, pa.Array] = {}
+        windows: dict[int | None, tuple[I64, I64]] = {}  # window -> (picks, offsets)
         for output in self.outputs:
-            feature = by_feature[output.base]
-            window = output.window.duration
-            starts = ends - window.micros if window is not None else None
-            picks, offsets = index.window_tiles(starts, ends, rows.ts_valid)
-            op = feature.op
-            if feature.name not in sorted_irs:
-                sorted_irs[feature.name] = index.irs(feature.ir_column)
-            irs = sorted_irs[feature.name]
-            used, local = np.unique(picks, return_inverse=True)
-            state = op.from_arrow(irs.take(pa.array(used, pa.int64())))
-            merged = op.merge_segments(take(state, local.astype(np.int64)), offsets)
-            values = op.finalize(merged)
+            w = output.window.duration
+            micros = None if w is None else w.micros
+            if micros not in windows:
+                starts = None if micros is None else ends - micros
+                windows[micros] = index.window_tiles(starts, ends, rows.ts_valid)
+        values: dict[str, pa.Array] = {}
+        for feature in self.features:
+            outputs = [o for o in self.outputs if o.base == feature.name]
+            values.update(self._feature(index, feature, outputs, windows, rows))
+        return pa.table(
+            [values[o.name] for o in self.outputs], names=[o.name for o in self.outputs]
+        )
+
+    def _feature(
+        self,
+        index: _TileIndex,
+        feature: BaseFeature,
+        outputs: list[OutputFeature],
+        windows: dict[int | None, tuple[I64, I64]],
+        rows: Rows,
+    ) -> dict[str, pa.Array]:
+        """A base feature's outputs; its IRs are decoded once, for the tiles any window uses."""
+        op = feature.op
+        picks = {o.name: windows[_micros_of(o)][0] for o in outputs}
+        used = np.unique(np.concatenate(list(picks.values()))) if picks else np.zeros(0, np.int64)
+        state = op.from_arrow(index.irs(feature.ir_column, used))
+        out = {}
+        for output in outputs:
+            local = np.searchsorted(used, picks[output.name]).astype(np.int64)
+            merged = op.merge_segments(take(state, local), windows[_micros_of(output)][1])
+            result = op.finalize(merged)
             if not rows.ts_valid.all():
-                values = pc.if_else(pa.array(rows.ts_valid), values, pa.nulls(n, values.type))
-            columns.append(values.cast(output.type) if values.type != output.type else values)
-        return pa.table(columns, names=[o.name for o in self.outputs])
+                nulls = pa.nulls(len(rows), result.type)
+                result = pc.if_else(pa.array(rows.ts_valid), result, nulls)
+            out[output.name] = result.cast(output.type) if result.type != output.type else result
+        return out
+
+
+def _micros_of(output: OutputFeature) -> int | None:
+    return None if output.window.duration is None else output.window.duration.micros
 
 
 def _window_ends(rows: Rows, gmin: int) -> I64:
@@ -148,9 +169,10 @@ class _TileIndex:
         order = np.argsort(search, kind="stable").astype(np.int64)
         return cls(sizes, origin, search[order], row_codes, order, tiles)
 
-    def irs(self, column: str) -> pa.Array:
-        """An IR column in sorted tile order."""
-        return self.tiles.column(column).combine_chunks().take(pa.array(self.order, pa.int64()))
+    def irs(self, column: str, positions: I64) -> pa.Array:
+        """IRs of the tiles at sorted ``positions``."""
+        rows = self.order[positions]
+        return self.tiles.column(column).combine_chunks().take(pa.array(rows, pa.int64()))
 
     def window_tiles(self, starts: I64 | None, ends: I64, valid: BOOL) -> tuple[I64, I64]:
         """Sorted-tile positions of every row's window, in time order, and segment offsets."""
