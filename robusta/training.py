@@ -103,15 +103,17 @@ def get_training_frame(
     materialize_missing: bool = True,
     step: Step = lambda _: None,
     report: BackfillReport | None = None,
+    rows_per_task: int | None = None,
 ) -> Any:
     """A Spark DataFrame: ``rows``' columns plus one column per requested feature.
 
     ``rows``: a Spark DataFrame, a pandas DataFrame, or a path (Parquet file or folder, CSV
     with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog). ``features``:
     output names (``user_clicks_1h``), base features (every window), spec names, or None for
-    all. Entity ``E`` is read from column ``E`` unless ``entity_columns`` maps it.
+    all. Entity ``E`` is read from column ``E`` unless ``entity_columns`` maps it. A key
+    bucket with more than ``rows_per_task`` rows (hot keys) is split by time over tasks.
     """
-    from robusta.engine.spark.pit import finish, join_group, prepare_rows
+    from robusta.engine.spark.pit import DEFAULT_ROWS_PER_TASK, finish, join_group, prepare_rows
     from robusta.engine.spark.session import spark_session
 
     started = _now()
@@ -143,7 +145,12 @@ def get_training_frame(
             done,
         )
         step(f"joining {request.group.layout.table}")
-        joined = join_group(joined, join, key_columns[request.group.layout.table])
+        joined = join_group(
+            joined,
+            join,
+            key_columns[request.group.layout.table],
+            rows_per_task or DEFAULT_ROWS_PER_TASK,
+        )
     done.features = [o.name for r in requests for o in r.outputs]
     done.seconds = round(_now() - started, 2)
     return finish(joined, version_column is not None)

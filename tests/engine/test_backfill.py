@@ -240,3 +240,26 @@ def test_cli_bad_input_gets_one_clear_message(
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_hot_buckets_split_by_time_give_the_same_frame(
+    project: Project, backfilled: tuple[pa.Table, pa.Table, BackfillReport], spark: Any
+) -> None:
+    from robusta.engine.spark.pit import KEY_BUCKET, TS, _time_chunks
+
+    rows, whole, _ = backfilled
+    split = get_training_frame(
+        rows.to_pandas(),
+        None,
+        workspace=project.workspace,
+        version_column="served_at",
+        rows_per_task=10,
+    ).toArrow()
+    assert split.to_pylist() == whole.to_pylist()
+    keyed = spark.createDataFrame(
+        [(1, t) for t in range(30)] + [(2, 5)], f"{KEY_BUCKET} INT, {TS} BIGINT"
+    )
+    sql, extra = _time_chunks(keyed, 10)
+    assert extra == 2  # bucket 1: 30 rows -> 3 chunks; bucket 2 stays whole
+    chunks = keyed.selectExpr(f"{sql} AS c").groupBy("c").count().collect()
+    assert sorted(r["count"] for r in chunks) == [10, 10, 11]

@@ -124,8 +124,21 @@ def prepare_rows(rows: Any, timestamp_column: str, version_column: str | None) -
     return prepared
 
 
-def join_group(rows: Any, join: GroupJoin, key_columns: Sequence[str]) -> Any:
-    """``rows`` (from :func:`prepare_rows`) with ``join``'s feature columns added."""
+DEFAULT_ROWS_PER_TASK = 250_000
+CHUNK = "__robusta_chunk"
+
+
+def join_group(
+    rows: Any,
+    join: GroupJoin,
+    key_columns: Sequence[str],
+    rows_per_task: int = DEFAULT_ROWS_PER_TASK,
+) -> Any:
+    """``rows`` (from :func:`prepare_rows`) with ``join``'s feature columns added.
+
+    A key bucket with more than ``rows_per_task`` rows (a hot key) is split by time into
+    that many tasks' worth of chunks, each reading the bucket's tiles itself.
+    """
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_type
     from pyspark.sql.types import StructField, StructType
@@ -142,8 +155,32 @@ def join_group(rows: Any, join: GroupJoin, key_columns: Sequence[str]) -> Any:
     added = [StructField(o.name, from_arrow_type(o.type), True) for o in join.outputs]
     schema = StructType([*partitioned.schema.fields, *added])
     joined = partitioned.mapInArrow(join.add_features, schema)
-    internal = [key_column(i) for i in range(len(layout.keys))] + [KEY_BUCKET]
+    internal = [key_column(i) for i in range(len(layout.keys))] + [KEY_BUCKET, CHUNK]
     return joined.drop(*internal)
+
+
+def _time_chunks(keyed: Any, rows_per_task: int) -> tuple[str, int]:
+    """SQL numbering each row's time chunk within its bucket, and the extra chunks made."""
+    stats = (
+        keyed.groupBy(KEY_BUCKET)
+        .agg({"*": "count", TS: "min"})
+        .join(keyed.groupBy(KEY_BUCKET).agg({TS: "max"}), KEY_BUCKET)
+        .collect()
+    )
+    cases, extra = [], 0
+    for row in stats:
+        n, lo, hi = row["count(1)"], row[f"min({TS})"], row[f"max({TS})"]
+        parts = -(-n // rows_per_task)
+        if parts > 1 and lo is not None and hi is not None and hi > lo:
+            extra += parts - 1
+            step = -(-(hi - lo + 1) // parts)
+            cases.append(
+                f"WHEN {KEY_BUCKET} = {row[KEY_BUCKET]} THEN "
+                f"CAST(coalesce({TS} - {lo}, 0) DIV {step} AS INT)"
+            )
+    if not cases:
+        return "0", 0
+    return f"CASE {' '.join(cases)} ELSE 0 END", extra
 
 
 def finish(joined: Any, with_pointer: bool) -> Any:
