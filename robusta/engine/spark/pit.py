@@ -7,7 +7,8 @@ bucket it meets reads that bucket's tile files, pruned on the driver by pyiceber
 time range, straight from the table with pyarrow. The pure assembler
 (``robusta.plan.assembly``) then computes every window of every row of the bucket at once.
 Memory per task is one bucket's tiles plus one batch of rows, however hot a key is: a hot key's
-rows arrive in many bounded batches, and its bucket's tiles are read once per task.
+rows arrive in many bounded batches, and its bucket's tiles are read once per task. A bucket
+with more rows than ``rows_per_task`` is split by time into several tasks (skew).
 """
 
 from __future__ import annotations
