@@ -69,7 +69,7 @@ def backfill(
     )
     step("assembling features and writing the output")
     if is_table:
-        written = _write_table(workspace, frame, output[len(ICEBERG_PREFIX) :], step)
+        written = _write_table(workspace, frame, output[len(ICEBERG_PREFIX) :], overwrite, step)
     else:
         frame.write.mode("overwrite").parquet(output)
         written = output
@@ -80,7 +80,9 @@ def backfill(
     return BackfillResult(report, output, {f: int(counts[f]) for f in report.features})
 
 
-def _write_table(workspace: Workspace, frame: Any, identifier: str, step: Step) -> str:
+def _write_table(
+    workspace: Workspace, frame: Any, identifier: str, overwrite: bool, step: Step
+) -> str:
     """Write Parquet under the warehouse and commit it to Iceberg table ``identifier``."""
     import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
@@ -96,33 +98,60 @@ def _write_table(workspace: Workspace, frame: Any, identifier: str, step: Step) 
     folder = Path(config.offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
     frame.write.parquet(str(folder))
     paths = sorted(str(p) for p in folder.glob("*.parquet"))
-    schema = pq.read_schema(paths[0]) if paths else None
     catalog = open_catalog(config.offline)
     try:
+        if not paths:
+            raise OutputExistsError("the training frame has no rows: nothing to commit")
+        schema = pq.read_schema(paths[0]).remove_metadata()
         try:
             table = catalog.load_table(identifier)
         except NoSuchTableError:
             catalog.create_namespace_if_not_exists(identifier.rsplit(".", 1)[0])
             table = catalog.create_table(identifier, schema=schema)
-        if table.schema().as_arrow().names != (schema.names if schema else []):
-            raise OutputExistsError(
-                f'Iceberg table "{identifier}" exists with other columns: drop it or choose '
-                "another name"
-            )
+        else:
+            if not overwrite:
+                raise OutputExistsError(
+                    f'Iceberg table "{identifier}" already exists: pass --overwrite to replace '
+                    "its rows, or choose another name"
+                )
+            if _shape(table.schema().as_struct()) != _shape(_iceberg_schema(schema).as_struct()):
+                raise OutputExistsError(
+                    f'Iceberg table "{identifier}" exists with other columns or types: drop it '
+                    "or choose another name"
+                )
         step(f"committing {identifier}")
         old = [task.file for task in table.scan().plan_files()]
         with table.transaction() as tx:
             if tx.table_metadata.name_mapping() is None:
                 mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
                 tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
-            with tx.update_snapshot().overwrite() as overwrite:
+            with tx.update_snapshot().overwrite() as swap:
                 for data_file in old:
-                    overwrite.delete_data_file(data_file)
+                    swap.delete_data_file(data_file)
                 for data_file in parquet_files_to_data_files(
                     table.io, tx.table_metadata, iter(paths)
                 ):
-                    overwrite.append_data_file(data_file)
+                    swap.append_data_file(data_file)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing references it
         raise
     return str(folder)
+
+
+def _iceberg_schema(schema: Any) -> Any:
+    from pyiceberg.catalog import Catalog
+
+    return Catalog._convert_schema_if_needed(schema)  # what create_table would make of it
+
+
+def _shape(field_type: Any) -> object:
+    """A type's structure without field ids (ids differ between tables, not columns)."""
+    from pyiceberg.types import ListType, MapType, StructType
+
+    if isinstance(field_type, StructType):
+        return tuple((f.name, _shape(f.field_type)) for f in field_type.fields)
+    if isinstance(field_type, ListType):
+        return ("list", _shape(field_type.element_type))
+    if isinstance(field_type, MapType):
+        return ("map", _shape(field_type.key_type), _shape(field_type.value_type))
+    return str(field_type)

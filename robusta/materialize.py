@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
@@ -20,7 +20,7 @@ from robusta.engine.spark.tiles import Range, TileJob, write_tiles
 from robusta.errors import RobustaError, UnknownFeatureError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.durations import floor_to, to_micros
-from robusta.store.tiles import TileTables
+from robusta.store.tiles import Span, TileTables
 from robusta.workspace import Workspace
 
 Step = Callable[[str], None]
@@ -137,7 +137,7 @@ def _materialize_group(
                 "robusta.spec-version": plan.hash,
                 "robusta.events": str(counts.events),
             },
-            covered=(window.start, window.end),
+            covered=_covered(window, counts.last_bucket, group),
         )
     finally:
         job.release()
@@ -154,6 +154,16 @@ def _materialize_group(
         range=_range_text(window),
         carried_over_files=len(old_files) if window.bounded else 0,
     )
+
+
+def _covered(window: Range, last_bucket: int | None, group: TileGroup) -> Span:
+    """What the run made complete: its range; or, over all data, all time up to now or to the
+    end of the last tile with events, whichever is later (events may still arrive after)."""
+    if window.bounded:
+        return (window.start, window.end)
+    gmin = group.layout.finest.micros
+    now = floor_to(to_micros(datetime.now(UTC)), gmin)
+    return (None, now if last_bucket is None else max(now, last_bucket + gmin))
 
 
 def _carried_over(spark: object, files: Sequence[object], window: Range) -> object:

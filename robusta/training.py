@@ -120,6 +120,8 @@ def get_training_frame(
     workspace = (workspace or load_workspace(Path(config) if config else None)).require_valid()
     project_config = workspace.project.config
     assert project_config is not None  # require_valid guarantees it
+    if isinstance(features, str):
+        features = [features]
     requests = resolve_features(workspace.plan, features)
     step("starting Spark")
     spark = spark_session(project_config.spark)
@@ -127,8 +129,14 @@ def get_training_frame(
     key_columns = check_rows(frame, requests, timestamp_column, entity_columns, version_column)
     prepared = prepare_rows(frame, timestamp_column, version_column).persist()
     step("scanning training rows")
+    # A version pointer moves windows earlier: the oldest tile needed may be before min(t).
+    low = (
+        "least(min(__robusta_ts), min(__robusta_pointer))"
+        if version_column
+        else "min(__robusta_ts)"
+    )
     bounds = prepared.selectExpr(
-        "count(1) AS n", "min(__robusta_ts) AS lo", "max(__robusta_ts) AS hi"
+        "count(1) AS n", f"{low} AS lo", "max(__robusta_ts) AS hi"
     ).collect()[0]
     joined = prepared
     done = report if report is not None else BackfillReport()
@@ -246,7 +254,7 @@ def _plan_join(
     durations = [o.window.duration for o in request.outputs]
     lifetime = any(d is None for d in durations)
     longest = max((d.micros for d in durations if d is not None), default=0)
-    end = None if hi is None else floor_to(hi, gmin) + gmin
+    end = None if hi is None else floor_to(hi, gmin)  # windows end at floor(t) or earlier
     since = None if lifetime or lo is None else floor_to(lo, gmin) - longest
     table = _ready_table(workspace, request, since, end, materialize_missing, step, report)
     return GroupJoin(

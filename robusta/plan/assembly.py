@@ -7,8 +7,8 @@ paths give bit-identical values for the same tiles.
 
 How (per tile group, for all rows and windows at once):
 
-1. Keys: rows' and tiles' key columns are encoded to shared integer codes (composite keys
-   combined), so a row finds its key's tiles without hashing Python objects.
+1. Keys: the tiles' keys are dictionary-encoded once (composite keys as length-prefixed
+   text) and each row looks its key up in that dictionary, so no Python object is hashed.
 2. Tiles are sorted by (key, granularity, bucket) and indexed by one int64 search key
    ``group << 32 | bucket index``, where the bucket index counts tiles of that granularity
    from an origin aligned to the largest granularity and at or before every tile.
@@ -26,14 +26,14 @@ granularity, so the tiles used are the same as for an unbounded start.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.ops import take
+from robusta.ops import State, take
 from robusta.plan.model import BaseFeature, OutputFeature, TileGroup
 
 I64 = npt.NDArray[np.int64]
@@ -82,9 +82,14 @@ class GroupAssembler:
         keys = [k.column for k in self.group.layout.keys]
         return [*keys, "granularity", "bucket_start", *(f.ir_column for f in self.features)]
 
-    def assemble(self, tiles: pa.Table, rows: Rows) -> pa.Table:
+    def prepare(self, tiles: pa.Table) -> TileSet:
+        """Index ``tiles`` once for any number of :meth:`assemble` calls."""
+        return TileSet.build(self.group, tiles, self.sizes)
+
+    def assemble(self, tiles: pa.Table | TileSet, rows: Rows) -> pa.Table:
         """One column per output feature, one row per row, in row order."""
-        index = _TileIndex.build(self.group, tiles, rows.keys, self.sizes)
+        index = tiles if isinstance(tiles, TileSet) else self.prepare(tiles)
+        codes = index.codes_of(rows.keys)
         ends = _window_ends(rows, self.sizes[0])
         windows: dict[int | None, tuple[I64, I64]] = {}  # window -> (picks, offsets)
         for output in self.outputs:
@@ -92,7 +97,7 @@ class GroupAssembler:
             micros = None if w is None else w.micros
             if micros not in windows:
                 starts = None if micros is None else ends - micros
-                windows[micros] = index.window_tiles(starts, ends, rows.ts_valid)
+                windows[micros] = index.window_tiles(codes, starts, ends, rows.ts_valid)
         values: dict[str, pa.Array] = {}
         for feature in self.features:
             outputs = [o for o in self.outputs if o.base == feature.name]
@@ -103,21 +108,19 @@ class GroupAssembler:
 
     def _feature(
         self,
-        index: _TileIndex,
+        index: TileSet,
         feature: BaseFeature,
         outputs: list[OutputFeature],
         windows: dict[int | None, tuple[I64, I64]],
         rows: Rows,
     ) -> dict[str, pa.Array]:
-        """A base feature's outputs; its IRs are decoded once, for the tiles any window uses."""
+        """A base feature's outputs, merged from the tile set's decoded IRs."""
         op = feature.op
-        picks = {o.name: windows[_micros_of(o)][0] for o in outputs}
-        used = np.unique(np.concatenate(list(picks.values()))) if picks else np.zeros(0, np.int64)
-        state = op.from_arrow(index.irs(feature.ir_column, used))
+        state = index.state(feature)
         out = {}
         for output in outputs:
-            local = np.searchsorted(used, picks[output.name]).astype(np.int64)
-            merged = op.merge_segments(take(state, local), windows[_micros_of(output)][1])
+            picks, offsets = windows[_micros_of(output)]
+            merged = op.merge_segments(take(state, picks), offsets)
             result = op.finalize(merged)
             if not rows.ts_valid.all():
                 nulls = pa.nulls(len(rows), result.type)
@@ -142,39 +145,61 @@ def _window_ends(rows: Rows, gmin: int) -> I64:
     return ends.astype(np.int64)
 
 
-@dataclass(frozen=True)
-class _TileIndex:
-    """Tiles sorted by (key, granularity, bucket) with their search keys."""
+@dataclass
+class TileSet:
+    """A tile group's tiles indexed for assembly: sorted by (key, granularity, bucket), with
+    int64 search keys and the IRs decoded once per feature. Build once (per key bucket, or
+    per lookup), assemble any number of row batches against it."""
 
+    group: TileGroup
     sizes: list[int]
     origin: int
     search: I64  # sorted: group << 32 | bucket index
-    row_codes: I64  # per row: its key's code, _NO_KEY for a null key
-    order: I64  # sorted position -> row of the tiles table
+    order: I64  # sorted position -> row of ``tiles``
+    keys: pa.Array  # distinct key texts; a key's code is its position
     tiles: pa.Table
+    states: dict[str, State] = field(default_factory=dict)
 
     @classmethod
-    def build(
-        cls, group: TileGroup, tiles: pa.Table, row_keys: Sequence[pa.Array], sizes: list[int]
-    ) -> _TileIndex:
+    def build(cls, group: TileGroup, tiles: pa.Table, sizes: list[int]) -> TileSet:
         names = [k.column for k in group.layout.keys]
-        tile_codes, row_codes = _shared_codes([tiles.column(c) for c in names], row_keys)
+        text = _key_text(
+            [tiles.column(c) for c in names], [tiles.schema.field(c).type for c in names]
+        )
+        encoded = pc.dictionary_encode(text)
+        tile_codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
         levels = _levels(tiles.column("granularity"), group)
         starts = _micros(tiles.column("bucket_start"))
         largest = sizes[-1]
         origin = int(starts.min()) if len(starts) else 0
         origin -= origin % largest
         size_of = np.asarray(sizes, dtype=np.int64)[levels]
-        search = _search_key(tile_codes * len(sizes) + levels, (starts - origin) // size_of)
+        buckets = (starts - origin) // size_of
+        if len(buckets) and int(buckets.max()) >= 1 << _IDX_BITS:
+            raise ValueError("tiles span more buckets than the assembler can index (2**32)")
+        search = _search_key(tile_codes * len(sizes) + levels, buckets)
         order = np.argsort(search, kind="stable").astype(np.int64)
-        return cls(sizes, origin, search[order], row_codes, order, tiles)
+        return cls(group, sizes, origin, search[order], order, encoded.dictionary, tiles)
 
-    def irs(self, column: str, positions: I64) -> pa.Array:
-        """IRs of the tiles at sorted ``positions``."""
-        rows = self.order[positions]
-        return self.tiles.column(column).combine_chunks().take(pa.array(rows, pa.int64()))
+    def codes_of(self, row_keys: Sequence[pa.Array]) -> I64:
+        """Each row's key code; _NO_KEY for a null key or a key without tiles."""
+        types = [self.tiles.schema.field(k.column).type for k in self.group.layout.keys]
+        text = _key_text(list(row_keys), types)
+        found = pc.index_in(text, value_set=self.keys)
+        return np.asarray(pc.fill_null(found, _NO_KEY).to_numpy(zero_copy_only=False), np.int64)
 
-    def window_tiles(self, starts: I64 | None, ends: I64, valid: BOOL) -> tuple[I64, I64]:
+    def state(self, feature: BaseFeature) -> State:
+        """The feature's IRs of every tile, in sorted order, decoded once."""
+        if feature.name not in self.states:
+            column = self.tiles.column(feature.ir_column).combine_chunks()
+            self.states[feature.name] = feature.op.from_arrow(
+                column.take(pa.array(self.order, pa.int64()))
+            )
+        return self.states[feature.name]
+
+    def window_tiles(
+        self, codes: I64, starts: I64 | None, ends: I64, valid: BOOL
+    ) -> tuple[I64, I64]:
         """Sorted-tile positions of every row's window, in time order, and segment offsets."""
         sizes, n = self.sizes, len(ends)
         hi = np.maximum(ends, self.origin)
@@ -194,10 +219,10 @@ class _TileIndex:
             hi = new_hi
         runs.append((len(sizes) - 1, lo, hi))
         runs.extend(reversed(right))
-        found = (self.row_codes != _NO_KEY) & valid
+        found = (codes != _NO_KEY) & valid
         firsts, counts = [], []
         for level, a, b in runs:
-            group = self.row_codes * len(sizes) + level
+            group = codes * len(sizes) + level
             size = sizes[level]
             first = np.searchsorted(self.search, _search_key(group, (a - self.origin) // size))
             # Non-empty runs have aligned ends; empty ones have a == b and round alike.
@@ -238,27 +263,26 @@ def _levels(granularity: pa.ChunkedArray, group: TileGroup) -> I64:
     return np.asarray(levels.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _shared_codes(
-    tile_keys: Sequence[pa.ChunkedArray | pa.Array], row_keys: Sequence[pa.Array]
-) -> tuple[I64, I64]:
-    """Integer codes of (composite) keys, shared by tiles and rows; _NO_KEY for null keys."""
-    n_tiles = len(tile_keys[0]) if tile_keys else 0
-    combined: I64 | None = None
-    null = np.zeros(n_tiles + len(row_keys[0]), dtype=bool)
-    for tile_col, row_col in zip(tile_keys, row_keys, strict=True):
-        both = pa.concat_arrays([*_chunks(tile_col), *_chunks(row_col.cast(tile_col.type))])
-        indices = pc.dictionary_encode(both).indices
-        null |= ~np.asarray(pc.is_valid(indices).to_numpy(zero_copy_only=False), dtype=bool)
-        codes = np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False), np.int64)
-        if combined is None:
-            combined = codes
-        else:
-            mixed = combined * (int(codes.max(initial=0)) + 1) + codes
-            combined = np.unique(mixed, return_inverse=True)[1].astype(np.int64)
-    assert combined is not None
-    combined = np.where(null, _NO_KEY, combined)
-    return combined[:n_tiles], combined[n_tiles:]
+def _key_text(
+    columns: Sequence[pa.ChunkedArray | pa.Array], types: Sequence[pa.DataType]
+) -> pa.Array:
+    """One comparable value per (composite) key; null when any part is null.
+
+    A single key keeps its type. Composite keys become text with every part length-prefixed
+    (``3:abc|2:42``), so no two different keys share a text.
+    """
+    parts = [_combined(c).cast(t) for c, t in zip(columns, types, strict=True)]
+    if len(parts) == 1:
+        return parts[0]
+    pieces: list[pa.Array | str] = []
+    for part in parts:
+        text = pc.cast(part, pa.string())
+        pieces += [pc.cast(pc.utf8_length(text), pa.string()), ":", text, "|"]
+    joined: pa.Array = pc.binary_join_element_wise(*pieces, "")
+    return joined
 
 
-def _chunks(column: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
-    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    return column

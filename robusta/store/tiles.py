@@ -153,11 +153,12 @@ class TileTables:
         old_files: Sequence[Any],
         run: Run,
         properties: dict[str, str],
-        covered: Span = (None, None),
+        covered: Span | None = None,
     ) -> int:
         """One overwrite snapshot: ``old_files`` out, every Parquet file of ``run`` in.
 
-        ``covered`` (the run's time range) joins the table's coverage in the same commit.
+        ``covered`` (the time range the run made complete) joins the table's coverage in the
+        same commit.
         """
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
         from pyiceberg.table import TableProperties
@@ -165,8 +166,9 @@ class TileTables:
         new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
         summary = {**properties, RUN_PROPERTY: run.id}
         with table.transaction() as tx:
-            spans = merge_spans([*coverage(table), covered])
-            tx.set_properties(**{COVERAGE_PROPERTY: json.dumps(spans)})
+            if covered is not None:
+                spans = merge_spans([*coverage(table), covered])
+                tx.set_properties(**{COVERAGE_PROPERTY: json.dumps(spans)})
             if tx.table_metadata.name_mapping() is None:
                 mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
                 tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})

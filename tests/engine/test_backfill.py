@@ -215,7 +215,10 @@ def test_cli_backfill_to_parquet_and_iceberg(project: Project, tmp_path: Path) -
     table = open_catalog(config.offline).load_table(f"{config.offline.namespace}.training_rows")
     stored = table.scan().to_arrow()
     assert sorted(stored.column("label").to_pylist()) == sorted(rows.column("label").to_pylist())
-    assert run_cli(project, *args, "--output", "iceberg:training_rows").exit_code == 0
+    refused = run_cli(project, *args, "--output", "iceberg:training_rows")
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    replaced = run_cli(project, *args, "--output", "iceberg:training_rows", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
     assert len(table.refresh().scan().to_arrow()) == 40  # replaced, not appended
 
 
@@ -263,3 +266,54 @@ def test_hot_buckets_split_by_time_give_the_same_frame(
     assert extra == 2  # bucket 1: 30 rows -> 3 chunks; bucket 2 stays whole
     chunks = keyed.selectExpr(f"{sql} AS c").groupBy("c").count().collect()
     assert sorted(r["count"] for r in chunks) == [10, 10, 11]
+
+
+def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
+    from robusta.engine.spark.pit import join_group, prepare_rows
+    from robusta.training import _plan_join, check_rows, resolve_features
+
+    rows = training_rows(project.events, 60)
+    frame = spark.createDataFrame(rows.to_pandas())
+    (request,) = resolve_features(project.workspace.plan, ["n_events_1h"])
+    keys = check_rows(frame, [request], "ts", None, None)[request.group.layout.table]
+    prepared = prepare_rows(frame, "ts", None)
+    times = pc.cast(rows.column("ts"), pa.int64())
+    lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
+    join = _plan_join(
+        project.workspace, request, lo, hi, False, False, lambda _: None, BackfillReport()
+    )
+    buckets = request.group.layout.key_buckets
+    assert join_group(prepared, join, keys).rdd.getNumPartitions() == buckets
+    assert join_group(prepared, join, keys, rows_per_task=5).rdd.getNumPartitions() > buckets
+
+
+def test_pointers_far_before_the_row_time_read_the_older_tiles(project: Project) -> None:
+    """Without lifetime windows only tiles from min(t, pointer) - longest window are read; a
+    pointer days before t must still find its tiles."""
+    every = training_rows(project.events, 60)
+    rows = every.filter(pc.is_valid(every.column("ts")))
+    two_days = pa.scalar(2 * 86_400_000_000, pa.duration("us"))
+    rows = rows.set_column(3, "served_at", pc.subtract(rows.column("ts"), two_days))
+    rows = rows.set_column(2, "ts", pc.add(rows.column("ts"), two_days))
+    features = ["n_events_1h", "n_events_1d", "dwell_sum_1d"]
+    got = get_training_frame(
+        rows.to_pandas(), features, workspace=project.workspace, version_column="served_at"
+    ).toArrow()
+    (plan,) = project.workspace.plan.specs
+    outputs = {o.name: (f, o) for f in plan.features for o in f.outputs}
+    ts = pc.cast(rows.column("ts"), pa.int64()).to_pylist()
+    pointers = pc.cast(rows.column("served_at"), pa.int64()).to_pylist()
+    users = rows.column("USER_ID").to_pylist()
+    nonzero = 0
+    for name in features:
+        feature, output = outputs[name]
+        by_key = events_by_key(project.events, ["user_id"], feature.input or "__count")
+        for user, t, p, value in zip(
+            users, ts, pointers, got.column(name).to_pylist(), strict=True
+        ):
+            start, end = window_bounds(t, output.window, GMIN, p - p % GMIN)
+            assert start is not None
+            inside = [(e, v) for e, v in by_key.get((user,), []) if start <= e < end]
+            assert_matches_reference(feature.op, value, inside)
+            nonzero += bool(inside)
+    assert nonzero > 20

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robusta.ops import make_operator, take
-from robusta.plan.assembly import GroupAssembler, Rows, _TileIndex
+from robusta.plan.assembly import GroupAssembler, Rows, TileSet
 from robusta.plan.model import BaseFeature, KeyColumn, OutputFeature, TileGroup, TileLayout
 from robusta.plan.windows import decompose
 from robusta.spec.datatypes import DataType
@@ -248,11 +248,14 @@ def test_window_tiles_are_the_decomposition_in_time_order(
     )
     t, window = row
     sizes = sorted(g.micros for g in GRANULARITIES)
-    index = _TileIndex.build(group, tiles, [pa.array(["a"])], sizes)
+    index = TileSet.build(group, tiles, sizes)
     end = t - t % GMIN
     start = None if window.duration is None else end - window.duration.micros
     picks, offsets = index.window_tiles(
-        None if start is None else np.asarray([start]), np.asarray([end]), np.asarray([True])
+        index.codes_of([pa.array(["a"])]),
+        None if start is None else np.asarray([start]),
+        np.asarray([end]),
+        np.asarray([True]),
     )
     assert offsets.tolist() == [0, len(picks)]
     by_size = {g.name: g.micros for g in GRANULARITIES}
@@ -272,3 +275,15 @@ def test_window_tiles_are_the_decomposition_in_time_order(
         )
     )
     assert set(got) == {w for w in want if w in stored}
+
+
+def test_composite_keys_do_not_collide() -> None:
+    from robusta.plan.assembly import _key_text
+
+    left = [pa.array(["a|1", "a", "1:a"]), pa.array(["b", "1|b", ""])]
+    text = _key_text(left, [pa.string(), pa.string()]).to_pylist()
+    assert len(set(text)) == 3
+    assert (
+        _key_text([pa.array(["x", None]), pa.array([1, 2])], [pa.string(), pa.int64()])[1].as_py()
+        is None
+    )

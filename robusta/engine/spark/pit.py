@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.plan.assembly import GroupAssembler, Rows
+from robusta.plan.assembly import GroupAssembler, Rows, TileSet
 from robusta.plan.keys import spark_key_bucket
 from robusta.plan.model import OutputFeature, TileGroup
 
@@ -47,7 +47,7 @@ class GroupJoin:
 
     def add_features(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         assembler = GroupAssembler(self.group, self.outputs)
-        loaded: tuple[int, pa.Table] | None = None
+        loaded: tuple[int, TileSet] | None = None  # the current bucket's indexed tiles
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -55,7 +55,7 @@ class GroupJoin:
             parts, positions = [], []
             for bucket in np.unique(buckets).tolist():
                 if loaded is None or loaded[0] != bucket:
-                    loaded = (bucket, self._tiles(bucket, assembler))
+                    loaded = (bucket, assembler.prepare(self._tiles(bucket, assembler)))
                 where = np.flatnonzero(buckets == bucket)
                 rows = batch.take(pa.array(where))
                 parts.append(assembler.assemble(loaded[1], self._rows(rows)))
@@ -152,7 +152,10 @@ def join_group(
     primary = next(i for i, k in enumerate(layout.keys) if k.column == layout.primary)
     bucket = spark_key_bucket(key_column(primary), layout.key_buckets)
     keyed = keyed.withColumn(KEY_BUCKET, F.expr(f"coalesce({bucket}, -1)"))  # -1: null key
-    partitioned = keyed.repartition(layout.key_buckets, KEY_BUCKET).sortWithinPartitions(KEY_BUCKET)
+    chunk, extra = _time_chunks(keyed, rows_per_task)
+    keyed = keyed.withColumn(CHUNK, F.expr(chunk))
+    partitioned = keyed.repartition(layout.key_buckets + extra, KEY_BUCKET, CHUNK)
+    partitioned = partitioned.sortWithinPartitions(KEY_BUCKET)
     added = [StructField(o.name, from_arrow_type(o.type), True) for o in join.outputs]
     schema = StructType([*partitioned.schema.fields, *added])
     joined = partitioned.mapInArrow(join.add_features, schema)

@@ -39,6 +39,7 @@ class TileCounts:
     null_keys: int
     null_timestamps: int
     tiles: dict[str, int]
+    last_bucket: int | None = None  # start of the latest finest tile (epoch micros)
 
 
 def q(name: str) -> str:
@@ -164,6 +165,7 @@ class TileJob:
                 f"coalesce(sum(CASE WHEN {null_key} THEN events ELSE 0 END), 0) AS null_keys",
                 f"coalesce(sum(CASE WHEN NOT ({null_key}) AND {BUCKET} IS NULL THEN events "
                 "ELSE 0 END), 0) AS null_times",
+                f"max(CASE WHEN NOT ({null_key}) THEN {BUCKET} END) AS last_bucket",
             )
             .collect()[0]
         )
@@ -172,8 +174,13 @@ class TileJob:
             for r in tiles.groupBy("granularity").count().collect()
         }
         ordered = {g.name: per.get(g.name, 0) for g in self.group.layout.granularities}
+        last = row["last_bucket"]
         return TileCounts(
-            int(row["events"]), int(row["null_keys"]), int(row["null_times"]), ordered
+            int(row["events"]),
+            int(row["null_keys"]),
+            int(row["null_times"]),
+            ordered,
+            None if last is None else int(last),
         )
 
     def release(self) -> None:
