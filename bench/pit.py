@@ -106,20 +106,27 @@ def generate(root: Path, events: int, rows: int, keys: int, days: int) -> None:
     (root / "robusta.yaml").write_text(CONFIG)
 
 
-def window_select(alias: Callable[[str, str], str], frame: Callable[[str], str]) -> str:
-    """The 20 window aggregates of the SQL contenders over the union (``is_event`` marks)."""
+def window_select(over: Callable[[str, int], str], last: str, distinct: str) -> str:
+    """The 20 window aggregates of the SQL contenders over the union (``is_event`` marks).
+
+    ``over(window, micros)`` names the frame; ``last`` and ``distinct`` are the dialect's
+    aggregates for the value of the latest event and the approximate distinct count.
+    """
     parts = []
-    for w in WINDOWS:
-        over = frame(w)
+    for w, m in WINDOWS.items():
+        frame = over(w, m)
         parts += [
-            f"sum(is_event) OVER {over} AS {alias('count', w)}",
-            f"sum(amount) OVER {over} AS {alias('sum', w)}",
-            f"max(amount) OVER {over} AS {alias('max', w)}",
-            f"max(CASE WHEN item_id IS NOT NULL THEN struct(o, item_id) END) OVER {over} "
-            f"AS {alias('last', w)}",
-            f"approx_count_distinct(item_id, 0.01) OVER {over} AS {alias('distinct', w)}",
+            f"sum(is_event) OVER {frame} AS {feature('count', w)}",
+            f"sum(amount) OVER {frame} AS {feature('sum', w)}",
+            f"max(amount) OVER {frame} AS {feature('max', w)}",
+            f"{last} OVER {frame} AS {feature('last', w)}",
+            f"{distinct} OVER {frame} AS {feature('distinct', w)}",
         ]
     return ",\n".join(parts)
+
+
+def range_frame(_: str, micros: int) -> str:
+    return f"(PARTITION BY k ORDER BY o RANGE BETWEEN {micros} PRECEDING AND 1 PRECEDING)"
 
 
 def feature(op: str, window: str) -> str:
@@ -136,12 +143,11 @@ UNION = f"""
 
 
 def spark_window(spark: Any, out: Path) -> None:
-    def frame(w: str) -> str:
-        return f"w_{w}"
-
-    windows = ", ".join(
-        f"w_{w} AS (PARTITION BY k ORDER BY o RANGE BETWEEN {m} PRECEDING AND 1 PRECEDING)"
-        for w, m in WINDOWS.items()
+    windows = ", ".join(f"w_{w} AS {range_frame(w, m)}" for w, m in WINDOWS.items())
+    aggregates = window_select(
+        lambda w, _: f"w_{w}",
+        "max(CASE WHEN item_id IS NOT NULL THEN struct(o, item_id) END)",
+        "approx_count_distinct(item_id, 0.01)",
     )
     last = ", ".join(
         f"{feature(op, w)}" if op != "last" else f"{feature(op, w)}.item_id AS {feature(op, w)}"
@@ -150,7 +156,7 @@ def spark_window(spark: Any, out: Path) -> None:
     )
     sql = f"""
         SELECT row_id, {last} FROM (
-          SELECT row_id, is_event, {window_select(feature, frame)}
+          SELECT row_id, is_event, {aggregates}
           FROM ({UNION}) AS u
           WINDOW {windows}
         ) WHERE is_event = 0
@@ -190,21 +196,12 @@ def duckdb_window(root: Path, out: Path) -> None:
     ACTIVE_DUCKDB[:] = [con]
     con.execute("SET threads TO 2")
     con.execute(f"SET temp_directory = '{root / 'duckdb.tmp'}'")
-    parts = []
-    for w, m in WINDOWS.items():
-        over = f"(PARTITION BY k ORDER BY o RANGE BETWEEN {m} PRECEDING AND 1 PRECEDING)"
-        parts += [
-            f"sum(is_event) OVER {over} AS {feature('count', w)}",
-            f"sum(amount) OVER {over} AS {feature('sum', w)}",
-            f"max(amount) OVER {over} AS {feature('max', w)}",
-            f"arg_max(item_id, o) OVER {over} AS {feature('last', w)}",
-            f"approx_count_distinct(item_id) OVER {over} AS {feature('distinct', w)}",
-        ]
+    aggregates = window_select(range_frame, "arg_max(item_id, o)", "approx_count_distinct(item_id)")
     micros = "epoch_us(ts)"
     sql = f"""
         COPY (
           SELECT * EXCLUDE (is_event) FROM (
-            SELECT row_id, is_event, {", ".join(parts)} FROM (
+            SELECT row_id, is_event, {aggregates} FROM (
               SELECT user_id AS k, {micros} AS o, amount, item_id, 1 AS is_event,
                      CAST(NULL AS BIGINT) AS row_id
               FROM read_parquet('{root / "events" / "*.parquet"}')

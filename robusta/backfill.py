@@ -86,10 +86,9 @@ def _write_table(
     """Write Parquet under the warehouse and commit it to Iceberg table ``identifier``."""
     import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
-    from pyiceberg.io.pyarrow import parquet_files_to_data_files
-    from pyiceberg.table import TableProperties
 
     from robusta.store.catalog import open_catalog
+    from robusta.store.tiles import swap_files
 
     config = workspace.project.config
     assert config is not None
@@ -120,18 +119,7 @@ def _write_table(
                     "or choose another name"
                 )
         step(f"committing {identifier}")
-        old = [task.file for task in table.scan().plan_files()]
-        with table.transaction() as tx:
-            if tx.table_metadata.name_mapping() is None:
-                mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
-                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
-            with tx.update_snapshot().overwrite() as swap:
-                for data_file in old:
-                    swap.delete_data_file(data_file)
-                for data_file in parquet_files_to_data_files(
-                    table.io, tx.table_metadata, iter(paths)
-                ):
-                    swap.append_data_file(data_file)
+        swap_files(table, [task.file for task in table.scan().plan_files()], paths)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # nothing references it
         raise

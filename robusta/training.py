@@ -12,16 +12,20 @@ Rows are checked (columns, types, feature names) before any Spark job starts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robusta.errors import RobustaError, UnknownFeatureError
 from robusta.plan.model import OutputFeature, Plan, SpecPlan, TileGroup
 from robusta.spec.durations import floor_to, from_micros
 from robusta.spec.suggest import did_you_mean
 from robusta.workspace import Workspace, load_workspace
+
+if TYPE_CHECKING:
+    from robusta.store.tiles import TileTables
 
 Step = Callable[[str], None]
 ICEBERG_PREFIX = "iceberg:"
@@ -53,12 +57,7 @@ class BackfillReport:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "rows": self.rows,
-            "features": self.features,
-            "materialized": self.materialized,
-            "seconds": self.seconds,
-        }
+        return asdict(self)
 
 
 def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupRequest]:
@@ -116,7 +115,7 @@ def get_training_frame(
     from robusta.engine.spark.pit import DEFAULT_ROWS_PER_TASK, finish, join_group, prepare_rows
     from robusta.engine.spark.session import spark_session
 
-    started = _now()
+    started = time.perf_counter()
     workspace = (workspace or load_workspace(Path(config) if config else None)).require_valid()
     project_config = workspace.project.config
     assert project_config is not None  # require_valid guarantees it
@@ -160,7 +159,7 @@ def get_training_frame(
             rows_per_task or DEFAULT_ROWS_PER_TASK,
         )
     done.features = [o.name for r in requests for o in r.outputs]
-    done.seconds = round(_now() - started, 2)
+    done.seconds = round(time.perf_counter() - started, 2)
     return finish(joined, version_column is not None)
 
 
@@ -228,10 +227,7 @@ def check_rows(
         columns = []
         for key in request.group.layout.keys:
             column = mapping.get(key.entity, key.entity)
-            allowed = ("string", "long", "integer", "short", "byte")
-            if key.type.is_integer:
-                allowed = ("long", "integer", "short", "byte", "string")
-            need(column, f"{key.entity} entity", allowed)
+            need(column, f"{key.entity} entity", ("string", "long", "integer", "short", "byte"))
             columns.append(column)
         keys[request.group.layout.table] = columns
     return keys
@@ -248,7 +244,10 @@ def _plan_join(
     report: BackfillReport,
 ) -> Any:
     from robusta.engine.spark.pit import GroupJoin
+    from robusta.store.tiles import TileTables
 
+    assert workspace.project.config is not None
+    tables = TileTables(workspace.project.config.offline)
     layout = request.group.layout
     gmin = layout.finest.micros
     durations = [o.window.duration for o in request.outputs]
@@ -256,31 +255,31 @@ def _plan_join(
     longest = max((d.micros for d in durations if d is not None), default=0)
     end = None if hi is None else floor_to(hi, gmin)  # windows end at floor(t) or earlier
     since = None if lifetime or lo is None else floor_to(lo, gmin) - longest
-    table = _ready_table(workspace, request, since, end, materialize_missing, step, report)
-    return GroupJoin(
-        request.group, request.outputs, _files_by_bucket(table, since, end), since, with_pointer
+    table = _ready_table(
+        tables, workspace, request, (since, end), materialize_missing, step, report
     )
+    files = _files_by_bucket(tables, table, since, end)
+    return GroupJoin(request.group, request.outputs, files, since, with_pointer)
 
 
 def _ready_table(
+    tables: TileTables,
     workspace: Workspace,
     request: GroupRequest,
-    since: int | None,
-    end: int | None,
+    needed: tuple[int | None, int | None],
     materialize_missing: bool,
     step: Step,
     report: BackfillReport,
 ) -> Any:
     """The group's tile table, materialized first when missing, stale or not covering."""
     from robusta.materialize import materialize
-    from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage, uncovered
+    from robusta.store.tiles import VERSION_PROPERTY, coverage, uncovered
 
-    assert workspace.project.config is not None
-    tables = TileTables(workspace.project.config.offline)
+    since, end = needed
     name = request.spec.name
     table = tables.load(request.group.layout.table)
     stale = table is not None and table.properties.get(VERSION_PROPERTY) != request.spec.hash
-    missing = table is None or uncovered(coverage(table), (since, end))
+    missing = table is None or uncovered(coverage(table), needed)
     if not (stale or missing):
         return table
     ranged = table is not None and not stale and since is not None and end is not None
@@ -301,21 +300,17 @@ def _ready_table(
     return tables.load(request.group.layout.table)
 
 
-def _files_by_bucket(table: Any, since: int | None, end: int | None) -> dict[int, list[str]]:
-    from pyiceberg import expressions
+def _files_by_bucket(
+    tables: TileTables, table: Any, since: int | None, end: int | None
+) -> dict[int, list[str]]:
+    """The table's data files that may hold tiles in ``[since, end)``, by key bucket."""
+    from robusta.store.tiles import local_path
 
-    condition: Any = expressions.AlwaysTrue()
-    at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
-    below: Any = expressions.LessThan
-    if since is not None:
-        condition = expressions.And(condition, at_least("bucket_start", since))
-    if end is not None:
-        condition = expressions.And(condition, below("bucket_start", end))
     files: dict[int, list[str]] = {}
     position = _partition_position(table, "key_bucket")
-    for task in table.scan(row_filter=condition).plan_files():
-        bucket = int(task.file.partition[position])
-        files.setdefault(bucket, []).append(_local(task.file.file_path))
+    for data_file in tables.overlapping_files(table, since, end):
+        bucket = int(data_file.partition[position])
+        files.setdefault(bucket, []).append(str(local_path(data_file.file_path)))
     return files
 
 
@@ -325,18 +320,8 @@ def _partition_position(table: Any, source_name: str) -> int:
     return next(i for i, f in enumerate(spec.fields) if f.source_id == source)
 
 
-def _local(path: str) -> str:
-    return path.removeprefix("file://")
-
-
 def _iso(micros: int) -> str:
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def to_pandas(frame: Any) -> Any:

@@ -12,7 +12,8 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -81,6 +82,19 @@ def handle_errors(func: F) -> F:
             sys.exit(70)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress(quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A step callback showing the current step and elapsed time on stderr (none if quiet)."""
+    started = time.perf_counter()
+    with err.status("starting") as status:
+
+        def step(text: str) -> None:
+            if not quiet:
+                status.update(f"{text}  [dim]{time.perf_counter() - started:.0f}s[/dim]")
+
+        yield step
 
 
 config_option = click.option(
@@ -245,17 +259,7 @@ def materialize(
     from robusta.materialize import materialize as run
 
     workspace = load_workspace(config).require_valid()
-    started = time.perf_counter()
-    with err.status("starting") as status:
-        step = (
-            (lambda text: None)
-            if as_json
-            else (
-                lambda text: status.update(
-                    f"{text}  [dim]{time.perf_counter() - started:.0f}s[/dim]"
-                )
-            )
-        )
+    with progress(quiet=as_json) as step:
         reports = run(workspace, specs, _utc(start), _utc(end), rebuild=rebuild, step=step)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
@@ -324,17 +328,7 @@ def backfill(
             raise click.BadParameter(f'"{item}" is not ENTITY=COLUMN', param_hint="--entity-column")
         mapping[entity] = column
     workspace = load_workspace(config).require_valid()
-    started = time.perf_counter()
-    with err.status("starting") as status:
-        step = (
-            (lambda text: None)
-            if as_json
-            else (
-                lambda text: status.update(
-                    f"{text}  [dim]{time.perf_counter() - started:.0f}s[/dim]"
-                )
-            )
-        )
+    with progress(quiet=as_json) as step:
         result = run(
             workspace,
             rows,

@@ -135,16 +135,18 @@ class TileTables:
         return removed
 
     def overlapping_files(self, table: Any, start: int | None, end: int | None) -> list[Any]:
-        """Data files that may hold tiles with ``start <= bucket_start < end`` (all if None)."""
+        """Data files that may hold tiles with ``start <= bucket_start < end`` (None: open)."""
         from pyiceberg import expressions
 
         if table.current_snapshot() is None:
             return []
         condition: Any = expressions.AlwaysTrue()
-        if start is not None and end is not None:
-            at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
-            below: Any = expressions.LessThan
-            condition = expressions.And(at_least("bucket_start", start), below("bucket_start", end))
+        at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
+        below: Any = expressions.LessThan
+        if start is not None:
+            condition = expressions.And(condition, at_least("bucket_start", start))
+        if end is not None:
+            condition = expressions.And(condition, below("bucket_start", end))
         return [task.file for task in table.scan(row_filter=condition).plan_files()]
 
     def replace(
@@ -160,28 +162,48 @@ class TileTables:
         ``covered`` (the time range the run made complete) joins the table's coverage in the
         same commit.
         """
-        from pyiceberg.io.pyarrow import parquet_files_to_data_files
-        from pyiceberg.table import TableProperties
-
         new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
         summary = {**properties, RUN_PROPERTY: run.id}
-        with table.transaction() as tx:
-            if covered is not None:
-                spans = merge_spans([*coverage(table), covered])
-                tx.set_properties(**{COVERAGE_PROPERTY: json.dumps(spans)})
-            if tx.table_metadata.name_mapping() is None:
-                mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
-                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
-            with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
-                for data_file in old_files:
-                    overwrite.delete_data_file(data_file)
-                for data_file in parquet_files_to_data_files(
-                    table.io, tx.table_metadata, iter(new_paths)
-                ):
-                    overwrite.append_data_file(data_file)
+        extra = {}
+        if covered is not None:
+            extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
+        swap_files(table, old_files, new_paths, summary, extra)
         refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
         snapshot = refreshed.current_snapshot()
         return int(snapshot.snapshot_id) if snapshot is not None else 0
+
+
+def swap_files(
+    table: Any,
+    old_files: Sequence[Any],
+    new_paths: Sequence[str],
+    summary: dict[str, str] | None = None,
+    properties: dict[str, str] | None = None,
+) -> None:
+    """One overwrite snapshot removing ``old_files`` and adding the Parquet ``new_paths``
+    (pyiceberg ``add_files`` style: no rewrite), with table ``properties`` set in the same
+    commit; readers see the old files or the new ones, never a mix."""
+    from pyiceberg.io.pyarrow import parquet_files_to_data_files
+    from pyiceberg.table import TableProperties
+
+    with table.transaction() as tx:
+        if properties:
+            tx.set_properties(**properties)
+        if tx.table_metadata.name_mapping() is None:
+            mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
+            tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
+        with tx.update_snapshot(snapshot_properties=summary or {}).overwrite() as overwrite:
+            for data_file in old_files:
+                overwrite.delete_data_file(data_file)
+            for data_file in parquet_files_to_data_files(
+                table.io, tx.table_metadata, iter(new_paths)
+            ):
+                overwrite.append_data_file(data_file)
+
+
+def local_path(location: str) -> Path:
+    """A file URI or path as a local path (tile tables live on local or mounted storage)."""
+    return _local_path(location)
 
 
 Span = tuple[int | None, int | None]  # [start, end) in epoch micros; None = unbounded

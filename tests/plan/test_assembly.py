@@ -104,16 +104,21 @@ def scenario(draw: st.DrawFn, dtype: DataType) -> tuple[list[tuple[Any, int | No
     return events, rows
 
 
+def tiles_of(group: TileGroup, events: list[tuple[Any, int | None, Any]]) -> pa.Table:
+    """The group's tiles for (key, ts, value) events."""
+    return build_tiles(
+        group,
+        {"k": pa.array([k for k, _, _ in events], pa.string())},
+        pa.array([t for _, t, _ in events], pa.int64()),
+        {"v": pa.array([v for _, _, v in events], group.features[0].input_type.arrow())},
+    )
+
+
 def assemble(
     group: TileGroup, events: list[tuple[Any, int | None, Any]], rows: list[Any]
 ) -> pa.Table:
     feature = group.features[0]
-    tiles = build_tiles(
-        group,
-        {"k": pa.array([k for k, _, _ in events], pa.string())},
-        pa.array([t for _, t, _ in events], pa.int64()),
-        {"v": pa.array([v for _, _, v in events], feature.input_type.arrow())},
-    )
+    tiles = tiles_of(group, events)
     ts = np.asarray([t or 0 for _, t, _ in rows], np.int64)
     pointer = np.asarray([p or 0 for _, _, p in rows], np.int64)
     assembled = GroupAssembler(group, feature.outputs).assemble(
@@ -195,12 +200,7 @@ def test_tiles_merge_in_decompose_order(name: str, data: st.DataObject) -> None:
     events, rows = data.draw(scenario(DataType.DOUBLE))
     got = assemble(group, events, rows)
     feature = group.features[0]
-    tiles = build_tiles(
-        group,
-        {"k": pa.array([k for k, _, _ in events], pa.string())},
-        pa.array([t for _, t, _ in events], pa.int64()),
-        {"v": pa.array([v for _, _, v in events], pa.float64())},
-    )
+    tiles = tiles_of(group, events)
     sizes = {g.name: g.micros for g in GRANULARITIES}
     where = {
         (k, sizes[g], b): i
@@ -240,12 +240,7 @@ def test_window_tiles_are_the_decomposition_in_time_order(
     times: list[int], row: tuple[int, Window]
 ) -> None:
     group = group_for("count", DataType.STRING, {})
-    tiles = build_tiles(
-        group,
-        {"k": pa.array(["a"] * len(times), pa.string())},
-        pa.array(times, pa.int64()),
-        {"v": pa.array(["x"] * len(times), pa.string())},
-    )
+    tiles = tiles_of(group, [("a", t, "x") for t in times])
     t, window = row
     sizes = sorted(g.micros for g in GRANULARITIES)
     index = TileSet.build(group, tiles, sizes)

@@ -165,15 +165,16 @@ def join_group(
 
 def _time_chunks(keyed: Any, rows_per_task: int) -> tuple[str, int]:
     """SQL numbering each row's time chunk within its bucket, and the extra chunks made."""
+    from pyspark.sql import functions as F
+
     stats = (
         keyed.groupBy(KEY_BUCKET)
-        .agg({"*": "count", TS: "min"})
-        .join(keyed.groupBy(KEY_BUCKET).agg({TS: "max"}), KEY_BUCKET)
+        .agg(F.count("*").alias("n"), F.min(TS).alias("lo"), F.max(TS).alias("hi"))
         .collect()
     )
     cases, extra = [], 0
     for row in stats:
-        n, lo, hi = row["count(1)"], row[f"min({TS})"], row[f"max({TS})"]
+        n, lo, hi = row["n"], row["lo"], row["hi"]
         parts = -(-n // rows_per_task)
         if parts > 1 and lo is not None and hi is not None and hi > lo:
             extra += parts - 1
