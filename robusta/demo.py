@@ -19,6 +19,8 @@ from robusta.errors import RobustaError
 
 if TYPE_CHECKING:
     from robusta.materialize import TableReport
+    from robusta.serving import FeatureVector
+    from robusta.serving.upload import UploadReport
 from robusta.plan.model import Plan, TileGroup
 from robusta.plan.windows import TileRef, decompose
 from robusta.spec.durations import floor_to, from_micros
@@ -68,6 +70,8 @@ class DemoResult:
     examples: list[WindowExample] = field(default_factory=list)
     materialized: list[TableReport] = field(default_factory=list)
     training: list[dict[str, Any]] = field(default_factory=list)  # sampled PIT rows
+    uploaded: UploadReport | None = None
+    lookups: list[FeatureVector] = field(default_factory=list)  # online, for a few users
 
 
 TRAINING_FEATURES = (
@@ -107,7 +111,32 @@ def run_demo(
         result.materialized = materialize(workspace, rebuild=True, step=step)
         step("building a training frame for sampled rows")
         result.training = _training_rows(workspace, events, step)
+        result.uploaded, result.lookups = _lookups(workspace, events, step)
     return result
+
+
+def _lookups(
+    workspace: Workspace, events: pa.Table, step: Step
+) -> tuple[UploadReport, list[FeatureVector]]:
+    """Upload tiles as of the end of the data, then look a few users up online."""
+    from robusta.serving import FeatureClient
+    from robusta.serving.upload import upload
+    from robusta.store.online import open_online_store
+
+    end = pc.max(events.column("event_ts")).as_py()
+    report = upload(workspace, at=end, step=step)
+    step("looking users up in the online store")
+    counts = pc.value_counts(events.column("user_id").drop_null())
+    ranked = pa.Table.from_struct_array(counts).sort_by([("counts", "descending")])
+    busiest = ranked.column("values")[:3].to_pylist()
+    outputs = {o.name for s in workspace.plan.specs for o in s.outputs}
+    features = [f for f in TRAINING_FEATURES if f in outputs]
+    entities = [{"USER_ID": user} for user in [*busiest, "nobody"]]
+    config = workspace.project.config
+    assert config is not None
+    store = open_online_store(config.online, config.project)
+    with FeatureClient(workspace, store) as client:
+        return report, client.get_features(entities, features or None, at=end)
 
 
 def _training_rows(workspace: Workspace, events: pa.Table, step: Step) -> list[dict[str, Any]]:

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robusta.errors import RobustaError, UnknownFeatureError
-from robusta.plan.model import OutputFeature, Plan, SpecPlan, TileGroup
+from robusta.errors import RobustaError
+from robusta.plan.selection import GroupRequest, resolve_features
 from robusta.spec.durations import floor_to, from_micros
 from robusta.spec.suggest import did_you_mean
 from robusta.workspace import Workspace, load_workspace
@@ -40,13 +40,6 @@ class MissingTilesError(RobustaError, LookupError):
     """Tiles the rows need are not materialized and materializing was not allowed."""
 
 
-@dataclass(frozen=True)
-class GroupRequest:
-    spec: SpecPlan
-    group: TileGroup
-    outputs: tuple[OutputFeature, ...]
-
-
 @dataclass
 class BackfillReport:
     """What a backfill did: rows, features, tables materialized first, time taken."""
@@ -58,36 +51,6 @@ class BackfillReport:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
-
-
-def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupRequest]:
-    """Output features for names of outputs, base features or specs (None or "all": all)."""
-    wanted: dict[str, OutputFeature] = {}
-    known: dict[str, list[OutputFeature]] = {}
-    for spec in plan.specs:
-        known.setdefault(spec.name, []).extend(spec.outputs)
-        for feature in spec.features:
-            known.setdefault(feature.name, []).extend(feature.outputs)
-            for output in feature.outputs:
-                known.setdefault(output.name, []).append(output)
-    for name in names if names else ["all"]:
-        if name == "all":
-            chosen = [o for s in plan.specs for o in s.outputs]
-        elif name in known:
-            chosen = known[name]
-        else:
-            raise UnknownFeatureError(
-                f'no feature, base feature or spec named "{name}"{did_you_mean(name, known)}; '
-                "`robusta plan` lists them"
-            )
-        wanted.update((o.name, o) for o in chosen)
-    requests = []
-    for spec in plan.specs:
-        for group in spec.groups:
-            outputs = tuple(o for f in group.features for o in f.outputs if o.name in wanted)
-            if outputs:
-                requests.append(GroupRequest(spec, group, outputs))
-    return requests
 
 
 def get_training_frame(
@@ -258,7 +221,7 @@ def _plan_join(
     table = _ready_table(
         tables, workspace, request, (since, end), materialize_missing, step, report
     )
-    files = _files_by_bucket(tables, table, since, end)
+    files = tables.files_by_bucket(table, since, end)
     return GroupJoin(request.group, request.outputs, files, since, with_pointer)
 
 
@@ -298,26 +261,6 @@ def _ready_table(
         materialize(workspace, [name], rebuild=stale, step=step)
     report.materialized.append(name)
     return tables.load(request.group.layout.table)
-
-
-def _files_by_bucket(
-    tables: TileTables, table: Any, since: int | None, end: int | None
-) -> dict[int, list[str]]:
-    """The table's data files that may hold tiles in ``[since, end)``, by key bucket."""
-    from robusta.store.tiles import local_path
-
-    files: dict[int, list[str]] = {}
-    position = _partition_position(table, "key_bucket")
-    for data_file in tables.overlapping_files(table, since, end):
-        bucket = int(data_file.partition[position])
-        files.setdefault(bucket, []).append(str(local_path(data_file.file_path)))
-    return files
-
-
-def _partition_position(table: Any, source_name: str) -> int:
-    spec = table.spec()
-    source = table.schema().find_field(source_name).field_id
-    return next(i for i, f in enumerate(spec.fields) if f.source_id == source)
 
 
 def _iso(micros: int) -> str:

@@ -27,6 +27,8 @@ from rich.table import Table
 from robusta import __version__
 from robusta.cli.render import (
     backfill_table,
+    lookup_table,
+    lookups_table,
     materialize_table,
     plan_json,
     plan_table,
@@ -34,6 +36,7 @@ from robusta.cli.render import (
     tiles_table,
     tiles_view_table,
     training_table,
+    upload_table,
 )
 from robusta.errors import RobustaError, ValidationError
 from robusta.spec.durations import Duration
@@ -229,7 +232,10 @@ def demo(config: Path | None, days: int) -> None:
             "Build your own: robusta backfill --input rows.parquet --output features.parquet "
             "--features user_events_1h,user_engagement"
         )
-    out.print("Next stages (later issues): upload and look up online, stream fresh events.")
+    if result.uploaded is not None:
+        out.print(upload_table(result.uploaded))
+        out.print(lookups_table(result.lookups))
+        out.print("Look one up yourself: robusta lookup --entity USER_ID=<user> --at <time>")
 
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
@@ -345,6 +351,74 @@ def backfill(
         click.echo(json.dumps(result.to_json(), indent=2))
         return
     out.print(backfill_table(result))
+
+
+@main.command()
+@config_option
+@click.option("--spec", "specs", multiple=True, help="Spec to upload (repeatable; default all).")
+@click.option(
+    "--at",
+    type=click.DateTime(DATE_FORMATS),
+    help="Serve windows as of this time, UTC (default: now, or the end of the tiles).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def upload(config: Path | None, specs: tuple[str, ...], at: datetime | None, as_json: bool) -> None:
+    """Copy the tiles serving needs from Iceberg to the online store, then advance the
+    version pointer atomically."""
+    from robusta.serving.upload import upload as run
+
+    workspace = load_workspace(config).require_valid()
+    with progress(quiet=as_json) as step:
+        report = run(workspace, list(specs) or None, _utc(at), step=step)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    out.print(upload_table(report))
+
+
+@main.command()
+@config_option
+@click.option(
+    "--entity",
+    "entities",
+    multiple=True,
+    required=True,
+    metavar="ENTITY=VALUE",
+    help="A key of the entity to look up (repeat for composite keys).",
+)
+@click.option("--features", default=None, help="Comma-separated features, base features or specs.")
+@click.option("--at", type=click.DateTime(DATE_FORMATS), help="Look up as of this time, UTC.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def lookup(
+    config: Path | None,
+    entities: tuple[str, ...],
+    features: str | None,
+    at: datetime | None,
+    as_json: bool,
+) -> None:
+    """Feature values of one entity from the online store (windows assembled now)."""
+    from robusta.serving import FeatureClient
+
+    entity: dict[str, object] = {}
+    for item in entities:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f'"{item}" is not ENTITY=VALUE', param_hint="--entity")
+        entity[name] = value
+    names = [n.strip() for n in (features or "").split(",") if n.strip()] or None
+    with FeatureClient.from_config(config) as client:
+        [vector] = client.get_features([entity], names, _utc(at))
+    if as_json:
+        payload = {
+            "entity": vector.entity,
+            "values": vector.values,
+            "pointers": {s: p.isoformat() if p else None for s, p in vector.pointers.items()},
+        }
+        click.echo(json.dumps(payload, indent=2, default=str))
+        return
+    out.print(lookup_table(vector))
 
 
 def _utc(value: datetime | None) -> datetime | None:

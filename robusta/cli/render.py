@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from robusta.backfill import BackfillResult
     from robusta.inspect_tiles import TileView
     from robusta.materialize import TableReport
+    from robusta.serving.client import FeatureVector
+    from robusta.serving.upload import UploadReport
 
 
 def print_problems(console: Console, problems: list[Problem]) -> None:
@@ -217,4 +219,49 @@ def tiles_view_table(view: TileView) -> Table:
             f"{finalized[f.name][i]}\n[dim]{describe_ir(irs[f.name][i])}[/dim]" for f in features
         ]
         table.add_row(*cells)
+    return table
+
+
+def upload_table(report: UploadReport) -> Table:
+    table = Table(title=f"Upload ({report.seconds:.1f} s)", header_style="bold")
+    for column in ("spec", "mode", "version pointer", "tiles from", "keys", "records"):
+        table.add_column(column, justify="right" if column in ("keys", "records") else "left")
+    for spec in report.specs:
+        table.add_row(
+            spec.spec,
+            spec.mode,
+            spec.pointer,
+            spec.horizon,
+            f"{spec.keys:,}",
+            f"{spec.records:,}",
+        )
+    return table
+
+
+def lookup_table(vector: FeatureVector) -> Table:
+    entity = ", ".join(f"{k}={v}" for k, v in vector.entity.items())
+    pointers = ", ".join(
+        f"{spec} {p:%Y-%m-%d %H:%M:%S} UTC" if p else f"{spec} (store down: defaults)"
+        for spec, p in vector.pointers.items()
+    )
+    table = Table(title=f"{entity}", caption=f"version pointer: {pointers}", header_style="bold")
+    table.add_column("feature")
+    table.add_column("value")
+    for name, value in vector.values.items():
+        table.add_row(name, escape(_cell(value)))
+    return table
+
+
+def lookups_table(vectors: list[FeatureVector]) -> Table:
+    """Several entities' lookups side by side, one row per entity."""
+    pointer = next((p for v in vectors for p in v.pointers.values() if p), None)
+    when = f" (version pointer {pointer:%Y-%m-%d %H:%M} UTC)" if pointer else ""
+    table = Table(title=f"Online lookups{when}", header_style="bold")
+    names = list(vectors[0].values) if vectors else []
+    table.add_column("entity")
+    for name in names:
+        table.add_column(name, overflow="fold")
+    for vector in vectors:
+        entity = ", ".join(str(v) for v in vector.entity.values())
+        table.add_row(entity, *(escape(_cell(vector.values[n])) for n in names))
     return table

@@ -86,47 +86,35 @@ class GroupAssembler:
         """Index ``tiles`` once for any number of :meth:`assemble` calls."""
         return TileSet.build(self.group, tiles, self.sizes)
 
-    def assemble(self, tiles: pa.Table | TileSet, rows: Rows) -> pa.Table:
-        """One column per output feature, one row per row, in row order."""
+    def assemble(self, tiles: pa.Table | TileSet, rows: Rows, codes: I64 | None = None) -> pa.Table:
+        """One column per output feature, one row per row, in row order.
+
+        ``codes`` (optional) gives each row's key code in the tile set directly, as the online
+        client does (record i holds the tiles of lookup key i); else keys are looked up.
+        """
         index = tiles if isinstance(tiles, TileSet) else self.prepare(tiles)
-        codes = index.codes_of(rows.keys)
+        codes = index.codes_of(rows.keys) if codes is None else codes
         ends = _window_ends(rows, self.sizes[0])
-        windows: dict[int | None, tuple[I64, I64]] = {}  # window -> (picks, offsets)
-        for output in self.outputs:
-            w = output.window.duration
-            micros = None if w is None else w.micros
-            if micros not in windows:
-                starts = None if micros is None else ends - micros
-                windows[micros] = index.window_tiles(codes, starts, ends, rows.ts_valid)
+        n = len(rows)
+        segments: dict[tuple[int | None, ...], tuple[I64, I64]] = {}  # windows -> picks, offsets
         values: dict[str, pa.Array] = {}
         for feature in self.features:
             outputs = [o for o in self.outputs if o.base == feature.name]
-            values.update(self._feature(index, feature, outputs, windows, rows))
+            windows = tuple(dict.fromkeys(_micros_of(o) for o in outputs))
+            if windows not in segments:
+                segments[windows] = index.windows_tiles(codes, ends, windows, rows.ts_valid)
+            picks, offsets = segments[windows]
+            merged = feature.op.merge_segments(take(index.state(feature), picks), offsets)
+            result = feature.op.finalize(merged)
+            if not rows.ts_valid.all():
+                valid = pa.array(np.tile(rows.ts_valid, len(windows)))
+                result = pc.if_else(valid, result, pa.nulls(len(result), result.type))
+            for output in outputs:
+                part = result.slice(windows.index(_micros_of(output)) * n, n)
+                values[output.name] = part if part.type == output.type else part.cast(output.type)
         return pa.table(
             [values[o.name] for o in self.outputs], names=[o.name for o in self.outputs]
         )
-
-    def _feature(
-        self,
-        index: TileSet,
-        feature: BaseFeature,
-        outputs: list[OutputFeature],
-        windows: dict[int | None, tuple[I64, I64]],
-        rows: Rows,
-    ) -> dict[str, pa.Array]:
-        """A base feature's outputs, merged from the tile set's decoded IRs."""
-        op = feature.op
-        state = index.state(feature)
-        out = {}
-        for output in outputs:
-            picks, offsets = windows[_micros_of(output)]
-            merged = op.merge_segments(take(state, picks), offsets)
-            result = op.finalize(merged)
-            if not rows.ts_valid.all():
-                nulls = pa.nulls(len(rows), result.type)
-                result = pc.if_else(pa.array(rows.ts_valid), result, nulls)
-            out[output.name] = result.cast(output.type) if result.type != output.type else result
-        return out
 
 
 def _micros_of(output: OutputFeature) -> int | None:
@@ -159,6 +147,7 @@ class TileSet:
     keys: pa.Array  # distinct key texts; a key's code is its position
     tiles: pa.Table
     states: dict[str, State] = field(default_factory=dict)
+    presorted: bool = False  # ``tiles`` already in sorted order (``order`` is the identity)
 
     @classmethod
     def build(cls, group: TileGroup, tiles: pa.Table, sizes: list[int]) -> TileSet:
@@ -181,6 +170,27 @@ class TileSet:
         order = np.argsort(search, kind="stable").astype(np.int64)
         return cls(group, sizes, origin, search[order], order, encoded.dictionary, tiles)
 
+    @classmethod
+    def from_records(
+        cls, group: TileGroup, records: Sequence[pa.RecordBatch], sizes: list[int]
+    ) -> TileSet:
+        """Tiles of online records: record ``i`` holds the tiles of key code ``i``, with
+        columns ``level`` (0 = finest), ``bucket_start`` (epoch micros) and the IRs, sorted
+        by (level, bucket_start); so the whole set is sorted without a sort."""
+        tiles = pa.Table.from_batches(records)
+        lengths = np.fromiter((r.num_rows for r in records), np.int64, len(records))
+        codes = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
+        levels = np.asarray(tiles.column("level").to_numpy(), np.int64)
+        starts = np.asarray(tiles.column("bucket_start").to_numpy(), np.int64)
+        largest = sizes[-1]
+        origin = int(starts.min()) if len(starts) else 0
+        origin -= origin % largest
+        buckets = (starts - origin) // np.asarray(sizes, dtype=np.int64)[levels]
+        search = _search_key(codes * len(sizes) + levels, buckets)
+        order = np.arange(len(search), dtype=np.int64)
+        keys = pa.array(np.arange(len(records)))
+        return cls(group, sizes, origin, search, order, keys, tiles, presorted=True)
+
     def codes_of(self, row_keys: Sequence[pa.Array]) -> I64:
         """Each row's key code; _NO_KEY for a null key or a key without tiles."""
         types = [self.tiles.schema.field(k.column).type for k in self.group.layout.keys]
@@ -192,10 +202,23 @@ class TileSet:
         """The feature's IRs of every tile, in sorted order, decoded once."""
         if feature.name not in self.states:
             column = self.tiles.column(feature.ir_column).combine_chunks()
-            self.states[feature.name] = feature.op.from_arrow(
-                column.take(pa.array(self.order, pa.int64()))
-            )
+            if not self.presorted:
+                column = column.take(pa.array(self.order, pa.int64()))
+            self.states[feature.name] = feature.op.from_arrow(column)
         return self.states[feature.name]
+
+    def windows_tiles(
+        self, codes: I64, ends: I64, windows: Sequence[int | None], valid: BOOL
+    ) -> tuple[I64, I64]:
+        """:meth:`window_tiles` for several windows (None: lifetime) at once; segment
+        ``w * len(ends) + i`` is window ``w`` of row ``i``."""
+        starts = [
+            np.full(len(ends), np.iinfo(np.int64).min) if w is None else ends - w for w in windows
+        ]
+        k = len(windows)
+        return self.window_tiles(
+            np.tile(codes, k), np.concatenate(starts), np.tile(ends, k), np.tile(valid, k)
+        )
 
     def window_tiles(
         self, codes: I64, starts: I64 | None, ends: I64, valid: BOOL

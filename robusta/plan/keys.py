@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import zlib
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 DEFAULT_KEY_BUCKETS = 32
 
 
@@ -27,3 +30,31 @@ def _key_text(key: object) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
     return str(key)
+
+
+def record_keys(columns: list[pa.Array]) -> pa.Array:
+    """:func:`record_key` of every row of the key ``columns`` (strings or integers)."""
+    texts = [_arrow_text(c) for c in columns]
+    if len(texts) == 1:
+        return texts[0]
+    pieces: list[pa.Array | str] = []
+    for text in texts:
+        pieces += [pc.cast(pc.utf8_length(text), pa.string()), ":", text, "|"]
+    joined: pa.Array = pc.binary_join_element_wise(*pieces, "")
+    return joined
+
+
+def _arrow_text(column: pa.Array) -> pa.Array:
+    if pa.types.is_boolean(column.type):
+        return pc.if_else(column, "true", "false")
+    return pc.cast(column, pa.string())
+
+
+def record_key(parts: list[object]) -> str:
+    """The online-store text of one (composite) key: one part as its text, several parts
+    length-prefixed (``3:abc|2:42|``) so no two keys share a text. :func:`record_keys` is the
+    vectorized twin used when tiles are uploaded."""
+    texts = [_key_text(p) for p in parts]
+    if len(texts) == 1:
+        return texts[0]
+    return "".join(f"{len(t)}:{t}|" for t in texts)

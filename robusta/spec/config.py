@@ -11,6 +11,7 @@ import pyarrow.dataset
 
 from robusta.errors import ConfigNotFoundError, Location, Problem
 from robusta.spec.checks import Checker
+from robusta.spec.durations import Duration
 from robusta.spec.model import (
     ONLINE_TYPES,
     SOURCE_FORMATS,
@@ -39,10 +40,15 @@ _SOURCE_KEYS = ("format", "path", "table", "options", "schema", "loader")
 # The key that says where each format's data is.
 _LOCATOR = {"python": "loader", "iceberg": "table"}
 _ONLINE_KEYS: dict[str, tuple[str, ...]] = {
-    "embedded": ("path",),
+    "embedded": ("path", "map_size_gb"),
     "redis": ("url", "password_env", "tls", "timeout_ms", "key_prefix"),
     "aerospike": ("hosts", "namespace", "set", "timeout_ms", "user_env", "password_env"),
 }
+# Keys every backend takes: serving mode per spec, retention margin, what lookups do when the
+# store is down.
+_ONLINE_COMMON = ("modes", "margin", "on_unavailable")
+SERVING_MODES = ("assemble", "preassembled")
+ON_UNAVAILABLE = ("error", "empty")
 _SCHEMA_REQUIRED = ("csv", "json", "python")
 
 
@@ -252,8 +258,26 @@ def _online(check: Checker, root: Path) -> OnlineConfig:
             f"{did_you_mean(kind, ONLINE_TYPES)}; stores: {one_of(ONLINE_TYPES)}",
         )
         return OnlineConfig("embedded", {})
-    check.section(("online",), (), ("type", *_ONLINE_KEYS[kind]), what=f"online ({kind})")
+    check.section(
+        ("online",), (), ("type", *_ONLINE_KEYS[kind], *_ONLINE_COMMON), what=f"online ({kind})"
+    )
     options = {k: v for k, v in body.items() if k != "type"}
+    for spec, mode in (check.mapping(("online", "modes")) or {}).items():
+        if mode not in SERVING_MODES:
+            check.add(
+                ("online", "modes", spec),
+                f'unknown serving mode "{mode}"; modes: {one_of(SERVING_MODES)}',
+            )
+    if "margin" in body:
+        try:
+            Duration.parse(body["margin"])
+        except ValueError as exc:
+            check.add(("online", "margin"), f"margin: {exc}")
+    if body.get("on_unavailable", "error") not in ON_UNAVAILABLE:
+        check.add(
+            ("online", "on_unavailable"),
+            f"on_unavailable must be one of {one_of(ON_UNAVAILABLE)}",
+        )
     if kind == "embedded":
         options["path"] = str(root / str(options.get("path", ".robusta/online")))
     return OnlineConfig(kind, options)

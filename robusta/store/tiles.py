@@ -149,6 +149,19 @@ class TileTables:
             condition = expressions.And(condition, below("bucket_start", end))
         return [task.file for task in table.scan(row_filter=condition).plan_files()]
 
+    def files_by_bucket(
+        self, table: Any, start: int | None, end: int | None
+    ) -> dict[int, list[str]]:
+        """Local paths of :meth:`overlapping_files`, by the ``key_bucket`` they hold."""
+        files: dict[int, list[str]] = {}
+        spec, schema = table.spec(), table.schema()
+        source = schema.find_field("key_bucket").field_id
+        position = next(i for i, f in enumerate(spec.fields) if f.source_id == source)
+        for data_file in self.overlapping_files(table, start, end):
+            bucket = int(data_file.partition[position])
+            files.setdefault(bucket, []).append(str(_local_path(data_file.file_path)))
+        return files
+
     def replace(
         self,
         table: Any,

@@ -1,0 +1,82 @@
+"""Online records: the bytes an online store holds per key, and back.
+
+A *tile record* holds one key's tiles of one tile group as an Arrow record batch (columns
+``level`` (0 = finest granularity), ``bucket_start`` (epoch micros) and one IR column per base
+feature), sorted by (level, bucket_start), so the assembler indexes a lookup's records
+without sorting (:meth:`robusta.plan.assembly.TileSet.from_records`). A *value record*
+(pre-assembled specs) holds one row of final feature values. Both are Arrow IPC messages
+without the schema, which the plan gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.plan.keys import record_keys
+from robusta.plan.model import OutputFeature, TileGroup
+
+LEVEL = "level"
+BUCKET_START = "bucket_start"
+
+
+def tile_record_schema(group: TileGroup) -> pa.Schema:
+    fields = [pa.field(LEVEL, pa.int8()), pa.field(BUCKET_START, pa.int64())]
+    return pa.schema([*fields, *(pa.field(f.ir_column, f.ir_type) for f in group.features)])
+
+
+def value_record_schema(outputs: Sequence[OutputFeature]) -> pa.Schema:
+    return pa.schema([pa.field(o.name, o.type) for o in outputs])
+
+
+def encode(batch: pa.RecordBatch) -> bytes:
+    return bytes(batch.serialize())
+
+
+def decode(raw: bytes, schema: pa.Schema) -> pa.RecordBatch:
+    return pa.ipc.read_record_batch(pa.py_buffer(raw), schema)
+
+
+def levels_of(group: TileGroup, granularity: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Granularity names -> level (0 = finest), as int8."""
+    names = pa.array([g.name for g in sorted(group.layout.granularities, key=lambda g: g.micros)])
+    return pc.index_in(granularity, value_set=names).cast(pa.int8())
+
+
+def tile_records(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[str, bytes]]:
+    """(key text, tile record) per key of ``tiles`` (tile-table columns)."""
+    if tiles.num_rows == 0:
+        return
+    keys = record_keys([tiles.column(k.column).combine_chunks() for k in group.layout.keys])
+    micros = tiles.column(BUCKET_START).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    body = pa.table(
+        {
+            "__key": keys,
+            LEVEL: levels_of(group, tiles.column("granularity")),
+            BUCKET_START: micros,
+            **{f.ir_column: tiles.column(f.ir_column) for f in group.features},
+        }
+    ).sort_by([("__key", "ascending"), (LEVEL, "ascending"), (BUCKET_START, "ascending")])
+    yield from _runs(body, tile_record_schema(group))
+
+
+def value_records(keys: pa.Array, values: pa.Table) -> Iterator[tuple[str, bytes]]:
+    """(key text, value record) per row: ``keys`` are key texts, ``values`` the features."""
+    for i, key in enumerate(keys.to_pylist()):
+        yield key, encode(values.slice(i, 1).combine_chunks().to_batches()[0])
+
+
+def _runs(body: pa.Table, schema: pa.Schema) -> Iterator[tuple[str, bytes]]:
+    keys = body.column("__key").combine_chunks()
+    data = pa.Table.from_arrays(
+        [body.column(name).combine_chunks() for name in schema.names], schema=schema
+    )
+    # Run boundaries of equal keys in the sorted body.
+    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(), np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+        batch = data.slice(a, b - a).combine_chunks().to_batches()
+        yield str(keys[a].as_py()), encode(batch[0])

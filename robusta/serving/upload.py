@@ -1,0 +1,299 @@
+"""`robusta upload`: tiles from Iceberg to the online store, then the version pointer.
+
+Per spec, an upload serves every window from the version pointer ``p`` backwards:
+
+- ``p`` = the end of the last fully ingested bucket: the end of the tiles' coverage (or
+  ``--at``), floored to the finest granularity;
+- the *horizon* ``H = floor(p - longest window - margin, largest granularity)``; a key's tile
+  record holds its tiles of every granularity in ``[H, p)``, so lookups at any time from
+  ``H + longest window`` on are exact;
+- lifetime windows also need everything before ``H``: the key's largest-granularity tiles
+  before ``H`` are merged (a left fold in time order, as the assembler would) into one
+  *prefix* tile at ``H - largest``, so lookups read one tile instead of the whole history
+  and still get bit-identical values;
+- a pre-assembled spec stores each key's final values as of ``p`` instead.
+
+Records go to a new generation; one atomic commit then makes it (and ``p``) live and the old
+generation is dropped, so a crash mid-upload leaves the previous pointer and values served.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.plan.assembly import GroupAssembler, Rows
+from robusta.plan.keys import record_keys
+from robusta.plan.model import SpecPlan, TileGroup
+from robusta.serving.records import (
+    BUCKET_START,
+    LEVEL,
+    tile_records,
+    value_records,
+)
+from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
+from robusta.spec.suggest import did_you_mean
+from robusta.store.online import OnlineStore, SpecState, open_online_store
+from robusta.workspace import Workspace
+
+Step = Callable[[str], None]
+DEFAULT_MARGIN = Duration.parse("1d")
+
+
+class UploadError(RobustaError, ValueError):
+    """The tiles cannot be uploaded as asked (not materialized, stale, out of range)."""
+
+
+@dataclass
+class SpecUpload:
+    spec: str
+    mode: str
+    pointer: str
+    horizon: str
+    keys: int = 0
+    records: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class UploadReport:
+    specs: list[SpecUpload] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def upload(
+    workspace: Workspace,
+    specs: list[str] | None = None,
+    at: datetime | None = None,
+    *,
+    step: Step = lambda _: None,
+    store: OnlineStore | None = None,
+) -> UploadReport:
+    """Upload the tiles of ``specs`` (default: all) to the configured online store."""
+    from robusta.store.tiles import TileTables
+
+    started = time.perf_counter()
+    config = workspace.require_valid().project.config
+    assert config is not None
+    plans = _chosen(workspace, specs)
+    tables = TileTables(config.offline)
+    report = UploadReport()
+    online = store or open_online_store(config.online, config.project, create=True)
+    try:
+        for plan in plans:
+            mode = str((config.online.options.get("modes") or {}).get(plan.name, "assemble"))
+            margin = Duration.parse(config.online.options.get("margin", DEFAULT_MARGIN.name))
+            job = _SpecUpload(plan, mode, margin.micros, tables, online, step)
+            report.specs.append(job.run(None if at is None else to_micros(at)))
+    finally:
+        if store is None:
+            online.close()
+    report.seconds = round(time.perf_counter() - started, 2)
+    return report
+
+
+def _chosen(workspace: Workspace, names: list[str] | None) -> list[SpecPlan]:
+    if not names:
+        return list(workspace.plan.specs)
+    known = {s.name: s for s in workspace.plan.specs}
+    for name in names:
+        if name not in known:
+            raise UnknownFeatureError(f'no spec named "{name}"{did_you_mean(name, known)}')
+    return [known[n] for n in names]
+
+
+class _SpecUpload:
+    def __init__(
+        self,
+        plan: SpecPlan,
+        mode: str,
+        margin: int,
+        tables: Any,
+        store: OnlineStore,
+        step: Step,
+    ) -> None:
+        self.plan, self.mode, self.margin = plan, mode, margin
+        self.tables, self.store, self.step = tables, store, step
+
+    def run(self, at: int | None) -> SpecUpload:
+        started = time.perf_counter()
+        loaded = [(g, self._table(g)) for g in self.plan.groups]
+        pointer = min(self._pointer(g, t, at) for g, t in loaded)
+        horizon = min(self._horizon(g, pointer) for g, _ in loaded)
+        for group, table in loaded:
+            self._check_coverage(group, table, horizon, pointer)
+        live = self.store.state(self.plan.name)
+        generation = (live.generation if live else 0) + 1
+        self.store.drop(self.plan.name, generation)  # leftovers of a crashed upload
+        done = SpecUpload(self.plan.name, self.mode, _iso(pointer), _iso(horizon))
+        for group, table in loaded:
+            records = self._records(group, table, horizon, pointer, done)
+            done.records += self.store.write(self.plan.name, generation, records)
+        state = SpecState(
+            generation=generation,
+            pointer=pointer,
+            plan_hash=self.plan.hash,
+            mode=self.mode,
+            horizon=horizon,
+            uploaded_at=to_micros(datetime.now().astimezone()),
+        )
+        self.step(f"{self.plan.name}: advancing the version pointer to {_iso(pointer)}")
+        self.store.commit(self.plan.name, state)
+        if live is not None:
+            done.dropped = self.store.drop(self.plan.name, live.generation)
+        done.seconds = round(time.perf_counter() - started, 2)
+        return done
+
+    # ---- what to upload ----------------------------------------------------------------
+    def _table(self, group: TileGroup) -> Any:
+        from robusta.store.tiles import VERSION_PROPERTY
+
+        table = self.tables.load(group.layout.table)
+        name = self.plan.name
+        if table is None or table.current_snapshot() is None:
+            raise UploadError(f"spec {name} has no tiles: run `robusta materialize --spec {name}`")
+        if table.properties.get(VERSION_PROPERTY) != self.plan.hash:
+            raise UploadError(
+                f"the tiles of spec {name} were written by another version of it: run "
+                f"`robusta materialize --spec {name} --rebuild` first"
+            )
+        return table
+
+    def _pointer(self, group: TileGroup, table: Any, at: int | None) -> int:
+        from robusta.store.tiles import coverage
+
+        gmin = group.layout.finest.micros
+        spans = coverage(table)
+        now = to_micros(datetime.now().astimezone())
+        if at is None:
+            ends = [b for _, b in spans if b is not None]
+            return floor_to(min(max(ends, default=now), now), gmin)
+        if not any((a is None or a <= at) and (b is None or at <= b) for a, b in spans):
+            raise UploadError(
+                f"the tiles of spec {self.plan.name} do not cover {_iso(at)}: run "
+                f"`robusta materialize --spec {self.plan.name}` over that time first"
+            )
+        return floor_to(at, gmin)
+
+    def _horizon(self, group: TileGroup, pointer: int) -> int:
+        windows = [w.duration.micros for f in group.features for w in f.windows if w.duration]
+        largest = group.layout.granularities[0].micros
+        return floor_to(pointer - max(windows, default=0) - self.margin, largest)
+
+    def _check_coverage(self, group: TileGroup, table: Any, horizon: int, pointer: int) -> None:
+        from robusta.store.tiles import coverage, uncovered
+
+        lifetime = any(w.duration is None for f in group.features for w in f.windows)
+        needed = (None if lifetime else horizon, pointer)
+        if uncovered(coverage(table), needed):
+            raise UploadError(
+                f"the tiles of spec {self.plan.name} do not cover {_iso(horizon)} to "
+                f"{_iso(pointer)}: run `robusta materialize --spec {self.plan.name}` first"
+            )
+
+    def _records(
+        self, group: TileGroup, table: Any, horizon: int, pointer: int, done: SpecUpload
+    ) -> Iterator[tuple[str, str, bytes]]:
+        lifetime = any(w.duration is None for f in group.features for w in f.windows)
+        files = self.tables.files_by_bucket(table, None if lifetime else horizon, pointer)
+        name = group.layout.table
+        for i, bucket in enumerate(sorted(files)):
+            self.step(f"{name}: key bucket {i + 1}/{len(files)}, {done.keys:,} keys so far")
+            tiles = _read_tiles(files[bucket], bucket, pointer)
+            if self.mode == "preassembled":
+                pairs = _value_records(group, tiles, pointer)
+            else:
+                pairs = _tile_records(group, tiles, horizon, lifetime)
+            for key, record in pairs:
+                done.keys += 1
+                yield name, key, record
+
+
+def _read_tiles(paths: list[str], bucket: int, end: int) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    before = pa.scalar(end, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    condition = (ds.field("key_bucket") == bucket) & (ds.field(BUCKET_START) < before)
+    return ds.dataset(paths, format="parquet").to_table(filter=condition)
+
+
+def _micros(tiles: pa.Table) -> pa.Array:
+    return tiles.column(BUCKET_START).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+
+
+def _tile_records(
+    group: TileGroup, tiles: pa.Table, horizon: int, lifetime: bool
+) -> Iterator[tuple[str, bytes]]:
+    recent = tiles.filter(pc.greater_equal(_micros(tiles), horizon))
+    if lifetime:
+        recent = pa.concat_tables([_prefixes(group, tiles, horizon), recent])
+    return tile_records(group, recent)
+
+
+def _prefixes(group: TileGroup, tiles: pa.Table, horizon: int) -> pa.Table:
+    """Per key, its largest-granularity tiles before ``horizon`` folded into one tile at
+    ``horizon - largest`` (empty IRs for features without a lifetime window)."""
+    columns = [k.column for k in group.layout.keys]
+    largest = group.layout.granularities[0]
+    old = tiles.filter(
+        pc.and_(
+            pc.less(_micros(tiles), horizon),
+            pc.equal(tiles.column("granularity"), largest.name),
+        )
+    )
+    old = old.sort_by([*((c, "ascending") for c in columns), (BUCKET_START, "ascending")])
+    schema = tiles.schema
+    if old.num_rows == 0:
+        return schema.empty_table()
+    keys = record_keys([old.column(c).combine_chunks() for c in columns])
+    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(), np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1]).astype(np.int64)
+    offsets = np.append(starts, old.num_rows).astype(np.int64)
+    first = pa.array(starts)
+    out: dict[str, Any] = {c: old.column(c).take(first) for c in schema.names}
+    out[BUCKET_START] = pa.array(np.full(len(starts), horizon - largest.micros), pa.int64()).cast(
+        schema.field(BUCKET_START).type
+    )
+    for feature in group.features:
+        op = feature.op
+        if any(w.duration is None for w in feature.windows):
+            state = op.from_arrow(old.column(feature.ir_column).combine_chunks())
+            out[feature.ir_column] = op.to_arrow(op.merge_segments(state, offsets))
+        else:
+            out[feature.ir_column] = op.to_arrow(op.empty(len(starts)))
+    return pa.table({n: out[n] for n in schema.names}, schema=schema)
+
+
+def _value_records(group: TileGroup, tiles: pa.Table, pointer: int) -> Iterator[tuple[str, bytes]]:
+    if tiles.num_rows == 0:
+        return iter(())
+    assembler = GroupAssembler(group, tuple(o for f in group.features for o in f.outputs))
+    columns = [k.column for k in group.layout.keys]
+    distinct = tiles.select(columns).group_by(columns).aggregate([])
+    n = distinct.num_rows
+    rows = Rows(
+        keys=[distinct.column(c).combine_chunks() for c in columns],
+        ts=np.full(n, pointer, np.int64),
+        ts_valid=np.ones(n, np.bool_),
+    )
+    values = assembler.assemble(tiles, rows)
+    return value_records(record_keys(list(rows.keys)), values)
+
+
+def _iso(micros: int) -> str:
+    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["LEVEL", "UploadError", "UploadReport", "upload"]

@@ -1,0 +1,102 @@
+"""The online store contract: every backend stores the same records the same way.
+
+Layout (one record per spec, generation, tile table and key; binary-safe keys):
+
+- *records*: the bytes of one key's tiles (or, for pre-assembled specs, its feature values),
+  encoded by :mod:`robusta.serving.records`; written under a *generation* number;
+- *state*: per spec, the live generation, its version pointer, plan hash, serving mode and
+  horizon (:class:`SpecState`).
+
+An upload writes a new generation's records (idempotent: a rerun overwrites the same keys),
+then :meth:`OnlineStore.commit` switches the spec's state to it in one atomic write, then the
+previous generation is dropped. Readers read the state and the records of its generation in
+one consistent read, so they see the old generation or the new one, never a mix; a crash
+before the commit leaves the previous generation served.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+from robusta.errors import RobustaError
+
+Record = tuple[str, str, bytes]  # (tile table, key text, value)
+
+
+class OnlineStoreError(RobustaError, ConnectionError):
+    """The online store cannot be reached or answered too late."""
+
+
+class OnlineStateError(RobustaError, LookupError):
+    """The online store holds nothing (or something unusable) for a spec."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpecState:
+    """What a spec's live generation holds; written atomically by an upload's commit."""
+
+    generation: int
+    pointer: int  # version pointer: end of the last fully ingested bucket (epoch micros)
+    plan_hash: str
+    mode: str  # "assemble" (tiles) or "preassembled" (values as of the pointer)
+    horizon: int  # the oldest bucket start stored (epoch micros); lifetime prefixes before it
+    uploaded_at: int  # epoch micros
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> SpecState:
+        return cls(**json.loads(raw))
+
+
+def record_id(spec: str, generation: int, table: str, key: str) -> bytes:
+    """The store key of one record; NUL-separated, so no part can run into the next."""
+    return b"\0".join(
+        (spec.encode(), str(generation).encode(), table.encode(), key.encode("utf-8"))
+    )
+
+
+def generation_prefix(spec: str, generation: int) -> bytes:
+    return spec.encode() + b"\0" + str(generation).encode() + b"\0"
+
+
+class OnlineStore(ABC):
+    """One online key-value store; see the module docstring for the layout and guarantees."""
+
+    kind: str
+
+    @abstractmethod
+    def read(
+        self, spec: str, wanted: Sequence[tuple[str, str]]
+    ) -> tuple[SpecState | None, list[bytes | None]]:
+        """The spec's state and the records ``(table, key)`` of its live generation, in one
+        consistent round trip; None for a missing record (or everything, without a state)."""
+
+    @abstractmethod
+    def state(self, spec: str) -> SpecState | None:
+        """The spec's live state, or None before its first upload."""
+
+    @abstractmethod
+    def write(self, spec: str, generation: int, records: Iterable[Record]) -> int:
+        """Store records of a (not yet live) generation; returns how many were written."""
+
+    @abstractmethod
+    def commit(self, spec: str, state: SpecState) -> None:
+        """Make ``state`` (and its generation's records) live, atomically."""
+
+    @abstractmethod
+    def drop(self, spec: str, generation: int) -> int:
+        """Delete every record of a generation that is no longer live; returns how many."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need nothing
+        """Release connections or handles."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""The online store contract, parametrised over every backend.
+
+Embedded and Redis always run (Redis on 127.0.0.1:6379: a failure in CI when it is missing,
+a skip elsewhere); Aerospike runs when ROBUSTA_AEROSPIKE_HOSTS is set, else skips saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from robusta.spec.model import OnlineConfig
+from robusta.store.online import OnlineStore, SpecState, open_online_store
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+BACKENDS = ["embedded", "redis", "aerospike"]
+
+
+def redis_or_skip() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.exceptions.ConnectionError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis must run on 127.0.0.1:6379 in CI: {exc}")
+        pytest.skip(f"no Redis on 127.0.0.1:6379 ({exc})")
+
+
+def online_config(kind: str, tmp_path: Path) -> OnlineConfig:
+    """A config of ``kind`` whose keys no other test run shares."""
+    prefix = f"robusta-test:{uuid.uuid4().hex[:8]}:"
+    if kind == "redis":
+        redis_or_skip()
+        return OnlineConfig("redis", {"url": REDIS_URL, "key_prefix": prefix, "timeout_ms": 500})
+    if kind == "aerospike":
+        hosts = os.environ.get("ROBUSTA_AEROSPIKE_HOSTS")
+        if not hosts:
+            pytest.skip("ROBUSTA_AEROSPIKE_HOSTS is not set (no Aerospike server here)")
+        return OnlineConfig("aerospike", {"hosts": hosts, "set": prefix.replace(":", "_")[:60]})
+    return OnlineConfig("embedded", {"path": str(tmp_path / f"online-{prefix[-9:-1]}")})
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnlineStore]:
+    config = online_config(request.param, tmp_path)
+    with open_online_store(config, "test", create=True) as opened:
+        yield opened
+        for spec in ("s", "t"):
+            for generation in (1, 2, 3):
+                opened.drop(spec, generation)
+
+
+def state(generation: int, pointer: int = 1_000) -> SpecState:
+    return SpecState(generation, pointer, "hash", "assemble", 0, 0)
+
+
+KEYS = ["u1", "", "a\0b", "é|x", "3:abc|2:42|", "k" * 300]
+
+
+def test_nothing_before_the_first_commit(store: OnlineStore) -> None:
+    assert store.state("s") is None
+    assert store.read("s", [("t", "u1")]) == (None, [None])
+    store.write("s", 1, [("t", "u1", b"v")])
+    assert store.read("s", [("t", "u1")]) == (None, [None])  # written, not yet live
+
+
+def test_commit_makes_a_generation_live_with_binary_safe_keys(store: OnlineStore) -> None:
+    records = [("t", key, f"value of {key!r}".encode() + b"\0\xff") for key in KEYS]
+    assert store.write("s", 1, records) == len(KEYS)
+    store.commit("s", state(1))
+    got_state, values = store.read("s", [("t", k) for k in KEYS] + [("t", "missing"), ("x", "u1")])
+    assert got_state == state(1)
+    assert values == [r[2] for r in records] + [None, None]
+
+
+def test_readers_see_the_old_generation_until_the_commit(store: OnlineStore) -> None:
+    store.write("s", 1, [("t", "u1", b"old"), ("t", "gone", b"old")])
+    store.commit("s", state(1, pointer=10))
+    store.write("s", 2, [("t", "u1", b"new")])
+    assert store.read("s", [("t", "u1"), ("t", "gone")]) == (state(1, 10), [b"old", b"old"])
+    store.commit("s", state(2, pointer=20))
+    assert store.read("s", [("t", "u1"), ("t", "gone")]) == (state(2, 20), [b"new", None])
+    assert store.drop("s", 1) == 2
+    store.commit("s", state(1, pointer=10))  # pointing back at a dropped generation: empty
+    assert store.read("s", [("t", "u1")])[1] == [None]
+
+
+def test_writes_are_idempotent_and_batched(store: OnlineStore) -> None:
+    records = [("t", f"k{i}", i.to_bytes(4, "big")) for i in range(2_500)]
+    store.write("s", 1, records)
+    store.write("s", 1, records)
+    store.commit("s", state(1))
+    _, values = store.read("s", [(t, k) for t, k, _ in records])
+    assert values == [v for _, _, v in records]
+    assert store.drop("s", 1) == len(records)
+
+
+def test_specs_do_not_see_each_other(store: OnlineStore) -> None:
+    store.write("s", 1, [("t", "u1", b"s")])
+    store.write("t", 1, [("t", "u1", b"t")])
+    store.commit("s", state(1))
+    store.commit("t", state(1, pointer=5))
+    assert store.read("s", [("t", "u1")]) == (state(1), [b"s"])
+    assert store.read("t", [("t", "u1")]) == (state(1, 5), [b"t"])
