@@ -1,10 +1,11 @@
 """Benchmark: online lookup latency, assembled at lookup time, embedded and Redis.
 
 One spec with 5 ops (count, sum, max, last, approx_distinct) x 4 windows (1h, 1d, 7d, 30d) =
-20 features over ``--keys`` keys (Zipf-skewed events over 30 days). Tiles are built in numpy
-(``robusta.testing.tiles``, defined like the Spark job's) and written as the upload writes
-them, so the run needs no Spark. Each lookup is ``FeatureClient.get_features`` for random keys
-at the version pointer: one store read plus window assembly of every feature.
+20 features over ``--keys`` keys (events over 30 days: 70% uniform, 30% Zipf-skewed). Tiles
+are built in numpy (``robusta.testing.tiles``, defined like the Spark job's) and written as
+the upload writes them, so the run needs no Spark. Each lookup is
+``FeatureClient.get_features`` for random keys at the version pointer: one store read plus
+window assembly of every feature.
 
 Beside each figure, measured in the same run: the floor, one pipelined redis-py read of the
 same records (and, for the embedded store, one LMDB read of them). Latencies are p50 / p99 /
@@ -86,7 +87,9 @@ def build(root: Path, keys: int, events: int, console: Console) -> tuple[Any, li
     [group] = spec.groups
     rng = np.random.default_rng(7)
     names = np.array([f"u{i:06d}" for i in range(keys)])
-    users = names[(rng.zipf(1.3, events) - 1) % keys]
+    # Every key active, a few hot: 70% of events uniform over the keys, 30% Zipf-skewed.
+    skewed = (rng.zipf(1.3, events) - 1) % keys
+    users = names[np.where(rng.random(events) < 0.7, rng.integers(0, keys, events), skewed)]
     ts = T0 + rng.integers(0, 30 * DAY, events)
     started = time.perf_counter()
     tiles = build_tiles(

@@ -201,6 +201,43 @@ def fold_segments(op: Operator, state: State, offsets: Array) -> State:
     return take(acc, inverse)
 
 
+_MATRIX_CELLS = 1 << 22  # cells of one padded block in sequential_sums (32 MiB of float64)
+
+
+def sequential_sums(valid: Array, values: Array, offsets: Array) -> tuple[Array, Array]:
+    """Float sums of the valid values of each segment as a left fold in array order, the
+    exact result of folding ``a + b``, without a Python step per element.
+
+    Segments become rows of a matrix padded with -0.0, the exact additive identity (``x +
+    -0.0 == x`` for every x, -0.0 and NaN included), and ``np.add.accumulate`` adds each row
+    strictly left to right (unlike ``sum``, which adds pairwise). Blocks of rows bound the
+    memory. Returns (any value present, sum).
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    present = reduce_segments(np.logical_or, valid, offsets, False)
+    sums = np.zeros(n, dtype=np.float64)
+    longest = int(lengths.max()) if n else 0
+    if longest == 0:
+        return present, sums
+    masked = np.where(valid, values, -0.0).astype(np.float64)
+    rows_per_block = max(1, _MATRIX_CELLS // longest)
+    for lo in range(0, n, rows_per_block):
+        hi = min(n, lo + rows_per_block)
+        block_lengths = lengths[lo:hi]
+        width = int(block_lengths.max())
+        if width == 0:
+            continue
+        cells = np.full((hi - lo, width), -0.0)
+        rows = np.repeat(np.arange(hi - lo), block_lengths)
+        starts = offsets[lo:hi]
+        columns = np.arange(int(block_lengths.sum())) - np.repeat(starts - starts[0], block_lengths)
+        cells[rows, columns] = masked[offsets[lo] : offsets[hi]]
+        sums[lo:hi] = np.add.accumulate(cells, axis=1)[:, -1]
+    return present, sums
+
+
 def checked_int_sums(values: Array, offsets: Array) -> Array:
     """Integer segment sums that raise instead of wrapping around past int64."""
     sums = reduce_segments(np.add, values, offsets, 0)

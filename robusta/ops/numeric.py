@@ -11,8 +11,8 @@ from robusta.ops.base import (
     Operator,
     State,
     checked_int_sums,
-    fold_segments,
     reduce_segments,
+    sequential_sums,
 )
 from robusta.ops.values import Array, from_numpy, numpy_dtype, placeholders, struct_fields, to_numpy
 from robusta.spec.datatypes import DataType
@@ -120,7 +120,7 @@ class Sum(Operator):
 
     def merge_segments(self, state: State, offsets: Array) -> State:
         if self.value_type is not DataType.BIGINT:
-            return fold_segments(self, state, offsets)  # floats: strictly in time order
+            return sequential_sums(state[0], state[1], offsets)  # floats: in time order
         valid, values = state
         return (
             reduce_segments(np.logical_or, valid, offsets, False),
@@ -175,9 +175,10 @@ class Avg(Sum):
         return a[0] + b[0], total
 
     def merge_segments(self, state: State, offsets: Array) -> State:
-        if self.value_type is not DataType.BIGINT:
-            return fold_segments(self, state, offsets)  # floats: strictly in time order
         count, total = state
+        if self.value_type is not DataType.BIGINT:
+            _, sums = sequential_sums(count > 0, total, offsets)  # floats: in time order
+            return reduce_segments(np.add, count, offsets, 0), sums
         return (
             reduce_segments(np.add, count, offsets, 0),
             checked_int_sums(total, offsets),

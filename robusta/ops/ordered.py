@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from robusta.ops.base import Operator, Param, State
+from robusta.ops.base import Operator, Param, State, fold_segments, reduce_segments
 from robusta.ops.params import int_between
 from robusta.ops.values import (
     TS_TYPE,
@@ -65,6 +65,25 @@ class _Edge(Operator):
             a_wins = (ats > bts) | ((ats == bts) & _not_greater(bval, aval))
         pick_a = av & (~bv | a_wins)
         return av | bv, np.where(pick_a, ats, bts), np.where(pick_a, aval, bval)
+
+    def merge_segments(self, state: State, offsets: Array) -> State:
+        """The winner of each segment directly: the tiles of a window cover disjoint times,
+        so the least / greatest timestamp is unique and equals what the fold picks; a
+        segment with a timestamp tie (not from tiles) takes the fold."""
+        valid, ts, _ = state
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lengths = np.diff(offsets)
+        info = np.iinfo(np.int64)
+        ufunc, worst = (np.minimum, info.max) if self.want_least else (np.maximum, info.min)
+        best = reduce_segments(ufunc, np.where(valid, ts, worst), offsets, worst)
+        segment = np.repeat(np.arange(len(lengths)), lengths)
+        winners = np.flatnonzero(valid & (ts == best[segment]))
+        if len(np.unique(segment[winners])) != len(winners):
+            return fold_segments(self, state, offsets)
+        out = self.empty(len(lengths))
+        for column, source in zip(out, state, strict=True):
+            column[segment[winners]] = source[winners]
+        return out
 
     def finalize(self, state: State) -> pa.Array:
         return from_numpy(state[2], state[0], self.input_type)

@@ -56,8 +56,11 @@ def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> tuple[Array
             values = values.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise OperatorError(f"cannot read {values.type} values as {dtype}: {exc}") from exc
-    valid = np.asarray(values.is_valid(), dtype=np.bool_)
-    filled = pc.fill_null(values, _arrow_fill(target)) if values.null_count else values
+    if values.null_count:
+        valid = np.asarray(values.is_valid(), dtype=np.bool_)
+        filled = pc.fill_null(values, _arrow_fill(target))
+    else:  # the common case, without two compute calls
+        valid, filled = np.ones(len(values), dtype=np.bool_), values
     if dtype is DataType.TIMESTAMP:
         filled = filled.cast(pa.int64())
     elif dtype is DataType.DATE:

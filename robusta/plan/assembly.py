@@ -104,7 +104,7 @@ class GroupAssembler:
             if windows not in segments:
                 segments[windows] = index.windows_tiles(codes, ends, windows, rows.ts_valid)
             picks, offsets = segments[windows]
-            merged = feature.op.merge_segments(take(index.state(feature), picks), offsets)
+            merged = feature.op.merge_segments(index.picked(feature, picks), offsets)
             result = feature.op.finalize(merged)
             if not rows.ts_valid.all():
                 valid = pa.array(np.tile(rows.ts_valid, len(windows)))
@@ -177,11 +177,17 @@ class TileSet:
         """Tiles of online records: record ``i`` holds the tiles of key code ``i``, with
         columns ``level`` (0 = finest), ``bucket_start`` (epoch micros) and the IRs, sorted
         by (level, bucket_start); so the whole set is sorted without a sort."""
-        tiles = pa.Table.from_batches(records)
-        lengths = np.fromiter((r.num_rows for r in records), np.int64, len(records))
-        codes = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
-        levels = np.asarray(tiles.column("level").to_numpy(), np.int64)
-        starts = np.asarray(tiles.column("bucket_start").to_numpy(), np.int64)
+        if len(records) == 1:  # one lookup key: no concatenation
+            tiles = pa.Table.from_batches(records)
+            codes = np.zeros(records[0].num_rows, dtype=np.int64)
+            levels = records[0].column("level").to_numpy().astype(np.int64)
+            starts = records[0].column("bucket_start").to_numpy()
+        else:  # one chunk per column, so picks index it directly
+            tiles = pa.Table.from_batches(records).combine_chunks()
+            lengths = np.fromiter((r.num_rows for r in records), np.int64, len(records))
+            codes = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
+            levels = np.asarray(tiles.column("level").to_numpy(), np.int64)
+            starts = np.asarray(tiles.column("bucket_start").to_numpy(), np.int64)
         largest = sizes[-1]
         origin = int(starts.min()) if len(starts) else 0
         origin -= origin % largest
@@ -197,6 +203,17 @@ class TileSet:
         text = _key_text(list(row_keys), types)
         found = pc.index_in(text, value_set=self.keys)
         return np.asarray(pc.fill_null(found, _NO_KEY).to_numpy(zero_copy_only=False), np.int64)
+
+    def picked(self, feature: BaseFeature, picks: I64) -> State:
+        """The feature's IRs at sorted positions ``picks``. A set built from online records
+        serves one lookup, so it decodes only the tiles picked; others decode every tile
+        once (:meth:`state`) for many row batches."""
+        # Sketch IRs are costly to decode: decode only the picked ones.
+        sketches = pa.types.is_binary(self.tiles.schema.field(feature.ir_column).type)
+        if self.presorted and sketches and feature.name not in self.states:
+            column = self.tiles.column(feature.ir_column)
+            return feature.op.from_arrow(column.take(pa.array(picks, pa.int64())).combine_chunks())
+        return take(self.state(feature), picks)
 
     def state(self, feature: BaseFeature) -> State:
         """The feature's IRs of every tile, in sorted order, decoded once."""
@@ -243,17 +260,17 @@ class TileSet:
         runs.append((len(sizes) - 1, lo, hi))
         runs.extend(reversed(right))
         found = (codes != _NO_KEY) & valid
-        firsts, counts = [], []
-        for level, a, b in runs:
-            group = codes * len(sizes) + level
-            size = sizes[level]
-            first = np.searchsorted(self.search, _search_key(group, (a - self.origin) // size))
-            # Non-empty runs have aligned ends; empty ones have a == b and round alike.
-            last = np.searchsorted(self.search, _search_key(group, (b - self.origin) // size))
-            firsts.append(first)
-            counts.append(np.where(found, last - first, 0))
-        first_m = np.stack(firsts, axis=1).ravel()
-        count_m = np.stack(counts, axis=1)
+        # Every run of every row at once: (run, row) arrays, two binary searches in all.
+        levels = np.asarray([level for level, _, _ in runs], np.int64)[:, None]
+        level_sizes = np.asarray(sizes, np.int64)[levels]
+        groups = codes[None, :] * len(sizes) + levels
+        starts_m = np.stack([a for _, a, _ in runs]) - self.origin
+        ends_m = np.stack([b for _, _, b in runs]) - self.origin
+        first = np.searchsorted(self.search, _search_key(groups, starts_m // level_sizes))
+        # Non-empty runs have aligned ends; empty ones have a == b and round alike.
+        last = np.searchsorted(self.search, _search_key(groups, ends_m // level_sizes))
+        first_m = first.T.ravel()
+        count_m = np.where(found[None, :], last - first, 0).T
         per_row = count_m.sum(axis=1)
         flat_counts = count_m.ravel()
         total = int(flat_counts.sum())

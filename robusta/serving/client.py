@@ -171,6 +171,8 @@ class FeatureClient:
             pointer_valid=None if state is None else np.ones(n, np.bool_),
         )
         table = assembler.assemble(index, rows, codes=np.arange(n, dtype=np.int64))
+        if n == 1:
+            return {name: [value] for name, value in table.to_pylist()[0].items()}
         return {name: table.column(name).to_pylist() for name in table.column_names}
 
     def _defaults(self, group: _Group) -> dict[str, Any]:

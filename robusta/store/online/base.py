@@ -20,6 +20,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from robusta.errors import RobustaError
 
@@ -50,7 +51,14 @@ class SpecState:
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> SpecState:
-        return cls(**json.loads(raw))
+        return _parse_state(bytes(raw, "utf-8") if isinstance(raw, str) else bytes(raw))
+
+
+@lru_cache(maxsize=64)
+def _parse_state(raw: bytes) -> SpecState:
+    """Parsed once per distinct state: every lookup reads the state, which changes only at
+    uploads."""
+    return SpecState(**json.loads(raw))
 
 
 def record_id(spec: str, generation: int, table: str, key: str) -> bytes:
