@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pit import CONFIG as PIT_CONFIG  # the PIT benchmark's spec: 5 ops x 4 windows
+from pit import SPEC
 from rich.console import Console
 from rich.table import Table
 
@@ -37,32 +39,7 @@ T0 = 1_717_200_000_000_000  # 2024-06-01 00:00 UTC
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PREFIX = "robusta-bench:"
 SPEC_NAME = "activity"
-KEY = "group_by_selectors: {user_id: USER_ID}"
-WINDOWS = "windows: [1h, 1d, 7d, 30d]"
-SPEC = f"""\
-name: activity
-owner: bench
-query: SELECT user_id, amount, item_id, ts FROM events
-timestamp: ts
-granularities: [1d, 1h, 5m]
-features:
-  n:         {{op: count, {WINDOWS}, {KEY}}}
-  spend:     {{op: sum, input: amount, {WINDOWS}, {KEY}}}
-  top:       {{op: max, input: amount, {WINDOWS}, {KEY}}}
-  last_item: {{op: last, input: item_id, {WINDOWS}, {KEY}}}
-  items:     {{op: approx_distinct, input: item_id, {WINDOWS}, {KEY}}}
-"""
-CONFIG = """\
-project: bench
-sources:
-  events:
-    format: parquet
-    path: events
-    schema: "user_id STRING, amount DOUBLE, item_id STRING, ts TIMESTAMP"
-entities:
-  USER_ID: {type: string}
-online: {type: embedded, path: online}
-"""
+CONFIG = PIT_CONFIG + "online: {type: embedded, path: online}\n"
 TARGETS = {  # (store, entities) -> (p50 ms, p99 ms) from the brief
     ("embedded", 1): (0.2, 1.0),
     ("redis", 1): (0.5, 2.0),

@@ -347,10 +347,7 @@ def backfill(
             overwrite=overwrite,
             step=step,
         )
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-        return
-    out.print(backfill_table(result))
+    _report(result, as_json, backfill_table)
 
 
 @main.command()
@@ -371,10 +368,7 @@ def upload(config: Path | None, specs: tuple[str, ...], at: datetime | None, as_
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:
         report = run(workspace, list(specs) or None, _utc(at), step=step)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-        return
-    out.print(upload_table(report))
+    _report(report, as_json, upload_table)
 
 
 @main.command()
@@ -419,6 +413,14 @@ def lookup(
         click.echo(json.dumps(payload, indent=2, default=str))
         return
     out.print(lookup_table(vector))
+
+
+def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
+    """A command's result as JSON (``result.to_json()``) or as its rich table."""
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        out.print(render(result))
 
 
 def _utc(value: datetime | None) -> datetime | None:
