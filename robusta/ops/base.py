@@ -210,7 +210,8 @@ def sequential_sums(valid: Array, values: Array, offsets: Array) -> tuple[Array,
 
     Segments become rows of a matrix padded with -0.0, the exact additive identity (``x +
     -0.0 == x`` for every x, -0.0 and NaN included), and ``np.add.accumulate`` adds each row
-    strictly left to right (unlike ``sum``, which adds pairwise). Blocks of rows bound the
+    strictly left to right (unlike ``sum``, which adds pairwise). Many segments are padded by
+    length class (powers of two, so padding at most doubles the work) in blocks of bounded
     memory. Returns (any value present, sum).
     """
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -222,20 +223,28 @@ def sequential_sums(valid: Array, values: Array, offsets: Array) -> tuple[Array,
     if longest == 0:
         return present, sums
     masked = np.where(valid, values, -0.0).astype(np.float64)
-    rows_per_block = max(1, _MATRIX_CELLS // longest)
-    for lo in range(0, n, rows_per_block):
-        hi = min(n, lo + rows_per_block)
-        block_lengths = lengths[lo:hi]
-        width = int(block_lengths.max())
-        if width == 0:
-            continue
-        cells = np.full((hi - lo, width), -0.0)
-        rows = np.repeat(np.arange(hi - lo), block_lengths)
-        starts = offsets[lo:hi]
-        columns = np.arange(int(block_lengths.sum())) - np.repeat(starts - starts[0], block_lengths)
-        cells[rows, columns] = masked[offsets[lo] : offsets[hi]]
-        sums[lo:hi] = np.add.accumulate(cells, axis=1)[:, -1]
+    if n * longest <= _MATRIX_CELLS:
+        sums[:] = _padded_sums(masked, offsets[:-1], lengths, longest)
+        return present, sums
+    classes = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    for length_class in np.unique(classes[lengths > 0]).tolist():
+        members = np.flatnonzero((classes == length_class) & (lengths > 0))
+        width = int(lengths[members].max())
+        per_block = max(1, _MATRIX_CELLS // width)
+        for lo in range(0, len(members), per_block):
+            block = members[lo : lo + per_block]
+            sums[block] = _padded_sums(masked, offsets[block], lengths[block], width)
     return present, sums
+
+
+def _padded_sums(masked: Array, starts: Array, lengths: Array, width: int) -> Array:
+    """Left-to-right sums of ``masked[starts[i] : starts[i] + lengths[i]]`` for every i."""
+    cells = np.full((len(starts), width), -0.0)
+    rows = np.repeat(np.arange(len(starts)), lengths)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    cells[rows, within] = masked[np.repeat(starts, lengths) + within]
+    sums: Array = np.add.accumulate(cells, axis=1)[:, -1]
+    return sums
 
 
 def checked_int_sums(values: Array, offsets: Array) -> Array:

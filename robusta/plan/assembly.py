@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -67,15 +68,26 @@ class GroupAssembler:
     group: TileGroup
     outputs: tuple[OutputFeature, ...]
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         """Granularities in microseconds, finest first."""
         return sorted(g.micros for g in self.group.layout.granularities)
 
-    @property
+    @cached_property
     def features(self) -> list[BaseFeature]:
         wanted = {o.base for o in self.outputs}
         return [f for f in self.group.features if f.name in wanted]
+
+    @cached_property
+    def windows(self) -> dict[str, tuple[tuple[int | None, ...], list[tuple[OutputFeature, int]]]]:
+        """Per base feature: its distinct windows (micros; None = lifetime) and each output
+        with the position of its window among them."""
+        out = {}
+        for feature in self.features:
+            outputs = [o for o in self.outputs if o.base == feature.name]
+            windows = tuple(dict.fromkeys(_micros_of(o) for o in outputs))
+            out[feature.name] = (windows, [(o, windows.index(_micros_of(o))) for o in outputs])
+        return out
 
     def tile_columns(self) -> list[str]:
         """The tile-table columns assembly reads."""
@@ -99,8 +111,7 @@ class GroupAssembler:
         segments: dict[tuple[int | None, ...], tuple[I64, I64]] = {}  # windows -> picks, offsets
         values: dict[str, pa.Array] = {}
         for feature in self.features:
-            outputs = [o for o in self.outputs if o.base == feature.name]
-            windows = tuple(dict.fromkeys(_micros_of(o) for o in outputs))
+            windows, outputs = self.windows[feature.name]
             if windows not in segments:
                 segments[windows] = index.windows_tiles(codes, ends, windows, rows.ts_valid)
             picks, offsets = segments[windows]
@@ -109,8 +120,8 @@ class GroupAssembler:
             if not rows.ts_valid.all():
                 valid = pa.array(np.tile(rows.ts_valid, len(windows)))
                 result = pc.if_else(valid, result, pa.nulls(len(result), result.type))
-            for output in outputs:
-                part = result.slice(windows.index(_micros_of(output)) * n, n)
+            for output, position in outputs:
+                part = result.slice(position * n, n)
                 values[output.name] = part if part.type == output.type else part.cast(output.type)
         return pa.table(
             [values[o.name] for o in self.outputs], names=[o.name for o in self.outputs]
