@@ -204,6 +204,24 @@ CONFIG_CASES = [
         "10:19",
         'unknown entity type "strng" (did you mean "string"?)',
     ),
+    (
+        "bad-serving-mode",
+        CONFIG + "online: {type: embedded, modes: {purchases: cached}}\n",
+        "12:45",
+        'unknown serving mode "cached"',
+    ),
+    (
+        "bad-online-margin",
+        CONFIG + "online: {type: redis, margin: 2x}\n",
+        "12:31",
+        "margin:",
+    ),
+    (
+        "bad-on-unavailable",
+        CONFIG + "online: {type: redis, on_unavailable: zero}\n",
+        "12:39",
+        'on_unavailable must be one of "empty", "error"',
+    ),
 ]
 
 
