@@ -168,16 +168,16 @@ class TileSet:
         )
         encoded = pc.dictionary_encode(text)
         tile_codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
-        levels = _levels(tiles.column("granularity"), group)
+        tile_levels = levels(tiles.column("granularity"), group)
         starts = _micros(tiles.column("bucket_start"))
         largest = sizes[-1]
         origin = int(starts.min()) if len(starts) else 0
         origin -= origin % largest
-        size_of = np.asarray(sizes, dtype=np.int64)[levels]
+        size_of = np.asarray(sizes, dtype=np.int64)[tile_levels]
         buckets = (starts - origin) // size_of
         if len(buckets) and int(buckets.max()) >= 1 << _IDX_BITS:
             raise ValueError("tiles span more buckets than the assembler can index (2**32)")
-        search = _search_key(tile_codes * len(sizes) + levels, buckets)
+        search = _search_key(tile_codes * len(sizes) + tile_levels, buckets)
         order = np.argsort(search, kind="stable").astype(np.int64)
         return cls(group, sizes, origin, search[order], order, encoded.dictionary, tiles)
 
@@ -304,7 +304,7 @@ def _micros(column: pa.ChunkedArray | pa.Array) -> I64:
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _levels(granularity: pa.ChunkedArray, group: TileGroup) -> I64:
+def levels(granularity: pa.ChunkedArray | pa.Array, group: TileGroup) -> I64:
     """Granularity names -> level (0 = finest)."""
     ordered = sorted(group.layout.granularities, key=lambda g: g.micros)
     names = pa.array([g.name for g in ordered])

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from robusta.plan.assembly import levels
 from robusta.plan.keys import record_keys
 from robusta.plan.model import OutputFeature, TileGroup
 
@@ -40,10 +41,10 @@ def decode(raw: bytes, schema: pa.Schema) -> pa.RecordBatch:
     return pa.ipc.read_record_batch(pa.py_buffer(raw), schema)
 
 
-def levels_of(group: TileGroup, granularity: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Granularity names -> level (0 = finest), as int8."""
-    names = pa.array([g.name for g in sorted(group.layout.granularities, key=lambda g: g.micros)])
-    return pc.index_in(granularity, value_set=names).cast(pa.int8())
+def key_runs(keys: pa.Array) -> np.ndarray:
+    """Start of every run of equal values in sorted ``keys``, then ``len(keys)``."""
+    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(), np.int64)
+    return np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]]).astype(np.int64)
 
 
 def tile_records(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[str, bytes]]:
@@ -55,7 +56,7 @@ def tile_records(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[str, bytes
     body = pa.table(
         {
             "__key": keys,
-            LEVEL: levels_of(group, tiles.column("granularity")),
+            LEVEL: pa.array(levels(tiles.column("granularity"), group), pa.int8()),
             BUCKET_START: micros,
             **{f.ir_column: tiles.column(f.ir_column) for f in group.features},
         }
@@ -74,9 +75,7 @@ def _runs(body: pa.Table, schema: pa.Schema) -> Iterator[tuple[str, bytes]]:
     data = pa.Table.from_arrays(
         [body.column(name).combine_chunks() for name in schema.names], schema=schema
     )
-    # Run boundaries of equal keys in the sorted body.
-    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(), np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    starts = key_runs(keys)
     for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
         batch = data.slice(a, b - a).combine_chunks().to_batches()
         yield str(keys[a].as_py()), encode(batch[0])

@@ -35,13 +35,14 @@ from robusta.plan.keys import record_keys
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.serving.records import (
     BUCKET_START,
-    LEVEL,
+    key_runs,
     tile_records,
     value_records,
 )
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.suggest import did_you_mean
 from robusta.store.online import OnlineStore, SpecState, open_online_store
+from robusta.store.tiles import read_bucket
 from robusta.workspace import Workspace
 
 Step = Callable[[str], None]
@@ -195,8 +196,7 @@ class _SpecUpload:
     def _check_coverage(self, group: TileGroup, table: Any, horizon: int, pointer: int) -> None:
         from robusta.store.tiles import coverage, uncovered
 
-        lifetime = any(w.duration is None for f in group.features for w in f.windows)
-        needed = (None if lifetime else horizon, pointer)
+        needed = (None if _has_lifetime(group) else horizon, pointer)
         if uncovered(coverage(table), needed):
             raise UploadError(
                 f"the tiles of spec {self.plan.name} do not cover {_iso(horizon)} to "
@@ -206,12 +206,12 @@ class _SpecUpload:
     def _records(
         self, group: TileGroup, table: Any, horizon: int, pointer: int, done: SpecUpload
     ) -> Iterator[tuple[str, str, bytes]]:
-        lifetime = any(w.duration is None for f in group.features for w in f.windows)
+        lifetime = _has_lifetime(group)
         files = self.tables.files_by_bucket(table, None if lifetime else horizon, pointer)
         name = group.layout.table
         for i, bucket in enumerate(sorted(files)):
             self.step(f"{name}: key bucket {i + 1}/{len(files)}, {done.keys:,} keys so far")
-            tiles = _read_tiles(files[bucket], bucket, pointer)
+            tiles = read_bucket(files[bucket], bucket, end=pointer)
             if self.mode == "preassembled":
                 pairs = _value_records(group, tiles, pointer)
             else:
@@ -221,12 +221,8 @@ class _SpecUpload:
                 yield name, key, record
 
 
-def _read_tiles(paths: list[str], bucket: int, end: int) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    before = pa.scalar(end, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    condition = (ds.field("key_bucket") == bucket) & (ds.field(BUCKET_START) < before)
-    return ds.dataset(paths, format="parquet").to_table(filter=condition)
+def _has_lifetime(group: TileGroup) -> bool:
+    return any(w.duration is None for f in group.features for w in f.windows)
 
 
 def _micros(tiles: pa.Table) -> pa.Array:
@@ -258,9 +254,8 @@ def _prefixes(group: TileGroup, tiles: pa.Table, horizon: int) -> pa.Table:
     if old.num_rows == 0:
         return schema.empty_table()
     keys = record_keys([old.column(c).combine_chunks() for c in columns])
-    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(), np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1]).astype(np.int64)
-    offsets = np.append(starts, old.num_rows).astype(np.int64)
+    offsets = key_runs(keys)
+    starts = offsets[:-1]
     first = pa.array(starts)
     out: dict[str, Any] = {c: old.column(c).take(first) for c in schema.names}
     out[BUCKET_START] = pa.array(np.full(len(starts), horizon - largest.micros), pa.int64()).cast(
@@ -296,4 +291,4 @@ def _iso(micros: int) -> str:
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["LEVEL", "UploadError", "UploadReport", "upload"]
+__all__ = ["UploadError", "UploadReport", "upload"]

@@ -214,6 +214,25 @@ def swap_files(
                 overwrite.append_data_file(data_file)
 
 
+def read_bucket(
+    paths: Sequence[str],
+    bucket: int,
+    since: int | None = None,
+    end: int | None = None,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """The tiles of one key bucket in ``paths`` with ``since <= bucket_start < end``
+    (None: open), as the PIT join and the upload read them."""
+    import pyarrow.dataset as ds
+
+    condition = ds.field("key_bucket") == bucket
+    if since is not None:
+        condition = condition & (ds.field("bucket_start") >= pa.scalar(since, TS_TYPE))
+    if end is not None:
+        condition = condition & (ds.field("bucket_start") < pa.scalar(end, TS_TYPE))
+    return ds.dataset(list(paths), format="parquet").to_table(columns=columns, filter=condition)
+
+
 def local_path(location: str) -> Path:
     """A file URI or path as a local path (tile tables live on local or mounted storage)."""
     return _local_path(location)

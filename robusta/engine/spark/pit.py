@@ -82,18 +82,13 @@ class GroupJoin:
         )
 
     def _tiles(self, bucket: int, assembler: GroupAssembler) -> pa.Table:
-        import pyarrow.dataset as ds
+        from robusta.store.tiles import read_bucket
 
         columns = assembler.tile_columns()
         paths = list(self.files.get(bucket, ()))
         if not paths:
             return _empty_tiles(self.group, columns)
-        dataset = ds.dataset(paths, format="parquet")
-        condition = ds.field("key_bucket") == bucket
-        if self.since is not None:
-            since = pa.scalar(self.since, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-            condition = condition & (ds.field("bucket_start") >= since)
-        return dataset.to_table(columns=columns, filter=condition)
+        return read_bucket(paths, bucket, since=self.since, columns=columns)
 
 
 def _empty_tiles(group: TileGroup, columns: list[str]) -> pa.Table:
