@@ -12,6 +12,10 @@ Hooks, in the order data meets them:
   default is a left fold of ``combine`` vectorized across segments, so every segment is merged
   in exactly the same order on every path (bit-identical float sums online and offline).
 - ``finalize``: IR -> feature value; an empty IR gives the brief's empty value.
+- ``merge_windows(column, picks, offsets)``: final values of a few windows of one key as
+  Python values; the online client's per-key path. The default is the definition above
+  (decode, ``merge_segments``, ``finalize``); operators override it with a scalar fold where
+  numpy calls would cost more than their few values, tested bit-identical to the default.
 - ``to_arrow`` / ``from_arrow``: the stored IR format (``ir_type``).
 - ``spark_build`` / ``spark_merge``: Spark SQL aggregate expressions (text; no pyspark here)
   that build an IR from rows and merge IRs, producing exactly ``ir_type``.
@@ -20,15 +24,18 @@ Hooks, in the order data meets them:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
+from itertools import compress
+from operator import add
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from robusta.errors import OperatorError
-from robusta.ops.values import Array, to_numpy
+from robusta.ops.values import Array, primitive_view, to_numpy
 from robusta.spec.datatypes import DataType
 
 State = tuple[Array, ...]
@@ -143,6 +150,14 @@ class Operator(ABC):
     def merge_segments(self, state: State, offsets: Array) -> State:
         """Merge ``state[offsets[i]:offsets[i+1]]`` for every i, each as a left fold in order."""
         return fold_segments(self, state, offsets)
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """Final values of a few windows of one key: window ``w`` merges the IRs
+        ``column[picks[offsets[w]:offsets[w + 1]]]`` in that (time) order."""
+        state = self.from_arrow(column.take(pa.array(picks, pa.int64())))
+        merged = self.merge_segments(state, np.asarray(offsets, dtype=np.int64))
+        values: list[Any] = self.finalize(merged).to_pylist()
+        return values
 
     def build(self, ts: Array, values: pa.Array | None, offsets: Array) -> State:
         """IRs of contiguous groups of events (``offsets`` as in ``merge_segments``)."""
@@ -271,3 +286,43 @@ def reduce_segments(ufunc: np.ufunc, values: Array, offsets: Array, identity: An
     if filled.any():
         out[filled] = ufunc.reduceat(values, starts[filled])
     return out
+
+
+# ---- scalar folds of the per-key path (merge_windows overrides) -------------------------
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def picked_values(column: pa.Array, picks: Array, fill: Any) -> list[Any]:
+    """``column[picks]`` of a fixed-width column as Python values, null slots as ``fill``."""
+    values, valid = primitive_view(column)
+    picked = values[picks]
+    if valid is not None:
+        picked = np.where(valid[picks], picked, fill)
+    out: list[Any] = picked.tolist()
+    return out
+
+
+def picked_validity(column: pa.Array, picks: Array) -> list[bool]:
+    """Which of ``column[picks]`` are non-null."""
+    if not column.null_count:
+        return [True] * len(picks)
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+    out: list[bool] = valid[picks].tolist()
+    return out
+
+
+def scalar_float_sum(values: Sequence[float], present: Sequence[bool]) -> float | None:
+    """The left fold ``sequential_sums`` computes, for one segment: the same additions in the
+    same order (-0.0 is the exact identity it pads with); None without a present value."""
+    kept = list(compress(values, present))
+    return reduce(add, kept, -0.0) if kept else None
+
+
+def scalar_int_sum(values: Sequence[int]) -> int:
+    """An integer segment sum that raises where ``checked_int_sums`` does (past int64)."""
+    total = sum(values)
+    if not INT64_MIN <= total <= INT64_MAX:
+        raise OperatorError(
+            "an integer sum overflows int64; CAST the input to DOUBLE in the spec's query"
+        )
+    return total

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,10 +15,22 @@ from robusta.ops.base import (
     Operator,
     State,
     checked_int_sums,
+    picked_validity,
+    picked_values,
     reduce_segments,
+    scalar_float_sum,
+    scalar_int_sum,
     sequential_sums,
 )
-from robusta.ops.values import Array, from_numpy, numpy_dtype, placeholders, struct_fields, to_numpy
+from robusta.ops.values import (
+    Array,
+    from_numpy,
+    numpy_dtype,
+    placeholders,
+    primitive_view,
+    struct_fields,
+    to_numpy,
+)
 from robusta.spec.datatypes import DataType
 
 # Ordered fold of IRs in Spark: collect (order, ir) pairs, sort by time, fold left. Used where
@@ -70,6 +86,10 @@ class Count(Operator):
 
     def merge_segments(self, state: State, offsets: Array) -> State:
         return (reduce_segments(np.add, state[0], offsets, 0),)
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        counts = picked_values(column, picks, 0)
+        return [sum(counts[a:b]) for a, b in pairwise(offsets)]
 
     def finalize(self, state: State) -> pa.Array:
         return pa.array(state[0], pa.int64())
@@ -127,6 +147,17 @@ class Sum(Operator):
             checked_int_sums(np.where(valid, values, 0), offsets),
         )
 
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        values = picked_values(column, picks, 0)
+        present = picked_validity(column, picks)
+        if self.value_type is not DataType.BIGINT:
+            return [scalar_float_sum(values[a:b], present[a:b]) for a, b in pairwise(offsets)]
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            kept = [v for v, ok in zip(values[a:b], present[a:b], strict=True) if ok]
+            out.append(scalar_int_sum(kept) if kept else None)
+        return out
+
     def finalize(self, state: State) -> pa.Array:
         return from_numpy(state[1], state[0], self.value_type)
 
@@ -183,6 +214,23 @@ class Avg(Sum):
             reduce_segments(np.add, count, offsets, 0),
             checked_int_sums(total, offsets),
         )
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        fields = struct_fields(column)
+        counts = picked_values(fields["count"], picks, 0)
+        totals = picked_values(fields["sum"], picks, 0)
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            n = sum(counts[a:b])
+            if n == 0:
+                out.append(None)
+                continue
+            if self.value_type is DataType.BIGINT:
+                total: float | None = float(scalar_int_sum(totals[a:b]))
+            else:  # the fold skips IRs without events, as merge_segments does
+                total = scalar_float_sum(totals[a:b], [c > 0 for c in counts[a:b]])
+            out.append(None if total is None else total / float(n))
+        return out
 
     def finalize(self, state: State) -> pa.Array:
         count, total = state
@@ -254,20 +302,42 @@ class _Extreme(Operator):
         valid, values = state
         if values.dtype.kind not in "iuf":
             return super().merge_segments(state, offsets)
-        # Nulls become the identity; NaN is the largest value as in Spark: maximum keeps it,
-        # fmin skips it unless every value is NaN.
-        ufunc: np.ufunc
-        identity: float | int
-        if values.dtype.kind == "f":
-            ufunc, identity = (np.maximum, -np.inf) if self.keep_larger else (np.fmin, np.inf)
-        else:
-            info = np.iinfo(values.dtype)
-            ufunc, identity = (np.maximum, info.min) if self.keep_larger else (np.minimum, info.max)
+        ufunc, identity = self._reduction(values.dtype)
         masked = np.where(valid, values, identity)
         return (
             reduce_segments(np.logical_or, valid, offsets, False),
             reduce_segments(ufunc, masked, offsets, identity),
         )
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            return super().merge_windows(column, picks, offsets)
+        # The definition's own reduction (merge_segments: nulls as the identity, one
+        # reduceat) over the picked values, without the Arrow decode and finalize around it.
+        values, valid = primitive_view(column)
+        ufunc, identity = self._reduction(values.dtype)
+        picked = values[picks]
+        if valid is not None:
+            picked = np.where(valid[picks], picked, identity)
+        windows = list(pairwise(offsets))
+        starts = [a for a, b in windows if b > a]
+        reduced = iter(ufunc.reduceat(picked, starts).tolist() if starts else [])
+        if valid is None:
+            return [next(reduced) if b > a else None for a, b in windows]
+        present = valid[picks].tolist()
+        out = []
+        for a, b in windows:
+            value = next(reduced) if b > a else None
+            out.append(value if any(present[a:b]) else None)
+        return out
+
+    def _reduction(self, dtype: np.dtype[Any]) -> tuple[np.ufunc, float | int]:
+        """The ufunc and identity ``merge_segments`` reduces with: NaN is the largest value
+        as in Spark, so maximum keeps it and fmin skips it unless every value is NaN."""
+        if dtype.kind == "f":
+            return (np.maximum, -np.inf) if self.keep_larger else (np.fmin, np.inf)
+        info = np.iinfo(dtype)
+        return (np.maximum, int(info.min)) if self.keep_larger else (np.minimum, int(info.max))
 
     def _a_wins(self, a: Array, b: Array) -> Array:
         floating = a.dtype.kind == "f"

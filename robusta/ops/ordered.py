@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from robusta.ops.base import Operator, Param, State, fold_segments, reduce_segments
+from robusta.ops.base import (
+    Operator,
+    Param,
+    State,
+    fold_segments,
+    picked_validity,
+    picked_values,
+    reduce_segments,
+)
 from robusta.ops.params import int_between
 from robusta.ops.values import (
     TS_TYPE,
@@ -84,6 +94,61 @@ class _Edge(Operator):
         for column, source in zip(out, state, strict=True):
             column[segment[winners]] = source[winners]
         return out
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """The winner by timestamp alone (unique within a window's tiles, as in
+        ``merge_segments``), its value read as Arrow's Python value; ties take the fold."""
+        fields = struct_fields(column)
+        ts = picked_values(fields["ts"], picks, 0)
+        if fields["ts"].null_count or fields["value"].null_count:
+            ok = [
+                a and b
+                for a, b in zip(
+                    picked_validity(fields["ts"], picks),
+                    picked_validity(fields["value"], picks),
+                    strict=True,
+                )
+            ]
+            winners = self._winners(ts, ok, offsets)
+        else:
+            winners = self._winners_all_valid(ts, offsets)
+        if winners is None:
+            return super().merge_windows(column, picks, offsets)
+        values = fields["value"]
+        return [None if w is None else values[int(picks[w])].as_py() for w in winners]
+
+    def _winners_all_valid(self, ts: list[int], offsets: Sequence[int]) -> list[int | None] | None:
+        """Per window the position of the winning timestamp; None on a tie."""
+        pick = min if self.want_least else max
+        winners: list[int | None] = []
+        for a, b in pairwise(offsets):
+            times = ts[a:b]
+            if not times:
+                winners.append(None)
+                continue
+            best = pick(times)
+            if times.count(best) > 1:
+                return None
+            winners.append(a + times.index(best))
+        return winners
+
+    def _winners(
+        self, ts: list[int], ok: list[bool], offsets: Sequence[int]
+    ) -> list[int | None] | None:
+        """:meth:`_winners_all_valid` skipping invalid IRs."""
+        pick = min if self.want_least else max
+        winners: list[int | None] = []
+        for a, b in pairwise(offsets):
+            candidates = [(ts[i], i) for i in range(a, b) if ok[i]]
+            if not candidates:
+                winners.append(None)
+                continue
+            best = pick(t for t, _ in candidates)
+            at_best = [i for t, i in candidates if t == best]
+            if len(at_best) > 1:
+                return None
+            winners.append(at_best[0])
+        return winners
 
     def finalize(self, state: State) -> pa.Array:
         return from_numpy(state[2], state[0], self.input_type)

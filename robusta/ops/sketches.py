@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -25,7 +25,13 @@ import pyarrow.compute as pc
 
 from robusta.ops.base import Operator, Param, State, reduce_segments
 from robusta.ops.params import int_between, optional, quantile_list
-from robusta.ops.values import Array, list_of_pairs, python_value, struct_fields
+from robusta.ops.values import (
+    Array,
+    binary_values,
+    list_of_pairs,
+    python_value,
+    struct_fields,
+)
 from robusta.spec.datatypes import DataType
 
 EMPTY_STAND_IN = "\x00"  # what "" is counted as (Spark: char(0)); collides only with "\x00"
@@ -119,6 +125,15 @@ class ApproxDistinct(Operator):
             union.update(sketch)
         return union.get_result(ds.tgt_hll_type.HLL_8)
 
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        # Each tile's sketch is decoded once, however many windows use it.
+        positions = picks.tolist()
+        distinct = sorted(set(positions))
+        raw = binary_values(column, distinct)
+        decoded = dict(zip(distinct, self.from_arrow_rows(raw), strict=True))
+        sketches = [decoded[p] for p in positions]
+        return [self._estimate(self._union(sketches[a:b])) for a, b in pairwise(offsets)]
+
     def finalize(self, state: State) -> pa.Array:
         return pa.array([self._estimate(s) for s in state[0]], pa.int64())
 
@@ -138,12 +153,15 @@ class ApproxDistinct(Operator):
         return math.floor(float(union.get_result(ds.tgt_hll_type.HLL_8).get_estimate()) + 0.5)
 
     def from_arrow(self, array: pa.Array) -> State:
-        # Spark writes an empty sketch (not null) for a tile whose values are all null.
-        sketches = [
-            None if b is None else ds.hll_sketch.deserialize(b) for b in _binary_rows(array)
-        ]
-        present = [None if s is None or s.is_empty() else s for s in sketches]
+        present = self.from_arrow_rows(_binary_rows(array))
         return (_objects(present, len(present)),)
+
+    @staticmethod
+    def from_arrow_rows(rows: Iterable[bytes | None]) -> list[Any]:
+        """Sketches of stored IRs; None for null or empty ones (Spark writes an empty sketch,
+        not null, for a tile whose values are all null)."""
+        sketches = [None if b is None else ds.hll_sketch.deserialize(b) for b in rows]
+        return [None if s is None or s.is_empty() else s for s in sketches]
 
     def to_arrow(self, state: State) -> pa.Array:
         return pa.array(

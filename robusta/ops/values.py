@@ -145,3 +145,48 @@ def list_of_pairs(
     bounds = (offsets - lo).tolist()
     valid = np.asarray(array.is_valid()).tolist()
     return [tuple(pairs[bounds[i] : bounds[i + 1]]) if valid[i] else () for i in range(len(array))]
+
+
+def primitive_view(array: pa.Array) -> tuple[Array, BoolArray | None]:
+    """A zero-copy numpy view of a fixed-width Arrow array (int, float, timestamp, date)
+    and its validity (None without nulls; null slots hold unspecified values).
+
+    The per-key path reads a few values of a record this way; ``to_numpy`` would copy or
+    refuse arrays with nulls.
+    """
+    kind = array.type
+    if not array.null_count and not pa.types.is_date(kind):
+        values = array.to_numpy()  # zero-copy
+        return (values.view(np.int64) if values.dtype.kind == "M" else values), None
+    if pa.types.is_floating(kind):
+        dtype: npt.DTypeLike = np.float64 if kind.bit_width == 64 else np.float32
+    elif pa.types.is_integer(kind) or pa.types.is_temporal(kind):
+        dtype = np.dtype(f"i{kind.bit_width // 8}")
+    else:
+        raise OperatorError(f"no fixed-width view of {kind} values")
+    data = array.buffers()[1]
+    values = np.frombuffer(data, dtype=dtype, count=len(array) + array.offset)[array.offset :]
+    if not array.null_count:
+        return values, None
+    return values, np.asarray(array.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+
+
+def binary_values(array: pa.Array, positions: list[int]) -> list[bytes | None]:
+    """``array[p]`` for each position of a binary array, as bytes (None for nulls), sliced
+    straight from its buffers: a ``take`` costs more than the few values the per-key path
+    reads."""
+    if not pa.types.is_binary(array.type):
+        raise OperatorError(f"expected binary values, got {array.type}")
+    validity, offsets_buffer, data = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32, count=len(array) + 1 + array.offset)
+    bounds = offsets[array.offset :].tolist()
+    body = memoryview(data) if data is not None else memoryview(b"")
+    valid = (
+        None
+        if validity is None or not array.null_count
+        else np.asarray(array.is_valid().to_numpy(zero_copy_only=False)).tolist()
+    )
+    return [
+        None if valid is not None and not valid[p] else bytes(body[bounds[p] : bounds[p + 1]])
+        for p in positions
+    ]

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from robusta.errors import RobustaError
 from robusta.plan.assembly import GroupAssembler, Rows, TileSet
+from robusta.plan.key_assembly import KeyAssembler
 from robusta.plan.keys import record_key
 from robusta.plan.model import KeyColumn, Plan, TileGroup
 from robusta.plan.selection import GroupRequest, resolve_features
@@ -40,6 +41,9 @@ from robusta.store.online import (
 from robusta.workspace import Workspace, load_workspace
 
 Entity = Mapping[str, object]
+# Up to this many entities a group is assembled key by key (pure Python per key); more take
+# the vectorized assembler, whose fixed cost is then shared (measured: bench/lookup.py).
+PER_KEY_MAX = 12
 
 
 class LookupRequestError(RobustaError, ValueError):
@@ -72,6 +76,7 @@ class _Group:
 
     request: GroupRequest
     assembler: GroupAssembler
+    key_assembler: KeyAssembler
     tiles_schema: pa.Schema
     empty: pa.RecordBatch
     values_schema: pa.Schema
@@ -161,6 +166,10 @@ class FeatureClient:
             batches = [decode(r, group.values_schema) if r is not None else None for r in raws]
             return _value_columns(group, batches, self._defaults(group))
         records = [group.empty if r is None else decode(r, group.tiles_schema) for r in raws]
+        if n <= PER_KEY_MAX:
+            end = _window_end(t, state, group)
+            per_key = [group.key_assembler.assemble(record, end) for record in records]
+            return {name: [values[name] for values in per_key] for name in per_key[0]}
         assembler = group.assembler
         index = TileSet.from_records(group.request.group, records, assembler.sizes)
         rows = Rows(
@@ -253,6 +262,7 @@ class FeatureClient:
                 _Group(
                     request,
                     GroupAssembler(request.group, request.outputs),
+                    KeyAssembler(request.group, request.outputs),
                     tiles_schema,
                     pa.RecordBatch.from_pylist([], schema=tiles_schema),
                     value_record_schema([o for f in request.group.features for o in f.outputs]),
@@ -260,6 +270,15 @@ class FeatureClient:
             )
         self._groups[cache_key] = groups
         return groups
+
+
+def _window_end(t: int, state: SpecState | None, group: _Group) -> int:
+    """The brief's ``end = min(floor(t, gmin), p)`` (the pointer floored like in backfills)."""
+    gmin = group.key_assembler.sizes[0]
+    end = t - t % gmin
+    if state is None:
+        return end
+    return min(end, state.pointer - state.pointer % gmin)
 
 
 def _entities(group: TileGroup) -> set[str]:

@@ -17,16 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.plan.assembly import levels
+from robusta.plan.key_assembly import BUCKET_START, LEVEL, record_schema
 from robusta.plan.keys import record_keys
 from robusta.plan.model import OutputFeature, TileGroup
 
-LEVEL = "level"
-BUCKET_START = "bucket_start"
-
 
 def tile_record_schema(group: TileGroup) -> pa.Schema:
-    fields = [pa.field(LEVEL, pa.int8()), pa.field(BUCKET_START, pa.int64())]
-    return pa.schema([*fields, *(pa.field(f.ir_column, f.ir_type) for f in group.features)])
+    return record_schema(group)
 
 
 def value_record_schema(outputs: Sequence[OutputFeature]) -> pa.Schema:

@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 
 from robusta.errors import RobustaError, UnknownFeatureError
 from robusta.plan.assembly import GroupAssembler, Rows
+from robusta.plan.key_assembly import BUCKET_START
 from robusta.plan.keys import record_keys
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.serving.records import (
-    BUCKET_START,
     key_runs,
     tile_records,
     value_records,
