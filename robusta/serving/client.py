@@ -80,6 +80,7 @@ class _Group:
     tiles_schema: pa.Schema
     empty: pa.RecordBatch
     values_schema: pa.Schema
+    longest: int  # the longest bounded window requested, in micros (0 if none)
 
 
 class FeatureClient:
@@ -128,8 +129,8 @@ class FeatureClient:
             features = [features]
         groups = self._resolve(entities, features)
         t = to_micros(at if at is not None else datetime.now().astimezone())
-        values: list[dict[str, Any]] = [{} for _ in entities]
-        pointers: list[dict[str, datetime | None]] = [{} for _ in entities]
+        values: list[dict[str, Any]] | None = None
+        pointers: dict[str, datetime | None] = {}
         by_spec: dict[str, list[_Group]] = {}
         for group in groups:
             by_spec.setdefault(group.request.spec.name, []).append(group)
@@ -147,29 +148,32 @@ class FeatureClient:
                 state, raws = None, [None] * len(wanted)
             else:
                 self._check_state(spec, state, t, members)
-            pointer = None if state is None else from_micros(state.pointer)
+            pointers[spec] = None if state is None else from_micros(state.pointer)
             for i, group in enumerate(members):
                 part = raws[i * len(entities) : (i + 1) * len(entities)]
-                columns = self._assemble(group, state, part, t)
-                for name, column in columns.items():
-                    for row, value in zip(values, column, strict=True):
-                        row[name] = value
-            for row_pointers in pointers:
-                row_pointers[spec] = pointer
-        return [FeatureVector(e, v, p) for e, v, p in zip(entities, values, pointers, strict=True)]
+                rows = self._assemble(group, state, part, t)
+                if values is None:
+                    values = rows
+                else:
+                    for row, more in zip(values, rows, strict=True):
+                        row.update(more)
+        return [
+            FeatureVector(e, v, dict(pointers))
+            for e, v in zip(entities, values or [{} for _ in entities], strict=True)
+        ]
 
     def _assemble(
         self, group: _Group, state: SpecState | None, raws: list[bytes | None], t: int
-    ) -> dict[str, list[Any]]:
+    ) -> list[dict[str, Any]]:
+        """One fresh mapping of feature name to value per record."""
         n = len(raws)
         if state is not None and state.mode == "preassembled":
             batches = [decode(r, group.values_schema) if r is not None else None for r in raws]
-            return _value_columns(group, batches, self._defaults(group))
+            return _value_rows(group, batches, self._defaults(group))
         records = [group.empty if r is None else decode(r, group.tiles_schema) for r in raws]
         if n <= PER_KEY_MAX:
             end = _window_end(t, state, group)
-            per_key = [group.key_assembler.assemble(record, end) for record in records]
-            return {name: [values[name] for values in per_key] for name in per_key[0]}
+            return [group.key_assembler.assemble(record, end) for record in records]
         assembler = group.assembler
         index = TileSet.from_records(group.request.group, records, assembler.sizes)
         rows = Rows(
@@ -180,17 +184,12 @@ class FeatureClient:
             pointer_valid=None if state is None else np.ones(n, np.bool_),
         )
         table = assembler.assemble(index, rows, codes=np.arange(n, dtype=np.int64))
-        if n == 1:  # scalars convert twice as fast as a one-row to_pylist
-            return {
-                name: [column[0].as_py()]
-                for name, column in zip(table.column_names, table.columns, strict=True)
-            }
-        return {name: table.column(name).to_pylist() for name in table.column_names}
+        names, columns = table.column_names, table.to_pydict().values()
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def _defaults(self, group: _Group) -> dict[str, Any]:
         """Values of a key without events (count 0, others null)."""
-        columns = self._assemble(group, None, [None], 0)
-        return {name: values[0] for name, values in columns.items()}
+        return self._assemble(group, None, [None], 0)[0]
 
     def _check_state(
         self, spec: str, state: SpecState | None, t: int, members: list[_Group]
@@ -215,15 +214,7 @@ class FeatureClient:
             return
         gmin = members[0].request.group.layout.finest.micros
         end = min(floor_to(t, gmin), state.pointer)
-        longest = max(
-            (
-                o.window.duration.micros
-                for g in members
-                for o in g.request.outputs
-                if o.window.duration
-            ),
-            default=0,
-        )
+        longest = max(g.longest for g in members)
         if end - longest < state.horizon:
             raise LookupRequestError(
                 f"the online store holds spec {spec} from {_iso(state.horizon)}: lookups need "
@@ -266,6 +257,10 @@ class FeatureClient:
                     tiles_schema,
                     pa.RecordBatch.from_pylist([], schema=tiles_schema),
                     value_record_schema([o for f in request.group.features for o in f.outputs]),
+                    max(
+                        (o.window.duration.micros for o in request.outputs if o.window.duration),
+                        default=0,
+                    ),
                 )
             )
         self._groups[cache_key] = groups
@@ -286,7 +281,10 @@ def _entities(group: TileGroup) -> set[str]:
 
 
 def _key_text(entity: Entity, group: TileGroup) -> str:
-    return record_key([_key_value(entity, k) for k in group.layout.keys])
+    parts = [_key_value(entity, k) for k in group.layout.keys]
+    if len(parts) == 1 and isinstance(parts[0], str):
+        return parts[0]  # what record_key makes of one text
+    return record_key(parts)
 
 
 def _key_value(entity: Entity, key: KeyColumn) -> object:
@@ -303,15 +301,16 @@ def _key_value(entity: Entity, key: KeyColumn) -> object:
     return value if isinstance(value, str) else str(value)
 
 
-def _value_columns(
+def _value_rows(
     group: _Group, batches: list[pa.RecordBatch | None], defaults: Mapping[str, Any]
-) -> dict[str, list[Any]]:
+) -> list[dict[str, Any]]:
     names = [o.name for o in group.request.outputs]
-    out: dict[str, list[Any]] = {n: [] for n in names}
-    for batch in batches:
-        for name in names:
-            out[name].append(defaults[name] if batch is None else batch.column(name)[0].as_py())
-    return out
+    return [
+        {n: defaults[n] for n in names}
+        if batch is None
+        else {n: batch.column(n)[0].as_py() for n in names}
+        for batch in batches
+    ]
 
 
 def _iso(micros: int) -> str:
