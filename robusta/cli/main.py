@@ -415,6 +415,56 @@ def lookup(
     out.print(lookup_table(vector))
 
 
+@main.command("list")
+@config_option
+@click.option("--owner", default=None, help="Only features of this owner (team).")
+@click.option("--entity", default=None, help="Only features keyed by this entity.")
+@click.option("--search", "text", default=None, help="Text to find in names and descriptions.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def list_features(
+    config: Path | None, owner: str | None, entity: str | None, text: str | None, as_json: bool
+) -> None:
+    """Every feature of every spec, or those matching the filters."""
+    from robusta import registry
+    from robusta.cli.registry_views import list_table
+
+    workspace = load_workspace(config).require_valid()
+    every = registry.entries(workspace)
+    found = registry.search(every, owner=owner, entity=entity, text=text)
+    if as_json:
+        click.echo(json.dumps({"features": [e.to_json() for e in found]}, indent=2))
+        return
+    out.print(list_table(found, len(every)))
+
+
+@main.command()
+@click.argument("feature")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def describe(feature: str, config: Path | None, as_json: bool) -> None:
+    """One feature: spec, owner, keys, windows, operator, lineage, version and freshness."""
+    from dataclasses import asdict
+
+    from robusta import registry
+    from robusta.cli.registry_views import describe_view
+
+    workspace = load_workspace(config).require_valid()
+    entry = registry.find(workspace, feature)
+    lineage = registry.lineage(workspace, entry)
+    fresh = registry.freshness(workspace, entry)
+    if as_json:
+        payload = {
+            **entry.to_json(),
+            "lineage": [asdict(item) for item in lineage],
+            "freshness": asdict(fresh),
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    out.print(describe_view(entry, lineage, fresh))
+
+
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
     """A command's result as JSON (``result.to_json()``) or as its rich table."""
     if as_json:

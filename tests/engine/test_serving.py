@@ -337,3 +337,21 @@ def test_upload_and_lookup_commands(served: Served) -> None:
         failed = runner.invoke(main, ["lookup", "--config", config, "--at", at, *bad])
         assert failed.exit_code != 0 and message in failed.output, failed.output
         assert "Traceback" not in failed.output
+
+
+def test_describe_shows_tiles_and_version_pointer(served: Served) -> None:
+    from click.testing import CliRunner
+
+    from robusta.cli.main import main
+
+    upload(served.workspace, at=from_micros(served.at))
+    config = str(served.root / "robusta.yaml")
+    shown = CliRunner().invoke(main, ["describe", "n_events_1d", "--config", config, "--json"])
+    assert shown.exit_code == 0, shown.output
+    fresh = json.loads(shown.output)["freshness"]
+    assert fresh["problems"] == []
+    pointer = from_micros(floor_to(served.at, 5 * MIN)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert fresh["version_pointer"] == pointer
+    assert fresh["online_mode"] == "assemble"
+    assert fresh["tile_records"] > 0 and fresh["tile_files"] > 0 and fresh["tile_bytes"] > 0
+    assert fresh["materialized_until"] >= pointer

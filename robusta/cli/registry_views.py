@@ -1,0 +1,95 @@
+"""Rich views of the feature registry (``robusta list`` and ``robusta describe``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+
+from robusta.registry import FeatureEntry, Freshness, Lineage
+
+
+def list_table(found: Sequence[FeatureEntry], total: int) -> Table:
+    table = Table(
+        title=f"{len(found)} of {total} features", header_style="bold", title_justify="left"
+    )
+    for column in ("feature", "spec", "owner", "op", "input", "windows", "entities"):
+        table.add_column(column, overflow="fold")
+    table.add_column("description", overflow="fold", max_width=50)
+    for e in found:
+        table.add_row(
+            e.name,
+            e.spec,
+            e.owner,
+            e.op,
+            e.input or "-",
+            ", ".join(e.windows),
+            ", ".join(sorted(set(e.entities.values()))),
+            escape(e.description or e.spec_description),
+        )
+    return table
+
+
+def describe_view(
+    entry: FeatureEntry, lineage: Sequence[Lineage], fresh: Freshness
+) -> RenderableType:
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    op = entry.op + (f" {entry.params}" if entry.params else "")
+    keys = ", ".join(f"{c} ({entity})" for c, entity in entry.entities.items())
+    for label, value in (
+        ("feature", entry.name),
+        ("description", entry.description or entry.spec_description or "-"),
+        ("spec", f"{entry.spec} (version {entry.spec_version}), {entry.defined_at}"),
+        ("owner", entry.owner),
+        ("operator", op),
+        ("input", f"{entry.input} ({entry.input_type})" if entry.input else "-"),
+        ("keys", f"{keys}; primary {entry.primary}"),
+        ("windows", ", ".join(entry.windows)),
+        ("outputs", ", ".join(entry.outputs)),
+        ("tile table", entry.tile_table),
+    ):
+        facts.add_row(label, escape(value))
+    sources = Table(title="lineage", header_style="bold", title_justify="left")
+    for column in ("role", "query column", "source columns"):
+        sources.add_column(column, overflow="fold")
+    for item in lineage:
+        sources.add_row(item.role, item.column, escape(", ".join(item.sources)))
+    return Group(facts, sources, _freshness_table(fresh))
+
+
+def _freshness_table(fresh: Freshness) -> Table:
+    table = Table(title="freshness", header_style="bold", title_justify="left")
+    table.add_column("store")
+    table.add_column("state", overflow="fold")
+    if fresh.materialized_until is None:
+        offline = "no tiles materialized yet (`robusta materialize`)"
+    else:
+        offline = (
+            f"tiles up to {fresh.materialized_until} (spec version {fresh.tile_table_version}); "
+            f"{fresh.tile_records or 0:,} tiles in {fresh.tile_files or 0} files, "
+            f"{_size(fresh.tile_bytes or 0)}; committed {fresh.committed_at}"
+        )
+    if fresh.version_pointer is None:
+        online = "not uploaded (`robusta upload`)"
+    else:
+        online = (
+            f"version pointer {fresh.version_pointer} ({fresh.online_mode}), "
+            f"uploaded {fresh.uploaded_at}"
+        )
+    table.add_row("offline (Iceberg)", escape(offline))
+    table.add_row("online", escape(online))
+    for problem in fresh.problems:
+        table.add_row("[yellow]unreadable[/yellow]", escape(problem))
+    return table
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
