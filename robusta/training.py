@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +67,14 @@ def get_training_frame(
     step: Step = lambda _: None,
     report: BackfillReport | None = None,
     rows_per_task: int | None = None,
+    source: str = "tiles",
+    since: datetime | None = None,
 ) -> Any:
     """A Spark DataFrame: ``rows``' columns plus one column per requested feature.
+
+    ``source="logged"``: instead, the feature vectors the online client served and logged
+    (``online.log``), from ``since``: entity columns, ``ts``, ``version_pointer`` and the
+    features (``rows`` must be None).
 
     ``rows``: a Spark DataFrame, a pandas DataFrame, or a path (Parquet file or folder, CSV
     with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog). ``features``:
@@ -84,6 +91,14 @@ def get_training_frame(
     assert project_config is not None  # require_valid guarantees it
     if isinstance(features, str):
         features = [features]
+    if source not in ("tiles", "logged"):
+        raise TrainingInputError(f'source must be "tiles" or "logged", not "{source}"')
+    if source == "logged":
+        from robusta.logged import logged_frame
+
+        if rows is not None:
+            raise TrainingInputError('source="logged" reads the rows from the log: pass rows=None')
+        return logged_frame(spark_session(project_config.spark), workspace, features, since)
     requests = resolve_features(workspace.plan, features)
     step("starting Spark")
     spark = spark_session(project_config.spark)

@@ -465,6 +465,38 @@ def describe(feature: str, config: Path | None, as_json: bool) -> None:
     out.print(describe_view(entry, lineage, fresh))
 
 
+@main.command()
+@config_option
+@click.option("--since", type=click.DateTime(DATE_FORMATS), help="Only lookups from then, UTC.")
+@click.option("--spec", "specs", multiple=True, help="Only this spec (repeatable; default all).")
+@click.option(
+    "--max-mismatch",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Largest share of mismatching rows a feature may have before the check fails.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def consistency(
+    config: Path | None,
+    since: datetime | None,
+    specs: tuple[str, ...],
+    max_mismatch: float,
+    as_json: bool,
+) -> None:
+    """Recompute logged lookups with the PIT join at their version pointers and compare."""
+    from robusta.cli.registry_views import consistency_table
+    from robusta.logged import consistency as check
+
+    workspace = load_workspace(config).require_valid()
+    with progress(as_json) as step:
+        report = check(workspace, _utc(since), specs, max_mismatch, step=step)
+    _report(report, as_json, consistency_table)
+    if not report.ok:
+        sys.exit(1)
+
+
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
     """A command's result as JSON (``result.to_json()``) or as its rich table."""
     if as_json:

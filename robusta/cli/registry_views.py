@@ -8,6 +8,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from robusta.logged import ConsistencyReport
 from robusta.registry import FeatureEntry, Freshness, Lineage
 
 
@@ -93,3 +94,25 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"
+
+
+def consistency_table(report: ConsistencyReport) -> Table:
+    since = f" since {report.since}" if report.since else ""
+    verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+    table = Table(
+        title=f"Served vs recomputed{since}: {report.rows:,} logged rows, {verdict} "
+        f"(max mismatch {report.max_mismatch:.2%}; {report.defaults:,} served as defaults)",
+        header_style="bold",
+        title_justify="left",
+    )
+    for column in ("feature", "rows", "matching", "share"):
+        table.add_column(column, justify="left" if column == "feature" else "right")
+    table.add_column("mismatch examples (served / recomputed)", overflow="fold")
+    for f in report.features:
+        examples = "; ".join(f"{e['served']!r} / {e['recomputed']!r}" for e in f.examples[:3])
+        style = "" if 1.0 - f.share <= report.max_mismatch else "red"
+        table.add_row(
+            f.feature, f"{f.rows:,}", f"{f.matched:,}", f"{f.share:.2%}", escape(examples),
+            style=style,
+        )
+    return table

@@ -28,6 +28,7 @@ from robusta.plan.key_assembly import KeyAssembler
 from robusta.plan.keys import record_key
 from robusta.plan.model import KeyColumn, Plan, TileGroup
 from robusta.plan.selection import GroupRequest, resolve_features
+from robusta.serving.feature_log import FeatureLog
 from robusta.serving.records import decode, tile_record_schema, value_record_schema
 from robusta.spec.datatypes import DataType
 from robusta.spec.durations import floor_to, from_micros, to_micros
@@ -87,12 +88,18 @@ class FeatureClient:
     """Looks feature values up in the online store; see the module docstring."""
 
     def __init__(
-        self, workspace: Workspace, store: OnlineStore, *, on_unavailable: str = "error"
+        self,
+        workspace: Workspace,
+        store: OnlineStore,
+        *,
+        on_unavailable: str = "error",
+        log: FeatureLog | None = None,
     ) -> None:
         self.workspace = workspace.require_valid()
         self.plan: Plan = workspace.plan
         self.store = store
         self.on_unavailable = on_unavailable
+        self.log = log  # served vectors go to Iceberg in the background (feature_log)
         self._groups: dict[tuple[str, ...] | None, list[_Group]] = {}
 
     @classmethod
@@ -104,9 +111,15 @@ class FeatureClient:
         assert project is not None
         online = store or open_online_store(project.online, project.project)
         mode = str(project.online.options.get("on_unavailable", "error"))
-        return cls(workspace, online, on_unavailable=mode)
+        options = dict(project.online.options.get("log") or {})
+        log = None
+        if options.pop("enabled", False):
+            log = FeatureLog(project.offline, **options)
+        return cls(workspace, online, on_unavailable=mode, log=log)
 
     def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
         self.store.close()
 
     def __enter__(self) -> FeatureClient:
@@ -134,6 +147,7 @@ class FeatureClient:
         by_spec: dict[str, list[_Group]] = {}
         for group in groups:
             by_spec.setdefault(group.request.spec.name, []).append(group)
+        request = FeatureLog.new_request() if self.log is not None else ""
         for spec, members in by_spec.items():
             wanted = [
                 (g.request.group.layout.table, _key_text(e, g.request.group))
@@ -152,6 +166,9 @@ class FeatureClient:
             for i, group in enumerate(members):
                 part = raws[i * len(entities) : (i + 1) * len(entities)]
                 rows = self._assemble(group, state, part, t)
+                if self.log is not None:
+                    pointer = None if state is None else state.pointer
+                    self._log(request, group, entities, t, pointer, rows)
                 if values is None:
                     values = rows
                 else:
@@ -186,6 +203,21 @@ class FeatureClient:
         table = assembler.assemble(index, rows, codes=np.arange(n, dtype=np.int64))
         names, columns = table.column_names, table.to_pydict().values()
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def _log(
+        self,
+        request: str,
+        group: _Group,
+        entities: Sequence[Entity],
+        t: int,
+        pointer: int | None,
+        rows: list[dict[str, Any]],
+    ) -> None:
+        assert self.log is not None
+        layout = group.request.group.layout
+        keys = [{k.entity: _key_value(e, k) for k in layout.keys} for e in entities]
+        names = [o.name for o in group.request.outputs]
+        self.log.record(request, group.request.spec, names, keys, t, pointer, rows)
 
     def _defaults(self, group: _Group) -> dict[str, Any]:
         """Values of a key without events (count 0, others null)."""

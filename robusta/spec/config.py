@@ -45,8 +45,10 @@ _ONLINE_KEYS: dict[str, tuple[str, ...]] = {
     "aerospike": ("hosts", "namespace", "set", "timeout_ms", "user_env", "password_env"),
 }
 # Keys every backend takes: serving mode per spec, retention margin, what lookups do when the
-# store is down.
-_ONLINE_COMMON = ("modes", "margin", "on_unavailable")
+# store is down, feature logging.
+_ONLINE_COMMON = ("modes", "margin", "on_unavailable", "log")
+# online.log: served feature vectors to Iceberg (robusta.serving.feature_log); numbers > 0.
+LOG_KEYS = {"flush_seconds": 5.0, "max_rows": 100_000, "batch_rows": 10_000}
 SERVING_MODES = ("assemble", "preassembled")
 ON_UNAVAILABLE = ("error", "empty")
 _SCHEMA_REQUIRED = ("csv", "json", "python")
@@ -278,9 +280,29 @@ def _online(check: Checker, root: Path) -> OnlineConfig:
             ("online", "on_unavailable"),
             f"on_unavailable must be one of {one_of(ON_UNAVAILABLE)}",
         )
+    if "log" in body:
+        options["log"] = _log_options(check)
     if kind == "embedded":
         options["path"] = str(root / str(options.get("path", ".robusta/online")))
     return OnlineConfig(kind, options)
+
+
+def _log_options(check: Checker) -> dict[str, Any]:
+    """``online.log``: ``true`` or a mapping of LOG_KEYS (plus ``enabled``), checked."""
+    value = check.get(("online", "log"))
+    if isinstance(value, bool):
+        return {"enabled": value, **LOG_KEYS}
+    body = check.section(("online", "log"), (), ("enabled", *LOG_KEYS), what="online.log")
+    if body is None:
+        return {"enabled": False}
+    options: dict[str, Any] = {"enabled": bool(body.get("enabled", True))}
+    for key, default in LOG_KEYS.items():
+        raw = body.get(key, default)
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+            check.add(("online", "log", key), f"online.log {key} must be a number above 0")
+            raw = default
+        options[key] = type(default)(raw)
+    return options
 
 
 def _spark(check: Checker) -> SparkConfig:

@@ -355,3 +355,55 @@ def test_describe_shows_tiles_and_version_pointer(served: Served) -> None:
     assert fresh["online_mode"] == "assemble"
     assert fresh["tile_records"] > 0 and fresh["tile_files"] > 0 and fresh["tile_bytes"] > 0
     assert fresh["materialized_until"] >= pointer
+
+
+def test_logged_lookups_replay_exactly_and_train_as_logged(served: Served, tmp_path: Path) -> None:
+    """Forward fill: served vectors logged to Iceberg; `robusta consistency` recomputes them
+    with the PIT join at the logged pointer (100% exact), and flags a tampered row."""
+    from click.testing import CliRunner
+
+    from robusta.cli.main import main
+    from robusta.logged import consistency
+    from robusta.serving.feature_log import FeatureLog
+    from robusta.spec.durations import to_micros
+
+    config = served.workspace.project.config
+    spec = served.workspace.plan.spec("engagement")
+    assert config is not None and spec is not None
+    store = open_online_store(online_config("embedded", tmp_path), "test", create=True)
+    upload(served.workspace, at=from_micros(served.at), store=store)
+    log = FeatureLog(config.offline, flush_seconds=0.2)
+    client = FeatureClient(served.workspace, store, log=log)  # closes the store too
+    asked = lookups(served, 40)
+    since = from_micros(served.at) - timedelta(days=30)
+    singles = [client.get_features([e], None, at=from_micros(t))[0] for e, t in asked]
+    batch = client.get_features([e for e, _ in asked[:20]], ["engagement"], None)
+    client.close()
+    stats = log.stats()
+    assert stats.logged == 2 * (40 + 20) and stats.dropped == 0, stats  # rows of both groups
+    report = consistency(served.workspace, since=since)
+    assert report.ok and report.rows == 2 * (40 + 20), report.to_json()
+    assert {f.feature for f in report.features} == set(singles[0].values)
+    assert all(f.matched == f.rows > 0 for f in report.features), report.to_json()
+    # Logged rows are training rows: one per request and entity, both groups' features.
+    frame = get_training_frame(
+        None, ["n_events_1d", "pair_events_1h"], workspace=served.workspace, source="logged"
+    )
+    got = sorted((r["n_events_1d"], r["pair_events_1h"]) for r in frame.toArrow().to_pylist())
+    want = [(v.values["n_events_1d"], v.values["pair_events_1h"]) for v in [*singles, *batch]]
+    assert got == sorted(want)
+    # A logged value the tiles do not give is reported, and the check exits 1.
+    (entity, t), first = asked[0], singles[0]
+    assert first.pointer is not None
+    wrong = first.values["n_events_1d"] + 1
+    tamper = FeatureLog(config.offline)
+    keys = [{"USER_ID": entity["USER_ID"]}]
+    row = [{"n_events_1d": wrong}]
+    pointer = to_micros(first.pointer)
+    tamper.record(tamper.new_request(), spec, ["n_events_1d"], keys, t, pointer, row)
+    tamper.close()
+    args = ["consistency", "--config", str(served.root / "robusta.yaml"), "--json"]
+    result = CliRunner().invoke(main, [*args, "--since", since.strftime("%Y-%m-%dT%H:%M:%S")])
+    assert result.exit_code == 1, result.output
+    [bad] = [f for f in json.loads(result.output)["features"] if f["feature"] == "n_events_1d"]
+    assert bad["rows"] - bad["matched"] == 1 and bad["examples"][0]["served"] == wrong
