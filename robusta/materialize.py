@@ -20,6 +20,7 @@ from robusta.engine.spark.tiles import Range, TileJob, write_tiles
 from robusta.errors import RobustaError, UnknownFeatureError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.durations import floor_to, to_micros
+from robusta.spec.model import ProjectConfig
 from robusta.store.tiles import Span, TileTables
 from robusta.workspace import Workspace
 
@@ -63,6 +64,7 @@ def materialize(
     step("starting Spark")
     spark = spark_session(config.spark)
     tables = TileTables(config.offline)
+    _record_volumes(spark, config, chosen, start, end, step)
     reports = []
     for plan in chosen:
         register_sources(spark, config, plan.spec.sources)
@@ -75,6 +77,29 @@ def materialize(
         finally:
             spark.catalog.dropTempView(f"__robusta_events_{plan.name}")  # and its cache
     return reports
+
+
+def _record_volumes(
+    spark: object,
+    config: ProjectConfig,
+    chosen: Sequence[SpecPlan],
+    start: datetime | None,
+    end: datetime | None,
+    step: Step,
+) -> None:
+    """Event counts of the monitored sources the chosen specs read (``robusta.monitor``)."""
+    from robusta.monitor import record_volumes
+
+    names = dict.fromkeys(name for plan in chosen for name in plan.spec.sources)
+    for name in names:
+        source = config.sources.get(name)
+        if source is None or source.monitor is None:
+            continue
+        step(f"recording event volumes of {name}")
+        register_sources(spark, config, [name])
+        lo = None if start is None else to_micros(start)
+        hi = None if end is None else to_micros(end)
+        record_volumes(spark, config, source, lo, hi)
 
 
 class MaterializeError(RobustaError, ValueError):

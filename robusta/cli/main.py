@@ -497,6 +497,46 @@ def consistency(
         sys.exit(1)
 
 
+@main.command()
+@config_option
+@click.option("--source", "sources", multiple=True, help="Only this source (repeatable).")
+@click.option("--at", type=click.DateTime(DATE_FORMATS), help="Check the bucket holding this time.")
+@click.option("--drop", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Flag a segment below this share of its recent level.")
+@click.option("--baseline", default=7, show_default=True, type=click.IntRange(1, 1000),
+              help="Buckets before the checked one whose median is the recent level.")
+@click.option("--min-events", default=20, show_default=True, type=click.IntRange(0),
+              help="Ignore segments whose recent level is below this.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def monitor(
+    config: Path | None,
+    sources: tuple[str, ...],
+    at: datetime | None,
+    drop: float,
+    baseline: int,
+    min_events: int,
+    as_json: bool,
+) -> None:
+    """Flag sources and segments whose event volume fell far below its recent level."""
+    from robusta.cli.registry_views import monitor_table
+    from robusta.monitor import check_volumes
+
+    workspace = load_workspace(config).require_valid()
+    assert workspace.project.config is not None
+    report = check_volumes(
+        workspace.project.config,
+        sources,
+        drop=drop,
+        baseline=baseline,
+        min_events=min_events,
+        at=_utc(at),
+    )
+    _report(report, as_json, monitor_table)
+    if report.flagged:
+        sys.exit(1)
+
+
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
     """A command's result as JSON (``result.to_json()``) or as its rich table."""
     if as_json:

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from robusta.logged import ConsistencyReport
+from robusta.monitor import TOTAL, MonitorReport
 from robusta.registry import FeatureEntry, Freshness, Lineage
 
 
@@ -114,5 +115,32 @@ def consistency_table(report: ConsistencyReport) -> Table:
         table.add_row(
             f.feature, f"{f.rows:,}", f"{f.matched:,}", f"{f.share:.2%}", escape(examples),
             style=style,
+        )
+    return table
+
+
+def monitor_table(report: MonitorReport) -> Table:
+    flagged = len(report.flagged)
+    verdict = f"[red]{flagged} flagged[/red]" if flagged else "[green]ok[/green]"
+    table = Table(
+        title=f"Event volumes: latest bucket vs the median of the {report.baseline_buckets} "
+        f"before it, {verdict} (flag below {report.drop:.0%}, levels >= {report.min_events})",
+        header_style="bold",
+        title_justify="left",
+    )
+    for column in ("source", "segment", "value", "bucket", "events", "recent level", "ratio"):
+        table.add_column(column, justify="right" if column in ("events", "recent level",
+                                                                 "ratio") else "left")
+    for v in report.volumes:
+        ratio = "-" if v.ratio is None else f"{v.ratio:.0%}"
+        table.add_row(
+            v.source,
+            "total" if v.segment == TOTAL else v.segment,
+            escape(v.value or ""),
+            v.bucket,
+            f"{v.events:,}",
+            f"{v.baseline:,.0f}",
+            ratio,
+            style="bold red" if v.flagged else "",
         )
     return table

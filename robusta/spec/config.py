@@ -16,6 +16,7 @@ from robusta.spec.model import (
     ONLINE_TYPES,
     SOURCE_FORMATS,
     EntityConfig,
+    MonitorConfig,
     OfflineConfig,
     OnlineConfig,
     ProjectConfig,
@@ -36,7 +37,7 @@ from robusta.spec.yamldoc import YamlLoadError, load_yaml
 CONFIG_NAME = "robusta.yaml"
 _TOP = ("project",)
 _TOP_OPTIONAL = ("feature_defs", "sources", "entities", "offline", "online", "spark")
-_SOURCE_KEYS = ("format", "path", "table", "options", "schema", "loader")
+_SOURCE_KEYS = ("format", "path", "table", "options", "schema", "loader", "monitor")
 # The key that says where each format's data is.
 _LOCATOR = {"python": "loader", "iceberg": "table"}
 _ONLINE_KEYS: dict[str, tuple[str, ...]] = {
@@ -160,7 +161,36 @@ def _source(check: Checker, root: Path, name: str) -> SourceConfig | None:
         loader=loader,
         table=table,
         location=check.where(path, key=True),
+        monitor=_monitor(check, path, schema) if "monitor" in body else None,
     )
+
+
+def _monitor(
+    check: Checker, source: tuple[str, ...], schema: tuple[Column, ...] | None
+) -> MonitorConfig | None:
+    """``sources.<name>.monitor: {timestamp: col, segments: [col, ...], granularity: 1d}``."""
+    path = (*source, "monitor")
+    body = check.section(path, ("timestamp",), ("segments", "granularity"), what="monitor")
+    if body is None:
+        return None
+    timestamp = check.text((*path, "timestamp")) or ""
+    segments = [str(s) for s in (check.sequence((*path, "segments")) or [])]
+    known = {c.name.lower(): c.name for c in schema or ()}
+    for i, column in enumerate([timestamp, *segments]):
+        where: tuple[str | int, ...] = (
+            (*path, "timestamp") if i == 0 else (*path, "segments", i - 1)
+        )
+        if known and column and column.lower() not in known:
+            check.add(
+                where,
+                f'the source has no column "{column}"{did_you_mean(column, known.values())}',
+            )
+    try:
+        granularity = Duration.parse(body.get("granularity", "1d"))
+    except ValueError as exc:
+        check.add((*path, "granularity"), f"granularity: {exc}")
+        granularity = Duration.parse("1d")
+    return MonitorConfig(timestamp, tuple(segments), granularity)
 
 
 def _option_text(value: Any) -> str:

@@ -16,6 +16,16 @@ ONLINE_TYPES = ("embedded", "redis", "aerospike")
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """Event volumes to record for a source: per time bucket, in total and per value of each
+    segment column (``robusta monitor`` flags a segment falling far below its recent level)."""
+
+    timestamp: str  # the source column giving each event's time
+    segments: tuple[str, ...]  # columns whose values are segments (e.g. device, country)
+    granularity: Duration  # bucket size of the counts
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
     name: str
     format: str
@@ -25,6 +35,7 @@ class SourceConfig:
     loader: str | None = None  # python sources: "module:function" returning a DataFrame
     table: str | None = None  # iceberg sources: "namespace.table" in the offline catalog
     location: Location | None = None
+    monitor: MonitorConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

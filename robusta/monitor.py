@@ -1,0 +1,296 @@
+"""Data-volume monitors: event counts per source and segment, and drops against recent levels.
+
+A source with a ``monitor`` section in ``robusta.yaml``
+
+    sources:
+      engagement_events:
+        ...
+        monitor: {timestamp: event_ts, segments: [device, country], granularity: 1d}
+
+gets its events counted by every ``robusta materialize`` that reads it: per time bucket, in
+total and per value of each segment column, into the Iceberg table ``<namespace>.event_volumes``
+(a rerun over a range replaces that range's counts). ``robusta monitor`` then compares each
+segment's latest bucket with the median of its previous ``baseline`` buckets and flags the
+segments that fell below ``drop`` times that level: a country whose events stop is flagged even
+while the total, carried by the other countries, looks normal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from statistics import median
+from typing import Any
+
+import pyarrow as pa
+
+from robusta.errors import RobustaError
+from robusta.spec.durations import floor_to, from_micros, to_micros
+from robusta.spec.model import OfflineConfig, ProjectConfig, SourceConfig
+
+VOLUMES_TABLE = "event_volumes"
+TOTAL = "__total__"  # the segment of all events
+NULL_VALUE = "(null)"
+VOLUMES_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("segment", pa.string()),
+        pa.field("value", pa.string()),
+        pa.field("bucket_start", pa.timestamp("us", tz="UTC")),
+        pa.field("granularity_us", pa.int64()),
+        pa.field("events", pa.int64()),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+class MonitorError(RobustaError, LookupError):
+    """Nothing to monitor (no source has a monitor section, or nothing was recorded)."""
+
+
+# ---- recording (called by materialize, with the source registered as a Spark view) -------
+def record_volumes(
+    spark: Any,
+    config: ProjectConfig,
+    source: SourceConfig,
+    start: int | None = None,
+    end: int | None = None,
+) -> int:
+    """Count ``source``'s events of whole buckets covering ``[start, end)`` (default: all)
+    and replace those buckets' counts in the volumes table; returns the rows written."""
+    monitor = source.monitor
+    assert monitor is not None
+    size = monitor.granularity.micros
+    lo = None if start is None else floor_to(start, size)
+    hi = None if end is None else -floor_to(-end, size)
+    counts = spark.sql(_count_sql(source, lo, hi)).toArrow()
+    rows = _volume_rows(source.name, counts, size)
+    _replace(config.offline, source.name, rows, lo, hi)
+    return int(rows.num_rows)
+
+
+def _count_sql(source: SourceConfig, lo: int | None, hi: int | None) -> str:
+    monitor = source.monitor
+    assert monitor is not None
+    ts = f"unix_micros(CAST({_q(monitor.timestamp)} AS TIMESTAMP))"
+    parts = [f"named_struct('segment', '{TOTAL}', 'value', CAST(NULL AS STRING))"]
+    parts += [
+        f"named_struct('segment', '{_text(s)}', 'value', CAST({_q(s)} AS STRING))"
+        for s in monitor.segments
+    ]
+    where = [f"{ts} IS NOT NULL"]
+    if lo is not None:
+        where.append(f"{ts} >= {lo}")
+    if hi is not None:
+        where.append(f"{ts} < {hi}")
+    size = monitor.granularity.micros
+    return f"""
+        SELECT bucket, s.segment AS segment, s.value AS value, count(1) AS events
+        FROM (
+            SELECT {ts} - pmod({ts}, {size}) AS bucket, explode(array({", ".join(parts)})) AS s
+            FROM {_q(source.name)} WHERE {" AND ".join(where)}
+        ) GROUP BY bucket, s.segment, s.value
+    """
+
+
+def _volume_rows(source: str, counts: pa.Table, size: int) -> pa.Table:
+    n = counts.num_rows
+    now = to_micros(datetime.now(UTC))
+    values = [NULL_VALUE if v is None else v for v in counts.column("value").to_pylist()]
+    segments = counts.column("segment").to_pylist()
+    values = [None if s == TOTAL else v for s, v in zip(segments, values, strict=True)]
+    time_type = pa.timestamp("us", tz="UTC")
+    return pa.Table.from_arrays(
+        [
+            pa.array([source] * n, pa.string()),
+            pa.array(segments, pa.string()),
+            pa.array(values, pa.string()),
+            counts.column("bucket").cast(pa.int64()).cast(time_type),
+            pa.array([size] * n, pa.int64()),
+            counts.column("events").cast(pa.int64()),
+            pa.array([now] * n, pa.int64()).cast(time_type),
+        ],
+        schema=VOLUMES_SCHEMA,
+    )
+
+
+def _replace(
+    offline: OfflineConfig, source: str, rows: pa.Table, lo: int | None, hi: int | None
+) -> None:
+    from pyiceberg import expressions
+
+    # pydantic models: untyped positionals
+    equal: Any = expressions.EqualTo
+    at_least: Any = expressions.GreaterThanOrEqual
+    below: Any = expressions.LessThan
+    table = _volumes_table(offline, create=True)
+    if table.current_snapshot() is None:  # nothing to replace yet
+        table.append(rows)
+        return
+    scope: Any = equal("source", source)
+    if lo is not None:
+        scope = expressions.And(scope, at_least("bucket_start", _iso(lo)))
+    if hi is not None:
+        scope = expressions.And(scope, below("bucket_start", _iso(hi)))
+    table.overwrite(rows, overwrite_filter=scope)
+
+
+def _volumes_table(offline: OfflineConfig, *, create: bool) -> Any:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from robusta.store.catalog import open_catalog
+
+    catalog = open_catalog(offline)
+    identifier = f"{offline.namespace}.{VOLUMES_TABLE}"
+    try:
+        return catalog.load_table(identifier)
+    except NoSuchTableError:
+        if not create:
+            return None
+        return catalog.create_table(identifier, schema=VOLUMES_SCHEMA)
+
+
+# ---- checking ---------------------------------------------------------------------------
+@dataclass
+class Volume:
+    """One segment value's latest bucket against its recent level."""
+
+    source: str
+    segment: str
+    value: str | None
+    bucket: str
+    events: int
+    baseline: float  # median of the previous buckets (missing ones count 0)
+    flagged: bool
+
+    @property
+    def ratio(self) -> float | None:
+        return self.events / self.baseline if self.baseline else None
+
+
+@dataclass
+class MonitorReport:
+    drop: float
+    baseline_buckets: int
+    min_events: int
+    volumes: list[Volume] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[Volume]:
+        return [v for v in self.volumes if v.flagged]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": not self.flagged,
+            "drop": self.drop,
+            "baseline_buckets": self.baseline_buckets,
+            "min_events": self.min_events,
+            "volumes": [{**asdict(v), "ratio": v.ratio} for v in self.volumes],
+        }
+
+
+Count = tuple[str, str, str | None, int, int, int]  # source, segment, value, bucket, size, n
+
+
+def find_drops(
+    counts: Iterable[Count],
+    *,
+    drop: float = 0.5,
+    baseline: int = 7,
+    min_events: int = 20,
+    at: int | None = None,
+) -> list[Volume]:
+    """Per source, each segment value's count in the latest bucket (or the bucket holding
+    ``at``) against the median of the ``baseline`` buckets before it; flagged when below
+    ``drop`` times a median of at least ``min_events``. Pure: no store access."""
+    by_source: dict[str, dict[tuple[str, str | None], dict[int, int]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    sizes: dict[str, int] = {}
+    for source, segment, value, bucket, size, n in counts:
+        by_source[source][(segment, value)][bucket] = n
+        sizes[source] = size
+    out = []
+    for source, series in sorted(by_source.items()):
+        size = sizes[source]
+        total = series.get((TOTAL, None), {})
+        if not total:
+            continue
+        latest = floor_to(at, size) if at is not None else max(total)
+        previous = [latest - k * size for k in range(1, baseline + 1)]
+        for (segment, value), buckets in sorted(series.items(), key=lambda kv: _order(kv[0])):
+            level = median(buckets.get(b, 0) for b in previous)
+            now = buckets.get(latest, 0)
+            flagged = level >= min_events and now < drop * level
+            out.append(
+                Volume(source, segment, value, _iso(latest), now, float(level), flagged)
+            )
+    return out
+
+
+def _order(key: tuple[str, str | None]) -> tuple[int, str, str]:
+    segment, value = key
+    return (0 if segment == TOTAL else 1, segment, value or "")
+
+
+def check_volumes(
+    config: ProjectConfig,
+    sources: Sequence[str] = (),
+    *,
+    drop: float = 0.5,
+    baseline: int = 7,
+    min_events: int = 20,
+    at: datetime | None = None,
+) -> MonitorReport:
+    """Read the recorded volumes and :func:`find_drops` in them."""
+    monitored = [s.name for s in config.sources.values() if s.monitor is not None]
+    if not monitored:
+        raise MonitorError(
+            "no source has a monitor section: add `monitor: {timestamp: <column>, segments: "
+            "[<column>, ...]}` to a source in robusta.yaml, then run `robusta materialize`"
+        )
+    unknown = [s for s in sources if s not in monitored]
+    if unknown:
+        raise MonitorError(
+            f"not monitored: {', '.join(unknown)}; monitored: {', '.join(monitored)}"
+        )
+    table = _volumes_table(config.offline, create=False)
+    if table is None:
+        raise MonitorError("no event volumes recorded yet: run `robusta materialize`")
+    wanted = set(sources or monitored)
+    rows = table.scan().to_arrow().to_pylist()
+    counts = [
+        (
+            r["source"],
+            r["segment"],
+            r["value"],
+            to_micros(r["bucket_start"]),
+            int(r["granularity_us"]),
+            int(r["events"]),
+        )
+        for r in rows
+        if r["source"] in wanted
+    ]
+    report = MonitorReport(drop, baseline, min_events)
+    report.volumes = find_drops(
+        counts,
+        drop=drop,
+        baseline=baseline,
+        min_events=min_events,
+        at=None if at is None else to_micros(at),
+    )
+    return report
+
+
+def _q(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _text(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _iso(micros: int) -> str:
+    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S+00:00")
