@@ -222,8 +222,11 @@ class TileSet:
         # Sketch IRs are costly to decode: decode only the picked ones.
         sketches = pa.types.is_binary(self.tiles.schema.field(feature.ir_column).type)
         if self.presorted and sketches and feature.name not in self.states:
+            # Windows share tiles: decode each picked tile once.
+            distinct, again = np.unique(picks, return_inverse=True)
             column = self.tiles.column(feature.ir_column)
-            return feature.op.from_arrow(column.take(pa.array(picks, pa.int64())).combine_chunks())
+            decoded = feature.op.from_arrow(column.take(pa.array(distinct)).combine_chunks())
+            return take(decoded, again.reshape(-1))
         return take(self.state(feature), picks)
 
     def state(self, feature: BaseFeature) -> State:
