@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
-from robusta.engine.spark.tiles import Range, TileJob, write_tiles
+from robusta.engine.spark.tiles import Range, TileJob, read_tiles, write_tiles
 from robusta.errors import RobustaError, UnknownFeatureError
-from robusta.plan.model import SpecPlan, TileGroup
+from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
 from robusta.spec.durations import floor_to, to_micros
 from robusta.spec.model import ProjectConfig
-from robusta.store.tiles import Span, TileTables
+from robusta.store.tiles import Span, TileTables, coverage, merge_spans, new_features
 from robusta.workspace import Workspace
 
 Step = Callable[[str], None]
@@ -40,6 +40,7 @@ class TableReport:
     seconds: float
     range: tuple[str | None, str | None] = (None, None)
     carried_over_files: int = field(default=0)
+    added_columns: list[str] = field(default_factory=list)  # merge on read: only these
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -142,6 +143,12 @@ def _materialize_group(
     started = time.perf_counter()
     name = group.layout.table
     table = tables.ensure(group, plan.hash, rebuild=rebuild)
+    added = new_features(table, group) or []
+    if added and table.current_snapshot() is not None:
+        report = _add_columns(spark, tables, plan, group, table, added, step)
+        if not window.bounded:  # the whole coverage has every column now
+            return report
+        table = tables.load(name)
     run = tables.start_run(table)
     old_files = tables.overlapping_files(table, window.start, window.end)
     job = TileJob(spark, plan, group, window)
@@ -149,7 +156,7 @@ def _materialize_group(
         step(f"{name}: reading events and building tiles")
         tiles = job.tiles()
         if window.bounded and old_files:
-            tiles = tiles.unionByName(_carried_over(spark, old_files, window))
+            tiles = tiles.unionByName(_carried_over(spark, old_files, window, group))
         step(f"{name}: writing tiles")
         write_tiles(tiles, str(run.folder))
         counts = job.counts(job.tiles())  # the cached tiles: no recomputation
@@ -181,6 +188,47 @@ def _materialize_group(
     )
 
 
+def _add_columns(
+    spark: object,
+    tables: TileTables,
+    plan: SpecPlan,
+    group: TileGroup,
+    table: object,
+    added: Sequence[BaseFeature],
+    step: Step,
+) -> TableReport:
+    """Merge on read: the ``added`` features' IR columns over the table's coverage, written
+    as new files beside the existing ones (which are not rewritten), in one commit."""
+    started = time.perf_counter()
+    spans = merge_spans(coverage(table))
+    window = Range(spans[0][0], spans[-1][1]) if spans and spans[0][0] is not None else Range()
+    subset = TileGroup(group.layout, tuple(added))
+    names = ", ".join(f.name for f in added)
+    run = tables.start_run(table)
+    job = TileJob(spark, plan, subset, window)
+    try:
+        step(f"{group.layout.table}: computing the added features {names} over the coverage")
+        write_tiles(job.tiles(), str(run.folder))
+        counts = job.counts(job.tiles())
+        step(f"{group.layout.table}: committing the added columns")
+        snapshot = tables.add_columns(table, group, plan.hash, run, added)
+    finally:
+        job.release()
+    return TableReport(
+        spec=plan.name,
+        table=tables.identifier(group.layout.table),
+        version=plan.hash,
+        events=counts.events,
+        dropped_null_key=counts.null_keys,
+        dropped_null_timestamp=counts.null_timestamps,
+        tiles=counts.tiles,
+        snapshot_id=snapshot,
+        seconds=round(time.perf_counter() - started, 2),
+        range=_range_text(window),
+        added_columns=[f.ir_column for f in added],
+    )
+
+
 def _covered(window: Range, last_bucket: int | None, group: TileGroup) -> Span:
     """What the run made complete: its range; or, over all data, all time up to now or to the
     end of the last tile with events, whichever is later (events may still arrive after)."""
@@ -191,10 +239,13 @@ def _covered(window: Range, last_bucket: int | None, group: TileGroup) -> Span:
     return (None, now if last_bucket is None else max(now, last_bucket + gmin))
 
 
-def _carried_over(spark: object, files: Sequence[object], window: Range) -> object:
-    """Tiles outside the range that live in data files the commit will replace."""
+def _carried_over(
+    spark: object, files: Sequence[object], window: Range, group: TileGroup
+) -> object:
+    """Tiles outside the range that live in data files the commit will replace (files of
+    added columns merged in)."""
     paths = [f.file_path for f in files]  # type: ignore[attr-defined]
-    frame = spark.read.parquet(*paths)  # type: ignore[attr-defined]
+    frame = read_tiles(spark, paths, group)
     inside = (
         f"unix_micros(bucket_start) >= {window.start} AND unix_micros(bucket_start) < {window.end}"
     )
@@ -208,3 +259,55 @@ def _range_text(window: Range) -> tuple[str | None, str | None]:
         return (None, None)
     assert window.start is not None and window.end is not None
     return (from_micros(window.start).isoformat(), from_micros(window.end).isoformat())
+
+
+@dataclass
+class CompactReport:
+    spec: str
+    table: str
+    files_before: int
+    files_after: int
+    snapshot_id: int | None  # None: already compact, nothing committed
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def compact(
+    workspace: Workspace, specs: Sequence[str] = (), *, step: Step = lambda _: None
+) -> list[CompactReport]:
+    """Fold every tile table's added-column files into whole files, one commit per table;
+    the tiles (and so every value served or backfilled) stay the same."""
+    from robusta.store.tiles import files_by_columns, local_path
+
+    workspace.require_valid()
+    config = workspace.project.config
+    assert config is not None
+    chosen = _choose(workspace, specs)
+    spark = None
+    tables = TileTables(config.offline)
+    reports = []
+    for plan in chosen:
+        for group in plan.groups:
+            table = tables.load(group.layout.table)
+            if table is None:
+                continue
+            if new_features(table, group):
+                raise MaterializeError(
+                    f"table {tables.identifier(group.layout.table)} lacks added features: run "
+                    f"`robusta materialize --spec {plan.name}` first"
+                )
+            files = tables.overlapping_files(table, None, None)
+            paths = [str(local_path(f.file_path)) for f in files]
+            identifier = tables.identifier(group.layout.table)
+            if len(files_by_columns(paths)) <= 1:
+                reports.append(CompactReport(plan.name, identifier, len(files), len(files), None))
+                continue
+            step(f"{group.layout.table}: compacting {len(files)} files")
+            spark = spark or spark_session(config.spark)
+            run = tables.start_run(table)
+            write_tiles(read_tiles(spark, [f.file_path for f in files], group), str(run.folder))
+            snapshot = tables.replace(table, files, run, {"robusta.compacted": "true"})
+            after = len(list(run.folder.rglob("*.parquet")))
+            reports.append(CompactReport(plan.name, identifier, len(files), after, snapshot))
+    return reports

@@ -537,6 +537,30 @@ def monitor(
         sys.exit(1)
 
 
+@main.command()
+@config_option
+@click.option("--spec", "specs", multiple=True, help="Spec to compact (repeatable; default all).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def compact(config: Path | None, specs: tuple[str, ...], as_json: bool) -> None:
+    """Fold added-feature files of tile tables into whole files (one commit per table)."""
+    from robusta.materialize import compact as run
+
+    workspace = load_workspace(config).require_valid()
+    with progress(quiet=as_json) as step:
+        reports = run(workspace, specs, step=step)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2))
+        return
+    table = Table(title="Compacted tile tables", header_style="bold")
+    for column in ("spec", "table", "files before", "files after", "snapshot"):
+        table.add_column(column)
+    for r in reports:
+        snapshot = "already compact" if r.snapshot_id is None else str(r.snapshot_id)
+        table.add_row(r.spec, r.table, str(r.files_before), str(r.files_after), snapshot)
+    out.print(table)
+
+
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
     """A command's result as JSON (``result.to_json()``) or as its rich table."""
     if as_json:

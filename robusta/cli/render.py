@@ -190,7 +190,7 @@ def materialize_table(reports: list[TableReport]) -> Table:
             f"{r.dropped_null_timestamp:,}",
             ", ".join(f"{g}: {n:,}" for g, n in r.tiles.items()),
             f"{r.seconds:.1f}",
-            str(r.snapshot_id),
+            str(r.snapshot_id) + (f" (added {', '.join(r.added_columns)})" * bool(r.added_columns)),
         )
     return table
 

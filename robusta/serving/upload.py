@@ -42,7 +42,7 @@ from robusta.serving.records import (
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.suggest import did_you_mean
 from robusta.store.online import OnlineStore, SpecState, open_online_store
-from robusta.store.tiles import read_bucket
+from robusta.store.tiles import read_bucket, tile_identity
 from robusta.workspace import Workspace
 
 Step = Callable[[str], None]
@@ -211,7 +211,7 @@ class _SpecUpload:
         name = group.layout.table
         for i, bucket in enumerate(sorted(files)):
             self.step(f"{name}: key bucket {i + 1}/{len(files)}, {done.keys:,} keys so far")
-            tiles = read_bucket(files[bucket], bucket, end=pointer)
+            tiles = read_bucket(files[bucket], bucket, end=pointer, identity=tile_identity(group))
             if self.mode == "preassembled":
                 pairs = _value_records(group, tiles, pointer)
             else:

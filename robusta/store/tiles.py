@@ -9,6 +9,14 @@ Spark writes the Parquet files into a run folder of the table; one Iceberg *over
 snapshot then removes the files a run replaces and adds the new ones, so readers see the old
 tiles or the new ones, never a mix. Runs that die before committing leave only their run
 folder, which the next run deletes (nothing references it).
+
+Merge on read: a base feature added to a materialized spec gets its IR column computed over
+the table's coverage into new files holding only the tile identity (keys, granularity,
+bucket) and the new columns; the table's schema gains the columns, nothing is rewritten.
+Readers (:func:`read_bucket`, and Spark through ``engine.spark.tiles.read_tiles``) join the
+files' column sets on the tile identity; ``robusta compact`` folds them into whole files.
+The table records each IR column's feature hash (``robusta.ir-columns``): a spec version
+whose existing columns are unchanged and only adds columns is compatible.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from robusta.spec.model import OfflineConfig
 from robusta.store.catalog import open_catalog
 
 VERSION_PROPERTY = "robusta.spec-version"
+COLUMNS_PROPERTY = "robusta.ir-columns"  # JSON {ir column: feature hash} of the stored tiles
+KEY_BUCKETS_PROPERTY = "robusta.key-buckets"
 COVERAGE_PROPERTY = "robusta.coverage"  # JSON [[start, end], ...] in epoch micros; null = open
 RUN_PROPERTY = "robusta.run-id"
 RUNS_FOLDER = "runs"
@@ -80,7 +90,8 @@ class TileTables:
             return None
 
     def ensure(self, group: TileGroup, version: str, *, rebuild: bool = False) -> Any:
-        """The group's table, created if missing; refuses tiles of another spec version."""
+        """The group's table, created if missing; refuses tiles of another spec version
+        unless that version only adds IR columns (see :func:`new_features`)."""
         table = self.load(group.layout.table)
         if table is not None and rebuild:
             self.catalog.drop_table(self.identifier(group.layout.table))
@@ -88,7 +99,7 @@ class TileTables:
         if table is None:
             return self._create(group, version)
         stored = table.properties.get(VERSION_PROPERTY)
-        if stored != version:
+        if stored != version and new_features(table, group) is None:
             raise SpecChangedError(
                 f'the tiles in table "{self.identifier(group.layout.table)}" were written by '
                 f"spec version {stored}, the spec is now version {version}: rerun "
@@ -96,13 +107,36 @@ class TileTables:
             )
         return table
 
+    def add_columns(
+        self, table: Any, group: TileGroup, version: str, run: Run, features: Sequence[Any]
+    ) -> int:
+        """Commit a run holding only ``features``' IR columns: the schema gains them and the
+        run's files are added beside the existing ones, in one snapshot."""
+        with table.update_schema() as update:
+            update.union_by_name(tile_schema(group))
+        table = self.catalog.load_table(self.identifier(group.layout.table))
+        stored = json.loads(table.properties.get(COLUMNS_PROPERTY) or "{}")
+        stored.update({f.ir_column: f.hash for f in features})
+        new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
+        added = ",".join(f.ir_column for f in features)
+        summary = {VERSION_PROPERTY: version, RUN_PROPERTY: run.id, "robusta.added": added}
+        properties = {COLUMNS_PROPERTY: json.dumps(stored, sort_keys=True)}
+        swap_files(table, [], new_paths, summary, {**properties, VERSION_PROPERTY: version})
+        refreshed = self.catalog.load_table(self.identifier(group.layout.table))
+        snapshot = refreshed.current_snapshot()
+        return int(snapshot.snapshot_id) if snapshot is not None else 0
+
     def _create(self, group: TileGroup, version: str) -> Any:
         from pyiceberg.transforms import MonthTransform
 
         table = self.catalog.create_table(
             self.identifier(group.layout.table),
             schema=tile_schema(group),
-            properties={VERSION_PROPERTY: version},
+            properties={
+                VERSION_PROPERTY: version,
+                COLUMNS_PROPERTY: json.dumps(column_hashes(group), sort_keys=True),
+                KEY_BUCKETS_PROPERTY: str(group.layout.key_buckets),
+            },
         )
         with table.update_spec() as update:
             update.add_identity("granularity")
@@ -214,15 +248,44 @@ def swap_files(
                 overwrite.append_data_file(data_file)
 
 
+def column_hashes(group: TileGroup) -> dict[str, str]:
+    return {f.ir_column: f.hash for f in group.features}
+
+
+def new_features(table: Any, group: TileGroup) -> list[Any] | None:
+    """The group's features whose IR columns the table lacks, when every column it has is
+    still computed the same way (same feature hash) and the key bucketing is unchanged; None
+    when the stored tiles are of an incompatible spec version (or of an older table format)."""
+    stored = table.properties.get(COLUMNS_PROPERTY)
+    buckets = table.properties.get(KEY_BUCKETS_PROPERTY)
+    if stored is None or buckets != str(group.layout.key_buckets):
+        return None
+    hashes: dict[str, str] = json.loads(stored)
+    wanted = column_hashes(group)
+    if any(hashes[c] != h for c, h in wanted.items() if c in hashes):
+        return None
+    return [f for f in group.features if f.ir_column not in hashes]
+
+
+_SHARED = ("key_bucket", "events", "spec_version")  # written with every column set
+
+
+def tile_identity(group: TileGroup) -> list[str]:
+    """The columns naming one tile: its keys, granularity and bucket."""
+    return [*(k.column for k in group.layout.keys), "granularity", "bucket_start"]
+
+
 def read_bucket(
     paths: Sequence[str],
     bucket: int,
     since: int | None = None,
     end: int | None = None,
     columns: list[str] | None = None,
+    identity: Sequence[str] = (),
 ) -> pa.Table:
     """The tiles of one key bucket in ``paths`` with ``since <= bucket_start < end``
-    (None: open), as the PIT join and the upload read them."""
+    (None: open), as the PIT join and the upload read them. Files holding different column
+    sets (added features) are merged on the tile ``identity`` (:func:`tile_identity`)."""
     import pyarrow.dataset as ds
 
     condition = ds.field("key_bucket") == bucket
@@ -230,7 +293,67 @@ def read_bucket(
         condition = condition & (ds.field("bucket_start") >= pa.scalar(since, TS_TYPE))
     if end is not None:
         condition = condition & (ds.field("bucket_start") < pa.scalar(end, TS_TYPE))
-    return ds.dataset(list(paths), format="parquet").to_table(columns=columns, filter=condition)
+    groups = files_by_columns(paths)
+    if len(groups) <= 1:
+        return ds.dataset(list(paths), format="parquet").to_table(columns=columns, filter=condition)
+    if not identity:
+        raise ValueError("tile files of several column sets need the tile identity to merge")
+    parts = []
+    for names, files in groups:
+        keep = [c for c in (columns or names) if c in names]
+        parts.append(ds.dataset(files, format="parquet").to_table(columns=keep, filter=condition))
+    return merge_tiles(parts, identity, columns)
+
+
+def files_by_columns(paths: Sequence[str]) -> list[tuple[list[str], list[str]]]:
+    """``paths`` grouped by the set of columns their files hold (one footer read each)."""
+    import pyarrow.parquet as pq
+
+    groups: dict[frozenset[str], tuple[list[str], list[str]]] = {}
+    for path in paths:
+        names = pq.read_schema(path).names
+        groups.setdefault(frozenset(names), (names, []))[1].append(path)
+    return list(groups.values())
+
+
+def merge_tiles(
+    parts: Sequence[pa.Table], identity: Sequence[str], columns: list[str] | None = None
+) -> pa.Table:
+    """One row per tile of any part; each column from the part holding it for that tile.
+
+    A tile's columns are each stored in exactly one file (a run replaces whole files), so
+    "the part holding it" is unique. Acero joins cannot carry list or struct columns, so the
+    join finds row numbers only and the columns follow with ``take``.
+    """
+    import numpy as np
+
+    ids = [list(identity)]
+    tiles = pa.concat_tables([p.select(*ids) for p in parts]).group_by(list(identity)).aggregate([])
+    rows: list[np.ndarray] = []
+    for i, part in enumerate(parts):
+        numbered = part.select(*ids).append_column(f"__row{i}", pa.array(np.arange(part.num_rows)))
+        tiles = tiles.join(numbered, keys=list(identity), join_type="left outer")
+    for i in range(len(parts)):
+        column = tiles.column(f"__row{i}")
+        rows.append(np.asarray(column.fill_null(-1).to_numpy(zero_copy_only=False), np.int64))
+    names = columns or [c for p in parts for c in p.column_names]
+    out = {}
+    for name in dict.fromkeys(names):
+        if name in identity:
+            out[name] = tiles.column(name)
+            continue
+        holders = [i for i, p in enumerate(parts) if name in p.column_names]
+        if not holders:
+            continue
+        values = pa.concat_arrays([parts[i].column(name).combine_chunks() for i in holders])
+        index = np.full(tiles.num_rows, -1, np.int64)
+        offset = 0
+        for i in holders:
+            free = (index < 0) & (rows[i] >= 0)
+            index[free] = rows[i][free] + offset
+            offset += parts[i].num_rows
+        out[name] = values.take(pa.array(index, mask=index < 0))
+    return pa.table(out)
 
 
 def local_path(location: str) -> Path:

@@ -82,13 +82,14 @@ class GroupJoin:
         )
 
     def _tiles(self, bucket: int, assembler: GroupAssembler) -> pa.Table:
-        from robusta.store.tiles import read_bucket
+        from robusta.store.tiles import read_bucket, tile_identity
 
         columns = assembler.tile_columns()
         paths = list(self.files.get(bucket, ()))
         if not paths:
             return _empty_tiles(self.group, columns)
-        return read_bucket(paths, bucket, since=self.since, columns=columns)
+        identity = tile_identity(self.group)
+        return read_bucket(paths, bucket, since=self.since, columns=columns, identity=identity)
 
 
 def _empty_tiles(group: TileGroup, columns: list[str]) -> pa.Table:

@@ -205,3 +205,31 @@ def write_tiles(tiles: Any, folder: str) -> None:
         *PARTITION_COLUMNS, *key_columns[: key_columns.index("bucket_start") + 1]
     )
     ordered.write.mode("overwrite").partitionBy(*PARTITION_COLUMNS).parquet(folder)
+
+
+def read_tiles(spark: Any, paths: list[str], group: TileGroup) -> Any:
+    """A tile table's files as one frame in the table's columns, files of added columns
+    (merge on read, ``store.tiles``) joined to the others on the tile identity."""
+    from pyspark.sql import functions as F
+
+    from robusta.store.tiles import files_by_columns, local_path, tile_identity, tile_schema
+
+    by_local = {str(local_path(p)): p for p in paths}
+    groups = files_by_columns(list(by_local))
+    names = tile_schema(group).names
+    frames = [spark.read.parquet(*(by_local[f] for f in files)) for _, files in groups]
+    identity = tile_identity(group)
+    merged = frames[0]
+    for frame in frames[1:]:
+        shared = [c for c in frame.columns if c in merged.columns and c not in identity]
+        extra = [c for c in frame.columns if c not in merged.columns]
+        right = frame.select(*identity, *(F.col(c).alias(f"__r_{c}") for c in shared), *extra)
+        merged = merged.join(right, identity, "full_outer")
+        for c in shared:
+            merged = merged.withColumn(c, F.coalesce(F.col(c), F.col(f"__r_{c}"))).drop(
+                f"__r_{c}"
+            )
+    present = set(merged.columns)
+    return merged.select(
+        *(F.col(q(c)) if c in present else F.lit(None).alias(c) for c in names)
+    )
