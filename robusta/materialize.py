@@ -21,7 +21,15 @@ from robusta.errors import RobustaError, UnknownFeatureError
 from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
 from robusta.spec.durations import floor_to, to_micros
 from robusta.spec.model import ProjectConfig
-from robusta.store.tiles import Span, TileTables, coverage, merge_spans, new_features
+from robusta.store.tiles import (
+    FRESH,
+    Span,
+    TileTables,
+    coverage,
+    merge_spans,
+    new_features,
+    table_state,
+)
 from robusta.workspace import Workspace
 
 Step = Callable[[str], None]
@@ -151,6 +159,8 @@ def _materialize_group(
         table = tables.load(name)
     run = tables.start_run(table)
     old_files = tables.overlapping_files(table, window.start, window.end)
+    if window.bounded:  # every column set of the partitions touched goes together
+        old_files = tables.with_partition_mates(table, old_files)
     job = TileJob(spark, plan, group, window)
     try:
         step(f"{name}: reading events and building tiles")
@@ -170,6 +180,7 @@ def _materialize_group(
                 "robusta.events": str(counts.events),
             },
             covered=_covered(window, counts.last_bucket, group),
+            group=group,
         )
     finally:
         job.release()
@@ -200,8 +211,12 @@ def _add_columns(
     """Merge on read: the ``added`` features' IR columns over the table's coverage, written
     as new files beside the existing ones (which are not rewritten), in one commit."""
     started = time.perf_counter()
+    # Exactly the tiles the table holds: the coverage (an open start: from the first tile).
     spans = merge_spans(coverage(table))
-    window = Range(spans[0][0], spans[-1][1]) if spans and spans[0][0] is not None else Range()
+    largest = group.layout.granularities[0].micros
+    first = -((1 << 62) // largest) * largest
+    start = spans[0][0] if spans and spans[0][0] is not None else first
+    window = Range(start, spans[-1][1]) if spans else Range()
     subset = TileGroup(group.layout, tuple(added))
     names = ", ".join(f.name for f in added)
     run = tables.start_run(table)
@@ -224,7 +239,7 @@ def _add_columns(
         tiles=counts.tiles,
         snapshot_id=snapshot,
         seconds=round(time.perf_counter() - started, 2),
-        range=_range_text(window),
+        range=_range_text(window) if spans and spans[0][0] is not None else (None, None),
         added_columns=[f.ir_column for f in added],
     )
 
@@ -292,10 +307,10 @@ def compact(
             table = tables.load(group.layout.table)
             if table is None:
                 continue
-            if new_features(table, group):
+            if table_state(table, group, plan.hash) != FRESH:
                 raise MaterializeError(
-                    f"table {tables.identifier(group.layout.table)} lacks added features: run "
-                    f"`robusta materialize --spec {plan.name}` first"
+                    f"table {tables.identifier(group.layout.table)} is not of the current spec "
+                    f"version: run `robusta materialize --spec {plan.name}` first"
                 )
             files = tables.overlapping_files(table, None, None)
             paths = [str(local_path(f.file_path)) for f in files]

@@ -202,9 +202,10 @@ def find_drops(
     min_events: int = 20,
     at: int | None = None,
 ) -> list[Volume]:
-    """Per source, each segment value's count in the latest bucket (or the bucket holding
-    ``at``) against the median of the ``baseline`` buckets before it; flagged when below
-    ``drop`` times a median of at least ``min_events``. Pure: no store access."""
+    """Per source, each segment value's count in the bucket holding ``at`` (default: the
+    latest complete bucket, one that ended by now) against the median of the ``baseline``
+    buckets before it; flagged when below ``drop`` times a median of at least
+    ``min_events``. Pure: no store access."""
     by_source: dict[str, dict[tuple[str, str | None], dict[int, int]]] = defaultdict(
         lambda: defaultdict(dict)
     )
@@ -218,7 +219,14 @@ def find_drops(
         total = series.get((TOTAL, None), {})
         if not total:
             continue
-        latest = floor_to(at, size) if at is not None else max(total)
+        if at is not None:
+            latest = floor_to(at, size)
+        else:  # a bucket still filling up would look like a drop
+            now = to_micros(datetime.now(UTC))
+            complete = [b for b in total if b + size <= now]
+            if not complete:
+                continue
+            latest = max(complete)
         previous = [latest - k * size for k in range(1, baseline + 1)]
         for (segment, value), buckets in sorted(series.items(), key=lambda kv: _order(kv[0])):
             level = median(buckets.get(b, 0) for b in previous)
@@ -260,6 +268,9 @@ def check_volumes(
     if table is None:
         raise MonitorError("no event volumes recorded yet: run `robusta materialize`")
     wanted = set(sources or monitored)
+    sizes = {  # counts of an earlier granularity setting are not comparable
+        s.name: s.monitor.granularity.micros for s in config.sources.values() if s.monitor
+    }
     rows = table.scan().to_arrow().to_pylist()
     counts = [
         (
@@ -271,7 +282,7 @@ def check_volumes(
             int(r["events"]),
         )
         for r in rows
-        if r["source"] in wanted
+        if r["source"] in wanted and int(r["granularity_us"]) == sizes[r["source"]]
     ]
     report = MonitorReport(drop, baseline, min_events)
     report.volumes = find_drops(

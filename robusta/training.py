@@ -106,14 +106,20 @@ def get_training_frame(
     key_columns = check_rows(frame, requests, timestamp_column, entity_columns, version_column)
     prepared = prepare_rows(frame, timestamp_column, version_column).persist()
     step("scanning training rows")
-    # A version pointer moves windows earlier: the oldest tile needed may be before min(t).
+    # A version pointer moves windows earlier: the oldest tile needed may be before min(t),
+    # and no window of a row ends after its pointer (so no tile after the latest one is read).
     low = (
         "least(min(__robusta_ts), min(__robusta_pointer))"
         if version_column
         else "min(__robusta_ts)"
     )
+    high = (
+        "max(least(__robusta_ts, coalesce(__robusta_pointer, __robusta_ts)))"
+        if version_column
+        else "max(__robusta_ts)"
+    )
     bounds = prepared.selectExpr(
-        "count(1) AS n", f"{low} AS lo", "max(__robusta_ts) AS hi"
+        "count(1) AS n", f"{low} AS lo", f"{high} AS hi"
     ).collect()[0]
     joined = prepared
     done = report if report is not None else BackfillReport()
@@ -251,17 +257,24 @@ def _ready_table(
 ) -> Any:
     """The group's tile table, materialized first when missing, stale or not covering."""
     from robusta.materialize import materialize
-    from robusta.store.tiles import VERSION_PROPERTY, coverage, uncovered
+    from robusta.store.tiles import ADD, STALE, coverage, table_state, uncovered
 
     since, end = needed
     name = request.spec.name
     table = tables.load(request.group.layout.table)
-    stale = table is not None and table.properties.get(VERSION_PROPERTY) != request.spec.hash
+    state = None if table is None else table_state(table, request.group, request.spec.hash)
+    stale, added = state == STALE, state == ADD
     missing = table is None or uncovered(coverage(table), needed)
-    if not (stale or missing):
+    if not (stale or added or missing):
         return table
-    ranged = table is not None and not stale and since is not None and end is not None
-    why = "stale (the spec changed)" if stale else "missing for the rows' time range"
+    ranged = table is not None and not stale and not added and since is not None and end is not None
+    why = (
+        "stale (the spec changed)"
+        if stale
+        else "without the added features (merge on read computes just those)"
+        if added
+        else "missing for the rows' time range"
+    )
     command = f"robusta materialize --spec {name}" + (" --rebuild" if stale else "")
     if ranged:
         assert since is not None and end is not None

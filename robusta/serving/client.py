@@ -6,9 +6,12 @@
     vector.values["customer_spend_7d"], vector.pointer
 
 Per spec, one store read fetches the spec's state and the records of every requested key
-(one round trip on Redis); windows are assembled by the same vectorized assembler as the PIT
-join (:mod:`robusta.plan.assembly`), so a lookup equals the backfill row with the returned
-version pointer, bit for bit. No JVM and no Iceberg on this path.
+(one round trip on Redis). Up to ``PER_KEY_MAX`` entities, windows are assembled key by key
+(:mod:`robusta.plan.key_assembly`); larger batches take the vectorized assembler of the PIT
+join (:mod:`robusta.plan.assembly`). Both pick the same tiles in the same order and merge
+them with the same operator definitions, so a lookup equals the backfill row with the
+returned version pointer, bit for bit. No JVM and no Iceberg on this path (feature logging,
+``online.log``, writes to Iceberg from a background thread that imports pyiceberg there).
 """
 
 from __future__ import annotations

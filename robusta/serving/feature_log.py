@@ -7,9 +7,9 @@
 A lookup only appends its values to an in-memory queue (a few microseconds); a background
 thread writes them to ``<namespace>.feature_log__<spec>`` with pyiceberg, every
 ``flush_seconds`` or once ``batch_rows`` are waiting. Memory is bounded: past ``max_rows``
-waiting rows new ones are dropped and counted, and a write that fails is counted and retried
-with the next batch, so logging never slows down or fails a lookup. :meth:`FeatureLog.stats`
-tells what happened.
+waiting rows new ones are dropped and counted, and a write that fails drops that spec's
+batch and counts it (other specs' batches are written), so logging never slows down or fails
+a lookup. :meth:`FeatureLog.stats` tells what happened.
 
 A logged row holds the entity keys, the lookup time ``ts``, the spec's ``version_pointer``,
 the features ``requested`` and their values (null for features not requested), plus a
@@ -134,12 +134,16 @@ class FeatureLog:
         ``get_features`` call ``request`` (:meth:`new_request`)."""
         n = len(rows)
         with self._lock:
-            if self._waiting + n > self.max_rows:
-                self._stats.dropped += n
+            if self._waiting + n > self.max_rows or self._stop.is_set():
+                self._stats.dropped += n  # full, or closed: nothing would write it
                 return
             self._waiting += n
         names = tuple(outputs)
-        values = [tuple(row[name] for name in names) for row in rows]
+        # Lists are copied: callers own the served vectors and may change them.
+        values = [
+            tuple(list(v) if isinstance(v, list) else v for v in map(row.__getitem__, names))
+            for row in rows
+        ]
         entry = _Entry(spec, names, request, keys, t, pointer, values)
         self._queue.append(entry)  # deque appends are atomic
         if self._thread is None:
@@ -164,21 +168,25 @@ class FeatureLog:
                 entries.append(self._queue.popleft())
             if not entries:
                 return
-            count = sum(len(e.values) for e in entries)
-            try:
-                for spec, table in _tables_by_spec(entries):
-                    self._append(spec, table)
-            except Exception as exc:  # a background writer must survive any store error
-                with self._lock:
-                    self._stats.dropped += count
-                    self._stats.failed_writes += 1
-                    self._stats.last_error = f"{type(exc).__name__}: {exc}"
-                    self._waiting -= count
-                return
+            for spec, batch in _by_spec(entries):
+                self._write(spec, batch)
+
+    def _write(self, spec: SpecPlan, batch: Sequence[_Entry]) -> None:
+        """One spec's batch; a failure drops (and counts) that batch only."""
+        count = sum(len(e.values) for e in batch)
+        try:
+            self._append(spec, _rows(spec, batch))
+        except Exception as exc:  # a background writer must survive any store error
             with self._lock:
-                self._stats.logged += count
-                self._stats.writes += 1
+                self._stats.dropped += count
+                self._stats.failed_writes += 1
+                self._stats.last_error = f"{spec.name}: {type(exc).__name__}: {exc}"
                 self._waiting -= count
+            return
+        with self._lock:
+            self._stats.logged += count
+            self._stats.writes += 1
+            self._waiting -= count
 
     def close(self) -> None:
         """Stop the background thread and write what is left."""
@@ -243,11 +251,11 @@ def _open_table(offline: OfflineConfig, spec: SpecPlan) -> Any:
     return table
 
 
-def _tables_by_spec(entries: Sequence[_Entry]) -> list[tuple[SpecPlan, pa.Table]]:
+def _by_spec(entries: Sequence[_Entry]) -> list[tuple[SpecPlan, list[_Entry]]]:
     by_spec: dict[str, list[_Entry]] = {}
     for entry in entries:
         by_spec.setdefault(entry.spec.name, []).append(entry)
-    return [(group[0].spec, _rows(group[0].spec, group)) for group in by_spec.values()]
+    return [(group[0].spec, group) for group in by_spec.values()]
 
 
 def _rows(spec: SpecPlan, entries: Sequence[_Entry]) -> pa.Table:

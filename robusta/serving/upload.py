@@ -159,16 +159,22 @@ class _SpecUpload:
 
     # ---- what to upload ----------------------------------------------------------------
     def _table(self, group: TileGroup) -> Any:
-        from robusta.store.tiles import VERSION_PROPERTY
+        from robusta.store.tiles import ADD, STALE, table_state
 
         table = self.tables.load(group.layout.table)
         name = self.plan.name
         if table is None or table.current_snapshot() is None:
             raise UploadError(f"spec {name} has no tiles: run `robusta materialize --spec {name}`")
-        if table.properties.get(VERSION_PROPERTY) != self.plan.hash:
+        state = table_state(table, group, self.plan.hash)
+        if state == STALE:
             raise UploadError(
                 f"the tiles of spec {name} were written by another version of it: run "
                 f"`robusta materialize --spec {name} --rebuild` first"
+            )
+        if state == ADD:
+            raise UploadError(
+                f"the tiles of spec {name} lack its added features: run "
+                f"`robusta materialize --spec {name}` first (it computes just those)"
             )
         return table
 

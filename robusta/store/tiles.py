@@ -99,7 +99,7 @@ class TileTables:
         if table is None:
             return self._create(group, version)
         stored = table.properties.get(VERSION_PROPERTY)
-        if stored != version and new_features(table, group) is None:
+        if table_state(table, group, version) == STALE:
             raise SpecChangedError(
                 f'the tiles in table "{self.identifier(group.layout.table)}" were written by '
                 f"spec version {stored}, the spec is now version {version}: rerun "
@@ -183,6 +183,17 @@ class TileTables:
             condition = expressions.And(condition, below("bucket_start", end))
         return [task.file for task in table.scan(row_filter=condition).plan_files()]
 
+    def with_partition_mates(self, table: Any, files: Sequence[Any]) -> list[Any]:
+        """``files`` and every other file of the same partitions: a run replacing part of a
+        partition must replace all of its column sets (merge on read) together."""
+        if not files:
+            return list(files)
+        partitions = {tuple(f.partition) for f in files}
+        everything = self.overlapping_files(table, None, None)
+        chosen = {f.file_path for f in files}
+        return [*files, *(f for f in everything if tuple(f.partition) in partitions
+                          and f.file_path not in chosen)]
+
     def files_by_bucket(
         self, table: Any, start: int | None, end: int | None
     ) -> dict[int, list[str]]:
@@ -203,15 +214,21 @@ class TileTables:
         run: Run,
         properties: dict[str, str],
         covered: Span | None = None,
+        group: TileGroup | None = None,
     ) -> int:
         """One overwrite snapshot: ``old_files`` out, every Parquet file of ``run`` in.
 
         ``covered`` (the time range the run made complete) joins the table's coverage in the
-        same commit.
+        same commit; with ``group`` (a run writing all of its columns) the table is labelled
+        with the run's spec version and exactly the group's column hashes.
         """
         new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
         summary = {**properties, RUN_PROPERTY: run.id}
         extra = {}
+        if group is not None:
+            extra[COLUMNS_PROPERTY] = json.dumps(column_hashes(group), sort_keys=True)
+            if VERSION_PROPERTY in properties:
+                extra[VERSION_PROPERTY] = properties[VERSION_PROPERTY]
         if covered is not None:
             extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
         swap_files(table, old_files, new_paths, summary, extra)
@@ -250,6 +267,21 @@ def swap_files(
 
 def column_hashes(group: TileGroup) -> dict[str, str]:
     return {f.ir_column: f.hash for f in group.features}
+
+
+FRESH, ADD, STALE = "fresh", "add", "stale"
+
+
+def table_state(table: Any, group: TileGroup, version: str) -> str:
+    """FRESH: the table holds every column of ``group`` as the spec computes it now; ADD:
+    it lacks only added features' columns (merge on read); STALE: some stored column is
+    computed differently now, or the key bucketing changed (rebuild)."""
+    if table.properties.get(VERSION_PROPERTY) == version:
+        return FRESH
+    missing = new_features(table, group)
+    if missing is None:
+        return STALE
+    return ADD if missing else FRESH
 
 
 def new_features(table: Any, group: TileGroup) -> list[Any] | None:
@@ -319,11 +351,10 @@ def files_by_columns(paths: Sequence[str]) -> list[tuple[list[str], list[str]]]:
 def merge_tiles(
     parts: Sequence[pa.Table], identity: Sequence[str], columns: list[str] | None = None
 ) -> pa.Table:
-    """One row per tile of any part; each column from the part holding it for that tile.
-
-    A tile's columns are each stored in exactly one file (a run replaces whole files), so
-    "the part holding it" is unique. Acero joins cannot carry list or struct columns, so the
-    join finds row numbers only and the columns follow with ``take``.
+    """One row per tile of any part; each column from the first part holding a non-null
+    value of it for that tile (as Spark's ``read_tiles`` coalesces). Acero joins cannot carry
+    list or struct columns, so the join finds row numbers only and the columns follow with
+    ``take``.
     """
     import numpy as np
 
@@ -345,11 +376,15 @@ def merge_tiles(
         holders = [i for i, p in enumerate(parts) if name in p.column_names]
         if not holders:
             continue
-        values = pa.concat_arrays([parts[i].column(name).combine_chunks() for i in holders])
+        columns_held = [parts[i].column(name).combine_chunks() for i in holders]
+        values = pa.concat_arrays(columns_held)
         index = np.full(tiles.num_rows, -1, np.int64)
         offset = 0
-        for i in holders:
-            free = (index < 0) & (rows[i] >= 0)
+        for i, held in zip(holders, columns_held, strict=True):
+            has_row = rows[i] >= 0
+            valid = np.asarray(held.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+            usable = has_row & valid[np.where(has_row, rows[i], 0)] if len(held) else has_row
+            free = (index < 0) & usable
             index[free] = rows[i][free] + offset
             offset += parts[i].num_rows
         out[name] = values.take(pa.array(index, mask=index < 0))

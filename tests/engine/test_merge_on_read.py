@@ -3,6 +3,7 @@ files; backfills and lookups merge them; compaction changes no value."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,14 @@ GMIN = 5 * MIN
 SPEC = """\
 name: activity
 owner: tests
-query: SELECT user_id, item_id, dwell_seconds, event_ts FROM events
+query: SELECT user_id, channel_id, item_id, dwell_seconds, event_ts FROM events
 timestamp: event_ts
 granularities: [1d, 1h, 5m]
 features:
   n_events: {op: count, windows: [1h, lifetime], group_by_selectors: {user_id: USER_ID}}
   dwell_sum: {op: sum, input: dwell_seconds, windows: [1d], group_by_selectors: {user_id: USER_ID}}
-"""
+  pair_n: {op: count, windows: [1d], group_by_selectors: {user_id: USER_ID, channel_id: CHANNEL_ID}, primary_selector: user_id}
+"""  # noqa: E501
 ADDED = """\
   dwell_max: {op: max, input: dwell_seconds, windows: [1h, 1d], group_by_selectors: {user_id: USER_ID}}
   recent_items: {op: last_n, input: item_id, params: {n: 3}, windows: [1d, lifetime], group_by_selectors: {user_id: USER_ID}}
@@ -70,14 +72,14 @@ def test_an_added_feature_writes_only_its_columns_and_compaction_changes_nothing
     assert config is not None
     tables = TileTables(config.offline)
     before = data_files(tables, "activity__by_user_id")
-    rows = training_rows(events, count=120).drop_columns(["CHANNEL_ID"]).to_pandas()
+    rows = training_rows(events, count=120).to_pandas()
     old = get_training_frame(rows, None, workspace=workspace, version_column="served_at")
     old_rows = old.toArrow()
 
     spec_file.write_text(SPEC + ADDED)
     workspace = load_workspace(tmp_path / "robusta.yaml").require_valid()
-    [report] = materialize(workspace)
-    assert report.added_columns == ["dwell_max", "recent_items"]
+    reports = {r.table.split(".")[-1]: r for r in materialize(workspace)}
+    assert reports["activity__by_user_id"].added_columns == ["dwell_max", "recent_items"]
     after = data_files(tables, "activity__by_user_id")
     assert set(before) < set(after)  # nothing rewritten, files added
     for path in set(after) - set(before):
@@ -92,8 +94,21 @@ def test_an_added_feature_writes_only_its_columns_and_compaction_changes_nothing
             bits(v) for v in old_rows.column(name).to_pylist()
         ], name
     check_added_features(workspace, events, pa.Table.from_pandas(rows), merged)
-    at = from_micros(max(pc.cast(events.column("event_ts"), pa.int64()).drop_null().to_pylist()))
-    served = lookups(workspace, tmp_path / "online-1", at)
+    last = max(pc.cast(events.column("event_ts"), pa.int64()).drop_null().to_pylist())
+    at = from_micros(last)
+    served = lookups(workspace, tmp_path / "online-1", at)  # the pair group's table is fresh
+
+    # A ranged rerun after the addition rewrites whole partitions, every column set at once.
+    day = from_micros(last - last % (1440 * MIN)).replace(tzinfo=None)
+    materialize(workspace, start=day, end=day + timedelta(days=1))
+    ranged = get_training_frame(
+        rows, None, workspace=workspace, version_column="served_at"
+    ).toArrow()
+    for name in merged.column_names:
+        assert [bits(v) for v in ranged.column(name).to_pylist()] == [
+            bits(v) for v in merged.column(name).to_pylist()
+        ], name
+    after = data_files(tables, "activity__by_user_id")
 
     result = CliRunner().invoke(main, ["compact", "--config", str(tmp_path / "robusta.yaml")])
     assert result.exit_code == 0, result.output
