@@ -300,6 +300,7 @@ class SpecStream:
                 "written": to_micros(datetime.now(UTC)),
             }
             _write_json(tmp / "meta.json", meta)
+            _fault("tiles", batch_id)
             tmp.rename(self._state(batch_id))  # the version is complete, atomically
         finally:
             rows.unpersist()

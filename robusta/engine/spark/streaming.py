@@ -100,6 +100,7 @@ class StreamTileJob:
         self.keys = [k.column for k in group.layout.keys]
         self.sizes = sorted(group.layout.granularities, key=lambda g: g.micros)  # finest first
         self._views: list[str] = []
+        self._cached: list[Any] = []
         self._job: TileJob | None = None
 
     def open_tiles(self, state: Any | None, pointer: int | None) -> Any | None:
@@ -119,19 +120,28 @@ class StreamTileJob:
         self._job = TileJob(self.spark, self.plan, self.group, Range(), events=on_time_view)
         valid = " AND ".join([f"{q(k)} IS NOT NULL" for k in self.keys] + [f"{BUCKET} IS NOT NULL"])
         partial = self._job.finest_all().where(valid)
-        finest = self._merge_finest(partial, previous)
+        # Each level feeds the next one and the output: cached, so it is computed once.
+        finest = self._keep(self._merge_finest(partial, previous))
         levels = [(self.sizes[0], finest)]
         for size in self.sizes[1:]:
-            levels.append((size, self._rollup(levels[-1][1], previous, size)))
+            levels.append((size, self._keep(self._rollup(levels[-1][1], previous, size))))
         frames = [self._finish(frame, size) for size, frame in levels]
         union = frames[0]
         for frame in frames[1:]:
             union = union.unionByName(frame)
         return union
 
+    def _keep(self, frame: Any) -> Any:
+        kept = frame.persist()
+        self._cached.append(kept)
+        return kept
+
     def release(self) -> None:
         if self._job is not None:
             self._job.release()
+        for frame in self._cached:
+            frame.unpersist()
+        self._cached.clear()
         for view in self._views:
             self.spark.catalog.dropTempView(view)
         self._views.clear()
