@@ -71,7 +71,7 @@ def file_events(i: int, n: int, users: int, rng: np.random.Generator) -> pa.Tabl
         [
             start + rng.integers(0, 5 * MIN, n),
             [start + 60_000_000],  # the probe
-            start + 5 * MIN + rng.integers(0, 2_000_000, 3),  # the next bucket has begun
+            start + 5 * MIN + rng.integers(2_000_000, 3_000_000, 3),  # the next bucket began
         ]
     )
     names = [f"u{k}" for k in rng.integers(0, users, n)] + ["probe"] + ["tick"] * 3
@@ -117,14 +117,13 @@ def main() -> None:
         # The first file starts Spark and the query; it is not timed.
         land(root / "landing", file_events(0, args.events, args.users, rng), "f0000")
         runner.start()
-        client = None
-        while client is None:
-            try:
-                client = FeatureClient.from_config(root / "robusta.yaml")
-                wait_visible(client, 1, 600)
-            except Exception:  # the store does not exist before the first batch
-                client = None
-                time.sleep(0.2)
+        deadline = time.perf_counter() + 300
+        while not (root / ".robusta" / "online" / "data.mdb").exists():
+            if time.perf_counter() > deadline or not runner.is_alive():
+                raise SystemExit("the stream did not start; run with ROBUSTA_DEBUG=1")
+            time.sleep(0.2)
+        client = FeatureClient.from_config(root / "robusta.yaml")
+        wait_visible(client, 1, 300)
         latencies = []
         for i in range(1, args.files + 1):
             landed = time.perf_counter()

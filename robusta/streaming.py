@@ -401,7 +401,14 @@ class SpecStream:
                 first = tiles.selectExpr("min(unix_micros(bucket_start)) AS m").collect()[0]["m"]
                 oldest = _min(oldest, None if first is None else int(first))
         pointer = max(meta["pointer"], live.pointer if live is not None else meta["pointer"])
-        horizon = live.horizon if live is not None else floor_to(oldest or pointer, self.largest)
+        # A fresh stream holds every event from its first one on; nothing earlier exists for
+        # it, so lookups are exact from that day on, whatever their window.
+        longest = max(
+            (w.duration.micros for f in self.plan.features for w in f.windows if w.duration),
+            default=0,
+        )
+        first_day = floor_to(oldest or pointer, self.largest)
+        horizon = live.horizon if live is not None else floor_to(first_day - longest, self.largest)
         state = SpecState(
             generation=generation,
             pointer=pointer,

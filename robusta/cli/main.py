@@ -237,6 +237,26 @@ def demo(config: Path | None, days: int) -> None:
         out.print(upload_table(result.uploaded))
         out.print(lookups_table(result.lookups))
         out.print("Look one up yourself: robusta lookup --entity USER_ID=<user> --at <time>")
+    if result.streamed:
+        probe = result.streamed[0]
+        streamed = Table(
+            title=f"5. Streaming: files replayed into a landing folder; {probe.feature} of "
+            f"user {probe.user} looked up after each micro-batch"
+        )
+        for column in ("file", "events", "event times (UTC)", "version pointer", "value"):
+            streamed.add_column(column)
+        for i, s in enumerate(result.streamed):
+            streamed.add_row(
+                str(i + 1),
+                f"{s.events:,}",
+                f"{s.first:%m-%d %H:%M} .. {s.last:%m-%d %H:%M}",
+                "-" if s.pointer is None else f"{s.pointer:%Y-%m-%d %H:%M}",
+                str(s.value),
+            )
+        out.print(streamed)
+        out.print(
+            "Stream your own: robusta stream [--available-now]; progress: robusta stream --status"
+        )
 
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
