@@ -33,22 +33,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from robusta.engine.spark.sources import read_stream
 from robusta.engine.spark.streaming import (
     CHANGED,
     StreamTileJob,
     batch_stats,
-    bucket_end_sql,
     split_late,
 )
-from robusta.engine.spark.tiles import write_tiles
 from robusta.errors import RobustaError, UnknownFeatureError
-from robusta.plan.model import SpecPlan
+from robusta.plan.model import SpecPlan, TileGroup
 from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import ProjectConfig
 from robusta.store.online import OnlineStore, SpecState, open_online_store
-from robusta.store.tiles import Run, TileTables, coverage, local_path
+from robusta.store.tiles import Run, TileTables, coverage, local_path, write_tile_files
 from robusta.workspace import Workspace
 
 QUERY_PROPERTY = "robusta.stream-query"
@@ -256,9 +258,9 @@ class SpecStream:
             self._compute(spark, batch, batch_id)
         meta = json.loads(meta_path.read_text())
         _fault("computed", batch_id)
-        self._commit_offline(spark, meta)
+        self._commit_offline(meta)
         _fault("offline", batch_id)
-        self._apply_online(spark, meta)
+        self._apply_online(meta)
         _fault("online", batch_id)
         self._clean(batch_id)
 
@@ -339,85 +341,94 @@ class SpecStream:
         }
 
     # ---- offline --------------------------------------------------------------------------
-    def _commit_offline(self, spark: Any, meta: dict[str, Any]) -> None:
+    def _commit_offline(self, meta: dict[str, Any]) -> None:
         before, after = meta["pointer_before"], meta["pointer"]
         if after is None or after == before or meta["tiles_from"] is None:
             return
         start = json.loads((self.folder / "start.json").read_text())
         covered = (start["pointer"] if meta["first_batch"] else before, after)
+        run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
         for group in self.plan.groups:
             table = self.tables.ensure(group, self.plan.hash)
             if _committed(table, meta["query"], meta["batch"]):
                 continue
-            tiles = spark.read.parquet(str(self._state(meta["tiles_from"]) / group.layout.table))
-            end = bucket_end_sql(group)
-            closing = f"{end} <= {after}" + (f" AND {end} > {before}" if before is not None else "")
-            run = Run(
-                f"stream-{meta['query'][:8]}-{meta['batch']}",
-                local_path(table.location())
-                / "runs"
-                / f"stream-{meta['query'][:8]}-{meta['batch']}",
-            )
+            tiles = self._tiles(meta["tiles_from"], group)
+            ends = pc.add(_micros(tiles), _sizes(tiles, group))
+            closing = pc.less_equal(ends, after)
+            if before is not None:
+                closing = pc.and_(closing, pc.greater(ends, before))
+            run = Run(run_id, local_path(table.location()) / "runs" / run_id)
             shutil.rmtree(run.folder, ignore_errors=True)
-            write_tiles(tiles.where(closing).drop(CHANGED), str(run.folder))
-            if not any(run.folder.rglob("*.parquet")):
+            if not write_tile_files(tiles.filter(closing), group, run.folder):
                 _extend_coverage(table, covered)  # idempotent: a union of spans
                 continue
-            self.tables.replace(
-                table,
-                [],
-                run,
-                {
-                    "robusta.spec-version": self.plan.hash,
-                    QUERY_PROPERTY: meta["query"],
-                    BATCH_PROPERTY: str(meta["batch"]),
-                },
-                covered=covered,
-            )
+            summary = {
+                "robusta.spec-version": self.plan.hash,
+                QUERY_PROPERTY: meta["query"],
+                BATCH_PROPERTY: str(meta["batch"]),
+            }
+            self.tables.replace(table, [], run, summary, covered=covered)
 
     # ---- online ---------------------------------------------------------------------------
-    def _apply_online(self, spark: Any, meta: dict[str, Any]) -> None:
+    def _apply_online(self, meta: dict[str, Any]) -> None:
         if meta["pointer"] is None or meta["tiles_from"] is None:
             return
         live = self.store.state(self.plan.name)
-        if live is not None and live.plan_hash != self.plan.hash:
-            raise StreamingError(
-                f"the online store holds spec {self.plan.name} version {live.plan_hash}, the "
-                f"spec is now version {self.plan.hash}: rebuild its tiles and upload them, "
-                "then restart the stream with a fresh checkpoint"
-            )
+        self._check_live(live)
         generation = live.generation if live is not None else 1
         records = []
         oldest = None
         for group in self.plan.groups:
-            path = self._state(meta["tiles_from"]) / group.layout.table
-            tiles = spark.read.parquet(str(path))
-            changed = tiles.where(CHANGED).drop(CHANGED).toArrow()
+            tiles = self._tiles(meta["tiles_from"], group)
             if meta["tiles_from"] == meta["batch"]:
+                changed = tiles.filter(tiles.column(CHANGED))
                 records += merge_tile_records(
                     self.store, self.plan.name, generation, group, changed
                 )
-            if live is None:
-                first = tiles.selectExpr("min(unix_micros(bucket_start)) AS m").collect()[0]["m"]
-                oldest = _min(oldest, None if first is None else int(first))
+            if live is None and tiles.num_rows:
+                oldest = _min(oldest, int(pc.min(_micros(tiles)).as_py()))
         pointer = max(meta["pointer"], live.pointer if live is not None else meta["pointer"])
-        # A fresh stream holds every event from its first one on; nothing earlier exists for
-        # it, so lookups are exact from that day on, whatever their window.
-        longest = max(
-            (w.duration.micros for f in self.plan.features for w in f.windows if w.duration),
-            default=0,
-        )
-        first_day = floor_to(oldest or pointer, self.largest)
-        horizon = live.horizon if live is not None else floor_to(first_day - longest, self.largest)
         state = SpecState(
             generation=generation,
             pointer=pointer,
             plan_hash=self.plan.hash,
             mode="assemble",
-            horizon=horizon,
+            horizon=live.horizon if live is not None else self._fresh_horizon(oldest, pointer),
             uploaded_at=to_micros(datetime.now(UTC)),
         )
         self.store.apply(self.plan.name, generation, records, state)
+        _write_json(self.folder / "online.json", {"generation": generation})
+
+    def _check_live(self, live: SpecState | None) -> None:
+        """The live state must be the stream's own (or an upload's it started on)."""
+        if live is None:
+            return
+        if live.plan_hash != self.plan.hash:
+            raise StreamingError(
+                f"the online store holds spec {self.plan.name} version {live.plan_hash}, the "
+                f"spec is now version {self.plan.hash}: rebuild its tiles and upload them, "
+                "then restart the stream with a fresh checkpoint"
+            )
+        mine = self.folder / "online.json"
+        if mine.exists() and json.loads(mine.read_text())["generation"] != live.generation:
+            raise StreamingError(
+                f"an upload replaced the online generation of spec {self.plan.name} while it "
+                "was streamed; restart the stream with a fresh checkpoint (streaming.checkpoint)"
+            )
+
+    def _fresh_horizon(self, oldest: int | None, pointer: int) -> int:
+        """A fresh stream holds every event from its first one on; nothing earlier exists
+        for it, so lookups are exact from that day on, whatever their window."""
+        longest = max(
+            (w.duration.micros for f in self.plan.features for w in f.windows if w.duration),
+            default=0,
+        )
+        first_day = floor_to(oldest if oldest is not None else pointer, self.largest)
+        return floor_to(first_day - longest, self.largest)
+
+    def _tiles(self, batch_id: int, group: TileGroup) -> pa.Table:
+        """A state version's tiles of one group (read with pyarrow: a few thousand rows)."""
+        return pq.read_table(self._state(batch_id) / group.layout.table)
 
     # ---- checkpoint folders ---------------------------------------------------------------
     def _state(self, batch_id: int) -> Path:
@@ -472,6 +483,18 @@ def _committed(table: Any, query: str, batch: int) -> bool:
         if summary.get(QUERY_PROPERTY) == query and summary.get(BATCH_PROPERTY) == str(batch):
             return True
     return False
+
+
+def _micros(tiles: pa.Table) -> pa.Array:
+    return pc.cast(pc.cast(tiles.column("bucket_start"), pa.timestamp("us", tz="UTC")), pa.int64())
+
+
+def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
+    """Each tile's granularity in microseconds."""
+    names = [g.name for g in group.layout.granularities]
+    index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
+    micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
+    return pc.take(micros, index)
 
 
 def _extend_coverage(table: Any, covered: tuple[int | None, int]) -> None:

@@ -24,7 +24,7 @@ from robusta.serving.records import (
     key_runs,
     tile_record_schema,
 )
-from robusta.store.online import OnlineStore, Record
+from robusta.store.online import OnlineStateError, OnlineStore, Record
 
 _KEY = "__key"
 _NEW = "__new"
@@ -36,6 +36,7 @@ def merge_tile_records(
     """The records of the keys in ``tiles`` (tile-table columns) with those tiles merged in."""
     if tiles.num_rows == 0:
         return []
+    tiles = tiles.drop_columns([c for c in tiles.column_names if c.startswith("__")])
     schema = tile_record_schema(group)
     keys = record_keys([tiles.column(k.column).combine_chunks() for k in group.layout.keys])
     micros = tiles.column(BUCKET_START).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
@@ -51,7 +52,10 @@ def merge_tile_records(
     distinct = pc.unique(keys).to_pylist()
     live, raws = store.read(spec, [(table, k) for k in distinct])
     if live is not None and live.generation != generation:
-        raise RuntimeError("the live generation changed while a stream batch was applied")
+        raise OnlineStateError(
+            f"an upload replaced the online generation of spec {spec} while it was streamed; "
+            "restart the stream with a fresh checkpoint"
+        )
     for key, raw in zip(distinct, raws, strict=True):
         if raw is None:
             continue

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.spark
 MIN = 60_000_000
 GMIN = 5 * MIN
 DAY = 1440 * MIN
+LANDED = time.time()
 STREAM_SPEC = SPEC.replace("windows: [1h]", "windows: [1h, 1d, lifetime]")
 
 
@@ -101,10 +103,16 @@ def tile_rows(workspace: Workspace, table: str) -> pa.Table:
     return loaded.scan().to_arrow()
 
 
-def land(folder: Path, events: pa.Table, name: str) -> None:
-    """Write a file the way producers must: under a hidden name, then renamed."""
+def land(folder: Path, events: pa.Table, name: str, order: int | None = None) -> None:
+    """Write a file the way producers must: under a hidden name, then renamed. ``order``
+    sets its modification time, the order in which Spark picks files up (files landed in
+    the same instant may otherwise be read in any order, making the later one's events
+    late)."""
     hidden = folder / f".{name}.parquet"
     pq.write_table(events, hidden, coerce_timestamps="us")
+    if order is not None:
+        stamp = LANDED + order
+        os.utime(hidden, (stamp, stamp))
     hidden.rename(folder / f"{name}.parquet")
 
 
@@ -125,7 +133,7 @@ def streamed(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Streamed:
         GeneratorConfig(seed=8, days=2, events_per_day=1200, users=40, items=90, channels=5)
     )
     for i, part in enumerate(by_time(events, 3)):
-        land(root / "data", part, f"part-{i}")
+        land(root / "data", part, f"part-{i}", order=i)
         stream(workspace, available_now=True)
     return Streamed(root, workspace, events)
 
@@ -233,6 +241,30 @@ def run_stream(root: Path, fault: str | None = None, kill_after: float | None = 
     return code
 
 
+def stop_when_caught_up(root: Path, workspace: Workspace, rows: int) -> int:
+    """`robusta stream` (continuous) until its checkpoint counts ``rows``; then SIGTERM."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop(FAULT_ENV, None)
+    command = [sys.executable, "-m", "robusta.cli.main", "stream", "--trigger", "1s"]
+    process = subprocess.Popen(
+        [*command, "--config", str(root / "robusta.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while stream_status(workspace)[0].rows < rows and time.monotonic() < deadline:
+            assert process.poll() is None, "the stream stopped by itself"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def expected_tiles(events: pa.Table, keys: list[str], pointer: int) -> set[tuple[Any, ...]]:
     """(key, granularity, bucket start) of every tile with events that ends by ``pointer``."""
     out = set()
@@ -265,11 +297,12 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(spark: Any, tmp_path: Pa
     ]
     for landed, fault, after in runs:
         for i in landed:
-            land(tmp_path / "data", parts[i], f"part-{i}")
+            land(tmp_path / "data", parts[i], f"part-{i}", order=i)
         code = run_stream(tmp_path, fault, after)
         if fault:
             assert code == -signal.SIGKILL, f"the fault {fault} was not reached"
-    stream(workspace, available_now=True)  # the final restart, in this process
+    # The final restart runs until it has caught up, then stops gracefully on SIGTERM.
+    assert stop_when_caught_up(tmp_path, workspace, events.num_rows) == 0
     (status,) = stream_status(workspace)
     assert status.rows == events.num_rows  # each row counted once in the job's own totals
     (plan,) = workspace.plan.specs

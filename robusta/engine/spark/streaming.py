@@ -229,9 +229,3 @@ class StreamTileJob:
             F.lit(self.plan.hash).alias("spec_version"),
             F.col(CHANGED),
         )
-
-
-def bucket_end_sql(group: TileGroup) -> str:
-    """Spark SQL: the end (epoch micros) of a stored tile's bucket."""
-    cases = " ".join(f"WHEN '{g.name}' THEN {g.micros}" for g in group.layout.granularities)
-    return f"(unix_micros(bucket_start) + CASE granularity {cases} END)"
