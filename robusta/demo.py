@@ -186,10 +186,10 @@ def _stream_replay(workspace: Workspace, events: pa.Table, step: Step) -> list[S
     counts = pc.value_counts(recent.column("user_id").drop_null())
     user = pa.Table.from_struct_array(counts).sort_by([("counts", "descending")])["values"][0]
     out = []
-    size = -(-recent.num_rows // 3)
-    for i in range(3):
+    size = -(-recent.num_rows // 2)
+    for i in range(2):
         part = recent.slice(i * size, size)
-        step(f"streaming: file {i + 1}/3 landed, running `robusta stream --available-now`")
+        step(f"streaming: file {i + 1}/2 landed, running `robusta stream --available-now`")
         hidden = root / "landing" / f".part-{i}.parquet"
         pq.write_table(part, hidden, coerce_timestamps="us")
         hidden.rename(root / "landing" / f"part-{i}.parquet")
