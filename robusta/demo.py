@@ -72,6 +72,20 @@ class DemoResult:
     training: list[dict[str, Any]] = field(default_factory=list)  # sampled PIT rows
     uploaded: UploadReport | None = None
     lookups: list[FeatureVector] = field(default_factory=list)  # online, for a few users
+    streamed: list[StreamStep] = field(default_factory=list)  # files landed -> lookups
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """One file replayed into the streaming demo's landing folder, and a lookup after it."""
+
+    events: int
+    first: datetime
+    last: datetime
+    user: str
+    feature: str
+    value: Any
+    pointer: datetime | None
 
 
 TRAINING_FEATURES = (
@@ -112,7 +126,89 @@ def run_demo(
         step("building a training frame for sampled rows")
         result.training = _training_rows(workspace, events, step)
         result.uploaded, result.lookups = _lookups(workspace, events, step)
+        result.streamed = _stream_replay(workspace, events, step)
     return result
+
+
+STREAM_SPEC = """\
+name: user_activity
+owner: demo
+description: Streamed engagement per user (robusta stream)
+query: |
+  SELECT user_id, dwell_seconds, event_ts FROM engagement_events
+timestamp: event_ts
+granularities: [1d, 1h, 5m]
+features:
+  user_stream_events:
+    op: count
+    windows: [1h, 1d]
+    group_by_selectors: {user_id: USER_ID}
+  user_stream_dwell:
+    op: sum
+    input: dwell_seconds
+    windows: [1d]
+    group_by_selectors: {user_id: USER_ID}
+"""
+
+
+def _stream_replay(workspace: Workspace, events: pa.Table, step: Step) -> list[StreamStep]:
+    """Replay the last days of events, a file at a time, into a landing folder streamed by a
+    small project of its own (``.robusta/demo/stream``), looking the busiest user up after
+    each file."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from robusta.serving import FeatureClient
+    from robusta.streaming import stream
+
+    config = workspace.project.config
+    assert config is not None
+    root = config.root / ".robusta" / "demo" / "stream"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "landing").mkdir(parents=True)
+    (root / "feature_defs").mkdir()
+    (root / "feature_defs" / "user_activity.yaml").write_text(STREAM_SPEC)
+    source = config.sources[DEMO_SOURCE]
+    schema = ", ".join(f"{c.name} {c.sql_type}" for c in source.schema or ())
+    (root / "robusta.yaml").write_text(
+        "project: demo-stream\n"
+        f'sources:\n  {DEMO_SOURCE}: {{format: parquet, path: landing, schema: "{schema}"}}\n'
+        "entities:\n  USER_ID: {type: string}\n"
+        f'spark: {{master: "{config.spark.master}"}}\n'
+        "streaming: {checkpoint: checkpoints, watermark: 10m}\n"
+    )
+    streaming = load_workspace(root / "robusta.yaml").require_valid()
+    micros = pc.cast(events.column("event_ts"), pa.int64())
+    last = pc.max(micros).as_py()
+    recent = events.filter(pc.greater_equal(micros, last - 3 * 86_400_000_000))
+    recent = recent.take(pc.sort_indices(recent, [("event_ts", "ascending")]))
+    counts = pc.value_counts(recent.column("user_id").drop_null())
+    user = pa.Table.from_struct_array(counts).sort_by([("counts", "descending")])["values"][0]
+    out = []
+    size = -(-recent.num_rows // 2)
+    for i in range(2):
+        part = recent.slice(i * size, size)
+        step(f"streaming: file {i + 1}/2 landed, running `robusta stream --available-now`")
+        hidden = root / "landing" / f".part-{i}.parquet"
+        pq.write_table(part, hidden, coerce_timestamps="us")
+        hidden.rename(root / "landing" / f"part-{i}.parquet")
+        stream(streaming, available_now=True)
+        with FeatureClient.from_config(root / "robusta.yaml") as client:
+            [vector] = client.get_features([{"USER_ID": user.as_py()}], ["user_stream_events_1d"])
+        times = part.column("event_ts").drop_null()
+        out.append(
+            StreamStep(
+                events=part.num_rows,
+                first=pc.min(times).as_py(),
+                last=pc.max(times).as_py(),
+                user=str(user.as_py()),
+                feature="user_stream_events_1d",
+                value=vector.values["user_stream_events_1d"],
+                pointer=vector.pointer,
+            )
+        )
+    return out
 
 
 def _lookups(

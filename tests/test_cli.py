@@ -34,6 +34,7 @@ def test_demo_generates_data_and_materializes(spark: Any, tmp_path: Path) -> Non
     assert len(files) >= 2
     assert pq.read_schema(files[0]).names == EVENT_SCHEMA.names
     assert "assembled from" in result.output
+    assert "5. Streaming" in result.output
 
 
 def test_demo_without_its_source_says_what_to_do(make_project: MakeProject) -> None:

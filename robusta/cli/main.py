@@ -33,6 +33,7 @@ from robusta.cli.render import (
     plan_json,
     plan_table,
     print_problems,
+    stream_table,
     tiles_table,
     tiles_view_table,
     training_table,
@@ -236,6 +237,26 @@ def demo(config: Path | None, days: int) -> None:
         out.print(upload_table(result.uploaded))
         out.print(lookups_table(result.lookups))
         out.print("Look one up yourself: robusta lookup --entity USER_ID=<user> --at <time>")
+    if result.streamed:
+        probe = result.streamed[0]
+        streamed = Table(
+            title=f"5. Streaming: files replayed into a landing folder; {probe.feature} of "
+            f"user {probe.user} looked up after each micro-batch"
+        )
+        for column in ("file", "events", "event times (UTC)", "version pointer", "value"):
+            streamed.add_column(column)
+        for i, s in enumerate(result.streamed):
+            streamed.add_row(
+                str(i + 1),
+                f"{s.events:,}",
+                f"{s.first:%m-%d %H:%M} .. {s.last:%m-%d %H:%M}",
+                "-" if s.pointer is None else f"{s.pointer:%Y-%m-%d %H:%M}",
+                str(s.value),
+            )
+        out.print(streamed)
+        out.print(
+            "Stream your own: robusta stream [--available-now]; progress: robusta stream --status"
+        )
 
 
 DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
@@ -559,6 +580,64 @@ def compact(config: Path | None, specs: tuple[str, ...], as_json: bool) -> None:
         snapshot = "already compact" if r.snapshot_id is None else str(r.snapshot_id)
         table.add_row(r.spec, r.table, str(r.files_before), str(r.files_after), snapshot)
     out.print(table)
+
+
+@main.command()
+@config_option
+@click.option("--spec", "specs", multiple=True, help="Spec to stream (repeatable; default all).")
+@click.option("--trigger", default=None, help="Micro-batch interval, e.g. 1s (default: config).")
+@click.option("--available-now", is_flag=True, help="Process what has landed, then stop.")
+@click.option("--status", "show_status", is_flag=True, help="Show progress from the checkpoints.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable status.")
+@handle_errors
+def stream(
+    config: Path | None,
+    specs: tuple[str, ...],
+    trigger: str | None,
+    available_now: bool,
+    show_status: bool,
+    as_json: bool,
+) -> None:
+    """Stream landed files (or Kafka) into tiles: fresh online features, Iceberg copies,
+    exactly once. Stops gracefully on SIGTERM or Ctrl-C."""
+    import signal
+    import threading
+
+    from robusta.streaming import stream as run
+    from robusta.streaming import stream_status
+
+    workspace = load_workspace(config).require_valid()
+    if show_status:
+        statuses = stream_status(workspace, specs)
+        if as_json:
+            click.echo(json.dumps([s.to_json() for s in statuses], indent=2))
+        else:
+            out.print(stream_table(statuses))
+        return
+    every = None
+    if trigger is not None:
+        try:
+            every = Duration.parse(trigger)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--trigger") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    def report(statuses: list[Any]) -> None:
+        for s in statuses:
+            err.print(
+                f"{s.spec}: batch {s.batch} rows {s.rows:,} late {s.late:,} "
+                f"pointer {s.pointer} lag {s.lag_seconds}s"
+            )
+
+    final = run(
+        workspace, specs, trigger=every, available_now=available_now, stop=stop, report=report
+    )
+    if as_json:
+        click.echo(json.dumps([s.to_json() for s in final], indent=2))
+    else:
+        out.print(stream_table(final))
 
 
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:

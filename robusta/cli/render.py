@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -264,4 +265,25 @@ def lookups_table(vectors: list[FeatureVector]) -> Table:
     for vector in vectors:
         entity = ", ".join(str(v) for v in vector.entity.values())
         table.add_row(entity, *(escape(_cell(vector.values[n])) for n in names))
+    return table
+
+
+def stream_table(statuses: Sequence[Any]) -> Table:
+    """Per spec: the stream's progress (``robusta.streaming.SpecStatus``)."""
+    table = Table(title="Streams")
+    for column in ("spec", "batch", "rows", "late", "dropped", "pointer", "newest event", "lag"):
+        table.add_column(
+            column, justify="right" if column in ("rows", "late", "dropped") else "left"
+        )
+    for s in statuses:
+        table.add_row(
+            s.spec,
+            "-" if s.batch is None else str(s.batch),
+            f"{s.rows:,}",
+            f"{s.late:,}",
+            f"{s.dropped:,}",
+            s.pointer or "-",
+            s.max_event or "-",
+            "-" if s.lag_seconds is None else f"{s.lag_seconds:,.0f}s",
+        )
     return table

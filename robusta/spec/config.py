@@ -15,6 +15,7 @@ from robusta.spec.durations import Duration
 from robusta.spec.model import (
     ONLINE_TYPES,
     SOURCE_FORMATS,
+    STREAM_FORMATS,
     EntityConfig,
     MonitorConfig,
     OfflineConfig,
@@ -22,6 +23,8 @@ from robusta.spec.model import (
     ProjectConfig,
     SourceConfig,
     SparkConfig,
+    StreamingConfig,
+    StreamSourceConfig,
 )
 from robusta.spec.suggest import did_you_mean, one_of
 from robusta.spec.types import (
@@ -36,7 +39,20 @@ from robusta.spec.yamldoc import YamlLoadError, load_yaml
 
 CONFIG_NAME = "robusta.yaml"
 _TOP = ("project",)
-_TOP_OPTIONAL = ("feature_defs", "sources", "entities", "offline", "online", "spark")
+_TOP_OPTIONAL = (
+    "feature_defs",
+    "sources",
+    "entities",
+    "offline",
+    "online",
+    "spark",
+    "streaming",
+)
+_STREAMING_KEYS = ("checkpoint", "trigger", "watermark", "sources")
+_STREAM_SOURCE_KEYS = ("format", "path", "options", "value_format")
+DEFAULT_CHECKPOINT = ".robusta/checkpoints"
+DEFAULT_TRIGGER = "1s"
+DEFAULT_WATERMARK = "10m"
 _SOURCE_KEYS = ("format", "path", "table", "options", "schema", "loader", "monitor")
 # The key that says where each format's data is.
 _LOCATOR = {"python": "loader", "iceberg": "table"}
@@ -92,6 +108,7 @@ def load_config(path: Path) -> tuple[ProjectConfig | None, list[Problem]]:
     offline = _offline(check, root)
     online = _online(check, root)
     spark = _spark(check)
+    streaming = _streaming(check, root, sources)
     config = ProjectConfig(
         file=path,
         project=project,
@@ -101,6 +118,7 @@ def load_config(path: Path) -> tuple[ProjectConfig | None, list[Problem]]:
         offline=offline,
         online=online,
         spark=spark,
+        streaming=streaming,
     )
     return config, check.problems
 
@@ -342,3 +360,94 @@ def _spark(check: Checker) -> SparkConfig:
     master = check.text(("spark", "master")) or "local[2]"
     conf = {str(k): _option_text(v) for k, v in (check.mapping(("spark", "conf")) or {}).items()}
     return SparkConfig(master, conf)
+
+
+def _streaming(check: Checker, root: Path, sources: dict[str, SourceConfig]) -> StreamingConfig:
+    """``streaming:``: checkpoint folder, trigger interval, watermark (one duration, or a
+    mapping of spec name to duration with an optional ``default``), per-source overrides."""
+    body = check.mapping(("streaming",)) or {}
+    if body:
+        check.section(("streaming",), (), _STREAMING_KEYS, what="streaming")
+    checkpoint = root / (check.text(("streaming", "checkpoint")) or DEFAULT_CHECKPOINT)
+    trigger = _duration(check, ("streaming", "trigger"), DEFAULT_TRIGGER)
+    watermark = Duration.parse(DEFAULT_WATERMARK)
+    per_spec: dict[str, Duration] = {}
+    raw = body.get("watermark")
+    if isinstance(raw, dict):
+        for spec in raw:
+            parsed = _duration(check, ("streaming", "watermark", str(spec)), DEFAULT_WATERMARK)
+            if spec == "default":
+                watermark = parsed
+            else:
+                per_spec[str(spec)] = parsed
+    elif raw is not None:
+        watermark = _duration(check, ("streaming", "watermark"), DEFAULT_WATERMARK)
+    overrides: dict[str, StreamSourceConfig] = {}
+    for name in check.mapping(("streaming", "sources")) or {}:
+        override = _stream_source(check, root, str(name), sources)
+        if override is not None:
+            overrides[override.name] = override
+    return StreamingConfig(checkpoint, trigger, watermark, per_spec, overrides)
+
+
+def _duration(check: Checker, path: tuple[str, ...], default: str) -> Duration:
+    text = check.text(path)
+    if text is None:
+        return Duration.parse(default)
+    try:
+        return Duration.parse(text)
+    except ValueError as exc:
+        check.add(path, f"{path[-1]}: {exc}")
+        return Duration.parse(default)
+
+
+def _stream_source(
+    check: Checker, root: Path, name: str, sources: dict[str, SourceConfig]
+) -> StreamSourceConfig | None:
+    path = ("streaming", "sources", name)
+    what = f'streaming source "{name}"'
+    if name not in sources:
+        check.add(
+            path,
+            f"{what} is not a source of robusta.yaml{did_you_mean(name, list(sources))}; "
+            "streaming.sources overrides where a declared source is read from",
+            key=True,
+        )
+        return None
+    body = check.section(path, (), _STREAM_SOURCE_KEYS, what=what)
+    if body is None:
+        return None
+    base = sources[name]
+    fmt = (check.text((*path, "format")) or base.format).lower()
+    if fmt not in STREAM_FORMATS:
+        check.add(
+            (*path, "format") if "format" in body else path,
+            f'{what}: format "{fmt}" cannot be streamed; formats: {one_of(STREAM_FORMATS)}',
+            key="format" not in body,
+        )
+        return None
+    where = check.text((*path, "path"))
+    if fmt != "kafka" and where is None and base.path is None:
+        check.add(path, f'{what} needs a "path": the landing folder to watch', key=True)
+    options = {
+        str(k): _option_text(v) for k, v in (check.mapping((*path, "options")) or {}).items()
+    }
+    if fmt == "kafka" and not any(
+        k in options for k in ("subscribe", "subscribePattern", "assign")
+    ):
+        check.add(
+            path,
+            f'{what} (kafka) needs options "kafka.bootstrap.servers" and "subscribe" '
+            '(or "subscribePattern"/"assign")',
+            key=True,
+        )
+    value_format = (check.text((*path, "value_format")) or "json").lower()
+    if value_format not in ("json", "csv"):
+        check.add((*path, "value_format"), 'value_format must be "json" or "csv"')
+    return StreamSourceConfig(
+        name=name,
+        format=fmt,
+        path=(root / where) if where else base.path,
+        options={**(base.options if fmt == base.format else {}), **options},
+        value_format=value_format,
+    )

@@ -13,6 +13,7 @@ from robusta.spec.types import Column, DataType
 
 SOURCE_FORMATS = ("csv", "json", "parquet", "iceberg", "python")
 ONLINE_TYPES = ("embedded", "redis", "aerospike")
+STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,31 @@ class SparkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSourceConfig:
+    """Where the stream reads one source: a landing folder (csv/json/parquet) or Kafka."""
+
+    name: str
+    format: str  # csv | json | parquet | kafka
+    path: Path | None  # landing folder (file formats)
+    options: Mapping[str, str]  # passed to Spark's readStream (Kafka: kafka.* and subscribe)
+    value_format: str = "json"  # kafka: how the message value is encoded (json | csv)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingConfig:
+    """The ``streaming`` section: checkpoints, trigger, watermarks, source overrides."""
+
+    checkpoint: Path
+    trigger: Duration
+    watermark: Duration  # default lateness allowed before a bucket is final
+    watermarks: Mapping[str, Duration] = field(default_factory=dict)  # per spec
+    sources: Mapping[str, StreamSourceConfig] = field(default_factory=dict)
+
+    def watermark_of(self, spec: str) -> Duration:
+        return self.watermarks.get(spec, self.watermark)
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectConfig:
     file: Path
     project: str
@@ -73,6 +99,7 @@ class ProjectConfig:
     offline: OfflineConfig
     online: OnlineConfig
     spark: SparkConfig
+    streaming: StreamingConfig
 
     @property
     def root(self) -> Path:

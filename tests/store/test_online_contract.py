@@ -107,3 +107,19 @@ def test_specs_do_not_see_each_other(store: OnlineStore) -> None:
     store.commit("t", state(1, pointer=5))
     assert store.read("s", [("t", "u1")]) == (state(1), [b"s"])
     assert store.read("t", [("t", "u1")]) == (state(1, 5), [b"t"])
+
+
+def test_apply_rewrites_live_records_and_the_state_together(store: OnlineStore) -> None:
+    store.write("s", 1, [("t", "u1", b"old"), ("t", "u2", b"kept")])
+    store.commit("s", state(1, pointer=10))
+    assert store.apply("s", 1, [("t", "u1", b"new"), ("t", "u3", b"added")], state(1, 20)) == 2
+    got = store.read("s", [("t", "u1"), ("t", "u2"), ("t", "u3")])
+    assert got == (state(1, 20), [b"new", b"kept", b"added"])
+
+
+def test_apply_is_idempotent_and_creates_the_first_state(store: OnlineStore) -> None:
+    for _ in range(2):  # a replayed micro-batch writes the same full values again
+        store.apply("s", 1, [("t", "u1", b"v")], state(1, 30))
+    assert store.read("s", [("t", "u1")]) == (state(1, 30), [b"v"])
+    assert store.apply("s", 1, [], state(1, 40)) == 0  # the pointer alone can advance
+    assert store.state("s") == state(1, 40)

@@ -79,3 +79,40 @@ def _iceberg_source(spark: Any, config: ProjectConfig, source: SourceConfig) -> 
     if not files:
         raise SourceError(f'source "{source.name}": Iceberg table "{source.table}" is empty')
     return spark.read.parquet(*files)
+
+
+def read_stream(spark: Any, config: ProjectConfig, name: str) -> Any:
+    """A streaming DataFrame of source ``name``: its landing folder (new files are picked up
+    as they arrive; write them under a name starting with ``.`` or ``_`` and rename them, so
+    no half-written file is read), or Kafka when ``streaming.sources`` says so."""
+    source = config.sources[name]
+    override = config.streaming.sources.get(name)
+    fmt = override.format if override else source.format
+    options = dict(override.options if override else source.options)
+    path = override.path if override else source.path
+    if source.schema is None:
+        raise SourceError(
+            f'source "{name}" has no schema: a stream needs one declared in robusta.yaml '
+            '(schema: "col TYPE, ...")'
+        )
+    ddl = ", ".join(f"`{c.name}` {c.sql_type}" for c in source.schema)
+    if fmt == "kafka":
+        assert override is not None  # config checks: kafka is only set by an override
+        frame = spark.readStream.format("kafka").options(**options).load()
+        parse = "from_json" if override.value_format == "json" else "from_csv"
+        return frame.selectExpr(f"{parse}(CAST(value AS STRING), '{ddl}') AS __row").select(
+            "__row.*"
+        )
+    if fmt not in ("csv", "json", "parquet"):
+        raise SourceError(
+            f'source "{name}" ({fmt}) cannot be streamed: give it a landing folder in '
+            "streaming.sources (csv, json or parquet) or a Kafka topic"
+        )
+    if path is None or not path.is_dir():
+        raise SourceError(
+            f'source "{name}": the landing folder {path} does not exist; create it (the '
+            "stream picks up files landed there) or set streaming.sources in robusta.yaml"
+        )
+    if fmt in ("csv", "json"):
+        options.setdefault("recursiveFileLookup", "true")
+    return spark.readStream.format(fmt).options(**options).schema(ddl).load(str(path))

@@ -50,8 +50,19 @@ def q(name: str) -> str:
 class TileJob:
     """Spark DataFrames of one tile group's tiles; call :meth:`tiles` then :meth:`counts`."""
 
-    def __init__(self, spark: Any, plan: SpecPlan, group: TileGroup, window: Range) -> None:
+    def __init__(
+        self,
+        spark: Any,
+        plan: SpecPlan,
+        group: TileGroup,
+        window: Range,
+        *,
+        events: str | None = None,
+    ) -> None:
+        """``events``: a view of the spec query's rows to tile instead of running the query
+        (the streaming job passes each micro-batch's rows this way)."""
         self.spark = spark
+        self._events = events
         self.plan = plan
         self.group = group
         self.window = window
@@ -65,6 +76,8 @@ class TileJob:
 
         With several tile groups the query result is cached, so the source is read once.
         """
+        if self._events is not None:
+            return self._events
         view = f"__robusta_events_{self.plan.name}"
         if not self.spark.catalog.tableExists(view):
             events = self.spark.sql(self.plan.spec.query)

@@ -4,6 +4,9 @@ and key, bins ``spec``, ``gen`` and ``v``.
 Untested here: no Aerospike server can run on the dev and CI machines. The shared contract
 tests run against it when ``ROBUSTA_AEROSPIKE_HOSTS`` is set (``host:port,host:port``).
 A lookup reads the spec's state, then its records in one batch read (two round trips).
+A stream's :meth:`apply` uses the contract's default (records, then state): Aerospike has no
+multi-record transaction before 8.0, and readers stay exact because a stream only rewrites
+tiles after the live pointer.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ Layout (one record per spec, generation, tile table and key; binary-safe keys):
 - *state*: per spec, the live generation, its version pointer, plan hash, serving mode and
   horizon (:class:`SpecState`).
 
+A stream (:meth:`OnlineStore.apply`) rewrites records of the live generation with the full
+values of the tiles a micro-batch touched and advances the pointer in the same atomic write.
+
 An upload writes a new generation's records (idempotent: a rerun overwrites the same keys),
 then :meth:`OnlineStore.commit` switches the spec's state to it in one atomic write, then the
 previous generation is dropped. Readers read the state and the records of its generation in
@@ -95,6 +98,16 @@ class OnlineStore(ABC):
     @abstractmethod
     def commit(self, spec: str, state: SpecState) -> None:
         """Make ``state`` (and its generation's records) live, atomically."""
+
+    def apply(self, spec: str, generation: int, records: Iterable[Record], state: SpecState) -> int:
+        """Overwrite records of the *live* generation and commit ``state``; the streaming
+        job's write. Backends with transactions do both atomically; this default writes the
+        records, then the state, which is still safe for readers: a stream only rewrites
+        tiles after the live pointer (tiles before it are final), so a reader holding the
+        old state finds the same values in old and new records. Returns records written."""
+        written = self.write(spec, generation, records)
+        self.commit(spec, state)
+        return written
 
     @abstractmethod
     def drop(self, spec: str, generation: int) -> int:

@@ -89,6 +89,16 @@ class EmbeddedStore(OnlineStore):
         with self.env.begin(write=True) as txn:
             txn.put(spec.encode(), state.to_bytes(), db=self.states)
 
+    def apply(self, spec: str, generation: int, records: Iterable[Record], state: SpecState) -> int:
+        """Records and state in one LMDB write transaction: readers see both or neither."""
+        written = 0
+        with self.env.begin(write=True) as txn:
+            for table, key, value in records:
+                txn.put(record_id(spec, generation, table, key), value, db=self.records)
+                written += 1
+            txn.put(spec.encode(), state.to_bytes(), db=self.states)
+        return written
+
     def drop(self, spec: str, generation: int) -> int:
         prefix = generation_prefix(spec, generation)
         dropped = 0

@@ -1,0 +1,534 @@
+"""`robusta stream`: Spark Structured Streaming tiles, exactly once, into Iceberg and online.
+
+One streaming query per spec: the spec's SQL runs over its sources read as streams (views
+named like the sources), and every micro-batch goes through :meth:`SpecStream.handle`:
+
+1. **tiles**: :class:`~robusta.engine.spark.streaming.StreamTileJob` merges the batch into the
+   full values of every open tile and writes them as state version ``N`` (with ``meta.json``:
+   pointers, counts) into the checkpoint folder, atomically (rename). Late rows (before the
+   pointer) go to the late-events table (Parquet, ``<warehouse>/late_events/<spec>/batch=N``).
+2. **offline**: tiles whose bucket closed in this batch (``p_before < end <= p_after``) are
+   committed to the Iceberg tile table in one snapshot whose summary records the query id and
+   batch id; a snapshot with the same ids means the batch is already there (skipped).
+3. **online**: the records of every key the batch touched get the new full tile values, and
+   the version pointer advances, in one atomic write (:meth:`OnlineStore.apply`).
+
+Every step can be repeated with the same result, so a crash at any point (Spark replays the
+batch with the same id and input) loses and doubles nothing. The pointer is
+``floor(max event time - watermark, finest granularity)``, never moving backwards; offline
+comes before online, so a pointer served online is always backed by Iceberg tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from robusta.engine.spark.sources import read_stream
+from robusta.engine.spark.streaming import (
+    CHANGED,
+    StreamTileJob,
+    batch_stats,
+    split_late,
+)
+from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.plan.model import SpecPlan, TileGroup
+from robusta.serving.stream_records import merge_tile_records
+from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
+from robusta.spec.model import ProjectConfig
+from robusta.store.online import OnlineStore, SpecState, open_online_store
+from robusta.store.tiles import Run, TileTables, coverage, local_path, write_tile_files
+from robusta.workspace import Workspace
+
+QUERY_PROPERTY = "robusta.stream-query"
+BATCH_PROPERTY = "robusta.stream-batch"
+FAULT_ENV = "ROBUSTA_STREAM_FAULT"  # tests: "phase:batch" kills the process there (SIGKILL)
+KEEP_STATES = 3
+
+Report = Callable[[list["SpecStatus"]], None]
+
+
+class StreamingError(RobustaError, RuntimeError):
+    """The stream cannot start or stopped on an error; the message says what to do."""
+
+
+@dataclass
+class SpecStatus:
+    """Progress of one spec's stream (cumulative over restarts, from its checkpoint)."""
+
+    spec: str
+    batch: int | None = None
+    rows: int = 0
+    late: int = 0
+    dropped: int = 0
+    pointer: str | None = None
+    max_event: str | None = None
+    lag_seconds: float | None = None  # wall clock minus the pointer
+    updated: str | None = None
+    active: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# ---- entry points ---------------------------------------------------------------------------
+def stream(
+    workspace: Workspace,
+    specs: Sequence[str] = (),
+    *,
+    trigger: Duration | None = None,
+    available_now: bool = False,
+    stop: threading.Event | None = None,
+    report: Report = lambda _: None,
+    every: float = 2.0,
+) -> list[SpecStatus]:
+    """Run the streams of ``specs`` (default all) until ``stop`` is set, or, with
+    ``available_now``, until every file landed so far is processed. ``report`` gets the
+    status of every spec about every ``every`` seconds."""
+    from robusta.engine.spark.session import spark_session
+
+    config = _config(workspace)
+    plans = _chosen(workspace, specs)
+    spark = spark_session(config.spark, app_name="robusta-stream")
+    every_trigger = trigger or config.streaming.trigger
+    streams = [SpecStream(config, plan) for plan in plans]
+    queries = []
+    try:
+        for s in streams:
+            queries.append(s.start(spark, every_trigger, available_now))
+        stop = stop or threading.Event()
+        reported = time.monotonic()
+        while not stop.is_set() and any(query.isActive for query in queries):
+            stop.wait(0.2)
+            _raise_failed(queries)
+            if time.monotonic() - reported >= every:
+                reported = time.monotonic()
+                report([s.status(active=True) for s in streams])
+        _raise_failed(queries)
+    finally:
+        for query in queries:
+            if query.isActive:
+                query.stop()  # an interrupted batch is replayed at the next start
+        for s in streams:
+            s.close()
+    return [s.status() for s in streams]
+
+
+def stream_status(workspace: Workspace, specs: Sequence[str] = ()) -> list[SpecStatus]:
+    """Each spec's stream progress as recorded in its checkpoint (no Spark)."""
+    config = _config(workspace)
+    return [SpecStream(config, plan).status() for plan in _chosen(workspace, specs)]
+
+
+def _config(workspace: Workspace) -> ProjectConfig:
+    config = workspace.require_valid().project.config
+    assert config is not None  # require_valid guarantees it
+    return config
+
+
+def _chosen(workspace: Workspace, names: Sequence[str]) -> list[SpecPlan]:
+    if not names:
+        return list(workspace.plan.specs)
+    chosen = []
+    for name in names:
+        plan = workspace.plan.spec(name)
+        if plan is None:
+            known = ", ".join(s.name for s in workspace.plan.specs)
+            raise UnknownFeatureError(f'no spec named "{name}" (specs: {known})')
+        chosen.append(plan)
+    return chosen
+
+
+def _raise_failed(queries: list[Any]) -> None:
+    for query in queries:
+        failure = query.exception()
+        if failure is not None:
+            text = str(getattr(failure, "desc", failure)).strip().splitlines()[0]
+            raise StreamingError(
+                f"stream {query.name} stopped: {text}; fix the cause and rerun `robusta "
+                "stream` (it resumes from its checkpoint, replaying the unfinished batch)"
+            ) from None
+
+
+# ---- one spec -------------------------------------------------------------------------------
+class SpecStream:
+    """A spec's streaming query and its micro-batch handler (see the module docstring)."""
+
+    def __init__(self, config: ProjectConfig, plan: SpecPlan) -> None:
+        self.config = config
+        self.plan = plan
+        self.folder = config.streaming.checkpoint / plan.name
+        self.delay = config.streaming.watermark_of(plan.name).micros
+        self.gmin = plan.spec.finest.micros
+        self.largest = plan.spec.granularities[0].micros
+        self.late_folder = config.offline.warehouse / "late_events" / plan.name
+        self._tables: TileTables | None = None
+        self._store: OnlineStore | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
+        self._check_mode()
+        self._write_start()
+        for name in self.plan.spec.sources:
+            read_stream(spark, self.config, name).createOrReplaceTempView(name)
+        events = spark.sql(self.plan.spec.query)
+        writer = (
+            events.writeStream.queryName(f"robusta_{self.plan.name}")
+            .option("checkpointLocation", str(self.folder / "spark"))
+            .foreachBatch(self.handle)
+        )
+        if available_now:
+            writer = writer.trigger(availableNow=True)
+        else:
+            writer = writer.trigger(processingTime=f"{trigger.micros // 1000} milliseconds")
+        return writer.start()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def tables(self) -> TileTables:
+        if self._tables is None:
+            self._tables = TileTables(self.config.offline)
+        return self._tables
+
+    @property
+    def store(self) -> OnlineStore:
+        if self._store is None:
+            self._store = open_online_store(self.config.online, self.config.project, create=True)
+        return self._store
+
+    def _check_mode(self) -> None:
+        modes = self.config.online.options.get("modes") or {}
+        if modes.get(self.plan.name, "assemble") != "assemble":
+            raise StreamingError(
+                f"spec {self.plan.name} is served pre-assembled; a stream updates tiles, so "
+                f"set online.modes.{self.plan.name}: assemble (or do not stream it)"
+            )
+
+    def _write_start(self) -> None:
+        """The pointer the stream starts from, fixed once per checkpoint (replays of the
+        first batch must see the same one): the later of the online pointer and the end of
+        the Iceberg tiles' coverage; events before it are late (batch tiles have them)."""
+        path = self.folder / "start.json"
+        if path.exists():
+            return
+        ends = [self._online_pointer()]
+        for group in self.plan.groups:
+            table = self.tables.load(group.layout.table)
+            if table is not None:
+                ends += [b for _, b in coverage(table) if b is not None]
+        known = [e for e in ends if e is not None]
+        pointer = floor_to(max(known), self.gmin) if known else None
+        if pointer is not None and pointer % self.largest:
+            raise StreamingError(
+                f"spec {self.plan.name} already has tiles up to {_iso(pointer)}, inside a "
+                f"{self.plan.spec.granularities[0].name} bucket: a stream must start on a "
+                f"bucket boundary of that size; upload with `robusta upload --spec "
+                f"{self.plan.name} --at {_iso(floor_to(pointer, self.largest))}` after "
+                "materializing up to that time, or rebuild the spec's tiles from the stream"
+            )
+        _write_json(path, {"pointer": pointer, "created": _iso(to_micros(datetime.now(UTC)))})
+
+    def _online_pointer(self) -> int | None:
+        state = self.store.state(self.plan.name)
+        return None if state is None else state.pointer
+
+    # ---- the micro-batch ------------------------------------------------------------------
+    def handle(self, batch: Any, batch_id: int) -> None:
+        """Tiles, then offline, then online; each step idempotent (see the module doc)."""
+        spark = batch.sparkSession
+        meta_path = self._state(batch_id) / "meta.json"
+        if not meta_path.exists():
+            self._compute(spark, batch, batch_id)
+        meta = json.loads(meta_path.read_text())
+        _fault("computed", batch_id)
+        self._commit_offline(meta)
+        _fault("offline", batch_id)
+        self._apply_online(meta)
+        _fault("online", batch_id)
+        self._clean(batch_id)
+
+    def _compute(self, spark: Any, batch: Any, batch_id: int) -> None:
+        before = self._previous(batch_id)
+        pointer: int | None = before["pointer"]
+        view = f"__robusta_batch_{self.plan.name}"
+        rows = batch.persist()
+        rows.createOrReplaceTempView(view)
+        try:
+            stats = batch_stats(spark, self.plan, view, pointer)
+            on_time, late = split_late(spark, self.plan, view, pointer)
+            if stats.late:
+                late.write.mode("overwrite").parquet(str(self.late_folder / f"batch={batch_id}"))
+            max_ts = _max(before["max_ts"], stats.max_ts)
+            after = pointer
+            if max_ts is not None:
+                after = _max(pointer, floor_to(max_ts - self.delay, self.gmin))
+            tmp = self._state(batch_id).with_name(f"{batch_id}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tiles_from = batch_id
+            if stats.rows - stats.late > 0:
+                self._write_tiles(spark, before, on_time, pointer, tmp)
+            else:
+                tiles_from = before["tiles_from"]  # nothing on time: the tiles stay as they were
+                tmp.mkdir(parents=True)
+            meta = {
+                "batch": batch_id,
+                "query": self._query_id(),
+                "tiles_from": tiles_from,
+                "pointer_before": pointer,
+                "pointer": after,
+                "max_ts": max_ts,
+                "rows": before["rows"] + stats.rows,
+                "late": before["late"] + stats.late,
+                "dropped": before["dropped"] + stats.null_keys + stats.null_timestamps,
+                "batch_rows": stats.rows,
+                "first_batch": before["batch"] is None,
+                "written": to_micros(datetime.now(UTC)),
+            }
+            _write_json(tmp / "meta.json", meta)
+            _fault("tiles", batch_id)
+            tmp.rename(self._state(batch_id))  # the version is complete, atomically
+        finally:
+            rows.unpersist()
+            spark.catalog.dropTempView(view)
+
+    def _write_tiles(
+        self, spark: Any, before: dict[str, Any], on_time: str, pointer: int | None, tmp: Path
+    ) -> None:
+        for group in self.plan.groups:
+            job = StreamTileJob(spark, self.plan, group)
+            stored = None
+            if before["tiles_from"] is not None:
+                path = self._state(before["tiles_from"]) / group.layout.table
+                stored = job.open_tiles(spark.read.parquet(str(path)), pointer)
+            try:
+                tiles = job.step(on_time, stored)
+                tiles.coalesce(2).write.parquet(str(tmp / group.layout.table))
+            finally:
+                job.release()
+
+    def _previous(self, batch_id: int) -> dict[str, Any]:
+        """Meta of the latest complete state before ``batch_id`` (or the start's)."""
+        done = [i for i in self._state_ids() if i < batch_id]
+        if done:
+            meta: dict[str, Any] = json.loads((self._state(max(done)) / "meta.json").read_text())
+            return meta
+        start = json.loads((self.folder / "start.json").read_text())
+        return {
+            "batch": None,
+            "tiles_from": None,
+            "pointer": start["pointer"],
+            "max_ts": None,
+            "rows": 0,
+            "late": 0,
+            "dropped": 0,
+        }
+
+    # ---- offline --------------------------------------------------------------------------
+    def _commit_offline(self, meta: dict[str, Any]) -> None:
+        before, after = meta["pointer_before"], meta["pointer"]
+        if after is None or after == before or meta["tiles_from"] is None:
+            return
+        start = json.loads((self.folder / "start.json").read_text())
+        covered = (start["pointer"] if meta["first_batch"] else before, after)
+        run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
+        for group in self.plan.groups:
+            table = self.tables.ensure(group, self.plan.hash)
+            if _committed(table, meta["query"], meta["batch"]):
+                continue
+            tiles = self._tiles(meta["tiles_from"], group)
+            ends = pc.add(_micros(tiles), _sizes(tiles, group))
+            closing = pc.less_equal(ends, after)
+            if before is not None:
+                closing = pc.and_(closing, pc.greater(ends, before))
+            run = Run(run_id, local_path(table.location()) / "runs" / run_id)
+            shutil.rmtree(run.folder, ignore_errors=True)
+            if not write_tile_files(tiles.filter(closing), group, run.folder):
+                _extend_coverage(table, covered)  # idempotent: a union of spans
+                continue
+            summary = {
+                "robusta.spec-version": self.plan.hash,
+                QUERY_PROPERTY: meta["query"],
+                BATCH_PROPERTY: str(meta["batch"]),
+            }
+            self.tables.replace(table, [], run, summary, covered=covered)
+
+    # ---- online ---------------------------------------------------------------------------
+    def _apply_online(self, meta: dict[str, Any]) -> None:
+        if meta["pointer"] is None or meta["tiles_from"] is None:
+            return
+        live = self.store.state(self.plan.name)
+        self._check_live(live)
+        generation = live.generation if live is not None else 1
+        records = []
+        oldest = None
+        for group in self.plan.groups:
+            tiles = self._tiles(meta["tiles_from"], group)
+            if meta["tiles_from"] == meta["batch"]:
+                changed = tiles.filter(tiles.column(CHANGED))
+                records += merge_tile_records(
+                    self.store, self.plan.name, generation, group, changed
+                )
+            if live is None and tiles.num_rows:
+                oldest = _min(oldest, int(pc.min(_micros(tiles)).as_py()))
+        pointer = max(meta["pointer"], live.pointer if live is not None else meta["pointer"])
+        state = SpecState(
+            generation=generation,
+            pointer=pointer,
+            plan_hash=self.plan.hash,
+            mode="assemble",
+            horizon=live.horizon if live is not None else self._fresh_horizon(oldest, pointer),
+            uploaded_at=to_micros(datetime.now(UTC)),
+        )
+        self.store.apply(self.plan.name, generation, records, state)
+        _write_json(self.folder / "online.json", {"generation": generation})
+
+    def _check_live(self, live: SpecState | None) -> None:
+        """The live state must be the stream's own (or an upload's it started on)."""
+        if live is None:
+            return
+        if live.plan_hash != self.plan.hash:
+            raise StreamingError(
+                f"the online store holds spec {self.plan.name} version {live.plan_hash}, the "
+                f"spec is now version {self.plan.hash}: rebuild its tiles and upload them, "
+                "then restart the stream with a fresh checkpoint"
+            )
+        mine = self.folder / "online.json"
+        if mine.exists() and json.loads(mine.read_text())["generation"] != live.generation:
+            raise StreamingError(
+                f"an upload replaced the online generation of spec {self.plan.name} while it "
+                "was streamed; restart the stream with a fresh checkpoint (streaming.checkpoint)"
+            )
+
+    def _fresh_horizon(self, oldest: int | None, pointer: int) -> int:
+        """A fresh stream holds every event from its first one on; nothing earlier exists
+        for it, so lookups are exact from that day on, whatever their window."""
+        longest = max(
+            (w.duration.micros for f in self.plan.features for w in f.windows if w.duration),
+            default=0,
+        )
+        first_day = floor_to(oldest if oldest is not None else pointer, self.largest)
+        return floor_to(first_day - longest, self.largest)
+
+    def _tiles(self, batch_id: int, group: TileGroup) -> pa.Table:
+        """A state version's tiles of one group (read with pyarrow: a few thousand rows)."""
+        return pq.read_table(self._state(batch_id) / group.layout.table)
+
+    # ---- checkpoint folders ---------------------------------------------------------------
+    def _state(self, batch_id: int) -> Path:
+        return self.folder / "state" / str(batch_id)
+
+    def _state_ids(self) -> list[int]:
+        root = self.folder / "state"
+        if not root.is_dir():
+            return []
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+
+    def _clean(self, batch_id: int) -> None:
+        """Drop state versions no replay can need (the last few, and the one tiles_from
+        points at, stay)."""
+        ids = self._state_ids()
+        meta = json.loads((self._state(batch_id) / "meta.json").read_text())
+        keep = set(ids[-KEEP_STATES:]) | {meta["tiles_from"]}
+        for i in ids:
+            if i not in keep and i < batch_id:
+                shutil.rmtree(self._state(i), ignore_errors=True)
+
+    def _query_id(self) -> str:
+        """Spark's query id: stable across restarts of the same checkpoint."""
+        metadata = self.folder / "spark" / "metadata"
+        return str(json.loads(metadata.read_text().splitlines()[0])["id"])
+
+    def status(self, *, active: bool = False) -> SpecStatus:
+        ids = self._state_ids()
+        if not ids:
+            return SpecStatus(self.plan.name, active=active)
+        meta = json.loads((self._state(ids[-1]) / "meta.json").read_text())
+        pointer = meta["pointer"]
+        now = to_micros(datetime.now(UTC))
+        return SpecStatus(
+            spec=self.plan.name,
+            batch=meta["batch"],
+            rows=meta["rows"],
+            late=meta["late"],
+            dropped=meta["dropped"],
+            pointer=None if pointer is None else _iso(pointer),
+            max_event=None if meta["max_ts"] is None else _iso(meta["max_ts"]),
+            lag_seconds=None if pointer is None else round((now - pointer) / 1e6, 1),
+            updated=_iso(meta["written"]),
+            active=active,
+        )
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def _committed(table: Any, query: str, batch: int) -> bool:
+    for snapshot in table.snapshots():
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if summary.get(QUERY_PROPERTY) == query and summary.get(BATCH_PROPERTY) == str(batch):
+            return True
+    return False
+
+
+def _micros(tiles: pa.Table) -> pa.Array:
+    return pc.cast(pc.cast(tiles.column("bucket_start"), pa.timestamp("us", tz="UTC")), pa.int64())
+
+
+def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
+    """Each tile's granularity in microseconds."""
+    names = [g.name for g in group.layout.granularities]
+    index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
+    micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
+    return pc.take(micros, index)
+
+
+def _extend_coverage(table: Any, covered: tuple[int | None, int]) -> None:
+    from robusta.store.tiles import COVERAGE_PROPERTY, merge_spans
+
+    spans = json.dumps(merge_spans([*coverage(table), covered]))
+    with table.transaction() as tx:
+        tx.set_properties(**{COVERAGE_PROPERTY: spans})
+
+
+def _fault(phase: str, batch_id: int) -> None:
+    """Test hook: ``ROBUSTA_STREAM_FAULT=phase:batch`` kills this process (SIGKILL) there."""
+    wanted = os.environ.get(FAULT_ENV)
+    if wanted and wanted == f"{phase}:{batch_id}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _iso(micros: int) -> str:
+    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["SpecStatus", "StreamingError", "stream", "stream_status"]

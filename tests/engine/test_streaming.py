@@ -1,0 +1,418 @@
+"""`robusta stream`: streamed tiles, online values and Iceberg tiles against the reference.
+
+Generated events (every operator, a composite key, null keys and times) are landed in two
+files; the stream runs in ``available-now`` mode after each landing, in this process, on the
+test session. Online lookups must equal the reference evaluator at the pointer they return,
+and every Iceberg tile the stream committed must equal the reference over its bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from robusta.datagen import GeneratorConfig, generate_events
+from robusta.materialize import materialize
+from robusta.serving import FeatureClient
+from robusta.serving.upload import upload
+from robusta.spec.durations import floor_to, from_micros
+from robusta.store.tiles import TileTables
+from robusta.streaming import FAULT_ENV, stream, stream_status
+from robusta.testing.compare import bits
+from robusta.testing.reference import reference_value, window_bounds
+from robusta.training import get_training_frame
+from robusta.workspace import Workspace, load_workspace
+from tests.engine.test_materialize import (
+    SPEC,
+    assert_close,
+    config_text,
+    events_by_key,
+    feature_yaml,
+    finalize_one,
+)
+
+pytestmark = pytest.mark.spark
+
+MIN = 60_000_000
+GMIN = 5 * MIN
+DAY = 1440 * MIN
+LANDED = time.time()
+STREAM_SPEC = SPEC.replace("windows: [1h]", "windows: [1h, 1d, lifetime]")
+
+
+@dataclass
+class Streamed:
+    root: Path
+    workspace: Workspace
+    events: pa.Table  # every landed event
+
+
+SMALL_SPEC = (
+    SPEC.split("features:\n")[0]
+    + "features:\n"
+    + "".join(
+        feature_yaml(*f).replace("windows: [1h]", "windows: [1h, 1d, lifetime]")
+        for f in [
+            ("n_events", "count", None, None),
+            ("dwell_sum", "sum", "dwell_seconds", None),
+            ("last_items", "last_n", "item_id", "{n: 3}"),
+            ("distinct_items", "approx_distinct", "item_id", None),
+        ]
+    )
+)
+
+
+def streaming_project(
+    root: Path, spec: str = STREAM_SPEC, watermark: str = "10m", extra: str = ""
+) -> Workspace:
+    (root / "feature_defs").mkdir(parents=True)
+    (root / "feature_defs" / "engagement.yaml").write_text(spec)
+    config = (
+        config_text(f"sqlite:///{root / 'catalog.db'}")
+        + textwrap.dedent(f"""\
+        streaming:
+          checkpoint: checkpoints
+          watermark: {watermark}
+        """)
+        + textwrap.dedent(extra)
+    )
+    (root / "robusta.yaml").write_text(config)
+    (root / "data").mkdir()
+    return load_workspace(root / "robusta.yaml").require_valid()
+
+
+def tile_rows(workspace: Workspace, table: str) -> pa.Table:
+    config = workspace.project.config
+    assert config is not None
+    loaded = TileTables(config.offline).load(table)
+    assert loaded is not None
+    return loaded.scan().to_arrow()
+
+
+def land(folder: Path, events: pa.Table, name: str, order: int | None = None) -> None:
+    """Write a file the way producers must: under a hidden name, then renamed. ``order``
+    sets its modification time, the order in which Spark picks files up (files landed in
+    the same instant may otherwise be read in any order, making the later one's events
+    late)."""
+    hidden = folder / f".{name}.parquet"
+    pq.write_table(events, hidden, coerce_timestamps="us")
+    if order is not None:
+        stamp = LANDED + order
+        os.utime(hidden, (stamp, stamp))
+    hidden.rename(folder / f"{name}.parquet")
+
+
+def by_time(events: pa.Table, parts: int) -> list[pa.Table]:
+    """Events split into ``parts`` consecutive time ranges (null times in the first)."""
+    ts = pc.cast(events.column("event_ts"), pa.int64())
+    order = pc.sort_indices(ts, null_placement="at_start")
+    ordered = events.take(order)
+    size = -(-ordered.num_rows // parts)
+    return [ordered.slice(i * size, size) for i in range(parts)]
+
+
+@pytest.fixture(scope="module")
+def streamed(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Streamed:
+    root = tmp_path_factory.mktemp("stream")
+    workspace = streaming_project(root)
+    events = generate_events(
+        GeneratorConfig(seed=8, days=2, events_per_day=1200, users=40, items=90, channels=5)
+    )
+    for i, part in enumerate(by_time(events, 2)):
+        land(root / "data", part, f"part-{i}", order=i)
+        stream(workspace, available_now=True)
+    return Streamed(root, workspace, events)
+
+
+def test_status_counts_every_row_once(streamed: Streamed) -> None:
+    (status,) = stream_status(streamed.workspace)
+    assert status.rows == streamed.events.num_rows
+    assert status.late == 0
+    ts = pc.cast(streamed.events.column("event_ts"), pa.int64())
+    newest = int(pc.max(ts).as_py())
+    assert status.pointer == from_micros(floor_to(newest - 10 * MIN, GMIN)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
+
+def test_iceberg_tiles_equal_the_reference(streamed: Streamed) -> None:
+    (plan,) = streamed.workspace.plan.specs
+    for group in plan.groups:
+        rows = tile_rows(streamed.workspace, group.layout.table)
+        keys = [k.column for k in group.layout.keys]
+        sizes = {g.name: g.micros for g in group.layout.granularities}
+        starts = pc.cast(rows.column("bucket_start"), pa.int64()).to_pylist()
+        seen = {
+            (
+                tuple(rows.column(k)[i].as_py() for k in keys),
+                rows.column("granularity")[i].as_py(),
+                s,
+            )
+            for i, s in enumerate(starts)
+        }
+        assert len(seen) == rows.num_rows  # no tile committed twice
+        for feature in group.features:
+            per_key = events_by_key(streamed.events, keys, feature.input or "__count")
+            for i in range(0, rows.num_rows, max(1, rows.num_rows // 150)):
+                key = tuple(rows.column(k)[i].as_py() for k in keys)
+                start = starts[i]
+                end = start + sizes[rows.column("granularity")[i].as_py()]
+                inside = [(t, v) for t, v in per_key[key] if start <= t < end]
+                want = reference_value(feature.op.name, feature.op.params, inside, start, end)
+                got = finalize_one(feature, rows.column(feature.ir_column).slice(i, 1))
+                assert_close(feature.op, got, want, [v for _, v in inside])
+
+
+def test_lookups_equal_the_reference_at_the_pointer(streamed: Streamed) -> None:
+    (plan,) = streamed.workspace.plan.specs
+    group = next(g for g in plan.groups if len(g.layout.keys) == 1)
+    per_feature = {
+        f.name: events_by_key(streamed.events, ["user_id"], f.input or "__count")
+        for f in group.features
+    }
+    users = sorted({k for (k,) in per_feature["n_events"]})
+    ts = pc.cast(streamed.events.column("event_ts"), pa.int64())
+    last = int(pc.max(ts).as_py())
+    with FeatureClient.from_config(streamed.root / "robusta.yaml") as client:
+        for t in (last, last - 3 * 60 * MIN + 7, floor_to(last, 60 * MIN)):
+            vectors = client.get_features(
+                [{"USER_ID": u} for u in users], [f.name for f in group.features], from_micros(t)
+            )
+            for user, vector in zip(users, vectors, strict=True):
+                pointer = int(pa.scalar(vector.pointer).cast(pa.int64()).as_py())
+                for feature in group.features:
+                    for output in feature.outputs:
+                        start, end = window_bounds(t, output.window, GMIN, pointer)
+                        events = per_feature[feature.name][(user,)]
+                        inside = [
+                            (e, v) for e, v in events if (start is None or start <= e) and e < end
+                        ]
+                        want = reference_value(
+                            feature.op.name, feature.op.params, inside, start, end
+                        )
+                        got = vector.values[output.name]
+                        assert_close(feature.op, got, want, [v for _, v in inside])
+
+
+# ---- exactly once under SIGKILL ----------------------------------------------------------------
+KILL_CONFIG = """\
+  sources:
+    events: {options: {maxFilesPerTrigger: 1}}
+spark: {master: "local[2]", conf: {spark.sql.shuffle.partitions: "2"}}
+"""
+
+
+def run_stream(root: Path, fault: str | None = None, kill_after: float | None = None) -> int:
+    """`robusta stream --available-now` in a subprocess; SIGKILL at ``fault`` (phase:batch,
+    by the job's hook) or after ``kill_after`` seconds (its whole process group, JVM too)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = fault
+    command = [sys.executable, "-m", "robusta.cli.main", "stream", "--available-now", "--json"]
+    process = subprocess.Popen(
+        [*command, "--config", str(root / "robusta.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        code = process.wait(timeout=kill_after if kill_after is not None else 120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        code = process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # a JVM outliving its killed driver
+    return code
+
+
+def stop_when_caught_up(root: Path, workspace: Workspace, rows: int) -> int:
+    """`robusta stream` (continuous) until its checkpoint counts ``rows``; then SIGTERM."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop(FAULT_ENV, None)
+    command = [sys.executable, "-m", "robusta.cli.main", "stream", "--trigger", "1s"]
+    process = subprocess.Popen(
+        [*command, "--config", str(root / "robusta.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while stream_status(workspace)[0].rows < rows and time.monotonic() < deadline:
+            assert process.poll() is None, "the stream stopped by itself"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def expected_tiles(events: pa.Table, keys: list[str], pointer: int) -> set[tuple[Any, ...]]:
+    """(key, granularity, bucket start) of every tile with events that ends by ``pointer``."""
+    out = set()
+    ts = pc.cast(events.column("event_ts"), pa.int64()).to_pylist()
+    key_values = list(zip(*(events.column(k).to_pylist() for k in keys), strict=True))
+    for key, t in zip(key_values, ts, strict=True):
+        if t is None or any(k is None for k in key):
+            continue
+        for name, size in (("1d", DAY), ("1h", 60 * MIN), ("5m", GMIN)):
+            start = floor_to(t, size)
+            if start + size <= pointer:
+                out.add((key, name, start))
+    return out
+
+
+def test_sigkill_at_any_point_loses_and_doubles_nothing(spark: Any, tmp_path: Path) -> None:
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=KILL_CONFIG)
+    events = generate_events(
+        GeneratorConfig(seed=13, days=2, events_per_day=700, users=30, items=60, channels=4)
+    )
+    parts = by_time(events, 6)
+    rng = random.Random(7)
+    # Kills inside the job at each phase (after the state write, mid-state, after the Iceberg
+    # commit, after the online write), then one at a random time, then a clean finish.
+    # SIGKILL inside the job after a phase (state version written and the Iceberg commit
+    # done; both stores written but the batch not committed by Spark), then at a random time
+    # (JVM start included), then a restart that runs until it has caught up and stops on
+    # SIGTERM. Every restart replays the batch the kill interrupted.
+    runs: list[tuple[list[int], str | None, float | None]] = [
+        ([0, 1, 2], "offline:2", None),
+        ([3], "online:3", None),
+        ([4, 5], None, rng.uniform(6.0, 14.0)),
+    ]
+    for landed, fault, after in runs:
+        for i in landed:
+            land(tmp_path / "data", parts[i], f"part-{i}", order=i)
+        code = run_stream(tmp_path, fault, after)
+        if fault:
+            assert code == -signal.SIGKILL, f"the fault {fault} was not reached"
+    # The final restart runs until it has caught up, then stops gracefully on SIGTERM.
+    assert stop_when_caught_up(tmp_path, workspace, events.num_rows) == 0
+    (status,) = stream_status(workspace)
+    assert status.rows == events.num_rows  # each row counted once in the job's own totals
+    (plan,) = workspace.plan.specs
+    (group,) = plan.groups
+    rows = tile_rows(workspace, group.layout.table)
+    pointer = floor_to(
+        int(pc.max(pc.cast(events.column("event_ts"), pa.int64())).as_py()) - 10 * MIN, GMIN
+    )
+    starts = pc.cast(rows.column("bucket_start"), pa.int64()).to_pylist()
+    got = [
+        ((u,), g, b)
+        for u, g, b in zip(
+            rows.column("user_id").to_pylist(),
+            rows.column("granularity").to_pylist(),
+            starts,
+            strict=True,
+        )
+    ]
+    assert len(got) == len(set(got))  # nothing committed twice
+    assert set(got) == expected_tiles(events, ["user_id"], pointer)  # nothing lost
+    sizes = {"1d": DAY, "1h": 60 * MIN, "5m": GMIN}
+    for feature in group.features:
+        per_key = events_by_key(events, ["user_id"], feature.input or "__count")
+        for i, (key, g, start) in enumerate(got):
+            inside = [(t, v) for t, v in per_key[key] if start <= t < start + sizes[g]]
+            want = reference_value(
+                feature.op.name, feature.op.params, inside, start, start + sizes[g]
+            )
+            got_value = finalize_one(feature, rows.column(feature.ir_column).slice(i, 1))
+            assert_close(feature.op, got_value, want, [v for _, v in inside])
+    assert_lookups_equal_reference(workspace, tmp_path, events, group)
+
+
+def assert_lookups_equal_reference(
+    workspace: Workspace, root: Path, events: pa.Table, group: Any, at: int | None = None
+) -> list[Any]:
+    per_feature = {
+        f.name: events_by_key(events, ["user_id"], f.input or "__count") for f in group.features
+    }
+    users = sorted({k for (k,) in per_feature[group.features[0].name]})
+    ts = pc.cast(events.column("event_ts"), pa.int64())
+    t = at if at is not None else int(pc.max(ts).as_py())
+    with FeatureClient.from_config(root / "robusta.yaml") as client:
+        vectors = client.get_features(
+            [{"USER_ID": u} for u in users], [f.name for f in group.features], from_micros(t)
+        )
+    for user, vector in zip(users, vectors, strict=True):
+        pointer = int(pa.scalar(vector.pointer).cast(pa.int64()).as_py())
+        for feature in group.features:
+            for output in feature.outputs:
+                start, end = window_bounds(t, output.window, GMIN, pointer)
+                inside = [
+                    (e, v)
+                    for e, v in per_feature[feature.name][(user,)]
+                    if (start is None or start <= e) and e < end
+                ]
+                want = reference_value(feature.op.name, feature.op.params, inside, start, end)
+                assert_close(feature.op, vector.values[output.name], want, [v for _, v in inside])
+    return vectors
+
+
+# ---- lambda: late events repaired by batch --------------------------------------------------
+def test_batch_materialize_repairs_late_events_and_lookups_equal_backfills(
+    spark: Any, tmp_path: Path
+) -> None:
+    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    events = generate_events(
+        GeneratorConfig(seed=17, days=2, events_per_day=700, users=30, items=60, channels=4)
+    )
+    early, middle, recent = by_time(events, 3)
+    late = early.slice(0, 40)  # arrive after the pointer passed them
+    on_time = pa.concat_tables([early.slice(40), middle])
+    land(tmp_path / "data", on_time, "part-0")
+    stream(workspace, available_now=True)
+    land(tmp_path / "data", pa.concat_tables([late, recent]), "part-1")
+    stream(workspace, available_now=True)
+    (status,) = stream_status(workspace)
+    valid_late = pc.sum(pc.is_valid(late.column("event_ts"))).as_py()
+    assert status.late == valid_late > 0
+    late_rows = pq.read_table(tmp_path / "warehouse" / "late_events" / "engagement")
+    assert late_rows.num_rows == valid_late
+    (plan,) = workspace.plan.specs
+    (group,) = plan.groups
+    without_late = pa.concat_tables([on_time, recent])
+    assert_lookups_equal_reference(workspace, tmp_path, without_late, group)
+
+    ts = pc.cast(events.column("event_ts"), pa.int64())
+    first, last = int(pc.min(ts).as_py()), int(pc.max(ts).as_py())
+    materialize(workspace, start=from_micros(first), end=from_micros(last + 1))
+    upload(workspace)
+    vectors = assert_lookups_equal_reference(workspace, tmp_path, events, group, at=last)
+    users = [v.entity["USER_ID"] for v in vectors]
+    rows = pa.table(
+        {
+            "USER_ID": pa.array(users, pa.string()),
+            "ts": pa.array([last] * len(users), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "served_at": pa.array([v.pointer for v in vectors], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    frame = get_training_frame(
+        rows.to_pandas(),
+        [f.name for f in group.features],
+        workspace=workspace,
+        version_column="served_at",
+        materialize_missing=False,
+    )
+    backfilled = frame.toArrow().to_pylist()
+    for vector, row in zip(vectors, backfilled, strict=True):
+        for name, value in vector.values.items():
+            assert bits(value) == bits(row[name]), (name, vector.entity)
