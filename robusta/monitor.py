@@ -9,7 +9,10 @@ A source with a ``monitor`` section in ``robusta.yaml``
 
 gets its events counted by every ``robusta materialize`` that reads it: per time bucket, in
 total and per value of each segment column, into the Iceberg table ``<namespace>.event_volumes``
-(a rerun over a range replaces that range's counts). ``robusta monitor`` then compares each
+(a rerun over a range replaces that range's counts), and by ``robusta stream``, which adds each
+micro-batch's counts exactly once (the batch is recorded in the commit's snapshot summary and
+checked before adding; a later batch ``materialize`` of the range replaces them, as it
+replaces streamed tiles). ``robusta monitor`` then compares each
 segment's latest bucket with the median of its previous ``baseline`` buckets and flags the
 segments that fell below ``drop`` times that level: a country whose events stop is flagged even
 while the total, carried by the other countries, looks normal.
@@ -25,6 +28,7 @@ from statistics import median
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from robusta.errors import RobustaError
 from robusta.spec.durations import floor_to, from_micros, to_micros
@@ -71,7 +75,9 @@ def record_volumes(
     return int(rows.num_rows)
 
 
-def _count_sql(source: SourceConfig, lo: int | None, hi: int | None) -> str:
+def _count_sql(
+    source: SourceConfig, lo: int | None, hi: int | None, view: str | None = None
+) -> str:
     monitor = source.monitor
     assert monitor is not None
     ts = f"unix_micros(CAST({_q(monitor.timestamp)} AS TIMESTAMP))"
@@ -90,7 +96,7 @@ def _count_sql(source: SourceConfig, lo: int | None, hi: int | None) -> str:
         SELECT bucket, s.segment AS segment, s.value AS value, count(1) AS events
         FROM (
             SELECT {ts} - pmod({ts}, {size}) AS bucket, explode(array({", ".join(parts)})) AS s
-            FROM {_q(source.name)} WHERE {" AND ".join(where)}
+            FROM {_q(view or source.name)} WHERE {" AND ".join(where)}
         ) GROUP BY bucket, s.segment, s.value
     """
 
@@ -150,6 +156,100 @@ def _volumes_table(offline: OfflineConfig, *, create: bool) -> Any:
         if not create:
             return None
         return catalog.create_table(identifier, schema=VOLUMES_SCHEMA)
+
+
+# ---- streaming: each micro-batch's counts added once ---------------------------------------
+BATCH_PROPERTY = "robusta.volumes-batch"  # snapshot summary: "<stream id>:<batch id>"
+
+
+def stream_volumes(
+    spark: Any,
+    config: ProjectConfig,
+    source: SourceConfig,
+    checkpoint: str,
+    trigger: str | None,
+    available_now: bool,
+) -> Any:
+    """Start a streaming query adding ``source``'s micro-batch counts to the volumes table."""
+    from robusta.engine.spark.sources import read_stream
+
+    writer = (
+        read_stream(spark, config, source.name)
+        .writeStream.queryName(f"robusta_volumes_{source.name}")
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(VolumeBatches(config, source, checkpoint))
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    elif trigger is not None:
+        writer = writer.trigger(processingTime=trigger)
+    return writer.start()
+
+
+@dataclass(frozen=True)
+class VolumeBatches:
+    """The ``foreachBatch`` function of :func:`stream_volumes` (picklable: no Spark state)."""
+
+    config: ProjectConfig
+    source: SourceConfig
+    stream: str  # the checkpoint: names the stream across restarts
+
+    def __call__(self, batch: Any, batch_id: int) -> None:
+        assert self.source.monitor is not None
+        view = f"__robusta_volumes_{self.source.name}"
+        batch.createOrReplaceTempView(view)
+        try:
+            counts = batch.sparkSession.sql(_count_sql(self.source, None, None, view)).toArrow()
+        finally:
+            batch.sparkSession.catalog.dropTempView(view)
+        size = self.source.monitor.granularity.micros
+        rows = _volume_rows(self.source.name, counts, size)
+        add_volumes(self.config.offline, self.source.name, rows, f"{self.stream}:{batch_id}")
+
+
+def add_volumes(offline: OfflineConfig, source: str, rows: pa.Table, batch: str) -> bool:
+    """Add ``rows``' counts to the stored ones of the same buckets, in one commit marked with
+    ``batch``; False (nothing done) when that batch was added before (a replay)."""
+    from pyiceberg import expressions
+
+    table = _volumes_table(offline, create=True)
+    if any(
+        s.summary is not None and s.summary.additional_properties.get(BATCH_PROPERTY) == batch
+        for s in table.snapshots()
+    ):
+        return False
+    if rows.num_rows == 0:
+        return True
+    buckets = sorted(set(rows.column("bucket_start").cast(pa.int64()).to_pylist()))
+    equal: Any = expressions.EqualTo  # pydantic models: untyped positionals
+    among: Any = expressions.In
+    scope = expressions.And(
+        equal("source", source), among("bucket_start", [_iso(b) for b in buckets])
+    )
+    stored = table.scan(row_filter=scope).to_arrow() if table.current_snapshot() else None
+    merged = _summed(rows if stored is None else pa.concat_tables([stored, rows]))
+    marker = {BATCH_PROPERTY: batch}
+    if stored is None or stored.num_rows == 0:
+        table.append(merged, snapshot_properties=marker)
+    else:
+        table.overwrite(merged, overwrite_filter=scope, snapshot_properties=marker)
+    return True
+
+
+def _summed(rows: pa.Table) -> pa.Table:
+    """Counts of equal (source, segment, value, bucket, granularity) added up."""
+    keys = ["source", "segment", "value", "bucket_start", "granularity_us"]
+    filled = rows.set_column(
+        rows.schema.get_field_index("value"), "value", pc.fill_null(rows.column("value"), "\0")
+    )
+    total = filled.group_by(keys).aggregate([("events", "sum"), ("recorded_at", "max")])
+    value = pc.if_else(pc.equal(total.column("value"), "\0"), None, total.column("value"))
+    total = total.set_column(total.schema.get_field_index("value"), "value", value)
+    total = total.rename_columns(
+        ["events" if c == "events_sum" else "recorded_at" if c == "recorded_at_max" else c
+         for c in total.column_names]
+    )
+    return total.select(VOLUMES_SCHEMA.names).cast(VOLUMES_SCHEMA)
 
 
 # ---- checking ---------------------------------------------------------------------------

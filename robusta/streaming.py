@@ -109,6 +109,7 @@ def stream(
     try:
         for s in streams:
             queries.append(s.start(spark, every_trigger, available_now))
+        queries += _volume_streams(spark, config, plans, every_trigger, available_now)
         stop = stop or threading.Event()
         reported = time.monotonic()
         while not stop.is_set() and any(query.isActive for query in queries):
@@ -125,6 +126,28 @@ def stream(
         for s in streams:
             s.close()
     return [s.status() for s in streams]
+
+
+def _volume_streams(
+    spark: Any,
+    config: ProjectConfig,
+    plans: Sequence[SpecPlan],
+    trigger: Duration,
+    available_now: bool,
+) -> list[Any]:
+    """One streaming query per monitored source the specs read (``robusta.monitor``)."""
+    from robusta.monitor import stream_volumes
+
+    names = dict.fromkeys(n for plan in plans for n in plan.spec.sources)
+    queries = []
+    for name in names:
+        source = config.sources.get(name)
+        if source is None or source.monitor is None:
+            continue
+        checkpoint = str(config.streaming.checkpoint / "volumes" / name)
+        every = f"{trigger.micros // 1000} milliseconds"
+        queries.append(stream_volumes(spark, config, source, checkpoint, every, available_now))
+    return queries
 
 
 def stream_status(workspace: Workspace, specs: Sequence[str] = ()) -> list[SpecStatus]:

@@ -82,7 +82,13 @@ def get_training_frame(
     all. Entity ``E`` is read from column ``E`` unless ``entity_columns`` maps it. A key
     bucket with more than ``rows_per_task`` rows (hot keys) is split by time over tasks.
     """
-    from robusta.engine.spark.pit import DEFAULT_ROWS_PER_TASK, finish, join_group, prepare_rows
+    from robusta.engine.spark.pit import (
+        DEFAULT_ROWS_PER_TASK,
+        finish,
+        join_group,
+        prepare_rows,
+        row_counts,
+    )
     from robusta.engine.spark.session import spark_session
 
     started = time.perf_counter()
@@ -121,6 +127,7 @@ def get_training_frame(
     bounds = prepared.selectExpr(
         "count(1) AS n", f"{low} AS lo", f"{high} AS hi"
     ).collect()[0]
+    order = row_counts(prepared)  # restores input order without a sampling pass
     joined = prepared
     done = report if report is not None else BackfillReport()
     done.rows = int(bounds["n"])
@@ -144,7 +151,7 @@ def get_training_frame(
         )
     done.features = [o.name for r in requests for o in r.outputs]
     done.seconds = round(time.perf_counter() - started, 2)
-    return finish(joined, version_column is not None)
+    return finish(joined, version_column is not None, order)
 
 
 def read_rows(spark: Any, rows: Any, workspace: Workspace) -> Any:

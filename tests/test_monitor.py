@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from robusta.monitor import TOTAL, Count, find_drops
 
 DAY = 86_400_000_000
@@ -49,3 +51,42 @@ def test_small_levels_and_earlier_buckets() -> None:
     at_gap = {(v.segment, v.value): v for v in find_drops(counts, at=4 * DAY + 5, baseline=3)}
     assert at_gap[("device", "ios")].flagged and at_gap[("device", "ios")].events == 0
     assert not find_drops(counts, drop=0.0)[0].flagged  # drop 0 flags nothing
+
+
+def test_streamed_batches_add_up_once(tmp_path: Path) -> None:
+    """add_volumes: counts of one micro-batch are added once, however often it is replayed."""
+    import pyarrow as pa
+
+    from robusta.monitor import VOLUMES_SCHEMA, VOLUMES_TABLE, _volume_rows, add_volumes
+    from robusta.spec.model import OfflineConfig
+    from robusta.store.catalog import open_catalog
+
+    offline = OfflineConfig({"uri": f"sqlite:///{tmp_path / 'c.db'}"}, tmp_path / "w", "m")
+
+    def batch(counts: list[tuple[int, str, str | None, int]]) -> pa.Table:
+        table = pa.table(
+            {
+                "bucket": pa.array([c[0] for c in counts], pa.int64()),
+                "segment": [c[1] for c in counts],
+                "value": pa.array([c[2] for c in counts], pa.string()),
+                "events": pa.array([c[3] for c in counts], pa.int64()),
+            }
+        )
+        return _volume_rows("events", table, DAY)
+
+    first = batch([(0, TOTAL, None, 5), (0, "device", "ios", 3), (0, "device", None, 2)])
+    assert add_volumes(offline, "events", first, "s:0")
+    assert not add_volumes(offline, "events", first, "s:0")  # a replay adds nothing
+    second = batch([(0, TOTAL, None, 4), (DAY, TOTAL, None, 1)])
+    assert add_volumes(offline, "events", second, "s:1")
+    stored = open_catalog(offline).load_table(f"m.{VOLUMES_TABLE}").scan().to_arrow()
+    assert stored.schema.names == VOLUMES_SCHEMA.names
+    got = {
+        (r["segment"], r["value"], r["bucket_start"].day): r["events"] for r in stored.to_pylist()
+    }
+    assert got == {
+        (TOTAL, None, 1): 9,
+        ("device", "ios", 1): 3,
+        ("device", "(null)", 1): 2,
+        (TOTAL, None, 2): 1,
+    }

@@ -184,10 +184,65 @@ def _time_chunks(keyed: Any, rows_per_task: int) -> tuple[str, int]:
     return f"CASE {' '.join(cases)} ELSE 0 END", extra
 
 
-def finish(joined: Any, with_pointer: bool) -> Any:
-    """Input order restored, internal columns dropped."""
+_ROW_BITS = 33  # monotonically_increasing_id: partition id << 33 | row within the partition
+TARGET = "__robusta_target"
+
+
+def row_counts(prepared: Any) -> dict[int, int]:
+    """Rows per input partition of :func:`prepare_rows`' frame (keyed by partition id)."""
+    from pyspark.sql import functions as F
+
+    counted = prepared.groupBy(F.shiftright(F.col(ROW_ID), _ROW_BITS).alias("p")).count()
+    return {int(r["p"]): int(r["count"]) for r in counted.collect()}
+
+
+def finish(joined: Any, with_pointer: bool, counts: Mapping[int, int] | None = None) -> Any:
+    """Input order restored, internal columns dropped.
+
+    ``orderBy`` would sample its input to choose ranges, and the sample job runs the whole
+    join a second time (Python tasks included). With the rows per input partition known
+    (``counts``), each row's output partition follows from its row id alone: chunk ``i`` of
+    the input order goes to output partition ``i`` through a hash-partitioning value chosen
+    so that Spark's ``pmod(hash(v), n)`` is ``i``; partitions are then sorted by row id.
+    """
     internal = [ROW_ID, TS] + ([POINTER] if with_pointer else [])
-    return joined.orderBy(ROW_ID).drop(*internal)
+    if counts is None:
+        return joined.orderBy(ROW_ID).drop(*internal)
+    from pyspark.sql import functions as F
+
+    spark = joined.sparkSession
+    total = sum(counts.values())
+    parts = max(1, min(int(spark.conf.get("spark.sql.shuffle.partitions")), total // 20_000))
+    size = max(1, -(-total // parts))
+    offsets, running = [], 0
+    for pid in sorted(counts):
+        offsets.append(f"WHEN {pid} THEN {running}")
+        running += counts[pid]
+    dense = (
+        f"(CASE shiftright({ROW_ID}, {_ROW_BITS}) {' '.join(offsets)} END "
+        f"+ ({ROW_ID} & {(1 << _ROW_BITS) - 1}))"
+    )
+    chunk = f"CAST({dense} DIV {size} AS BIGINT)"
+    targets = _hash_targets(spark, parts)
+    pick = " ".join(f"WHEN {i} THEN {v}" for i, v in enumerate(targets))
+    # BIGINT like range()'s ids: the hash of an INT differs.
+    routed = joined.withColumn(TARGET, F.expr(f"CAST(CASE {chunk} {pick} END AS BIGINT)"))
+    ordered = routed.repartition(parts, TARGET).sortWithinPartitions(ROW_ID)
+    return ordered.drop(TARGET, *internal)
+
+
+def _hash_targets(spark: Any, parts: int) -> list[int]:
+    """For each partition ``i < parts``, a BIGINT whose Spark hash partition is ``i``."""
+    found: dict[int, int] = {}
+    span = 64 * parts
+    while len(found) < parts:
+        rows = spark.sql(
+            f"SELECT id, pmod(hash(id), {parts}) AS p FROM range({span - 64 * parts}, {span})"
+        ).collect()
+        for row in rows:
+            found.setdefault(int(row["p"]), int(row["id"]))
+        span *= 2
+    return [found[i] for i in range(parts)]
 
 
 def _q(name: str) -> str:
