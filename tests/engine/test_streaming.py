@@ -47,6 +47,7 @@ from tests.engine.test_materialize import (
     feature_yaml,
     finalize_one,
 )
+from tests.store.test_online_contract import online_config
 
 pytestmark = pytest.mark.spark
 
@@ -371,10 +372,16 @@ def assert_lookups_equal_reference(
 
 
 # ---- lambda: late events repaired by batch --------------------------------------------------
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
 def test_batch_materialize_repairs_late_events_and_lookups_equal_backfills(
-    spark: Any, tmp_path: Path
+    spark: Any, tmp_path: Path, backend: str
 ) -> None:
-    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    online = ""
+    if backend == "redis":
+        options = online_config("redis", tmp_path).options
+        url, prefix = options["url"], options["key_prefix"]
+        online = f'online: {{type: redis, url: "{url}", key_prefix: "{prefix}"}}\n'
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=online)
     events = generate_events(
         GeneratorConfig(seed=17, days=2, events_per_day=700, users=30, items=60, channels=4)
     )
