@@ -114,11 +114,11 @@ def stream(
         reported = time.monotonic()
         while not stop.is_set() and any(query.isActive for query in queries):
             stop.wait(0.2)
-            _raise_failed(queries)
+            _raise_failed(streams, queries)
             if time.monotonic() - reported >= every:
                 reported = time.monotonic()
                 report([s.status(active=True) for s in streams])
-        _raise_failed(queries)
+        _raise_failed(streams, queries)
     finally:
         for query in queries:
             if query.isActive:
@@ -175,9 +175,18 @@ def _chosen(workspace: Workspace, names: Sequence[str]) -> list[SpecPlan]:
     return chosen
 
 
-def _raise_failed(queries: list[Any]) -> None:
-    for query in queries:
+def _raise_failed(streams: list[SpecStream], queries: list[Any]) -> None:
+    for s, query in zip(streams, queries, strict=False):
         failure = query.exception()
+        if failure is None:
+            continue
+        if isinstance(s.failure, RobustaError):
+            raise s.failure
+        if s.failure is not None:
+            raise StreamingError(
+                f"stream {query.name} stopped: {type(s.failure).__name__}: {s.failure}; "
+                "rerun `robusta stream` once fixed (it resumes from its checkpoint)"
+            ) from s.failure
         if failure is not None:
             text = str(getattr(failure, "desc", failure)).strip().splitlines()[0]
             raise StreamingError(
@@ -200,6 +209,7 @@ class SpecStream:
         self.late_folder = config.offline.warehouse / "late_events" / plan.name
         self._tables: TileTables | None = None
         self._store: OnlineStore | None = None
+        self.failure: BaseException | None = None  # what stopped the last micro-batch
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
@@ -259,12 +269,12 @@ class SpecStream:
         known = [e for e in ends if e is not None]
         pointer = floor_to(max(known), self.gmin) if known else None
         if pointer is not None and pointer % self.largest:
+            largest = self.plan.spec.granularities[0].name
             raise StreamingError(
-                f"spec {self.plan.name} already has tiles up to {_iso(pointer)}, inside a "
-                f"{self.plan.spec.granularities[0].name} bucket: a stream must start on a "
-                f"bucket boundary of that size; upload with `robusta upload --spec "
-                f"{self.plan.name} --at {_iso(floor_to(pointer, self.largest))}` after "
-                "materializing up to that time, or rebuild the spec's tiles from the stream"
+                f"spec {self.plan.name} already has tiles (Iceberg coverage or online pointer) "
+                f"up to {_iso(pointer)}, inside a {largest} bucket; a stream starts where they "
+                f"end, and this version can only start on a {largest} boundary (it cannot "
+                "merge into batch tiles of an open bucket): see docs/streaming.md, Limits"
             )
         _write_json(path, {"pointer": pointer, "created": _iso(to_micros(datetime.now(UTC)))})
 
@@ -275,6 +285,13 @@ class SpecStream:
     # ---- the micro-batch ------------------------------------------------------------------
     def handle(self, batch: Any, batch_id: int) -> None:
         """Tiles, then offline, then online; each step idempotent (see the module doc)."""
+        try:
+            self._handle(batch, batch_id)
+        except BaseException as exc:  # kept for the caller: Spark reports it as Java text
+            self.failure = exc
+            raise
+
+    def _handle(self, batch: Any, batch_id: int) -> None:
         spark = batch.sparkSession
         meta_path = self._state(batch_id) / "meta.json"
         if not meta_path.exists():

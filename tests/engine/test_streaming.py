@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events
+from robusta.engine.spark.sources import SourceError
 from robusta.materialize import materialize
 from robusta.serving import FeatureClient
 from robusta.serving.upload import upload
-from robusta.spec.durations import floor_to, from_micros
+from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.tiles import TileTables
-from robusta.streaming import FAULT_ENV, stream, stream_status
+from robusta.streaming import FAULT_ENV, StreamingError, stream, stream_status
 from robusta.testing.compare import bits
 from robusta.testing.reference import reference_value, window_bounds
 from robusta.training import get_training_frame
@@ -44,6 +47,7 @@ from tests.engine.test_materialize import (
     feature_yaml,
     finalize_one,
 )
+from tests.store.test_online_contract import online_config
 
 pytestmark = pytest.mark.spark
 
@@ -368,10 +372,16 @@ def assert_lookups_equal_reference(
 
 
 # ---- lambda: late events repaired by batch --------------------------------------------------
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
 def test_batch_materialize_repairs_late_events_and_lookups_equal_backfills(
-    spark: Any, tmp_path: Path
+    spark: Any, tmp_path: Path, backend: str
 ) -> None:
-    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    online = ""
+    if backend == "redis":
+        options = online_config("redis", tmp_path).options
+        url, prefix = options["url"], options["key_prefix"]
+        online = f'online: {{type: redis, url: "{url}", key_prefix: "{prefix}"}}\n'
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=online)
     events = generate_events(
         GeneratorConfig(seed=17, days=2, events_per_day=700, users=30, items=60, channels=4)
     )
@@ -416,3 +426,54 @@ def test_batch_materialize_repairs_late_events_and_lookups_equal_backfills(
     for vector, row in zip(vectors, backfilled, strict=True):
         for name, value in vector.values.items():
             assert bits(value) == bits(row[name]), (name, vector.entity)
+
+
+def test_backfills_equal_the_streamed_lookups(streamed: Streamed) -> None:
+    """Online = offline on streamed tiles: a backfill with the pointer a lookup returned
+    reads the Iceberg copy and gives the same bits."""
+    (plan,) = streamed.workspace.plan.specs
+    (status,) = stream_status(streamed.workspace)
+    assert status.pointer is not None
+    pointer = to_micros(datetime.fromisoformat(status.pointer))
+    pairs = streamed.events.select(["user_id", "channel_id"]).drop_null().to_pylist()[::97][:12]
+    entities = [{"USER_ID": p["user_id"], "CHANNEL_ID": p["channel_id"]} for p in pairs]
+    # Times up to the pointer: a backfill checks coverage up to its rows' times.
+    times = [pointer - k * 37 * MIN + 11 for k in range(len(entities))]
+    with FeatureClient.from_config(streamed.root / "robusta.yaml") as client:
+        got = [
+            client.get_features([e], None, from_micros(t))[0]
+            for e, t in zip(entities, times, strict=True)
+        ]
+    rows = pa.table(
+        {
+            "USER_ID": pa.array([e["USER_ID"] for e in entities], pa.string()),
+            "CHANNEL_ID": pa.array([e["CHANNEL_ID"] for e in entities], pa.string()),
+            "ts": pa.array(times, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "served_at": pa.array([v.pointer for v in got], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    frame = get_training_frame(
+        rows.to_pandas(),
+        None,
+        workspace=streamed.workspace,
+        version_column="served_at",
+        materialize_missing=False,
+    )
+    names = [o.name for o in plan.outputs]
+    for vector, row in zip(got, frame.toArrow().to_pylist(), strict=True):
+        for name in names:
+            assert bits(vector.values[name]) == bits(row[name]), (name, vector.entity)
+
+
+def test_a_missing_landing_folder_says_what_to_do(spark: Any, tmp_path: Path) -> None:
+    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    (tmp_path / "data").rmdir()
+    with pytest.raises(SourceError, match=r"landing folder .* does not exist; create it"):
+        stream(workspace, available_now=True)
+
+
+def test_preassembled_specs_are_refused(spark: Any, tmp_path: Path) -> None:
+    extra = "online: {type: embedded, modes: {engagement: preassembled}}\n"
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=extra)
+    with pytest.raises(StreamingError, match=re.escape("set online.modes.engagement: assemble")):
+        stream(workspace, available_now=True)
