@@ -6,7 +6,8 @@ named like the sources), and every micro-batch goes through :meth:`SpecStream.ha
 1. **tiles**: :class:`~robusta.engine.spark.streaming.StreamTileJob` merges the batch into the
    full values of every open tile and writes them as state version ``N`` (with ``meta.json``:
    pointers, counts) into the checkpoint folder, atomically (rename). Late rows (before the
-   pointer) go to the late-events table (Parquet, ``<warehouse>/late_events/<spec>/batch=N``).
+   pointer) go to the late-events table (Parquet,
+   ``<warehouse>/late_events/<spec>/query=<id>/batch=N``).
 2. **offline**: tiles whose bucket closed in this batch (``p_before < end <= p_after``) are
    committed to the Iceberg tile table in one snapshot whose summary records the query id and
    batch id; a snapshot with the same ids means the batch is already there (skipped).
@@ -176,6 +177,13 @@ def _chosen(workspace: Workspace, names: Sequence[str]) -> list[SpecPlan]:
 
 
 def _raise_failed(streams: list[SpecStream], queries: list[Any]) -> None:
+    for query in queries[len(streams) :]:  # the volume monitors' queries
+        failure = query.exception()
+        if failure is not None:
+            text = str(getattr(failure, "desc", failure)).strip().splitlines()[0]
+            raise StreamingError(
+                f"stream {query.name} stopped: {text}; fix the cause and rerun `robusta stream`"
+            ) from None
     for s, query in zip(streams, queries, strict=False):
         failure = query.exception()
         if failure is None:
@@ -259,8 +267,10 @@ class SpecStream:
         first batch must see the same one): the later of the online pointer and the end of
         the Iceberg tiles' coverage; events before it are late (batch tiles have them)."""
         path = self.folder / "start.json"
-        if path.exists():
-            return
+        if path.exists() and self._state_ids():
+            return  # batches were computed from it: it stays
+        # No batch computed yet: (re)read it, so a materialize or upload since an earlier
+        # start that never got to a batch is not tiled a second time.
         ends = [self._online_pointer()]
         for group in self.plan.groups:
             table = self.tables.load(group.layout.table)
@@ -314,11 +324,17 @@ class SpecStream:
             stats = batch_stats(spark, self.plan, view, pointer)
             on_time, late = split_late(spark, self.plan, view, pointer)
             if stats.late:
-                late.write.mode("overwrite").parquet(str(self.late_folder / f"batch={batch_id}"))
+                # Per query: a fresh checkpoint restarts batch ids and must not overwrite.
+                folder = self.late_folder / f"query={self._query_id()}" / f"batch={batch_id}"
+                late.write.mode("overwrite").parquet(str(folder))
             max_ts = _max(before["max_ts"], stats.max_ts)
             after = pointer
             if max_ts is not None:
-                after = _max(pointer, floor_to(max_ts - self.delay, self.gmin))
+                # Capped at now: one event stamped in the future must not close buckets
+                # (and turn every later event late) before their time.
+                now = to_micros(datetime.now(UTC))
+                newest = min(max_ts, now)
+                after = _max(pointer, floor_to(newest - self.delay, self.gmin))
             tmp = self._state(batch_id).with_name(f"{batch_id}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tiles_from = batch_id

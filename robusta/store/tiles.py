@@ -164,7 +164,12 @@ class TileTables:
             for s in table.snapshots()
             if s.summary is not None
         }
-        removed = [f for f in runs.iterdir() if f.is_dir() and f.name not in committed]
+        # A stream's run is committed by the stream itself (its replay finds the folder).
+        removed = [
+            f
+            for f in runs.iterdir()
+            if f.is_dir() and f.name not in committed and not f.name.startswith("stream-")
+        ]
         for folder in removed:
             shutil.rmtree(folder)
         return removed
