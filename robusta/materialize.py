@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
-from robusta.engine.spark.tiles import Range, TileJob, read_tiles, write_tiles
-from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.engine.spark.tiles import Range, TileCounts, TileJob, read_tiles, write_tiles
+from robusta.errors import RobustaError
 from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
+from robusta.plan.selection import choose_specs
 from robusta.spec.durations import floor_to, to_micros
 from robusta.spec.model import ProjectConfig
 from robusta.store.tiles import (
@@ -67,7 +68,7 @@ def materialize(
     workspace.require_valid()
     config = workspace.project.config
     assert config is not None  # require_valid guarantees it
-    chosen = _choose(workspace, specs)
+    chosen = choose_specs(workspace.plan, specs)
     if (start is None) != (end is None):
         raise MaterializeError("give both --start and --end, or neither (all data)")
     step("starting Spark")
@@ -97,35 +98,18 @@ def _record_volumes(
     step: Step,
 ) -> None:
     """Event counts of the monitored sources the chosen specs read (``robusta.monitor``)."""
-    from robusta.monitor import record_volumes
+    from robusta.monitor import monitored_sources, record_volumes
 
-    names = dict.fromkeys(name for plan in chosen for name in plan.spec.sources)
-    for name in names:
-        source = config.sources.get(name)
-        if source is None or source.monitor is None:
-            continue
-        step(f"recording event volumes of {name}")
-        register_sources(spark, config, [name])
-        lo = None if start is None else to_micros(start)
-        hi = None if end is None else to_micros(end)
+    lo = None if start is None else to_micros(start)
+    hi = None if end is None else to_micros(end)
+    for source in monitored_sources(config, chosen):
+        step(f"recording event volumes of {source.name}")
+        register_sources(spark, config, [source.name])
         record_volumes(spark, config, source, lo, hi)
 
 
 class MaterializeError(RobustaError, ValueError):
     """A materialize request that cannot be carried out as given."""
-
-
-def _choose(workspace: Workspace, names: Sequence[str]) -> list[SpecPlan]:
-    if not names:
-        return list(workspace.plan.specs)
-    chosen = []
-    for name in names:
-        plan = workspace.plan.spec(name)
-        if plan is None:
-            known = ", ".join(s.name for s in workspace.plan.specs)
-            raise UnknownFeatureError(f'no spec named "{name}" (specs: {known})')
-        chosen.append(plan)
-    return chosen
 
 
 def _aligned(plan: SpecPlan, start: datetime | None, end: datetime | None) -> Range:
@@ -184,19 +168,10 @@ def _materialize_group(
         )
     finally:
         job.release()
-    return TableReport(
-        spec=plan.name,
-        table=tables.identifier(name),
-        version=plan.hash,
-        events=counts.events,
-        dropped_null_key=counts.null_keys,
-        dropped_null_timestamp=counts.null_timestamps,
-        tiles=counts.tiles,
-        snapshot_id=snapshot,
-        seconds=round(time.perf_counter() - started, 2),
-        range=_range_text(window),
-        carried_over_files=len(old_files) if window.bounded else 0,
-    )
+    report = _table_report(plan, tables.identifier(name), counts, snapshot, started)
+    report.range = _range_text(window)
+    report.carried_over_files = len(old_files) if window.bounded else 0
+    return report
 
 
 def _add_columns(
@@ -229,9 +204,18 @@ def _add_columns(
         snapshot = tables.add_columns(table, group, plan.hash, run, added)
     finally:
         job.release()
+    report = _table_report(plan, tables.identifier(group.layout.table), counts, snapshot, started)
+    report.range = _range_text(window) if spans and spans[0][0] is not None else (None, None)
+    report.added_columns = [f.ir_column for f in added]
+    return report
+
+
+def _table_report(
+    plan: SpecPlan, table: str, counts: TileCounts, snapshot: int, started: float
+) -> TableReport:
     return TableReport(
         spec=plan.name,
-        table=tables.identifier(group.layout.table),
+        table=table,
         version=plan.hash,
         events=counts.events,
         dropped_null_key=counts.null_keys,
@@ -239,8 +223,6 @@ def _add_columns(
         tiles=counts.tiles,
         snapshot_id=snapshot,
         seconds=round(time.perf_counter() - started, 2),
-        range=_range_text(window) if spans and spans[0][0] is not None else (None, None),
-        added_columns=[f.ir_column for f in added],
     )
 
 
@@ -298,7 +280,7 @@ def compact(
     workspace.require_valid()
     config = workspace.project.config
     assert config is not None
-    chosen = _choose(workspace, specs)
+    chosen = choose_specs(workspace.plan, specs)
     spark = None
     tables = TileTables(config.offline)
     reports = []

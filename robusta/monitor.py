@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.errors import RobustaError
+from robusta.plan.model import SpecPlan
 from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.spec.model import OfflineConfig, ProjectConfig, SourceConfig
 
@@ -52,6 +53,13 @@ VOLUMES_SCHEMA = pa.schema(
 
 class MonitorError(RobustaError, LookupError):
     """Nothing to monitor (no source has a monitor section, or nothing was recorded)."""
+
+
+def monitored_sources(config: ProjectConfig, plans: Sequence[SpecPlan]) -> list[SourceConfig]:
+    """The sources with a monitor section that ``plans`` read, each once."""
+    names = dict.fromkeys(name for plan in plans for name in plan.spec.sources)
+    found = [config.sources.get(name) for name in names]
+    return [s for s in found if s is not None and s.monitor is not None]
 
 
 # ---- recording (called by materialize, with the source registered as a Spark view) -------

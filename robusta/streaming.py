@@ -45,8 +45,9 @@ from robusta.engine.spark.streaming import (
     batch_stats,
     split_late,
 )
-from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan, TileGroup
+from robusta.plan.selection import choose_specs
 from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import ProjectConfig
@@ -102,7 +103,7 @@ def stream(
     from robusta.engine.spark.session import spark_session
 
     config = _config(workspace)
-    plans = _chosen(workspace, specs)
+    plans = choose_specs(workspace.plan, specs)
     spark = spark_session(config.spark, app_name="robusta-stream")
     every_trigger = trigger or config.streaming.trigger
     streams = [SpecStream(config, plan) for plan in plans]
@@ -137,16 +138,12 @@ def _volume_streams(
     available_now: bool,
 ) -> list[Any]:
     """One streaming query per monitored source the specs read (``robusta.monitor``)."""
-    from robusta.monitor import stream_volumes
+    from robusta.monitor import monitored_sources, stream_volumes
 
-    names = dict.fromkeys(n for plan in plans for n in plan.spec.sources)
+    every = f"{trigger.micros // 1000} milliseconds"
     queries = []
-    for name in names:
-        source = config.sources.get(name)
-        if source is None or source.monitor is None:
-            continue
-        checkpoint = str(config.streaming.checkpoint / "volumes" / name)
-        every = f"{trigger.micros // 1000} milliseconds"
+    for source in monitored_sources(config, plans):
+        checkpoint = str(config.streaming.checkpoint / "volumes" / source.name)
         queries.append(stream_volumes(spark, config, source, checkpoint, every, available_now))
     return queries
 
@@ -154,26 +151,13 @@ def _volume_streams(
 def stream_status(workspace: Workspace, specs: Sequence[str] = ()) -> list[SpecStatus]:
     """Each spec's stream progress as recorded in its checkpoint (no Spark)."""
     config = _config(workspace)
-    return [SpecStream(config, plan).status() for plan in _chosen(workspace, specs)]
+    return [SpecStream(config, plan).status() for plan in choose_specs(workspace.plan, specs)]
 
 
 def _config(workspace: Workspace) -> ProjectConfig:
     config = workspace.require_valid().project.config
     assert config is not None  # require_valid guarantees it
     return config
-
-
-def _chosen(workspace: Workspace, names: Sequence[str]) -> list[SpecPlan]:
-    if not names:
-        return list(workspace.plan.specs)
-    chosen = []
-    for name in names:
-        plan = workspace.plan.spec(name)
-        if plan is None:
-            known = ", ".join(s.name for s in workspace.plan.specs)
-            raise UnknownFeatureError(f'no spec named "{name}" (specs: {known})')
-        chosen.append(plan)
-    return chosen
 
 
 def _raise_failed(streams: list[SpecStream], queries: list[Any]) -> None:

@@ -45,3 +45,16 @@ def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupReque
             if outputs:
                 requests.append(GroupRequest(spec, group, outputs))
     return requests
+
+
+def choose_specs(plan: Plan, names: Sequence[str] | None) -> list[SpecPlan]:
+    """The specs named (None or empty: every spec), in the order given."""
+    if not names:
+        return list(plan.specs)
+    known = {s.name: s for s in plan.specs}
+    for name in names:
+        if name not in known:
+            raise UnknownFeatureError(
+                f'no spec named "{name}"{did_you_mean(name, known)}; specs: {", ".join(known)}'
+            )
+    return [known[n] for n in names]

@@ -29,18 +29,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.errors import RobustaError, UnknownFeatureError
+from robusta.errors import RobustaError
 from robusta.plan.assembly import GroupAssembler, Rows
 from robusta.plan.key_assembly import BUCKET_START
 from robusta.plan.keys import record_keys
 from robusta.plan.model import SpecPlan, TileGroup
+from robusta.plan.selection import choose_specs
 from robusta.serving.records import (
     key_runs,
     tile_records,
     value_records,
 )
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
-from robusta.spec.suggest import did_you_mean
 from robusta.store.online import OnlineStore, SpecState, open_online_store
 from robusta.store.tiles import read_bucket, tile_identity
 from robusta.workspace import Workspace
@@ -88,7 +88,7 @@ def upload(
     started = time.perf_counter()
     config = workspace.require_valid().project.config
     assert config is not None
-    plans = _chosen(workspace, specs)
+    plans = choose_specs(workspace.plan, specs)
     tables = TileTables(config.offline)
     report = UploadReport()
     online = store or open_online_store(config.online, config.project, create=True)
@@ -103,16 +103,6 @@ def upload(
             online.close()
     report.seconds = round(time.perf_counter() - started, 2)
     return report
-
-
-def _chosen(workspace: Workspace, names: list[str] | None) -> list[SpecPlan]:
-    if not names:
-        return list(workspace.plan.specs)
-    known = {s.name: s for s in workspace.plan.specs}
-    for name in names:
-        if name not in known:
-            raise UnknownFeatureError(f'no spec named "{name}"{did_you_mean(name, known)}')
-    return [known[n] for n in names]
 
 
 class _SpecUpload:

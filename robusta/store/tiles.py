@@ -392,12 +392,12 @@ def merge_tiles(
     """
     import numpy as np
 
-    ids = [list(identity)]
-    tiles = pa.concat_tables([p.select(*ids) for p in parts]).group_by(list(identity)).aggregate([])
+    ids = list(identity)
+    tiles = pa.concat_tables([p.select(ids) for p in parts]).group_by(ids).aggregate([])
     rows: list[np.ndarray] = []
     for i, part in enumerate(parts):
-        numbered = part.select(*ids).append_column(f"__row{i}", pa.array(np.arange(part.num_rows)))
-        tiles = tiles.join(numbered, keys=list(identity), join_type="left outer")
+        numbered = part.select(ids).append_column(f"__row{i}", pa.array(np.arange(part.num_rows)))
+        tiles = tiles.join(numbered, keys=ids, join_type="left outer")
     for i in range(len(parts)):
         column = tiles.column(f"__row{i}")
         rows.append(np.asarray(column.fill_null(-1).to_numpy(zero_copy_only=False), np.int64))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.ops import Operator
+from robusta.plan.model import SpecPlan
 from robusta.spec.durations import Window
 from robusta.store.catalog import open_catalog
 from robusta.testing.compare import assert_matches_reference
@@ -114,26 +116,31 @@ def test_backfill_materializes_missing_tiles_and_keeps_row_order(
     assert got.num_columns == rows.num_columns + len(report.features)
 
 
-def test_every_feature_equals_the_reference(
-    project: Project, backfilled: tuple[pa.Table, pa.Table, BackfillReport]
-) -> None:
-    rows, got, _ = backfilled
-    (plan,) = project.workspace.plan.specs
+def reference_cases(
+    plan: SpecPlan,
+    events: pa.Table,
+    rows: pa.Table,
+    got: pa.Table,
+    features: Collection[str] | None = None,
+) -> Iterator[tuple[Operator, Any, list[tuple[int, Any]] | None]]:
+    """(operator, backfilled value, the row's events in the window) for every output of
+    ``features`` (default all) and every row; events None for a row without a time."""
     ts = pc.cast(rows.column("ts"), pa.int64()).to_pylist()
     pointers = pc.cast(rows.column("served_at"), pa.int64()).to_pylist()
-    checked = 0
     for group in plan.groups:
         keys = [k.column for k in group.layout.keys]
         row_keys = list(
             zip(*(rows.column(k.entity).to_pylist() for k in group.layout.keys), strict=True)
         )
         for feature in group.features:
-            by_key = events_by_key(project.events, keys, feature.input or "__count")
+            if features is not None and feature.name not in features:
+                continue
+            by_key = events_by_key(events, keys, feature.input or "__count")
             for output in feature.outputs:
                 values = got.column(output.name).to_pylist()
                 for key, t, p, value in zip(row_keys, ts, pointers, values, strict=True):
                     if t is None:
-                        assert value is None
+                        yield feature.op, value, None
                         continue
                     cap = None if p is None else p - p % GMIN
                     start, end = window_bounds(t, output.window, GMIN, cap)
@@ -142,8 +149,21 @@ def test_every_feature_equals_the_reference(
                         for e, v in by_key.get(key, [])
                         if (start is None or e >= start) and e < end
                     ]
-                    assert_matches_reference(feature.op, value, inside)
-                    checked += 1
+                    yield feature.op, value, inside
+
+
+def test_every_feature_equals_the_reference(
+    project: Project, backfilled: tuple[pa.Table, pa.Table, BackfillReport]
+) -> None:
+    rows, got, _ = backfilled
+    (plan,) = project.workspace.plan.specs
+    checked = 0
+    for op, value, inside in reference_cases(plan, project.events, rows, got):
+        if inside is None:
+            assert value is None
+            continue
+        assert_matches_reference(op, value, inside)
+        checked += 1
     assert checked > 1000
 
 

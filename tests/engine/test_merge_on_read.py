@@ -22,11 +22,10 @@ from robusta.spec.durations import from_micros
 from robusta.store.online import open_online_store
 from robusta.store.tiles import TileTables, local_path
 from robusta.testing.compare import assert_matches_reference, bits
-from robusta.testing.reference import window_bounds
 from robusta.training import get_training_frame
 from robusta.workspace import load_workspace
-from tests.engine.test_backfill import training_rows
-from tests.engine.test_materialize import config_text, events_by_key
+from tests.engine.test_backfill import reference_cases, training_rows
+from tests.engine.test_materialize import config_text
 from tests.store.test_online_contract import online_config
 
 pytestmark = pytest.mark.spark
@@ -127,28 +126,13 @@ def test_an_added_feature_writes_only_its_columns_and_compaction_changes_nothing
 
 def check_added_features(workspace: Any, events: pa.Table, rows: pa.Table, got: pa.Table) -> None:
     (plan,) = workspace.plan.specs
-    ts = pc.cast(rows.column("ts"), pa.int64()).to_pylist()
-    pointers = pc.cast(rows.column("served_at"), pa.int64()).to_pylist()
-    users = [(u,) for u in rows.column("USER_ID").to_pylist()]
     checked = 0
-    for feature in plan.features:
-        if feature.name not in ("dwell_max", "recent_items"):
+    added = ("dwell_max", "recent_items")
+    for op, value, inside in reference_cases(plan, events, rows, got, added):
+        if inside is None:
             continue
-        by_key = events_by_key(events, ["user_id"], feature.input or "__count")
-        for output in feature.outputs:
-            values = got.column(output.name).to_pylist()
-            for key, t, p, value in zip(users, ts, pointers, values, strict=True):
-                if t is None:
-                    continue
-                cap = None if p is None else p - p % GMIN
-                start, end = window_bounds(t, output.window, GMIN, cap)
-                inside = [
-                    (e, v)
-                    for e, v in by_key.get(key, [])
-                    if (start is None or e >= start) and e < end
-                ]
-                assert_matches_reference(feature.op, value, inside)
-                checked += 1
+        assert_matches_reference(op, value, inside)
+        checked += 1
     assert checked > 300
 
 
