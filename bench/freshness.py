@@ -14,12 +14,18 @@ returns ``n_events_lifetime == i + 1``: the file's bucket is behind the version 
 its events are in the values. Latency = visible time - landing time (polled every 10 ms);
 p50/p95 over the files after ``--warmup`` (the first micro-batches compile Spark code).
 
+The competitor is the same platform without a stream, what a batch-only feature store
+offers: after each file lands, ``robusta materialize`` over its day and ``robusta upload``
+(in the same process and Spark session, after the stream stopped), timed the same way over
+``--batch-files`` files. Peak memory: the driver's peak RSS and the Spark JVM's (VmHWM).
+
     PYTHONPATH=. .venv/bin/python bench/freshness.py --files 40 --interval 1.5
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import statistics
 import tempfile
@@ -27,10 +33,14 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from robusta.workspace import Workspace
 
 MIN = 60_000_000
 T0 = 1_717_200_000_000_000  # 2024-06-01 00:00 UTC
@@ -98,22 +108,47 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--trigger", default="1s")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-files", type=int, default=6, help="files for the batch path")
     args = parser.parse_args()
 
-    from robusta.serving import FeatureClient
-    from robusta.streaming import stream
+    streamed = timed_files(stream_path(args), args.warmup)
+    batched = timed_files(batch_path(args), 1)
+    print(f"{'path':<28}{'files':>6}{'p50 s':>9}{'p95 s':>9}{'max s':>9}")
+    for name, latencies in (("robusta stream", streamed), ("materialize + upload", batched)):
+        p50, p95, worst = percentiles(latencies)
+        print(f"{name:<28}{len(latencies):>6}{p50:>9.2f}{p95:>9.2f}{worst:>9.2f}")
+    ratio = percentiles(batched)[0] / percentiles(streamed)[0]
+    print(
+        f"files of {args.events} events, one every {args.interval}s, trigger {args.trigger}: "
+        f"the stream is {ratio:.1f}x fresher than batch at p50"
+    )
+    print(f"peak RSS: driver {peak_driver_mib():.0f} MiB, Spark JVM {peak_jvm_mib():.0f} MiB")
+
+
+def project(trigger: str) -> tuple[Path, Workspace]:
     from robusta.workspace import load_workspace
 
     root = Path(tempfile.mkdtemp(prefix="robusta-freshness-"))
+    (root / "feature_defs").mkdir()
+    (root / "landing").mkdir()
+    (root / "feature_defs" / "activity.yaml").write_text(SPEC)
+    (root / "robusta.yaml").write_text(config(trigger))
+    return root, load_workspace(root / "robusta.yaml").require_valid()
+
+
+def stream_path(args: argparse.Namespace) -> list[float]:
+    """Landing -> visible through `robusta stream`, per file."""
+    from robusta.serving import FeatureClient
+    from robusta.streaming import stream
+
+    root, workspace = project(args.trigger)
     try:
-        (root / "feature_defs").mkdir()
-        (root / "landing").mkdir()
-        (root / "feature_defs" / "activity.yaml").write_text(SPEC)
-        (root / "robusta.yaml").write_text(config(args.trigger))
-        workspace = load_workspace(root / "robusta.yaml").require_valid()
         rng = np.random.default_rng(1)
         stop = threading.Event()
-        runner = threading.Thread(target=lambda: stream(workspace, stop=stop), daemon=True)
+        runner = threading.Thread(
+            target=lambda: stream(workspace, stop=stop),
+            daemon=True,
+        )
         # The first file starts Spark and the query; it is not timed.
         land(root / "landing", file_events(0, args.events, args.users, rng), "f0000")
         runner.start()
@@ -133,16 +168,62 @@ def main() -> None:
             time.sleep(max(0.0, args.interval - (time.perf_counter() - landed)))
         stop.set()
         runner.join(timeout=60)
-        timed = sorted(latencies[args.warmup :])
-        p50 = statistics.median(timed)
-        p95 = timed[min(len(timed) - 1, round(0.95 * (len(timed) - 1)))]
-        print(
-            f"files {len(timed)} (after {args.warmup} warm-up), {args.events} events each, "
-            f"one every {args.interval}s, trigger {args.trigger}: landing -> visible "
-            f"p50 {p50:.2f}s, p95 {p95:.2f}s, max {max(timed):.2f}s"
-        )
+        return latencies
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def batch_path(args: argparse.Namespace) -> list[float]:
+    """Landing -> visible through `materialize` of the file's day and `upload`, per file."""
+    from robusta.materialize import materialize
+    from robusta.serving import FeatureClient
+    from robusta.serving.upload import upload
+    from robusta.spec.durations import from_micros
+
+    root, workspace = project(args.trigger)
+    try:
+        rng = np.random.default_rng(2)
+        latencies = []
+        client = None
+        for i in range(args.batch_files + 1):
+            landed = time.perf_counter()
+            land(root / "landing", file_events(i, args.events, args.users, rng), f"f{i:04d}")
+            start = T0 + i * 5 * MIN
+            materialize(workspace, start=from_micros(start), end=from_micros(start + 5 * MIN))
+            upload(workspace)
+            client = client or FeatureClient.from_config(root / "robusta.yaml")
+            wait_visible(client, i + 1, 60)
+            latencies.append(time.perf_counter() - landed)
+        return latencies
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def timed_files(latencies: list[float], warmup: int) -> list[float]:
+    return sorted(latencies[warmup:])
+
+
+def percentiles(timed: list[float]) -> tuple[float, float, float]:
+    p95 = timed[min(len(timed) - 1, round(0.95 * (len(timed) - 1)))]
+    return statistics.median(timed), p95, max(timed)
+
+
+def peak_driver_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_jvm_mib() -> float:
+    """The Spark JVM's peak resident memory (VmHWM), 0 if unknown."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    process = getattr(gateway, "proc", None)
+    if process is None:
+        return 0.0
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def wait_visible(client: object, count: int, timeout: float) -> None:

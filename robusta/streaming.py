@@ -3,10 +3,11 @@
 One streaming query per spec: the spec's SQL runs over its sources read as streams (views
 named like the sources), and every micro-batch goes through :meth:`SpecStream.handle`:
 
-1. **tiles**: :class:`~robusta.engine.spark.streaming.StreamTileJob` merges the batch into the
-   full values of every open tile and writes them as state version ``N`` (with ``meta.json``:
-   pointers, counts) into the checkpoint folder, atomically (rename). Late rows (before the
-   pointer) go to the late-events table (Parquet,
+1. **tiles**: the batch's finest tiles (Spark,
+   :func:`~robusta.engine.spark.streaming.batch_tiles`) are merged into the full values of
+   every open tile (:func:`~robusta.plan.open_tiles.advance`) and written as state version
+   ``N`` (with ``meta.json``: pointers, counts) into the checkpoint folder, atomically
+   (rename). Late rows (before the pointer) go to the late-events table (Parquet,
    ``<warehouse>/late_events/<spec>/query=<id>/batch=N``).
 2. **offline**: tiles whose bucket closed in this batch (``p_before < end <= p_after``) are
    committed to the Iceberg tile table in one snapshot whose summary records the query id and
@@ -39,26 +40,32 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from robusta.engine.spark.sources import read_stream
-from robusta.engine.spark.streaming import (
-    CHANGED,
-    StreamTileJob,
-    batch_stats,
-    split_late,
-)
+from robusta.engine.spark.streaming import batch_stats, batch_tiles, split_late
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan, TileGroup
+from robusta.plan.open_tiles import CHANGED, advance, open_only
 from robusta.plan.selection import choose_specs
 from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import ProjectConfig
-from robusta.store.online import OnlineStore, SpecState, open_online_store
-from robusta.store.tiles import Run, TileTables, coverage, local_path, write_tile_files
+from robusta.store.online import OnlineConflictError, OnlineStore, SpecState, open_online_store
+from robusta.store.tiles import (
+    COVERAGE_PROPERTY,
+    CommitConflictError,
+    Run,
+    TileTables,
+    coverage,
+    local_path,
+    merge_spans,
+    write_tile_files,
+)
 from robusta.workspace import Workspace
 
 QUERY_PROPERTY = "robusta.stream-query"
 BATCH_PROPERTY = "robusta.stream-batch"
 FAULT_ENV = "ROBUSTA_STREAM_FAULT"  # tests: "phase:batch" kills the process there (SIGKILL)
 KEEP_STATES = 3
+COMMIT_ATTEMPTS = 5
 
 Report = Callable[[list["SpecStatus"]], None]
 
@@ -351,17 +358,17 @@ class SpecStream:
     def _write_tiles(
         self, spark: Any, before: dict[str, Any], on_time: str, pointer: int | None, tmp: Path
     ) -> None:
+        """The new open-tile state of every group: the batch's finest tiles (Spark) merged
+        into the previous state (Arrow, :func:`~robusta.plan.open_tiles.advance`)."""
         for group in self.plan.groups:
-            job = StreamTileJob(spark, self.plan, group)
             stored = None
             if before["tiles_from"] is not None:
-                path = self._state(before["tiles_from"]) / group.layout.table
-                stored = job.open_tiles(spark.read.parquet(str(path)), pointer)
-            try:
-                tiles = job.step(on_time, stored)
-                tiles.coalesce(2).write.parquet(str(tmp / group.layout.table))
-            finally:
-                job.release()
+                stored = open_only(self._tiles(before["tiles_from"], group), group, pointer)
+            partial = batch_tiles(spark, self.plan, group, on_time)
+            tiles = advance(group, self.plan.hash, stored, partial)
+            folder = tmp / group.layout.table
+            folder.mkdir(parents=True)
+            pq.write_table(tiles, folder / "tiles.parquet")
 
     def _previous(self, batch_id: int) -> dict[str, Any]:
         """Meta of the latest complete state before ``batch_id`` (or the start's)."""
@@ -387,27 +394,69 @@ class SpecStream:
             return
         start = json.loads((self.folder / "start.json").read_text())
         covered = (start["pointer"] if meta["first_batch"] else before, after)
-        run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
         for group in self.plan.groups:
-            table = self.tables.ensure(group, self.plan.hash)
-            if _committed(table, meta["query"], meta["batch"]):
+            for attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    self._commit_group(group, meta, covered)
+                    break
+                except CommitConflictError:
+                    # A concurrent commit (a materialize) won: look again at what it wrote.
+                    if attempt == COMMIT_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+    def _commit_group(
+        self, group: TileGroup, meta: dict[str, Any], covered: tuple[int | None, int]
+    ) -> None:
+        """The group's tiles closed by this batch, in one snapshot naming the batch. Tiles of
+        the same buckets that another writer committed while they were open (a batch run
+        over the open day) are replaced: a closing bucket's tiles are the stream's, the
+        values it served online."""
+        before, after = meta["pointer_before"], meta["pointer"]
+        table = self.tables.ensure(group, self.plan.hash)
+        if _committed(table, meta["query"], meta["batch"]):
+            return
+        tiles = self._tiles(meta["tiles_from"], group)
+        closing = _closing(tiles, group, before, after)
+        run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
+        run = Run(run_id, local_path(table.location()) / "runs" / run_id)
+        shutil.rmtree(run.folder, ignore_errors=True)
+        written = write_tile_files(tiles.filter(closing), group, run.folder)
+        displaced = self._displaced(table, group, meta, run.folder / "kept")
+        if not written and not displaced:
+            _extend_coverage(table, covered)  # idempotent: a union of spans
+            return
+        summary = {
+            "robusta.spec-version": self.plan.hash,
+            QUERY_PROPERTY: meta["query"],
+            BATCH_PROPERTY: str(meta["batch"]),
+        }
+        self.tables.replace(table, displaced, run, summary, covered=covered)
+
+    def _displaced(
+        self, table: Any, group: TileGroup, meta: dict[str, Any], folder: Path
+    ) -> list[Any]:
+        """Other writers' data files holding tiles of the buckets this batch closes; their
+        other rows are written to ``folder`` (the commit replaces the files). Only looked
+        for when another writer committed since the stream started: before its start, batch
+        runs covered no bucket it ever holds open."""
+        start = json.loads((self.folder / "start.json").read_text())
+        since = datetime.strptime(start["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if not _foreign_since(table, meta["query"], int(since.timestamp() * 1000)):
+            return []
+        before, after = meta["pointer_before"], meta["pointer"]
+        displaced: list[Any] = []
+        for data_file in _closing_files(table, group, before, after):
+            rows = pq.read_table(local_path(data_file.file_path))
+            hit = _closing(rows, group, before, after)
+            if not pc.any(hit).as_py():
                 continue
-            tiles = self._tiles(meta["tiles_from"], group)
-            ends = pc.add(_micros(tiles), _sizes(tiles, group))
-            closing = pc.less_equal(ends, after)
-            if before is not None:
-                closing = pc.and_(closing, pc.greater(ends, before))
-            run = Run(run_id, local_path(table.location()) / "runs" / run_id)
-            shutil.rmtree(run.folder, ignore_errors=True)
-            if not write_tile_files(tiles.filter(closing), group, run.folder):
-                _extend_coverage(table, covered)  # idempotent: a union of spans
-                continue
-            summary = {
-                "robusta.spec-version": self.plan.hash,
-                QUERY_PROPERTY: meta["query"],
-                BATCH_PROPERTY: str(meta["batch"]),
-            }
-            self.tables.replace(table, [], run, summary, covered=covered)
+            kept = rows.filter(pc.invert(hit))
+            if kept.num_rows:
+                folder.mkdir(parents=True, exist_ok=True)
+                pq.write_table(kept, folder / f"{len(displaced):05d}.parquet")
+            displaced.append(data_file)
+        return displaced
 
     # ---- online ---------------------------------------------------------------------------
     def _apply_online(self, meta: dict[str, Any]) -> None:
@@ -436,7 +485,10 @@ class SpecStream:
             horizon=live.horizon if live is not None else self._fresh_horizon(oldest, pointer),
             uploaded_at=to_micros(datetime.now(UTC)),
         )
-        self.store.apply(self.plan.name, generation, records, state)
+        try:
+            self.store.apply(self.plan.name, generation, records, state, expected=live)
+        except OnlineConflictError:
+            raise self._taken_over() from None
         _write_json(self.folder / "online.json", {"generation": generation})
 
     def _check_live(self, live: SpecState | None) -> None:
@@ -451,10 +503,13 @@ class SpecStream:
             )
         mine = self.folder / "online.json"
         if mine.exists() and json.loads(mine.read_text())["generation"] != live.generation:
-            raise StreamingError(
-                f"an upload replaced the online generation of spec {self.plan.name} while it "
-                "was streamed; restart the stream with a fresh checkpoint (streaming.checkpoint)"
-            )
+            raise self._taken_over()
+
+    def _taken_over(self) -> StreamingError:
+        return StreamingError(
+            f"an upload replaced the online generation of spec {self.plan.name} while it "
+            "was streamed; restart the stream with a fresh checkpoint (streaming.checkpoint)"
+        )
 
     def _fresh_horizon(self, oldest: int | None, pointer: int) -> int:
         """A fresh stream holds every event from its first one on; nothing earlier exists
@@ -525,6 +580,43 @@ def _committed(table: Any, query: str, batch: int) -> bool:
     return False
 
 
+def _foreign_since(table: Any, query: str, since_ms: int) -> bool:
+    """Whether a snapshot not made by stream ``query`` was committed at or after ``since_ms``."""
+    for snapshot in table.snapshots():
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if snapshot.timestamp_ms >= since_ms and summary.get(QUERY_PROPERTY) != query:
+            return True
+    return False
+
+
+def _closing(tiles: pa.Table, group: TileGroup, before: int | None, after: int) -> pa.Array:
+    """Whether each tile closes between the pointers: ``before < end <= after``."""
+    ends = pc.add(_micros(tiles), _sizes(tiles, group))
+    closing = pc.less_equal(ends, after)
+    return closing if before is None else pc.and_(closing, pc.greater(ends, before))
+
+
+def _closing_files(table: Any, group: TileGroup, before: int | None, after: int) -> list[Any]:
+    """Data files that may hold tiles closing between the pointers (partition and column
+    statistics prune the rest): per granularity, ``before - size < start <= after - size``."""
+    from pyiceberg import expressions as ex
+
+    if table.current_snapshot() is None:
+        return []
+    above: Any = ex.GreaterThan  # pydantic models: untyped positionals
+    at_most: Any = ex.LessThanOrEqual
+    equal: Any = ex.EqualTo
+    condition: Any = ex.AlwaysFalse()
+    for size in group.layout.granularities:
+        one: Any = ex.And(
+            equal("granularity", size.name), at_most("bucket_start", after - size.micros)
+        )
+        if before is not None:
+            one = ex.And(one, above("bucket_start", before - size.micros))
+        condition = ex.Or(condition, one)
+    return [task.file for task in table.scan(row_filter=condition).plan_files()]
+
+
 def _micros(tiles: pa.Table) -> pa.Array:
     return pc.cast(pc.cast(tiles.column("bucket_start"), pa.timestamp("us", tz="UTC")), pa.int64())
 
@@ -538,8 +630,6 @@ def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
 
 
 def _extend_coverage(table: Any, covered: tuple[int | None, int]) -> None:
-    from robusta.store.tiles import COVERAGE_PROPERTY, merge_spans
-
     spans = json.dumps(merge_spans([*coverage(table), covered]))
     with table.transaction() as tx:
         tx.set_properties(**{COVERAGE_PROPERTY: spans})

@@ -47,6 +47,10 @@ RUNS_FOLDER = "runs"
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
+class CommitConflictError(RobustaError, RuntimeError):
+    """Another writer committed to a tile table between this run's read and its commit."""
+
+
 class SpecChangedError(RobustaError, ValueError):
     """Stored tiles were written by another version of the spec."""
 
@@ -197,8 +201,14 @@ class TileTables:
         partitions = {tuple(f.partition) for f in files}
         everything = self.overlapping_files(table, None, None)
         chosen = {f.file_path for f in files}
-        return [*files, *(f for f in everything if tuple(f.partition) in partitions
-                          and f.file_path not in chosen)]
+        return [
+            *files,
+            *(
+                f
+                for f in everything
+                if tuple(f.partition) in partitions and f.file_path not in chosen
+            ),
+        ]
 
     def files_by_bucket(
         self, table: Any, start: int | None, end: int | None
@@ -237,7 +247,15 @@ class TileTables:
                 extra[VERSION_PROPERTY] = properties[VERSION_PROPERTY]
         if covered is not None:
             extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
-        swap_files(table, old_files, new_paths, summary, extra)
+        from pyiceberg.exceptions import CommitFailedException
+
+        try:
+            swap_files(table, old_files, new_paths, summary, extra)
+        except CommitFailedException as exc:
+            raise CommitConflictError(
+                f"another writer (a stream or a second run) committed to {table.name()[-1]} "
+                f"while this run wrote it; nothing of this run was committed: rerun ({exc})"
+            ) from None
         refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
         snapshot = refreshed.current_snapshot()
         return int(snapshot.snapshot_id) if snapshot is not None else 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from robusta.spec.model import OnlineConfig
-from robusta.store.online import OnlineStore, SpecState, open_online_store
+from robusta.store.online import OnlineConflictError, OnlineStore, SpecState, open_online_store
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BACKENDS = ["embedded", "redis", "aerospike"]
@@ -112,14 +112,54 @@ def test_specs_do_not_see_each_other(store: OnlineStore) -> None:
 def test_apply_rewrites_live_records_and_the_state_together(store: OnlineStore) -> None:
     store.write("s", 1, [("t", "u1", b"old"), ("t", "u2", b"kept")])
     store.commit("s", state(1, pointer=10))
-    assert store.apply("s", 1, [("t", "u1", b"new"), ("t", "u3", b"added")], state(1, 20)) == 2
+    records = [("t", "u1", b"new"), ("t", "u3", b"added")]
+    assert store.apply("s", 1, records, state(1, 20), expected=state(1, 10)) == 2
     got = store.read("s", [("t", "u1"), ("t", "u2"), ("t", "u3")])
     assert got == (state(1, 20), [b"new", b"kept", b"added"])
 
 
 def test_apply_is_idempotent_and_creates_the_first_state(store: OnlineStore) -> None:
-    for _ in range(2):  # a replayed micro-batch writes the same full values again
-        store.apply("s", 1, [("t", "u1", b"v")], state(1, 30))
+    store.apply("s", 1, [("t", "u1", b"v")], state(1, 30), expected=None)
+    # A replayed micro-batch writes the same full values again, from the state it finds.
+    store.apply("s", 1, [("t", "u1", b"v")], state(1, 30), expected=state(1, 30))
     assert store.read("s", [("t", "u1")]) == (state(1, 30), [b"v"])
-    assert store.apply("s", 1, [], state(1, 40)) == 0  # the pointer alone can advance
+    assert store.apply("s", 1, [], state(1, 40), expected=state(1, 30)) == 0  # pointer alone
     assert store.state("s") == state(1, 40)
+
+
+def test_apply_refuses_a_state_it_was_not_computed_from(store: OnlineStore) -> None:
+    store.write("s", 1, [("t", "u1", b"streamed")])
+    store.commit("s", state(1, pointer=10))
+    store.write("s", 2, [("t", "u1", b"uploaded")])
+    store.commit("s", state(2, pointer=50))  # an upload took over
+    with pytest.raises(OnlineConflictError, match="expected generation 1, found generation 2"):
+        store.apply("s", 1, [("t", "u1", b"late")], state(1, 20), expected=state(1, 10))
+    with pytest.raises(OnlineConflictError, match="expected none, found generation 2"):
+        store.apply("s", 1, [("t", "u1", b"late")], state(1, 20), expected=None)
+    assert store.read("s", [("t", "u1")]) == (state(2, 50), [b"uploaded"])
+    assert store.read("s", []) == (state(2, 50), [])
+    assert store.state("s") == state(2, 50)
+
+
+def test_redis_apply_catches_a_commit_made_while_it_writes(tmp_path: Path) -> None:
+    """WATCH: an upload committing after the check but before the write aborts the apply."""
+    config = online_config("redis", tmp_path)
+    with (
+        open_online_store(config, "test") as streamer,
+        open_online_store(config, "test") as uploader,
+    ):
+        streamer.commit("s", state(1, pointer=10))
+
+        def records() -> Iterator[tuple[str, str, bytes]]:
+            yield ("t", "u1", b"streamed")
+            uploader.commit("s", state(2, pointer=50))  # from another connection
+            yield ("t", "u2", b"streamed")
+
+        try:
+            with pytest.raises(OnlineConflictError, match="found generation 2"):
+                streamer.apply("s", 1, records(), state(1, 20), expected=state(1, 10))
+            assert streamer.read("s", [("t", "u1"), ("t", "u2")]) == (state(2, 50), [None, None])
+            assert streamer.read("s", []) == (state(2, 50), [])
+        finally:
+            for generation in (1, 2):
+                streamer.drop("s", generation)

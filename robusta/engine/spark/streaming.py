@@ -1,28 +1,16 @@
-"""The streaming tile job: one micro-batch of a spec's rows -> full values of its open tiles.
+"""The streaming job's Spark side: one micro-batch's rows -> their finest tiles.
 
-Exactly-once rests on *full values*, never deltas. The job keeps, per tile group, every tile
-(all granularities) of the largest-granularity buckets that are still open, as Parquet in the
-checkpoint folder, one version per micro-batch (``state/<batch id>``). Batch ``N`` reads the
-latest version before ``N``, merges its rows into it and writes version ``N``:
-
-1. the micro-batch's rows (the spec query's output) are tiled at the finest granularity with
-   the batch job's own aggregation (:class:`~robusta.engine.spark.tiles.TileJob`, each op's
-   ``spark_build``);
-2. each touched finest tile is merged with its stored value with the op's ``spark_merge``
-   (stored value first, so float folds run in time order of arrival);
-3. every coarser tile containing a touched tile is rolled up again from its children with
-   ``spark_merge`` in bucket order, exactly like the batch job's rollups; untouched tiles are
-   carried over byte for byte.
-
-Replaying batch ``N`` (Spark replays the last uncommitted batch with the same id and input)
-reads the same version ``N - 1`` and writes the same version ``N``, so nothing is counted
-twice; once version ``N`` is complete it is reused as is (sketch merges may compact with a
-random bit, so recomputing could give other, equally valid, bytes).
+A micro-batch's rows (the spec query's output) are counted (:func:`batch_stats`), split into
+on-time and late rows at the version pointer (:func:`split_late`), and the on-time ones are
+tiled at the finest granularity with the batch job's own aggregation
+(:func:`batch_tiles`). Merging those tiles into the stream's open-tile state is pure Arrow
+work (:mod:`robusta.plan.open_tiles`), done by the driver: a micro-batch touches a few
+thousand tiles. Only native Spark SQL runs on rows.
 
 Rows whose time is before the version pointer (the end of the last complete finest bucket)
-are late: they are not tiled here (buckets before the pointer never change once served) but
+are late: they are not tiled (buckets before the pointer never change once served) but
 written to the late-events table; a batch ``robusta materialize`` over their range repairs
-the tiles. Only native Spark SQL runs on rows.
+the tiles.
 """
 
 from __future__ import annotations
@@ -31,11 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robusta.engine.spark.tiles import BUCKET, Range, TileJob, q
-from robusta.plan.keys import spark_key_bucket
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.spec.durations import Duration
-
-CHANGED = "__changed"  # state column: the tile was (re)computed by this micro-batch
 
 
 @dataclass(frozen=True)
@@ -90,142 +74,14 @@ def split_late(spark: Any, plan: SpecPlan, view: str, pointer: int | None) -> tu
     return on_time, spark.sql(f"SELECT * FROM {view} WHERE {ts} < {pointer}")
 
 
-class StreamTileJob:
-    """New state (every open tile of one tile group) from the previous state and a batch."""
-
-    def __init__(self, spark: Any, plan: SpecPlan, group: TileGroup) -> None:
-        self.spark = spark
-        self.plan = plan
-        self.group = group
-        self.keys = [k.column for k in group.layout.keys]
-        self.sizes = sorted(group.layout.granularities, key=lambda g: g.micros)  # finest first
-        self._views: list[str] = []
-        self._cached: list[Any] = []
-        self._job: TileJob | None = None
-
-    def open_tiles(self, state: Any | None, pointer: int | None) -> Any | None:
-        """The stored tiles still needed: those whose largest-granularity bucket is open."""
-        if state is None:
-            return None
-        if pointer is None:
-            return state
-        largest = self.group.layout.granularities[0].micros
-        day_end = (
-            f"unix_micros(bucket_start) - pmod(unix_micros(bucket_start), {largest}) + {largest}"
-        )
-        return state.where(f"{day_end} > {pointer}")
-
-    def step(self, on_time_view: str, previous: Any | None) -> Any:
-        """Every open tile after this batch, in the tile table's columns plus ``__changed``."""
-        self._job = TileJob(self.spark, self.plan, self.group, Range(), events=on_time_view)
-        valid = " AND ".join([f"{q(k)} IS NOT NULL" for k in self.keys] + [f"{BUCKET} IS NOT NULL"])
-        partial = self._job.finest_all().where(valid)
-        # Each level feeds the next one and the output: cached, so it is computed once.
-        finest = self._keep(self._merge_finest(partial, previous))
-        levels = [(self.sizes[0], finest)]
-        for size in self.sizes[1:]:
-            levels.append((size, self._keep(self._rollup(levels[-1][1], previous, size))))
-        frames = [self._finish(frame, size) for size, frame in levels]
-        union = frames[0]
-        for frame in frames[1:]:
-            union = union.unionByName(frame)
-        return union
-
-    def _keep(self, frame: Any) -> Any:
-        kept = frame.persist()
-        self._cached.append(kept)
-        return kept
-
-    def release(self) -> None:
-        if self._job is not None:
-            self._job.release()
-        for frame in self._cached:
-            frame.unpersist()
-        self._cached.clear()
-        for view in self._views:
-            self.spark.catalog.dropTempView(view)
-        self._views.clear()
-
-    # ---- steps ----------------------------------------------------------------------------
-    def _view(self, frame: Any, what: str) -> str:
-        name = f"__robusta_stream_{self.plan.name}_{self.group.layout.table}_{what}"
-        frame.createOrReplaceTempView(name)
-        self._views.append(name)
-        return name
-
-    def _stored(self, previous: Any, size: Duration) -> str:
-        """The stored tiles of one granularity as (keys, __bucket, events, IRs)."""
-        columns = ", ".join(
-            [*(q(k) for k in self.keys), f"unix_micros(bucket_start) AS {BUCKET}", "events"]
-            + [q(f.ir_column) for f in self.group.features]
-        )
-        view = self._view(previous, "previous")
-        return f"(SELECT {columns} FROM {view} WHERE granularity = '{size.name}')"
-
-    def _merge_finest(self, partial: Any, previous: Any | None) -> Any:
-        keys = ", ".join(q(k) for k in self.keys)
-        irs = [q(f.ir_column) for f in self.group.features]
-        part = self._view(partial, "partial")
-        columns = f"{keys}, {BUCKET}, events, {', '.join(irs)}"
-        both = f"SELECT {columns}, 1 AS __ord FROM {part}"
-        if previous is not None:
-            stored = self._stored(previous, self.sizes[0])
-            both = f"SELECT {columns}, 0 AS __ord FROM {stored} AS s UNION ALL {both}"
-        # A tile seen once keeps its bytes (first); a tile in both is merged, stored first.
-        merged = ", ".join(
-            f"CASE WHEN count(1) = 1 THEN first({q(f.ir_column)}) "
-            f"ELSE {f.op.spark_merge(q(f.ir_column), '__ord')} END AS {q(f.ir_column)}"
-            for f in self.group.features
-        )
-        return self.spark.sql(
-            f"SELECT {keys}, {BUCKET}, sum(events) AS events, {merged}, "
-            f"max(__ord) = 1 AS {CHANGED} FROM ({both}) AS u GROUP BY {keys}, {BUCKET}"
-        )
-
-    def _rollup(self, child: Any, previous: Any | None, size: Duration) -> Any:
-        """Tiles of ``size`` containing a changed child, rolled up again from all their
-        children (bucket order, as the batch rollup); the other stored tiles unchanged."""
-        keys = ", ".join(q(k) for k in self.keys)
-        parent = f"{BUCKET} - pmod({BUCKET}, {size.micros})"
-        children = self._view(child, f"child_{size.name}")
-        touched = self._view(
-            self.spark.sql(
-                f"SELECT DISTINCT {keys}, {parent} AS __parent FROM {children} WHERE {CHANGED}"
-            ),
-            f"touched_{size.name}",
-        )
-        on = " AND ".join([f"c.{q(k)} = t.{q(k)}" for k in self.keys])
-        irs = ", ".join(
-            f"{f.op.spark_merge(q(f.ir_column), BUCKET)} AS {q(f.ir_column)}"
-            for f in self.group.features
-        )
-        redone = self.spark.sql(
-            f"SELECT {keys}, {parent} AS {BUCKET}, sum(events) AS events, {irs}, "
-            f"true AS {CHANGED} "
-            f"FROM (SELECT c.* FROM {children} c LEFT SEMI JOIN {touched} t "
-            f"ON {on} AND c.{BUCKET} - pmod(c.{BUCKET}, {size.micros}) = t.__parent) AS c "
-            f"GROUP BY {keys}, {parent}"
-        )
-        if previous is None:
-            return redone
-        on_kept = " AND ".join([f"s.{q(k)} = t.{q(k)}" for k in self.keys])
-        kept = self.spark.sql(
-            f"SELECT s.*, false AS {CHANGED} FROM {self._stored(previous, size)} AS s "
-            f"LEFT ANTI JOIN {touched} t ON {on_kept} AND s.{BUCKET} = t.__parent"
-        )
-        return redone.unionByName(kept)
-
-    def _finish(self, frame: Any, size: Duration) -> Any:
-        from pyspark.sql import functions as F
-
-        layout = self.group.layout
-        return frame.select(
-            *[F.col(q(k)) for k in self.keys],
-            F.expr(spark_key_bucket(q(layout.primary), layout.key_buckets)).alias("key_bucket"),
-            F.lit(size.name).alias("granularity"),
-            F.expr(f"timestamp_micros({BUCKET})").alias("bucket_start"),
-            F.col("events"),
-            *[F.col(q(f.ir_column)) for f in self.group.features],
-            F.lit(self.plan.hash).alias("spec_version"),
-            F.col(CHANGED),
-        )
+def batch_tiles(spark: Any, plan: SpecPlan, group: TileGroup, on_time_view: str) -> Any:
+    """The finest tiles of a micro-batch's on-time rows (keys and bucket not null), as an
+    Arrow table of (key columns, ``__bucket``, ``events``, IR columns): the batch job's own
+    aggregation (:class:`~robusta.engine.spark.tiles.TileJob`, each op's ``spark_build``)."""
+    job = TileJob(spark, plan, group, Range(), events=on_time_view)
+    keys = [k.column for k in group.layout.keys]
+    valid = " AND ".join([f"{q(k)} IS NOT NULL" for k in keys] + [f"{BUCKET} IS NOT NULL"])
+    try:
+        return job.finest_all().where(valid).toArrow()
+    finally:
+        job.release()

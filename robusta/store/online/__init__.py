@@ -6,6 +6,7 @@ from pathlib import Path
 
 from robusta.spec.model import OnlineConfig
 from robusta.store.online.base import (
+    OnlineConflictError,
     OnlineStateError,
     OnlineStore,
     OnlineStoreError,
@@ -35,6 +36,7 @@ def open_online_store(config: OnlineConfig, project: str, *, create: bool = Fals
 
 
 __all__ = [
+    "OnlineConflictError",
     "OnlineStateError",
     "OnlineStore",
     "OnlineStoreError",

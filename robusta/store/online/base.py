@@ -38,6 +38,22 @@ class OnlineStateError(RobustaError, LookupError):
     """The online store holds nothing (or something unusable) for a spec."""
 
 
+class OnlineConflictError(OnlineStateError):
+    """A conditional write found another state than the one it was computed from."""
+
+    def __init__(self, spec: str, expected: SpecState | None, found: SpecState | None) -> None:
+        def text(state: SpecState | None) -> str:
+            return "none" if state is None else f"generation {state.generation}"
+
+        super().__init__(
+            f"the online state of spec {spec} changed during the write (expected "
+            f"{text(expected)}, found {text(found)}): another writer (an upload) took over"
+        )
+        self.spec = spec
+        self.expected = expected
+        self.found = found
+
+
 @dataclass(frozen=True, slots=True)
 class SpecState:
     """What a spec's live generation holds; written atomically by an upload's commit."""
@@ -99,12 +115,27 @@ class OnlineStore(ABC):
     def commit(self, spec: str, state: SpecState) -> None:
         """Make ``state`` (and its generation's records) live, atomically."""
 
-    def apply(self, spec: str, generation: int, records: Iterable[Record], state: SpecState) -> int:
-        """Overwrite records of the *live* generation and commit ``state``; the streaming
-        job's write. Backends with transactions do both atomically; this default writes the
-        records, then the state, which is still safe for readers: a stream only rewrites
-        tiles after the live pointer (tiles before it are final), so a reader holding the
-        old state finds the same values in old and new records. Returns records written."""
+    def apply(
+        self,
+        spec: str,
+        generation: int,
+        records: Iterable[Record],
+        state: SpecState,
+        *,
+        expected: SpecState | None,
+    ) -> int:
+        """Overwrite records of the *live* generation and commit ``state``, provided the
+        stored state still equals ``expected`` (the one the records were computed from),
+        else :class:`OnlineConflictError` and nothing written; the streaming job's write.
+
+        Backends with transactions check and write atomically. This default checks, writes
+        the records, then the state: safe for readers (a stream only rewrites tiles after
+        the live pointer, so a reader holding the old state finds the same values in old
+        and new records), but an upload committing between the check and the write is not
+        caught. Returns records written."""
+        found = self.state(spec)
+        if found != expected:
+            raise OnlineConflictError(spec, expected, found)
         written = self.write(spec, generation, records)
         self.commit(spec, state)
         return written

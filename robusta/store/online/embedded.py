@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from robusta.store.online.base import (
+    OnlineConflictError,
     OnlineStateError,
     OnlineStore,
     Record,
@@ -89,10 +90,23 @@ class EmbeddedStore(OnlineStore):
         with self.env.begin(write=True) as txn:
             txn.put(spec.encode(), state.to_bytes(), db=self.states)
 
-    def apply(self, spec: str, generation: int, records: Iterable[Record], state: SpecState) -> int:
-        """Records and state in one LMDB write transaction: readers see both or neither."""
+    def apply(
+        self,
+        spec: str,
+        generation: int,
+        records: Iterable[Record],
+        state: SpecState,
+        *,
+        expected: SpecState | None,
+    ) -> int:
+        """Check, records and state in one LMDB write transaction: readers see both or
+        neither, and a concurrent upload's commit is serialised before or after it."""
         written = 0
         with self.env.begin(write=True) as txn:
+            raw = txn.get(spec.encode(), db=self.states)
+            found = None if raw is None else SpecState.from_bytes(bytes(raw))
+            if found != expected:
+                raise OnlineConflictError(spec, expected, found)  # aborts the transaction
             for table, key, value in records:
                 txn.put(record_id(spec, generation, table, key), value, db=self.records)
                 written += 1

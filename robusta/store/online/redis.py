@@ -20,6 +20,7 @@ from itertools import islice
 from typing import Any
 
 from robusta.store.online.base import (
+    OnlineConflictError,
     OnlineStore,
     OnlineStoreError,
     Record,
@@ -101,16 +102,39 @@ class RedisStore(OnlineStore):
     def commit(self, spec: str, state: SpecState) -> None:
         self._call(self.client.set, self._state_key(spec), state.to_bytes())
 
-    def apply(self, spec: str, generation: int, records: Iterable[Record], state: SpecState) -> int:
-        """Records and state in one MULTI/EXEC transaction (lookups read in one too)."""
-        pipe = self.client.pipeline(transaction=True)
-        written = 0
-        for table, key, value in records:
-            pipe.set(self.prefix + record_id(spec, generation, table, key), value)
-            written += 1
-        pipe.set(self._state_key(spec), state.to_bytes())
-        self._call(pipe.execute)
-        return written
+    def apply(
+        self,
+        spec: str,
+        generation: int,
+        records: Iterable[Record],
+        state: SpecState,
+        *,
+        expected: SpecState | None,
+    ) -> int:
+        """Records and state in one MULTI/EXEC transaction (lookups read in one too), under
+        WATCH of the state key: a commit by anyone else in between aborts it."""
+        import redis
+
+        state_key = self._state_key(spec)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                self._call(pipe.watch, state_key)
+                raw = self._call(pipe.get, state_key)
+                found = None if raw is None else SpecState.from_bytes(raw)
+                if found != expected:
+                    raise OnlineConflictError(spec, expected, found)
+                # Produced under WATCH: a commit while they are is caught at EXEC.
+                items = [
+                    (self.prefix + record_id(spec, generation, t, k), v) for t, k, v in records
+                ]
+                pipe.multi()
+                for key, value in items:
+                    pipe.set(key, value)
+                pipe.set(state_key, state.to_bytes())
+                self._call(pipe.execute)
+            except redis.exceptions.WatchError:
+                raise OnlineConflictError(spec, expected, self.state(spec)) from None
+        return len(items)
 
     def drop(self, spec: str, generation: int) -> int:
         pattern = _glob_escape(self.prefix + generation_prefix(spec, generation)) + b"*"

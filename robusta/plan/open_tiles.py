@@ -1,0 +1,222 @@
+"""The streaming job's tile state: every open tile, advanced by one micro-batch's tiles.
+
+A stream keeps, per tile group, the full value of every tile (all granularities) of the
+largest-granularity buckets that are still open. A micro-batch's rows are tiled at the
+finest granularity (by Spark, with each operator's ``spark_build``); :func:`advance` then
+merges those few thousand tiles into the state here, with the operators' own Python merge
+(:meth:`~robusta.ops.base.Operator.merge_segments`, the definition both assemblers use):
+
+1. each finest tile in both is merged, stored value first (float folds run in order of
+   arrival); a tile in one of them keeps its bytes;
+2. every coarser tile containing a changed tile is rolled up again from all its children in
+   bucket order, exactly like the batch job's rollups; the other stored tiles are carried
+   over byte for byte.
+
+Pure pyarrow and numpy: a micro-batch touches a few thousand tiles, far below what is worth a
+Spark job (each costs a second of scheduling on a small machine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.plan.keys import key_bucket
+from robusta.plan.model import BaseFeature, TileGroup
+from robusta.spec.durations import Duration
+
+BUCKET = "__bucket"  # bucket start, epoch micros (int64)
+CHANGED = "__changed"  # state column: the tile was (re)computed by this micro-batch
+TS_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def open_only(state: pa.Table, group: TileGroup, pointer: int | None) -> pa.Table:
+    """The stored tiles still needed: those whose largest-granularity bucket is open
+    (ends after ``pointer``)."""
+    if pointer is None:
+        return state
+    largest = group.layout.granularities[0].micros
+    starts = _micros(state.column("bucket_start"))
+    day_end = pc.add(pc.subtract(starts, _floor_mod(starts, largest)), largest)
+    return state.filter(pc.greater(day_end, pointer))
+
+
+def advance(group: TileGroup, version: str, stored: pa.Table | None, partial: pa.Table) -> pa.Table:
+    """Every open tile after a micro-batch, in the tile table's columns plus ``__changed``.
+
+    ``stored``: the open tiles before it (tile-table columns); ``partial``: the batch's
+    finest tiles as (key columns, ``__bucket``, ``events``, IR columns), keys not null.
+    """
+    sizes = sorted(group.layout.granularities, key=lambda g: g.micros)  # finest first
+    partial = _normalized(group, partial)
+    old = {size.name: _level(group, stored, size) for size in sizes}
+    level = _merge_finest(group, old[sizes[0].name], partial)
+    frames = [_finish(group, version, sizes[0], level)]
+    for size in sizes[1:]:
+        level = _rollup(group, level, old[size.name], size)
+        frames.append(_finish(group, version, size, level))
+    return pa.concat_tables(frames)
+
+
+# ---- levels -----------------------------------------------------------------------------------
+def _columns(group: TileGroup) -> list[str]:
+    return [*_keys(group), BUCKET, "events", *(f.ir_column for f in group.features)]
+
+
+def _keys(group: TileGroup) -> list[str]:
+    return [k.column for k in group.layout.keys]
+
+
+def _schema(group: TileGroup) -> pa.Schema:
+    keys = [pa.field(k.column, k.type.arrow()) for k in group.layout.keys]
+    irs = [pa.field(f.ir_column, f.ir_type) for f in group.features]
+    return pa.schema([*keys, pa.field(BUCKET, pa.int64()), pa.field("events", pa.int64()), *irs])
+
+
+def _normalized(group: TileGroup, partial: pa.Table) -> pa.Table:
+    return partial.select(_columns(group)).cast(_schema(group))
+
+
+def _level(group: TileGroup, stored: pa.Table | None, size: Duration) -> pa.Table:
+    """The stored tiles of one granularity as (keys, ``__bucket``, events, IRs)."""
+    if stored is None:
+        return _schema(group).empty_table()
+    rows = stored.filter(pc.equal(stored.column("granularity"), size.name))
+    rows = rows.append_column(BUCKET, _micros(rows.column("bucket_start")))
+    return rows.select(_columns(group)).cast(_schema(group))
+
+
+def _merge_finest(group: TileGroup, old: pa.Table, new: pa.Table) -> pa.Table:
+    """Finest tiles after the batch, with ``__changed``: merged (stored first), new, or
+    carried over."""
+    on = [*_keys(group), BUCKET]
+    pairs = _indexed(new, on, "__n").join(_indexed(old, on, "__o"), keys=on, join_type="left outer")
+    n_idx = pairs.column("__n").to_numpy()
+    o_idx = pc.fill_null(pairs.column("__o"), -1).to_numpy()
+    both = o_idx >= 0
+    merged = _merge_pairs(group, old.take(o_idx[both]), new.take(n_idx[both]))
+    fresh = new.take(n_idx[~both])
+    untouched = np.setdiff1d(np.arange(old.num_rows), o_idx[both])
+    return pa.concat_tables(
+        [
+            _flag(merged, True),
+            _flag(fresh, True),
+            _flag(old.take(untouched), False),
+        ]
+    )
+
+
+def _merge_pairs(group: TileGroup, first: pa.Table, second: pa.Table) -> pa.Table:
+    """Row i of ``first`` merged with row i of ``second`` (in that order)."""
+    n = first.num_rows
+    picks = np.empty(2 * n, dtype=np.int64)
+    picks[0::2] = np.arange(n)
+    picks[1::2] = np.arange(n) + n
+    offsets = np.arange(0, 2 * n + 1, 2, dtype=np.int64)
+    both = pa.concat_tables([first, second]).take(picks)
+    columns = {k: first.column(k) for k in [*_keys(group), BUCKET]}
+    columns["events"] = pc.add(first.column("events"), second.column("events"))
+    for feature in group.features:
+        columns[feature.ir_column] = _merged(feature, both.column(feature.ir_column), offsets)
+    return pa.table(columns, schema=_schema(group))
+
+
+def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration) -> pa.Table:
+    """Tiles of ``size`` after the batch: those containing a changed child rolled up again
+    from all their children (bucket order); the other stored ones carried over."""
+    keys = _keys(group)
+    parents = pc.subtract(children.column(BUCKET), _floor_mod(children.column(BUCKET), size.micros))
+    tagged = children.append_column("__parent", parents)
+    touched = (
+        tagged.filter(tagged.column(CHANGED))
+        .select([*keys, "__parent"])
+        .group_by([*keys, "__parent"])
+        .aggregate([])
+    )
+    on = [*keys, "__parent"]
+    chosen = _indexed(tagged.select(on), on, "__c").join(touched, keys=on, join_type="inner")
+    rows = tagged.take(chosen.column("__c")).sort_by(
+        [(k, "ascending") for k in [*keys, "__parent", BUCKET]]
+    )
+    offsets = _segments(rows, on)
+    starts = offsets[:-1]
+    columns = {k: rows.column(k).take(starts) for k in keys}
+    columns[BUCKET] = rows.column("__parent").take(starts)
+    events = rows.column("events").to_numpy()
+    columns["events"] = pa.array(
+        np.add.reduceat(events, starts) if len(starts) else np.empty(0, np.int64), pa.int64()
+    )
+    for feature in group.features:
+        columns[feature.ir_column] = _merged(feature, rows.column(feature.ir_column), offsets)
+    redone = pa.table(columns, schema=_schema(group))
+    kept = _indexed(old, [*keys, BUCKET], "__o").join(
+        touched.rename_columns([*keys, BUCKET]), keys=[*keys, BUCKET], join_type="left anti"
+    )
+    return pa.concat_tables([_flag(redone, True), _flag(old.take(kept.column("__o")), False)])
+
+
+def _finish(group: TileGroup, version: str, size: Duration, level: pa.Table) -> pa.Table:
+    """Tile-table columns (plus ``__changed``) of one granularity's tiles."""
+    layout = group.layout
+    primary = level.column(layout.primary).to_pylist()
+    buckets = pa.array([key_bucket(k, layout.key_buckets) for k in primary], pa.int32())
+    n = level.num_rows
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {k: level.column(k) for k in _keys(group)}
+    columns["key_bucket"] = buckets
+    columns["granularity"] = pa.array([size.name] * n, pa.string())
+    columns["bucket_start"] = level.column(BUCKET).cast(TS_TYPE)
+    columns["events"] = level.column("events")
+    for feature in group.features:
+        columns[feature.ir_column] = level.column(feature.ir_column)
+    columns["spec_version"] = pa.array([version] * n, pa.string())
+    columns[CHANGED] = level.column(CHANGED)
+    return pa.table(columns)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _merged(feature: BaseFeature, irs: pa.ChunkedArray | pa.Array, offsets: np.ndarray) -> pa.Array:
+    """Each segment of ``irs`` folded with the operator's own merge."""
+    op = feature.op
+    column = irs.combine_chunks() if isinstance(irs, pa.ChunkedArray) else irs
+    if len(offsets) <= 1:
+        return pa.array([], feature.ir_type)
+    state = op.merge_segments(op.from_arrow(column), offsets)
+    merged: pa.Array = op.to_arrow(state).cast(feature.ir_type)
+    return merged
+
+
+def _segments(rows: pa.Table, on: Sequence[str]) -> np.ndarray:
+    """Offsets of the runs of equal ``on`` values in sorted ``rows`` (with 0 and n)."""
+    n = rows.num_rows
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    change = np.zeros(n - 1, dtype=bool)
+    for name in on:
+        column = rows.column(name).combine_chunks()
+        change |= pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(
+            zero_copy_only=False
+        )
+    return np.concatenate([[0], np.flatnonzero(change) + 1, [n]]).astype(np.int64)
+
+
+def _indexed(table: pa.Table, on: Sequence[str], name: str) -> pa.Table:
+    """The ``on`` columns of ``table`` and each row's index (joins carry no IR payload:
+    Arrow's hash join cannot carry list or struct columns)."""
+    index = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    return table.select(list(on)).append_column(name, index)
+
+
+def _flag(table: pa.Table, changed: bool) -> pa.Table:
+    return table.append_column(CHANGED, pa.array([changed] * table.num_rows, pa.bool_()))
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return pc.cast(pc.cast(column, TS_TYPE), pa.int64())
+
+
+def _floor_mod(values: pa.ChunkedArray | pa.Array, size: int) -> pa.Array:
+    """``values mod size``, never negative (Spark's ``pmod``; times before 1970 too)."""
+    return pa.array(np.mod(np.asarray(values.to_numpy(), dtype=np.int64), size), pa.int64())
