@@ -32,6 +32,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -188,8 +189,11 @@ def batch_path(args: argparse.Namespace) -> list[float]:
         for i in range(args.batch_files + 1):
             landed = time.perf_counter()
             land(root / "landing", file_events(i, args.events, args.users, rng), f"f{i:04d}")
-            start = T0 + i * 5 * MIN
-            materialize(workspace, start=from_micros(start), end=from_micros(start + 5 * MIN))
+            if i == 0:  # lifetime windows: the first upload needs tiles of all time
+                materialize(workspace)
+            else:  # then the file's day (the smallest range batch rewrites)
+                start = from_micros(T0 + i * 5 * MIN)
+                materialize(workspace, start=start, end=start + timedelta(minutes=5))
             upload(workspace)
             client = client or FeatureClient.from_config(root / "robusta.yaml")
             wait_visible(client, i + 1, 60)

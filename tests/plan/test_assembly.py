@@ -62,7 +62,10 @@ TIMES = st.one_of(
 
 def values_of(dtype: DataType) -> st.SearchStrategy[Any]:
     base: st.SearchStrategy[Any] = {
-        DataType.STRING: st.sampled_from(["x", "y", "z", "", "é"]) | st.text(max_size=3),
+        # Not exactly "\x00": approx_distinct counts "" as it (docs/spec.md; a strict xfail
+        # in tests/ops/test_operators.py keeps that collision visible).
+        DataType.STRING: st.sampled_from(["x", "y", "z", "", "é"])
+        | st.text(max_size=3).filter(lambda v: v != "\x00"),
         DataType.DOUBLE: st.sampled_from([0.0, -1.5, 0.1, 1e12]) | st.floats(-1e6, 1e6),
         DataType.BIGINT: st.integers(-(10**12), 10**12) | st.integers(-2, 2),
     }[dtype]
