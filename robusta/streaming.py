@@ -50,13 +50,11 @@ from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import ProjectConfig
 from robusta.store.online import OnlineConflictError, OnlineStore, SpecState, open_online_store
 from robusta.store.tiles import (
-    COVERAGE_PROPERTY,
     CommitConflictError,
     Run,
     TileTables,
     coverage,
     local_path,
-    merge_spans,
     write_tile_files,
 )
 from robusta.workspace import Workspace
@@ -421,16 +419,16 @@ class SpecStream:
         run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
         run = Run(run_id, local_path(table.location()) / "runs" / run_id)
         shutil.rmtree(run.folder, ignore_errors=True)
-        written = write_tile_files(tiles.filter(closing), group, run.folder)
+        run.folder.mkdir(parents=True)
+        write_tile_files(tiles.filter(closing), group, run.folder)
         displaced = self._displaced(table, group, meta, run.folder / "kept")
-        if not written and not displaced:
-            _extend_coverage(table, covered)  # idempotent: a union of spans
-            return
         summary = {
             "robusta.spec-version": self.plan.hash,
             QUERY_PROPERTY: meta["query"],
             BATCH_PROPERTY: str(meta["batch"]),
         }
+        # One snapshot even without tiles (no events in the closed buckets): it records the
+        # batch and the coverage, and fails if anyone committed since the table was read.
         self.tables.replace(table, displaced, run, summary, covered=covered)
 
     def _displaced(
@@ -627,12 +625,6 @@ def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
     index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
     micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
     return pc.take(micros, index)
-
-
-def _extend_coverage(table: Any, covered: tuple[int | None, int]) -> None:
-    spans = json.dumps(merge_spans([*coverage(table), covered]))
-    with table.transaction() as tx:
-        tx.set_properties(**{COVERAGE_PROPERTY: spans})
 
 
 def _fault(phase: str, batch_id: int) -> None:

@@ -45,6 +45,10 @@ COVERAGE_PROPERTY = "robusta.coverage"  # JSON [[start, end], ...] in epoch micr
 RUN_PROPERTY = "robusta.run-id"
 RUNS_FOLDER = "runs"
 TS_TYPE = pa.timestamp("us", tz="UTC")
+# A commit that finds the table changed must fail, not be replayed by pyiceberg on the new
+# state: what a run replaces (its files, its coverage) was decided on the old one. The
+# writer then recomputes (the stream) or says to rerun (materialize).
+NO_COMMIT_RETRY = {"commit.retry.num-retries": "0"}
 
 
 class CommitConflictError(RobustaError, RuntimeError):
@@ -103,6 +107,10 @@ class TileTables:
             table = None
         if table is None:
             return self._create(group, version)
+        if not NO_COMMIT_RETRY.items() <= table.properties.items():  # tables made before
+            with table.transaction() as tx:
+                tx.set_properties(**NO_COMMIT_RETRY)
+            table = self.catalog.load_table(self.identifier(group.layout.table))
         stored = table.properties.get(VERSION_PROPERTY)
         if table_state(table, group, version) == STALE:
             raise SpecChangedError(
@@ -141,6 +149,7 @@ class TileTables:
                 VERSION_PROPERTY: version,
                 COLUMNS_PROPERTY: json.dumps(column_hashes(group), sort_keys=True),
                 KEY_BUCKETS_PROPERTY: str(group.layout.key_buckets),
+                **NO_COMMIT_RETRY,
             },
         )
         with table.update_spec() as update:
@@ -247,15 +256,7 @@ class TileTables:
                 extra[VERSION_PROPERTY] = properties[VERSION_PROPERTY]
         if covered is not None:
             extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
-        from pyiceberg.exceptions import CommitFailedException
-
-        try:
-            swap_files(table, old_files, new_paths, summary, extra)
-        except CommitFailedException as exc:
-            raise CommitConflictError(
-                f"another writer (a stream or a second run) committed to {table.name()[-1]} "
-                f"while this run wrote it; nothing of this run was committed: rerun ({exc})"
-            ) from None
+        swap_files(table, old_files, new_paths, summary, extra)
         refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
         snapshot = refreshed.current_snapshot()
         return int(snapshot.snapshot_id) if snapshot is not None else 0
@@ -271,22 +272,29 @@ def swap_files(
     """One overwrite snapshot removing ``old_files`` and adding the Parquet ``new_paths``
     (pyiceberg ``add_files`` style: no rewrite), with table ``properties`` set in the same
     commit; readers see the old files or the new ones, never a mix."""
+    from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.io.pyarrow import parquet_files_to_data_files
     from pyiceberg.table import TableProperties
 
-    with table.transaction() as tx:
-        if properties:
-            tx.set_properties(**properties)
-        if tx.table_metadata.name_mapping() is None:
-            mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
-            tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
-        with tx.update_snapshot(snapshot_properties=summary or {}).overwrite() as overwrite:
-            for data_file in old_files:
-                overwrite.delete_data_file(data_file)
-            for data_file in parquet_files_to_data_files(
-                table.io, tx.table_metadata, iter(new_paths)
-            ):
-                overwrite.append_data_file(data_file)
+    try:
+        with table.transaction() as tx:
+            if properties:
+                tx.set_properties(**properties)
+            if tx.table_metadata.name_mapping() is None:
+                mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
+                tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
+            with tx.update_snapshot(snapshot_properties=summary or {}).overwrite() as overwrite:
+                for data_file in old_files:
+                    overwrite.delete_data_file(data_file)
+                for data_file in parquet_files_to_data_files(
+                    table.io, tx.table_metadata, iter(new_paths)
+                ):
+                    overwrite.append_data_file(data_file)
+    except CommitFailedException as exc:
+        raise CommitConflictError(
+            f"another writer (a stream or a second run) committed to {table.name()[-1]} while "
+            f"this run wrote it; nothing of this run was committed: rerun it ({exc})"
+        ) from None
 
 
 def column_hashes(group: TileGroup) -> dict[str, str]:
