@@ -23,13 +23,14 @@ comes before online, so a pointer served online is always backed by Iceberg tile
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,7 @@ from robusta.engine.spark.sources import read_stream
 from robusta.engine.spark.streaming import batch_stats, batch_tiles, split_late
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import CHANGED, advance, open_only
+from robusta.plan.open_tiles import CHANGED, advance, bucket_micros, open_only
 from robusta.plan.selection import choose_specs
 from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
@@ -54,6 +55,7 @@ from robusta.store.tiles import (
     Run,
     TileTables,
     coverage,
+    files_where,
     local_path,
     write_tile_files,
 )
@@ -207,6 +209,7 @@ class SpecStream:
         self._tables: TileTables | None = None
         self._store: OnlineStore | None = None
         self.failure: BaseException | None = None  # what stopped the last micro-batch
+        self._read: dict[tuple[int, str], pa.Table] = {}  # state versions read (immutable)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
@@ -276,6 +279,13 @@ class SpecStream:
                 "merge into batch tiles of an open bucket): see docs/streaming.md, Limits"
             )
         _write_json(path, {"pointer": pointer, "created": _iso(to_micros(datetime.now(UTC)))})
+        self.__dict__.pop("_start", None)  # read again by the batches
+
+    @functools.cached_property
+    def _start(self) -> dict[str, Any]:
+        """The start (pointer, creation time); fixed once :meth:`_write_start` ran."""
+        start: dict[str, Any] = json.loads((self.folder / "start.json").read_text())
+        return start
 
     def _online_pointer(self) -> int | None:
         state = self.store.state(self.plan.name)
@@ -302,6 +312,8 @@ class SpecStream:
         self._apply_online(meta)
         _fault("online", batch_id)
         self._clean(batch_id)
+        # Only this version can be read again (the next batch merges into it).
+        self._read = {k: v for k, v in self._read.items() if k[0] == meta["tiles_from"]}
 
     def _compute(self, spark: Any, batch: Any, batch_id: int) -> None:
         before = self._previous(batch_id)
@@ -374,11 +386,10 @@ class SpecStream:
         if done:
             meta: dict[str, Any] = json.loads((self._state(max(done)) / "meta.json").read_text())
             return meta
-        start = json.loads((self.folder / "start.json").read_text())
         return {
             "batch": None,
             "tiles_from": None,
-            "pointer": start["pointer"],
+            "pointer": self._start["pointer"],
             "max_ts": None,
             "rows": 0,
             "late": 0,
@@ -390,8 +401,7 @@ class SpecStream:
         before, after = meta["pointer_before"], meta["pointer"]
         if after is None or after == before or meta["tiles_from"] is None:
             return
-        start = json.loads((self.folder / "start.json").read_text())
-        covered = (start["pointer"] if meta["first_batch"] else before, after)
+        covered = (self._start["pointer"] if meta["first_batch"] else before, after)
         for group in self.plan.groups:
             for attempt in range(COMMIT_ATTEMPTS):
                 try:
@@ -438,9 +448,12 @@ class SpecStream:
         other rows are written to ``folder`` (the commit replaces the files). Only looked
         for when another writer committed since the stream started: before its start, batch
         runs covered no bucket it ever holds open."""
-        start = json.loads((self.folder / "start.json").read_text())
-        since = datetime.strptime(start["created"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        if not _foreign_since(table, meta["query"], int(since.timestamp() * 1000)):
+        created = datetime.strptime(self._start["created"], "%Y-%m-%dT%H:%M:%SZ")
+        since = int(created.replace(tzinfo=UTC).timestamp() * 1000)
+        if not any(
+            snapshot.timestamp_ms >= since and summary.get(QUERY_PROPERTY) != meta["query"]
+            for snapshot, summary in _summaries(table)
+        ):
             return []
         before, after = meta["pointer_before"], meta["pointer"]
         displaced: list[Any] = []
@@ -473,7 +486,7 @@ class SpecStream:
                     self.store, self.plan.name, generation, group, changed
                 )
             if live is None and tiles.num_rows:
-                oldest = _min(oldest, int(pc.min(_micros(tiles)).as_py()))
+                oldest = _min(oldest, int(pc.min(bucket_micros(tiles)).as_py()))
         pointer = max(meta["pointer"], live.pointer if live is not None else meta["pointer"])
         state = SpecState(
             generation=generation,
@@ -520,8 +533,12 @@ class SpecStream:
         return floor_to(first_day - longest, self.largest)
 
     def _tiles(self, batch_id: int, group: TileGroup) -> pa.Table:
-        """A state version's tiles of one group (read with pyarrow: a few thousand rows)."""
-        return pq.read_table(self._state(batch_id) / group.layout.table)
+        """A state version's tiles of one group (read with pyarrow: a few thousand rows),
+        read once: the offline and online steps, then the next batch, use the same one."""
+        key = (batch_id, group.layout.table)
+        if key not in self._read:
+            self._read[key] = pq.read_table(self._state(batch_id) / group.layout.table)
+        return self._read[key]
 
     # ---- checkpoint folders ---------------------------------------------------------------
     def _state(self, batch_id: int) -> Path:
@@ -570,26 +587,22 @@ class SpecStream:
 
 
 # ---- helpers --------------------------------------------------------------------------------
+def _summaries(table: Any) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Every snapshot of ``table`` with its summary's properties."""
+    for snapshot in table.snapshots():
+        yield snapshot, (snapshot.summary.additional_properties if snapshot.summary else {})
+
+
 def _committed(table: Any, query: str, batch: int) -> bool:
-    for snapshot in table.snapshots():
-        summary = snapshot.summary.additional_properties if snapshot.summary else {}
-        if summary.get(QUERY_PROPERTY) == query and summary.get(BATCH_PROPERTY) == str(batch):
-            return True
-    return False
-
-
-def _foreign_since(table: Any, query: str, since_ms: int) -> bool:
-    """Whether a snapshot not made by stream ``query`` was committed at or after ``since_ms``."""
-    for snapshot in table.snapshots():
-        summary = snapshot.summary.additional_properties if snapshot.summary else {}
-        if snapshot.timestamp_ms >= since_ms and summary.get(QUERY_PROPERTY) != query:
-            return True
-    return False
+    return any(
+        summary.get(QUERY_PROPERTY) == query and summary.get(BATCH_PROPERTY) == str(batch)
+        for _, summary in _summaries(table)
+    )
 
 
 def _closing(tiles: pa.Table, group: TileGroup, before: int | None, after: int) -> pa.Array:
     """Whether each tile closes between the pointers: ``before < end <= after``."""
-    ends = pc.add(_micros(tiles), _sizes(tiles, group))
+    ends = pc.add(bucket_micros(tiles), _sizes(tiles, group))
     closing = pc.less_equal(ends, after)
     return closing if before is None else pc.and_(closing, pc.greater(ends, before))
 
@@ -599,8 +612,6 @@ def _closing_files(table: Any, group: TileGroup, before: int | None, after: int)
     statistics prune the rest): per granularity, ``before - size < start <= after - size``."""
     from pyiceberg import expressions as ex
 
-    if table.current_snapshot() is None:
-        return []
     above: Any = ex.GreaterThan  # pydantic models: untyped positionals
     at_most: Any = ex.LessThanOrEqual
     equal: Any = ex.EqualTo
@@ -612,11 +623,7 @@ def _closing_files(table: Any, group: TileGroup, before: int | None, after: int)
         if before is not None:
             one = ex.And(one, above("bucket_start", before - size.micros))
         condition = ex.Or(condition, one)
-    return [task.file for task in table.scan(row_filter=condition).plan_files()]
-
-
-def _micros(tiles: pa.Table) -> pa.Array:
-    return pc.cast(pc.cast(tiles.column("bucket_start"), pa.timestamp("us", tz="UTC")), pa.int64())
+    return files_where(table, condition)
 
 
 def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:

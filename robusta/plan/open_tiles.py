@@ -39,7 +39,7 @@ def open_only(state: pa.Table, group: TileGroup, pointer: int | None) -> pa.Tabl
     if pointer is None:
         return state
     largest = group.layout.granularities[0].micros
-    starts = _micros(state.column("bucket_start"))
+    starts = bucket_micros(state)
     day_end = pc.add(pc.subtract(starts, _floor_mod(starts, largest)), largest)
     return state.filter(pc.greater(day_end, pointer))
 
@@ -85,7 +85,7 @@ def _level(group: TileGroup, stored: pa.Table | None, size: Duration) -> pa.Tabl
     if stored is None:
         return _schema(group).empty_table()
     rows = stored.filter(pc.equal(stored.column("granularity"), size.name))
-    rows = rows.append_column(BUCKET, _micros(rows.column("bucket_start")))
+    rows = rows.append_column(BUCKET, bucket_micros(rows))
     return rows.select(_columns(group)).cast(_schema(group))
 
 
@@ -213,8 +213,9 @@ def _flag(table: pa.Table, changed: bool) -> pa.Table:
     return table.append_column(CHANGED, pa.array([changed] * table.num_rows, pa.bool_()))
 
 
-def _micros(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return pc.cast(pc.cast(column, TS_TYPE), pa.int64())
+def bucket_micros(tiles: pa.Table) -> pa.Array:
+    """Each tile's ``bucket_start`` in epoch microseconds."""
+    return pc.cast(pc.cast(tiles.column("bucket_start"), TS_TYPE), pa.int64())
 
 
 def _floor_mod(values: pa.ChunkedArray | pa.Array, size: int) -> pa.Array:

@@ -191,8 +191,6 @@ class TileTables:
         """Data files that may hold tiles with ``start <= bucket_start < end`` (None: open)."""
         from pyiceberg import expressions
 
-        if table.current_snapshot() is None:
-            return []
         condition: Any = expressions.AlwaysTrue()
         at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
         below: Any = expressions.LessThan
@@ -200,7 +198,7 @@ class TileTables:
             condition = expressions.And(condition, at_least("bucket_start", start))
         if end is not None:
             condition = expressions.And(condition, below("bucket_start", end))
-        return [task.file for task in table.scan(row_filter=condition).plan_files()]
+        return files_where(table, condition)
 
     def with_partition_mates(self, table: Any, files: Sequence[Any]) -> list[Any]:
         """``files`` and every other file of the same partitions: a run replacing part of a
@@ -260,6 +258,14 @@ class TileTables:
         refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
         snapshot = refreshed.current_snapshot()
         return int(snapshot.snapshot_id) if snapshot is not None else 0
+
+
+def files_where(table: Any, condition: Any) -> list[Any]:
+    """The data files whose partition and column statistics may match ``condition`` (a
+    pyiceberg expression); none for a table without a snapshot."""
+    if table.current_snapshot() is None:
+        return []
+    return [task.file for task in table.scan(row_filter=condition).plan_files()]
 
 
 def swap_files(

@@ -80,6 +80,12 @@ def _parse_state(raw: bytes) -> SpecState:
     return SpecState(**json.loads(raw))
 
 
+def require_state(spec: str, expected: SpecState | None, found: SpecState | None) -> None:
+    """The check of :meth:`OnlineStore.apply`: the stored state is the one expected."""
+    if found != expected:
+        raise OnlineConflictError(spec, expected, found)
+
+
 def record_id(spec: str, generation: int, table: str, key: str) -> bytes:
     """The store key of one record; NUL-separated, so no part can run into the next."""
     return b"\0".join(
@@ -133,9 +139,7 @@ class OnlineStore(ABC):
         the live pointer, so a reader holding the old state finds the same values in old
         and new records), but an upload committing between the check and the write is not
         caught. Returns records written."""
-        found = self.state(spec)
-        if found != expected:
-            raise OnlineConflictError(spec, expected, found)
+        require_state(spec, expected, self.state(spec))
         written = self.write(spec, generation, records)
         self.commit(spec, state)
         return written

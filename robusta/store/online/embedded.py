@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from robusta.store.online.base import (
-    OnlineConflictError,
     OnlineStateError,
     OnlineStore,
     Record,
     SpecState,
     generation_prefix,
     record_id,
+    require_state,
 )
 
 _GIB = 1 << 30
@@ -105,8 +105,7 @@ class EmbeddedStore(OnlineStore):
         with self.env.begin(write=True) as txn:
             raw = txn.get(spec.encode(), db=self.states)
             found = None if raw is None else SpecState.from_bytes(bytes(raw))
-            if found != expected:
-                raise OnlineConflictError(spec, expected, found)  # aborts the transaction
+            require_state(spec, expected, found)  # raising aborts the transaction
             for table, key, value in records:
                 txn.put(record_id(spec, generation, table, key), value, db=self.records)
                 written += 1

@@ -27,6 +27,7 @@ from robusta.store.online.base import (
     SpecState,
     generation_prefix,
     record_id,
+    require_state,
 )
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -120,21 +121,17 @@ class RedisStore(OnlineStore):
             try:
                 self._call(pipe.watch, state_key)
                 raw = self._call(pipe.get, state_key)
-                found = None if raw is None else SpecState.from_bytes(raw)
-                if found != expected:
-                    raise OnlineConflictError(spec, expected, found)
-                # Produced under WATCH: a commit while they are is caught at EXEC.
-                items = [
-                    (self.prefix + record_id(spec, generation, t, k), v) for t, k, v in records
-                ]
+                require_state(spec, expected, None if raw is None else SpecState.from_bytes(raw))
                 pipe.multi()
-                for key, value in items:
-                    pipe.set(key, value)
+                written = 0
+                for table, key, value in records:  # still under WATCH: caught at EXEC
+                    pipe.set(self.prefix + record_id(spec, generation, table, key), value)
+                    written += 1
                 pipe.set(state_key, state.to_bytes())
                 self._call(pipe.execute)
             except redis.exceptions.WatchError:
                 raise OnlineConflictError(spec, expected, self.state(spec)) from None
-        return len(items)
+        return written
 
     def drop(self, spec: str, generation: int) -> int:
         pattern = _glob_escape(self.prefix + generation_prefix(spec, generation)) + b"*"
