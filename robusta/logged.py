@@ -35,8 +35,9 @@ class NoLogError(RobustaError, LookupError):
     """Nothing is logged for what was asked."""
 
 
-def read_log(spark: Any, workspace: Workspace, spec: SpecPlan, since: datetime | None) -> Any:
-    """The spec's logged rows (optionally from ``since``) as a Spark DataFrame, or None."""
+def log_files(workspace: Workspace, spec: SpecPlan) -> list[str]:
+    """The data files of the spec's feature log (none when nothing is logged); found with
+    pyiceberg alone, so a request for logs that do not exist fails before Spark starts."""
     from pyiceberg.exceptions import NoSuchTableError
 
     from robusta.store.catalog import open_catalog
@@ -47,38 +48,67 @@ def read_log(spark: Any, workspace: Workspace, spec: SpecPlan, since: datetime |
     try:
         table = catalog.load_table(f"{config.offline.namespace}.{log_table(spec.name)}")
     except NoSuchTableError:
-        return None
-    files = [task.file.file_path for task in table.scan().plan_files()]
-    if not files:
-        return None
+        return []
+    return [task.file.file_path for task in table.scan().plan_files()]
+
+
+def read_log(spark: Any, files: Sequence[str], since: datetime | None) -> Any:
+    """Logged rows of ``files`` (optionally from ``since``) as a Spark DataFrame."""
     rows = spark.read.option("mergeSchema", "true").parquet(*files)
     if since is not None:
         rows = rows.where(f"unix_micros({TS}) >= {to_micros(since)}")
     return rows
 
 
-def logged_frame(
-    spark: Any, workspace: Workspace, features: Sequence[str] | None, since: datetime | None
-) -> Any:
-    """Logged rows with the served values of ``features`` (specs joined per request)."""
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class SpecLog:
+    """What to read of one spec's log: its requested outputs and the log's files."""
 
+    spec: SpecPlan
+    outputs: list[str]
+    files: list[str]
+
+
+def require_logs(
+    workspace: Workspace, features: Sequence[str] | None, since: datetime | None
+) -> list[SpecLog]:
+    """The logs holding ``features``, each checked to exist (before any engine starts)."""
     requests = resolve_features(workspace.plan, features)
     by_spec: dict[str, list[str]] = {}
     for request in requests:
         by_spec.setdefault(request.spec.name, []).extend(o.name for o in request.outputs)
-    frame = None
+    logs = []
     for name, outputs in by_spec.items():
         spec = workspace.plan.spec(name)
         assert spec is not None
-        rows = read_log(spark, workspace, spec, since)
-        if rows is None:
-            raise NoLogError(
-                f"nothing of spec {name} is logged{_since(since)}: enable online.log in "
-                "robusta.yaml and serve lookups with FeatureClient"
-            )
+        files = log_files(workspace, spec)
+        if not files:
+            why = _enable(workspace)
+            raise NoLogError(f"nothing of spec {name} is logged{_since(since)}: {why}")
+        logs.append(SpecLog(spec, outputs, files))
+    return logs
+
+
+def _enable(workspace: Workspace) -> str:
+    config = workspace.project.config
+    log = {} if config is None else config.online.options.get("log") or {}
+    if not log.get("enabled", False):
+        return "online.log is off in robusta.yaml: set `online: {log: true}` and serve lookups"
+    return "serve lookups with FeatureClient first (it logs the vectors it serves)"
+
+
+def logged_frame(
+    spark: Any, workspace: Workspace, logs: Sequence[SpecLog], since: datetime | None
+) -> Any:
+    """Logged rows with the served values of the logs' outputs (specs joined per request)."""
+    from pyspark.sql import functions as F
+
+    frame = None
+    for log in logs:
+        rows = read_log(spark, log.files, since)
+        outputs = log.outputs
         served = rows.where(F.arrays_overlap(F.col(REQUESTED), F.array(*map(F.lit, outputs))))
-        keys = list(entity_types(spec))
+        keys = list(entity_types(log.spec))
         # One logged row per tile group: gather each request's values from the rows that
         # requested them (a null value is a value, so pick by request, not by non-null).
         merged = served.groupBy(REQUEST_ID).agg(
@@ -154,20 +184,17 @@ def consistency(
 
     config = workspace.project.config
     assert config is not None
+    chosen = [s for s in workspace.plan.specs if not specs or s.name in specs]
+    logged = [(spec, files) for spec in chosen if (files := log_files(workspace, spec))]
+    if not logged:  # known before Spark starts
+        raise NoLogError(f"no logged lookups{_since(since)}: {_enable(workspace)}")
     spark = spark_session(config.spark)
     report = ConsistencyReport(None if since is None else since.isoformat(), max_mismatch)
-    chosen = [s for s in workspace.plan.specs if not specs or s.name in specs]
-    for spec in chosen:
+    for spec, files in logged:
         step(f"reading the log of {spec.name}")
-        rows = read_log(spark, workspace, spec, since)
-        if rows is None:
-            continue
-        _compare_spec(workspace, spec, rows, report, step)
+        _compare_spec(workspace, spec, read_log(spark, files, since), report, step)
     if not report.features:
-        raise NoLogError(
-            f"no logged lookups{_since(since)}: enable online.log in robusta.yaml and serve "
-            "lookups with FeatureClient"
-        )
+        raise NoLogError(f"no logged lookups{_since(since)}: {_enable(workspace)}")
     return report
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
@@ -20,13 +20,16 @@ from robusta.engine.spark.tiles import Range, TileCounts, TileJob, read_tiles, w
 from robusta.errors import RobustaError
 from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
 from robusta.plan.selection import choose_specs
-from robusta.spec.durations import floor_to, to_micros
+from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import ProjectConfig
 from robusta.store.tiles import (
     FRESH,
+    LATEST_PROPERTY,
+    VERSION_PROPERTY,
     Span,
     TileTables,
     coverage,
+    latest_event,
     merge_spans,
     new_features,
     table_state,
@@ -50,6 +53,7 @@ class TableReport:
     range: tuple[str | None, str | None] = (None, None)
     carried_over_files: int = field(default=0)
     added_columns: list[str] = field(default_factory=list)  # merge on read: only these
+    covered_until: str | None = None  # where the table's coverage from this run ends
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -71,6 +75,10 @@ def materialize(
     chosen = choose_specs(workspace.plan, specs)
     if (start is None) != (end is None):
         raise MaterializeError("give both --start and --end, or neither (all data)")
+    if rebuild and start is not None:
+        raise MaterializeError(
+            "--rebuild recomputes every tile of a table over all data: drop --start and --end"
+        )
     step("starting Spark")
     spark = spark_session(config.spark)
     tables = TileTables(config.offline)
@@ -135,14 +143,14 @@ def _materialize_group(
     started = time.perf_counter()
     name = group.layout.table
     table = tables.ensure(group, plan.hash, rebuild=rebuild)
-    added = new_features(table, group) or []
+    added = [] if rebuild else (new_features(table, group) or [])
     if added and table.current_snapshot() is not None:
         report = _add_columns(spark, tables, plan, group, table, added, step)
         if not window.bounded:  # the whole coverage has every column now
             return report
         table = tables.load(name)
     run = tables.start_run(table)
-    old_files = tables.overlapping_files(table, window.start, window.end)
+    old_files = [] if rebuild else tables.overlapping_files(table, window.start, window.end)
     if window.bounded:  # every column set of the partitions touched goes together
         old_files = tables.with_partition_mates(table, old_files)
     job = TileJob(spark, plan, group, window)
@@ -154,23 +162,24 @@ def _materialize_group(
         step(f"{name}: writing tiles")
         write_tiles(tiles, str(run.folder))
         counts = job.counts(job.tiles())  # the cached tiles: no recomputation
+        latest = _latest(counts.last_event, None if rebuild else latest_event(table))
+        covered = _covered(window, latest, group, tables.offline.allowed_lateness)
+        properties = {VERSION_PROPERTY: plan.hash, "robusta.events": str(counts.events)}
+        if latest is not None:
+            properties[LATEST_PROPERTY] = str(latest)
         step(f"{name}: committing")
-        snapshot = tables.replace(
-            table,
-            old_files,
-            run,
-            {
-                "robusta.spec-version": plan.hash,
-                "robusta.events": str(counts.events),
-            },
-            covered=_covered(window, counts.last_bucket, group),
-            group=group,
-        )
+        if rebuild:  # every old tile out and the new layout in, one commit
+            snapshot = tables.rebuild(table, run, properties, covered, group)
+        else:
+            snapshot = tables.replace(
+                table, old_files, run, properties, covered=covered, group=group
+            )
     finally:
         job.release()
     report = _table_report(plan, tables.identifier(name), counts, snapshot, started)
     report.range = _range_text(window)
     report.carried_over_files = len(old_files) if window.bounded else 0
+    report.covered_until = None if covered is None or covered[1] is None else _iso(covered[1])
     return report
 
 
@@ -226,14 +235,25 @@ def _table_report(
     )
 
 
-def _covered(window: Range, last_bucket: int | None, group: TileGroup) -> Span:
-    """What the run made complete: its range; or, over all data, all time up to now or to the
-    end of the last tile with events, whichever is later (events may still arrive after)."""
-    if window.bounded:
-        return (window.start, window.end)
-    gmin = group.layout.finest.micros
-    now = floor_to(to_micros(datetime.now(UTC)), gmin)
-    return (None, now if last_bucket is None else max(now, last_bucket + gmin))
+def _latest(*times: int | None) -> int | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def _covered(
+    window: Range, latest: int | None, group: TileGroup, lateness: Duration
+) -> Span | None:
+    """What the run made complete: whole finest buckets up to ``floor(latest event -
+    allowed lateness, gmin)`` (never wall-clock now), within its range if it has one. Events
+    landing later than that are late: they never change a bucket behind a served pointer."""
+    if latest is None:
+        return None  # no event at all: nothing is known to be complete
+    ready = floor_to(latest - lateness.micros, group.layout.finest.micros)
+    if not window.bounded:
+        return (None, ready)
+    assert window.start is not None and window.end is not None
+    end = min(window.end, ready)
+    return (window.start, end) if end > window.start else None
 
 
 def _carried_over(
@@ -249,9 +269,11 @@ def _carried_over(
     return frame.where(f"NOT ({inside})")
 
 
-def _range_text(window: Range) -> tuple[str | None, str | None]:
-    from robusta.spec.durations import from_micros
+def _iso(micros: int) -> str:
+    return from_micros(micros).isoformat()
 
+
+def _range_text(window: Range) -> tuple[str | None, str | None]:
     if not window.bounded:
         return (None, None)
     assert window.start is not None and window.end is not None

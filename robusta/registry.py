@@ -194,6 +194,7 @@ class Freshness:
     """What is stored for a feature's spec, offline and online (None: nothing yet)."""
 
     materialized_until: str | None = None  # end of the tile table's coverage
+    latest_event: str | None = None  # the latest event time the tiles hold
     tile_table_version: str | None = None  # the spec version that wrote the tiles
     tile_files: int | None = None
     tile_records: int | None = None
@@ -223,13 +224,15 @@ def freshness(workspace: Workspace, entry: FeatureEntry) -> Freshness:
 
 
 def _offline(out: Freshness, offline: Any, table_name: str) -> None:
-    from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage
+    from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage, latest_event
 
     table = TileTables(offline).load(table_name)
     if table is None:
         return
     ends = [b for _, b in coverage(table) if b is not None]
     out.materialized_until = _iso(max(ends)) if ends else None
+    latest = latest_event(table)
+    out.latest_event = None if latest is None else _iso(latest)
     out.tile_table_version = table.properties.get(VERSION_PROPERTY)
     snapshot = table.current_snapshot()
     if snapshot is None:

@@ -44,7 +44,7 @@ from robusta.engine.spark.sources import read_stream
 from robusta.engine.spark.streaming import batch_stats, batch_tiles, split_late
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import CHANGED, advance, bucket_micros, open_only
+from robusta.plan.open_tiles import BUCKET, CHANGED, advance, bucket_micros, open_only
 from robusta.plan.selection import choose_specs
 from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
@@ -57,6 +57,8 @@ from robusta.store.tiles import (
     coverage,
     files_where,
     local_path,
+    read_bucket,
+    tile_identity,
     write_tile_files,
 )
 from robusta.workspace import Workspace
@@ -270,14 +272,6 @@ class SpecStream:
                 ends += [b for _, b in coverage(table) if b is not None]
         known = [e for e in ends if e is not None]
         pointer = floor_to(max(known), self.gmin) if known else None
-        if pointer is not None and pointer % self.largest:
-            largest = self.plan.spec.granularities[0].name
-            raise StreamingError(
-                f"spec {self.plan.name} already has tiles (Iceberg coverage or online pointer) "
-                f"up to {_iso(pointer)}, inside a {largest} bucket; a stream starts where they "
-                f"end, and this version can only start on a {largest} boundary (it cannot "
-                "merge into batch tiles of an open bucket): see docs/streaming.md, Limits"
-            )
         _write_json(path, {"pointer": pointer, "created": _iso(to_micros(datetime.now(UTC)))})
         self.__dict__.pop("_start", None)  # read again by the batches
 
@@ -374,11 +368,37 @@ class SpecStream:
             stored = None
             if before["tiles_from"] is not None:
                 stored = open_only(self._tiles(before["tiles_from"], group), group, pointer)
+            elif self._seeded:
+                stored = self._seed(group, pointer)
             partial = batch_tiles(spark, self.plan, group, on_time)
             tiles = advance(group, self.plan.hash, stored, partial)
             folder = tmp / group.layout.table
             folder.mkdir(parents=True)
             pq.write_table(tiles, folder / "tiles.parquet")
+
+    @property
+    def _seeded(self) -> bool:
+        """Whether the stream starts inside a largest bucket that a batch run began."""
+        pointer = self._start["pointer"]
+        return pointer is not None and pointer % self.largest != 0
+
+    def _seed(self, group: TileGroup, pointer: int | None) -> pa.Table | None:
+        """The open tiles of the largest bucket the stream starts in, from the batch run's
+        Iceberg tiles before ``pointer`` (its finest tiles, rolled up as the stream rolls up):
+        the stream continues that bucket instead of starting it empty."""
+        table = self.tables.load(group.layout.table)
+        if table is None or pointer is None:
+            return None
+        opened = floor_to(pointer, self.largest)
+        files = self.tables.files_by_bucket(table, opened, pointer)
+        identity = tile_identity(group)
+        parts = [read_bucket(p, b, opened, pointer, identity=identity) for b, p in files.items()]
+        tiles = pa.concat_tables(parts, promote_options="default") if parts else None
+        if tiles is None or tiles.num_rows == 0:
+            return None
+        finest = tiles.filter(pc.equal(tiles.column("granularity"), group.layout.finest.name))
+        partial = finest.append_column(BUCKET, bucket_micros(finest))
+        return open_only(advance(group, self.plan.hash, None, partial), group, pointer)
 
     def _previous(self, batch_id: int) -> dict[str, Any]:
         """Meta of the latest complete state before ``batch_id`` (or the start's)."""
@@ -446,11 +466,12 @@ class SpecStream:
     ) -> list[Any]:
         """Other writers' data files holding tiles of the buckets this batch closes; their
         other rows are written to ``folder`` (the commit replaces the files). Only looked
-        for when another writer committed since the stream started: before its start, batch
-        runs covered no bucket it ever holds open."""
+        for when another writer committed since the stream started (before its start, batch
+        runs covered no bucket it holds open), or when it continues a batch run's bucket."""
         created = datetime.strptime(self._start["created"], "%Y-%m-%dT%H:%M:%SZ")
         since = int(created.replace(tzinfo=UTC).timestamp() * 1000)
-        if not any(
+        # A stream seeded from a batch run's open bucket replaces that run's tiles too.
+        if not self._seeded and not any(
             snapshot.timestamp_ms >= since and summary.get(QUERY_PROPERTY) != meta["query"]
             for snapshot, summary in _summaries(table)
         ):

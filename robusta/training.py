@@ -17,28 +17,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from robusta.errors import RobustaError
 from robusta.plan.selection import GroupRequest, resolve_features
 from robusta.spec.durations import floor_to, from_micros
-from robusta.spec.suggest import did_you_mean
+from robusta.store.tiles import TileTables
+from robusta.training_rows import (
+    ICEBERG_PREFIX,
+    StagedRows,
+    TrainingInputError,
+    check_columns,
+    stage_rows,
+)
 from robusta.workspace import Workspace, load_workspace
 
-if TYPE_CHECKING:
-    from robusta.store.tiles import TileTables
-
 Step = Callable[[str], None]
-ICEBERG_PREFIX = "iceberg:"
-_TIME_TYPES = ("timestamp", "timestamp_ntz", "date")
-
-
-class TrainingInputError(RobustaError, ValueError):
-    """Training rows that cannot be joined as given (missing column, wrong type, ...)."""
 
 
 class MissingTilesError(RobustaError, LookupError):
     """Tiles the rows need are not materialized and materializing was not allowed."""
+
+
+class StaleTilesError(MissingTilesError):
+    """The stored tiles are of another spec version; a reading API never rebuilds them."""
 
 
 @dataclass
@@ -100,16 +102,23 @@ def get_training_frame(
     if source not in ("tiles", "logged"):
         raise TrainingInputError(f'source must be "tiles" or "logged", not "{source}"')
     if source == "logged":
-        from robusta.logged import logged_frame
+        from robusta.logged import logged_frame, require_logs
 
         if rows is not None:
             raise TrainingInputError('source="logged" reads the rows from the log: pass rows=None')
-        return logged_frame(spark_session(project_config.spark), workspace, features, since)
+        logs = require_logs(workspace, features, since)  # before Spark starts
+        return logged_frame(spark_session(project_config.spark), workspace, logs, since)
+    # Everything that can be wrong with the request is found before Spark starts.
     requests = resolve_features(workspace.plan, features)
+    times = [timestamp_column, *([version_column] if version_column else [])]
+    staged, kinds = stage_rows(rows, project_config.offline, times)
+    key_columns = check_columns(
+        kinds, requests, timestamp_column, entity_columns, version_column
+    )
+    refuse_stale(TileTables(project_config.offline), requests)
     step("starting Spark")
     spark = spark_session(project_config.spark)
-    frame = read_rows(spark, rows, workspace)
-    key_columns = check_rows(frame, requests, timestamp_column, entity_columns, version_column)
+    frame = spark_rows(spark, staged)
     prepared = prepare_rows(frame, timestamp_column, version_column).persist()
     step("scanning training rows")
     # A version pointer moves windows earlier: the oldest tile needed may be before min(t),
@@ -154,74 +163,30 @@ def get_training_frame(
     return finish(joined, version_column is not None, order)
 
 
-def read_rows(spark: Any, rows: Any, workspace: Workspace) -> Any:
-    """Training rows as a Spark DataFrame."""
-    if hasattr(rows, "sparkSession") and hasattr(rows, "schema"):
-        return rows
-    if type(rows).__module__.startswith("pandas"):
-        return spark.createDataFrame(rows)
-    if isinstance(rows, str) and rows.startswith(ICEBERG_PREFIX):
-        return _read_iceberg(spark, rows[len(ICEBERG_PREFIX) :], workspace)
-    path = Path(rows)
-    if not path.exists():
-        raise TrainingInputError(f"no training rows at {path}: give a Parquet or CSV path")
-    if path.suffix.lower() == ".csv" or (path.is_dir() and any(path.glob("*.csv"))):
-        return spark.read.option("header", "true").option("inferSchema", "true").csv(str(path))
-    return spark.read.parquet(str(path))
+def spark_rows(spark: Any, staged: StagedRows) -> Any:
+    """Staged training rows as a Spark DataFrame."""
+    if staged.spark_frame is not None:
+        return staged.spark_frame
+    if staged.table is not None:
+        return spark.createDataFrame(staged.table)
+    assert staged.path is not None
+    return spark.read.parquet(staged.path)
 
 
-def _read_iceberg(spark: Any, identifier: str, workspace: Workspace) -> Any:
-    from pyiceberg.exceptions import NoSuchTableError
+def refuse_stale(tables: TileTables, requests: Sequence[GroupRequest]) -> None:
+    """A stale tile table (the spec changed) is reported with the command that rebuilds it;
+    a reading API never rebuilds one (a stream and an upload may depend on it)."""
+    from robusta.store.tiles import STALE, table_state
 
-    from robusta.store.catalog import open_catalog
-
-    assert workspace.project.config is not None
-    catalog = open_catalog(workspace.project.config.offline)
-    try:
-        table = catalog.load_table(identifier)
-    except NoSuchTableError as exc:
-        raise TrainingInputError(f'no Iceberg table "{identifier}" in the catalog') from exc
-    files = [task.file.file_path for task in table.scan().plan_files()]
-    if not files:
-        raise TrainingInputError(f'Iceberg table "{identifier}" has no rows')
-    return spark.read.parquet(*files)
-
-
-def check_rows(
-    frame: Any,
-    requests: Sequence[GroupRequest],
-    timestamp_column: str,
-    entity_columns: Mapping[str, str] | None,
-    version_column: str | None,
-) -> dict[str, list[str]]:
-    """Check the rows' columns before any job runs; returns each table's key columns."""
-    types = {f.name: f.dataType.typeName() for f in frame.schema.fields}
-    mapping = dict(entity_columns or {})
-
-    def need(column: str, what: str, allowed: tuple[str, ...]) -> None:
-        if column not in types:
-            raise TrainingInputError(
-                f'the training rows have no {what} column "{column}"'
-                f"{did_you_mean(column, types)}; columns: {', '.join(types)}"
-            )
-        if types[column] not in allowed:
-            raise TrainingInputError(
-                f'{what} column "{column}" is {types[column]}; it must be one of '
-                f"{', '.join(allowed)} (CAST it first)"
-            )
-
-    need(timestamp_column, "timestamp", (*_TIME_TYPES, "string"))
-    if version_column is not None:
-        need(version_column, "version-pointer", (*_TIME_TYPES, "string"))
-    keys: dict[str, list[str]] = {}
     for request in requests:
-        columns = []
-        for key in request.group.layout.keys:
-            column = mapping.get(key.entity, key.entity)
-            need(column, f"{key.entity} entity", ("string", "long", "integer", "short", "byte"))
-            columns.append(column)
-        keys[request.group.layout.table] = columns
-    return keys
+        table = tables.load(request.group.layout.table)
+        if table is not None and table_state(table, request.group, request.spec.hash) == STALE:
+            name = request.spec.name
+            raise StaleTilesError(
+                f"tiles of spec {name} are stale (the spec changed since they were written): "
+                f"run `robusta materialize --spec {name} --rebuild` first (it swaps the new "
+                "tiles in with one commit), then upload them if they are served"
+            )
 
 
 def _plan_join(
@@ -262,7 +227,9 @@ def _ready_table(
     step: Step,
     report: BackfillReport,
 ) -> Any:
-    """The group's tile table, materialized first when missing, stale or not covering."""
+    """The group's tile table; tiles missing for the rows' time range (or only lacking added
+    features) are computed first. A stale table (the spec changed) is never rebuilt here: a
+    stream and an upload may depend on it, so that is reported with the command to run."""
     from robusta.materialize import materialize
     from robusta.store.tiles import ADD, STALE, coverage, table_state, uncovered
 
@@ -270,19 +237,29 @@ def _ready_table(
     name = request.spec.name
     table = tables.load(request.group.layout.table)
     state = None if table is None else table_state(table, request.group, request.spec.hash)
-    stale, added = state == STALE, state == ADD
-    missing = table is None or uncovered(coverage(table), needed)
-    if not (stale or added or missing):
+    if state == STALE:
+        refuse_stale(tables, [request])
+    spans = [] if table is None else coverage(table)
+    ends = [b for _, b in spans if b is not None]
+    if end is not None and ends and end > max(ends):
+        # Rows after the coverage get the events ingested so far: rerunning cannot complete
+        # buckets the data has not reached yet.
+        step(
+            f"rows reach past the end of spec {name}'s complete tiles ({_iso(max(ends))}); "
+            "their features use the events ingested so far"
+        )
+        end = max(ends)
+    added = state == ADD
+    missing = table is None or uncovered(spans, (since, end))
+    if not (added or missing):
         return table
-    ranged = table is not None and not stale and not added and since is not None and end is not None
+    ranged = table is not None and not added and since is not None and end is not None
     why = (
-        "stale (the spec changed)"
-        if stale
-        else "without the added features (merge on read computes just those)"
+        "without the added features (merge on read computes just those)"
         if added
         else "missing for the rows' time range"
     )
-    command = f"robusta materialize --spec {name}" + (" --rebuild" if stale else "")
+    command = f"robusta materialize --spec {name}"
     if ranged:
         assert since is not None and end is not None
         command += f" --start {_iso(since)} --end {_iso(end)}"
@@ -293,7 +270,7 @@ def _ready_table(
         assert since is not None and end is not None
         materialize(workspace, [name], from_micros(since), from_micros(end), step=step)
     else:
-        materialize(workspace, [name], rebuild=stale, step=step)
+        materialize(workspace, [name], step=step)
     report.materialized.append(name)
     return tables.load(request.group.layout.table)
 
@@ -303,8 +280,20 @@ def _iso(micros: int) -> str:
 
 
 def to_pandas(frame: Any) -> Any:
-    """A small training frame as pandas (needs pandas installed)."""
-    return frame.toPandas()
+    """A small training frame as pandas (needs pandas installed); times stay UTC-aware
+    (Spark hands them over as naive times of its session time zone, UTC)."""
+    pandas_frame = frame.toPandas()
+    for f in frame.schema.fields:
+        if f.dataType.typeName() == "timestamp" and pandas_frame[f.name].dt.tz is None:
+            pandas_frame[f.name] = pandas_frame[f.name].dt.tz_localize("UTC")
+    return pandas_frame
 
 
-__all__ = ["BackfillReport", "get_training_frame", "resolve_features", "to_pandas"]
+__all__ = [
+    "ICEBERG_PREFIX",
+    "BackfillReport",
+    "TrainingInputError",
+    "get_training_frame",
+    "resolve_features",
+    "to_pandas",
+]

@@ -255,6 +255,42 @@ def test_materialized_year_matches_the_reference(
         want_sum = reference_value("sum", {}, by_key[key], None, 2**62)
         assert math.isclose(totals[i], want_sum, rel_tol=1e-9, abs_tol=1e-6), key
         assert counts[i] == reference_value("count", {}, by_key[key], None, 2**62)
+    _check_plain_upload(workspace, events, group)
+
+
+def _check_plain_upload(workspace: Any, events: pa.Table, group: Any) -> None:
+    """A plain upload after the plain materialize serves the log's latest data: the pointer
+    is floor(latest event - allowed lateness (1h), 5m), not wall-clock now, and lookups at
+    it equal the reference evaluator over the events before it."""
+    from robusta.serving.client import FeatureClient
+    from robusta.serving.upload import upload
+    from robusta.spec.durations import from_micros
+
+    latest = pc.max(events.column("ts")).as_py()
+    pointer = floor_to(latest - HOUR, FIVE_MIN)
+    (done,) = upload(workspace, ["customer_purchases"]).specs
+    assert done.pointer == from_micros(pointer).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert done.records > 0 and not done.note
+    customers = events.column("customer_id").to_pylist()
+    busiest = [k for k, _ in Counter(customers).most_common(20)]
+    ts, amounts = events.column("ts").to_pylist(), events.column("amount").to_pylist()
+    spend = next(f for f in group.features if f.name == "customer_spend")
+    with FeatureClient.from_config(workspace.project.file) as client:
+        vectors = client.get_features([{"CUSTOMER_ID": k} for k in busiest], ["customer_spend"])
+    served = 0
+    for key, vector in zip(busiest, vectors, strict=True):
+        assert vector.pointers["customer_purchases"] == from_micros(pointer)
+        mine = [(t, a) for c, t, a in zip(customers, ts, amounts, strict=True) if c == key]
+        for output in spend.outputs:
+            start, end = window_bounds(pointer, output.window, FIVE_MIN)
+            want = reference_value("sum", {}, mine, start, end)
+            got = vector.values[output.name]
+            served += got is not None
+            if want is None:
+                assert got is None, (key, output.name)
+            else:
+                assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6), (key, output.name)
+    assert served > 0  # the latest data is served, not an empty window at wall-clock now
 
 
 @pytest.mark.spark

@@ -63,6 +63,7 @@ class SpecUpload:
     records: int = 0
     dropped: int = 0
     seconds: float = 0.0
+    note: str = ""  # why nothing was served, when records is 0
 
 
 @dataclass
@@ -132,6 +133,12 @@ class _SpecUpload:
         for group, table in loaded:
             records = self._records(group, table, horizon, pointer, done)
             done.records += self.store.write(self.plan.name, generation, records)
+        if done.records == 0:
+            done.note = (
+                f"no key has tiles between the horizon {_iso(horizon)} and the pointer "
+                f"{_iso(pointer)}: lookups will find no values (materialize the events of "
+                "that time, or upload --at an earlier time the tiles cover)"
+            )
         state = SpecState(
             generation=generation,
             pointer=pointer,
@@ -176,7 +183,14 @@ class _SpecUpload:
         now = to_micros(datetime.now().astimezone())
         if at is None:
             ends = [b for _, b in spans if b is not None]
-            return floor_to(min(max(ends, default=now), now), gmin)
+            if not ends:
+                raise UploadError(
+                    f"the tiles of spec {self.plan.name} hold no complete bucket yet (a run "
+                    "covers buckets up to its latest event minus offline.allowed_lateness): "
+                    f"run `robusta materialize --spec {self.plan.name}` once more data landed, "
+                    "or lower offline.allowed_lateness"
+                )
+            return floor_to(min(max(ends), now), gmin)
         if not any((a is None or a <= at) and (b is None or at <= b) for a, b in spans):
             raise UploadError(
                 f"the tiles of spec {self.plan.name} do not cover {_iso(at)}: run "

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
-
-import pyarrow
-import pyarrow.dataset
 
 from robusta.errors import ConfigNotFoundError, Location, Problem
 from robusta.spec.checks import Checker
 from robusta.spec.durations import Duration
 from robusta.spec.model import (
+    DEFAULT_LATENESS,
     ONLINE_TYPES,
     SOURCE_FORMATS,
     STREAM_FORMATS,
@@ -239,6 +238,8 @@ def _schema(check: Checker, path: tuple[str, ...]) -> tuple[Column, ...] | None:
 
 def _parquet_schema(path: Path) -> tuple[Column, ...] | None:
     """The schema of existing Parquet files, so undeclared columns can still be checked."""
+    import pyarrow.dataset  # imports pandas: only where a Parquet source is declared
+
     try:
         dataset = pyarrow.dataset.dataset(path, format="parquet")
         return schema_from_arrow(dataset.schema) if dataset.files else None
@@ -271,7 +272,9 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     default_catalog = {"type": "sql", "uri": f"sqlite:///{root / '.robusta' / 'catalog.db'}"}
     if check.get(("offline",)) is None:
         return OfflineConfig(default_catalog, root / ".robusta" / "warehouse", "robusta")
-    check.section(("offline",), (), ("catalog", "warehouse", "namespace"))
+    check.section(
+        ("offline",), (), ("catalog", "warehouse", "namespace", "allowed_lateness")
+    )
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
     if check.get(("offline", "catalog")) is not None:
         check.section(("offline", "catalog"), ("type", "uri"), ("warehouse", "properties"))
@@ -293,7 +296,16 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
         catalog["uri"] = f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
     warehouse = root / (check.text(("offline", "warehouse")) or ".robusta/warehouse")
     namespace = check.text(("offline", "namespace")) or "robusta"
-    return OfflineConfig(catalog, warehouse, namespace)
+    lateness = _lateness(check, ("offline", "allowed_lateness"))
+    return OfflineConfig(catalog, warehouse, namespace, lateness)
+
+
+def _lateness(check: Checker, path: tuple[str, ...]) -> Duration:
+    """A duration that may also be zero (``0``, ``0s``: buckets are final at once)."""
+    text = check.text(path)
+    if text is not None and re.fullmatch(r"\s*0+\s*[smhdw]?\s*", text):
+        return Duration(0)
+    return _duration(check, path, DEFAULT_LATENESS.name)
 
 
 def _online(check: Checker, root: Path) -> OnlineConfig:

@@ -14,6 +14,7 @@ from robusta.spec.types import Column, DataType
 SOURCE_FORMATS = ("csv", "json", "parquet", "iceberg", "python")
 ONLINE_TYPES = ("embedded", "redis", "aerospike")
 STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
+DEFAULT_LATENESS = Duration(3_600_000_000)  # offline.allowed_lateness: 1h
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,9 @@ class OfflineConfig:
     catalog: Mapping[str, Any]
     warehouse: Path
     namespace: str
+    # A batch run covers whole buckets up to floor(latest event - allowed_lateness, gmin):
+    # events landing within it never change a bucket behind a pointer that was served.
+    allowed_lateness: Duration = DEFAULT_LATENESS
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ COLUMNS_PROPERTY = "robusta.ir-columns"  # JSON {ir column: feature hash} of the
 KEY_BUCKETS_PROPERTY = "robusta.key-buckets"
 COVERAGE_PROPERTY = "robusta.coverage"  # JSON [[start, end], ...] in epoch micros; null = open
 RUN_PROPERTY = "robusta.run-id"
+LATEST_PROPERTY = "robusta.latest-event"  # epoch micros of the latest event a run tiled
+_TABLE_LABELS = (VERSION_PROPERTY, LATEST_PROPERTY)  # run properties also set on the table
 RUNS_FOLDER = "runs"
 TS_TYPE = pa.timestamp("us", tz="UTC")
 # A commit that finds the table changed must fail, not be replayed by pyiceberg on the new
@@ -100,11 +102,9 @@ class TileTables:
 
     def ensure(self, group: TileGroup, version: str, *, rebuild: bool = False) -> Any:
         """The group's table, created if missing; refuses tiles of another spec version
-        unless that version only adds IR columns (see :func:`new_features`)."""
+        unless that version only adds IR columns (see :func:`new_features`), or ``rebuild``
+        (the run then replaces every tile and the layout in one commit: :meth:`rebuild`)."""
         table = self.load(group.layout.table)
-        if table is not None and rebuild:
-            self.catalog.drop_table(self.identifier(group.layout.table))
-            table = None
         if table is None:
             return self._create(group, version)
         if not NO_COMMIT_RETRY.items() <= table.properties.items():  # tables made before
@@ -112,7 +112,7 @@ class TileTables:
                 tx.set_properties(**NO_COMMIT_RETRY)
             table = self.catalog.load_table(self.identifier(group.layout.table))
         stored = table.properties.get(VERSION_PROPERTY)
-        if table_state(table, group, version) == STALE:
+        if not rebuild and table_state(table, group, version) == STALE:
             raise SpecChangedError(
                 f'the tiles in table "{self.identifier(group.layout.table)}" were written by '
                 f"spec version {stored}, the spec is now version {version}: rerun "
@@ -252,9 +252,37 @@ class TileTables:
             extra[COLUMNS_PROPERTY] = json.dumps(column_hashes(group), sort_keys=True)
             if VERSION_PROPERTY in properties:
                 extra[VERSION_PROPERTY] = properties[VERSION_PROPERTY]
+        extra.update({k: v for k, v in properties.items() if k == LATEST_PROPERTY})
         if covered is not None:
             extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
         swap_files(table, old_files, new_paths, summary, extra)
+        refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
+        snapshot = refreshed.current_snapshot()
+        return int(snapshot.snapshot_id) if snapshot is not None else 0
+
+
+    def rebuild(
+        self,
+        table: Any,
+        run: Run,
+        properties: dict[str, str],
+        covered: Span | None,
+        group: TileGroup,
+    ) -> int:
+        """One commit that makes ``run`` the whole table: every stored file out, the run's
+        files in, the schema, column hashes, key bucketing and coverage those of ``group``.
+        Until it lands, readers see the previous tiles, complete; a run stopped before it
+        leaves only an orphan run folder (see :meth:`clean_orphans`)."""
+        old_files = self.overlapping_files(table, None, None)
+        new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
+        summary = {**properties, RUN_PROPERTY: run.id, "robusta.rebuild": "true"}
+        labels = {
+            **{k: v for k, v in properties.items() if k in _TABLE_LABELS},
+            COLUMNS_PROPERTY: json.dumps(column_hashes(group), sort_keys=True),
+            KEY_BUCKETS_PROPERTY: str(group.layout.key_buckets),
+            COVERAGE_PROPERTY: json.dumps(merge_spans([covered] if covered else [])),
+        }
+        swap_files(table, old_files, new_paths, summary, labels, relayout=tile_schema(group))
         refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
         snapshot = refreshed.current_snapshot()
         return int(snapshot.snapshot_id) if snapshot is not None else 0
@@ -274,10 +302,13 @@ def swap_files(
     new_paths: Sequence[str],
     summary: dict[str, str] | None = None,
     properties: dict[str, str] | None = None,
+    *,
+    relayout: pa.Schema | None = None,
 ) -> None:
     """One overwrite snapshot removing ``old_files`` and adding the Parquet ``new_paths``
     (pyiceberg ``add_files`` style: no rewrite), with table ``properties`` set in the same
-    commit; readers see the old files or the new ones, never a mix."""
+    commit; readers see the old files or the new ones, never a mix. ``relayout``: the
+    table's schema becomes this one in the same commit (a rebuild)."""
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.io.pyarrow import parquet_files_to_data_files
     from pyiceberg.table import TableProperties
@@ -286,7 +317,9 @@ def swap_files(
         with table.transaction() as tx:
             if properties:
                 tx.set_properties(**properties)
-            if tx.table_metadata.name_mapping() is None:
+            if relayout is not None:
+                _relayout(tx, relayout)
+            if relayout is not None or tx.table_metadata.name_mapping() is None:
                 mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
                 tx.set_properties(**{TableProperties.DEFAULT_NAME_MAPPING: mapping})
             with tx.update_snapshot(snapshot_properties=summary or {}).overwrite() as overwrite:
@@ -301,6 +334,23 @@ def swap_files(
             f"another writer (a stream or a second run) committed to {table.name()[-1]} while "
             f"this run wrote it; nothing of this run was committed: rerun it ({exc})"
         ) from None
+
+
+# Never re-created by a rebuild: the partition spec is defined on them.
+_LAYOUT_FIXED = ("key_bucket", "granularity", "bucket_start", "events", "spec_version")
+
+
+def _relayout(tx: Any, schema: pa.Schema) -> None:
+    """Stage ``schema`` as the table's schema: every column but the fixed ones is dropped and
+    added again (a rebuilt column may change type), keys first, in the transaction ``tx``."""
+    with tx.update_schema(allow_incompatible_changes=True) as drop:
+        for field in tx.table_metadata.schema().fields:
+            if field.name not in _LAYOUT_FIXED:
+                drop.delete_column(field.name)
+    with tx.update_schema() as add:
+        add.union_by_name(schema)
+        for name in reversed(schema.names[: schema.names.index("key_bucket")]):
+            add.move_first(name)
 
 
 def column_hashes(group: TileGroup) -> dict[str, str]:
@@ -463,6 +513,12 @@ def local_path(location: str) -> Path:
 
 
 Span = tuple[int | None, int | None]  # [start, end) in epoch micros; None = unbounded
+
+
+def latest_event(table: Any) -> int | None:
+    """The latest event time any run of the table tiled (epoch micros), if recorded."""
+    text = table.properties.get(LATEST_PROPERTY)
+    return None if not text else int(text)
 
 
 def coverage(table: Any) -> list[Span]:

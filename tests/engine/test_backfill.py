@@ -248,7 +248,7 @@ def test_cli_backfill_to_parquet_and_iceberg(project: Project, tmp_path: Path) -
         (["--features", "n_event_1h"], 'no feature, base feature or spec named "n_event_1h"'),
         (["--timestamp-column", "when"], 'no timestamp column "when"'),
         (["--entity-column", "USER_ID=usr"], 'no USER_ID entity column "usr"'),
-        (["--timestamp-column", "label"], 'timestamp column "label" is long'),
+        (["--timestamp-column", "label"], 'time column "label" is int64'),
         (["--entity-column", "USER_ID"], '"USER_ID" is not ENTITY=COLUMN'),
     ],
 )
@@ -290,12 +290,14 @@ def test_hot_buckets_split_by_time_give_the_same_frame(
 
 def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
     from robusta.engine.spark.pit import join_group, prepare_rows
-    from robusta.training import _plan_join, check_rows, resolve_features
+    from robusta.training import _plan_join, resolve_features
+    from robusta.training_rows import check_columns, stage_rows
 
     rows = training_rows(project.events, 60)
     frame = spark.createDataFrame(rows.to_pandas())
     (request,) = resolve_features(project.workspace.plan, ["n_events_1h"])
-    keys = check_rows(frame, [request], "ts", None, None)[request.group.layout.table]
+    _, kinds = stage_rows(frame, project.workspace.project.config.offline, ["ts"])  # type: ignore[union-attr]
+    keys = check_columns(kinds, [request], "ts", None, None)[request.group.layout.table]
     prepared = prepare_rows(frame, "ts", None)
     times = pc.cast(rows.column("ts"), pa.int64())
     lo, hi = pc.min(times).as_py(), pc.max(times).as_py()

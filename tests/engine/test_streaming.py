@@ -518,3 +518,30 @@ def test_preassembled_specs_are_refused(spark: Any, tmp_path: Path) -> None:
     workspace = streaming_project(tmp_path, SMALL_SPEC, extra=extra)
     with pytest.raises(StreamingError, match=re.escape("set online.modes.engagement: assemble")):
         stream(workspace, available_now=True)
+
+
+def test_a_stream_starts_after_a_batch_run_inside_its_day(spark: Any, tmp_path: Path) -> None:
+    """materialize + upload of the first part (coverage ends inside a day, at the data), then
+    a stream over the landing folder: it continues the batch run's open day from its tiles,
+    every closed tile is in Iceberg once and lookups equal the reference over all events."""
+    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    events = generate_events(
+        GeneratorConfig(seed=29, days=3, events_per_day=600, users=25, items=50, channels=4)
+    )
+    first, second = by_time(events, 2)  # the batch ends inside day 2, the stream closes it
+    land(tmp_path / "data", first, "part-0", order=0)
+    (report,) = materialize(workspace)
+    (done,) = upload(workspace).specs
+    ts = pc.cast(first.column("event_ts"), pa.int64())
+    covered = floor_to(int(pc.max(ts).as_py()) - 60 * MIN, GMIN)  # allowed lateness 1h
+    assert report.covered_until == from_micros(covered).isoformat()
+    assert done.pointer == from_micros(covered).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert covered % DAY != 0  # the stream starts inside a day the batch run began
+    hour = covered - covered % (60 * MIN)
+    assert pc.sum(pc.and_(pc.greater_equal(ts, hour), pc.less(ts, covered))).as_py() > 0
+    land(tmp_path / "data", second, "part-1", order=1)
+    stream(workspace, available_now=True)
+    (plan,) = workspace.plan.specs
+    (group,) = plan.groups
+    assert_iceberg_tiles_equal_reference(workspace, events, group)
+    assert_lookups_equal_reference(workspace, tmp_path, events, group)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from robusta.engine.spark.tiles import BUCKET, Range, TileJob, q
+from robusta.engine.spark.tiles import BUCKET, LAST_EVENT, Range, TileJob, q
 from robusta.plan.model import SpecPlan, TileGroup
 
 
@@ -82,6 +82,6 @@ def batch_tiles(spark: Any, plan: SpecPlan, group: TileGroup, on_time_view: str)
     keys = [k.column for k in group.layout.keys]
     valid = " AND ".join([f"{q(k)} IS NOT NULL" for k in keys] + [f"{BUCKET} IS NOT NULL"])
     try:
-        return job.finest_all().where(valid).toArrow()
+        return job.finest_all().where(valid).drop(LAST_EVENT).toArrow()
     finally:
         job.release()

@@ -18,6 +18,7 @@ from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.durations import Duration
 
 BUCKET = "__bucket"  # bucket start, epoch microseconds
+LAST_EVENT = "__last_event"  # latest event time of a finest tile, epoch microseconds
 PARTITION_COLUMNS = ("__p_granularity", "__p_key_bucket", "__p_month")
 
 
@@ -40,6 +41,7 @@ class TileCounts:
     null_timestamps: int
     tiles: dict[str, int]
     last_bucket: int | None = None  # start of the latest finest tile (epoch micros)
+    last_event: int | None = None  # the latest event time with a key (epoch micros)
 
 
 def q(name: str) -> str:
@@ -109,7 +111,8 @@ class TileJob:
             where = f"WHERE __m IS NULL OR (__m >= {self.window.start} AND __m < {self.window.end})"
         sql = f"""
             SELECT {", ".join(f"{g} AS {q(k)}" for g, k in zip(grouped, self.keys, strict=True))},
-                   __m - pmod(__m, {size}) AS {BUCKET}, count(1) AS events, {irs}
+                   __m - pmod(__m, {size}) AS {BUCKET}, count(1) AS events,
+                   max(__m) AS {LAST_EVENT}, {irs}
             FROM (SELECT {", ".join([*keys, *inputs])}, unix_micros({ts}) AS __m, {ts} AS __ts
                   FROM {self.events_view()}) AS e
             {where}
@@ -179,6 +182,7 @@ class TileJob:
                 f"coalesce(sum(CASE WHEN NOT ({null_key}) AND {BUCKET} IS NULL THEN events "
                 "ELSE 0 END), 0) AS null_times",
                 f"max(CASE WHEN NOT ({null_key}) THEN {BUCKET} END) AS last_bucket",
+                f"max(CASE WHEN NOT ({null_key}) THEN {LAST_EVENT} END) AS last_event",
             )
             .collect()[0]
         )
@@ -187,13 +191,14 @@ class TileJob:
             for r in tiles.groupBy("granularity").count().collect()
         }
         ordered = {g.name: per.get(g.name, 0) for g in self.group.layout.granularities}
-        last = row["last_bucket"]
+        last, latest = row["last_bucket"], row["last_event"]
         return TileCounts(
             int(row["events"]),
             int(row["null_keys"]),
             int(row["null_times"]),
             ordered,
             None if last is None else int(last),
+            None if latest is None else int(latest),
         )
 
     def release(self) -> None:
