@@ -55,6 +55,8 @@ def backfill(
     is_table = output.startswith(ICEBERG_PREFIX)
     if not is_table and Path(output).exists() and not overwrite:
         raise OutputExistsError(f"{output} already exists: pass --overwrite or another path")
+    if is_table and not overwrite:  # known before any engine starts
+        _refuse_existing_table(workspace, output[len(ICEBERG_PREFIX) :])
     report = BackfillReport()
     frame = get_training_frame(
         rows,
@@ -80,6 +82,30 @@ def backfill(
     return BackfillResult(report, output, {f: int(counts[f]) for f in report.features})
 
 
+def _qualified(workspace: Workspace, identifier: str) -> str:
+    config = workspace.project.config
+    assert config is not None
+    return identifier if "." in identifier else f"{config.offline.namespace}.{identifier}"
+
+
+def _refuse_existing_table(workspace: Workspace, identifier: str) -> None:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from robusta.store.catalog import open_catalog
+
+    config = workspace.project.config
+    assert config is not None
+    identifier = _qualified(workspace, identifier)
+    try:
+        open_catalog(config.offline).load_table(identifier)
+    except NoSuchTableError:
+        return
+    raise OutputExistsError(
+        f'Iceberg table "{identifier}" already exists: pass --overwrite to replace its rows, '
+        "or choose another name"
+    )
+
+
 def _write_table(
     workspace: Workspace, frame: Any, identifier: str, overwrite: bool, step: Step
 ) -> str:
@@ -92,8 +118,7 @@ def _write_table(
 
     config = workspace.project.config
     assert config is not None
-    if "." not in identifier:
-        identifier = f"{config.offline.namespace}.{identifier}"
+    identifier = _qualified(workspace, identifier)
     folder = Path(config.offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
     frame.write.parquet(str(folder))
     paths = sorted(str(p) for p in folder.glob("*.parquet"))

@@ -200,7 +200,11 @@ def _add_columns(
     largest = group.layout.granularities[0].micros
     first = -((1 << 62) // largest) * largest
     start = spans[0][0] if spans and spans[0][0] is not None else first
-    window = Range(start, spans[-1][1]) if spans else Range()
+    end = spans[-1][1] if spans else None
+    latest = latest_event(table)
+    if latest is not None:  # and the tiles after the coverage (within the allowed lateness)
+        end = max(end if end is not None else latest, floor_to(latest, largest) + largest)
+    window = Range(start, end) if end is not None else Range()
     subset = TileGroup(group.layout, tuple(added))
     names = ", ".join(f.name for f in added)
     run = tables.start_run(table)

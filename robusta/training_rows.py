@@ -112,7 +112,10 @@ def _read_file(path: Path) -> pa.Table:
             import pyarrow.csv as pcsv
 
             files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-            return pa.concat_tables([pcsv.read_csv(f) for f in files], promote_options="default")
+            # An empty field is null, as Spark's CSV reader has it.
+            options = pcsv.ConvertOptions(strings_can_be_null=True)
+            tables = [pcsv.read_csv(f, convert_options=options) for f in files]
+            return pa.concat_tables(tables, promote_options="default")
         return ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowInvalid) as exc:
         raise TrainingInputError(f"cannot read training rows {path}: {exc}") from None

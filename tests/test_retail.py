@@ -275,7 +275,7 @@ def _check_plain_upload(workspace: Any, events: pa.Table, group: Any) -> None:
     busiest = [k for k, _ in Counter(customers).most_common(20)]
     ts, amounts = events.column("ts").to_pylist(), events.column("amount").to_pylist()
     spend = next(f for f in group.features if f.name == "customer_spend")
-    with FeatureClient.from_config(workspace.project.file) as client:
+    with FeatureClient.from_config(workspace.project.config.file) as client:
         vectors = client.get_features([{"CUSTOMER_ID": k} for k in busiest], ["customer_spend"])
     served = 0
     for key, vector in zip(busiest, vectors, strict=True):

@@ -339,3 +339,47 @@ def test_pointers_far_before_the_row_time_read_the_older_tiles(project: Project)
             assert_matches_reference(feature.op, value, inside)
             nonzero += bool(inside)
     assert nonzero > 20
+
+
+def test_rows_from_every_writer_give_the_same_frame(
+    project: Project, spark: Any, tmp_path: Path
+) -> None:
+    """The same rows written by pandas (nanoseconds), Polars (milliseconds), DuckDB, Spark
+    and as CSV with offsets backfill to the same frame (after the rows' own tiles exist)."""
+    import duckdb
+    import polars as pl
+
+    rows = training_rows(project.events, 40).select(["USER_ID", "CHANNEL_ID", "ts", "label"])
+    rows = rows.filter(pc.is_valid(rows.column("ts")))
+    # Milliseconds are what every writer here holds exactly.
+    ms = pc.cast(rows.column("ts"), pa.timestamp("ms", tz="UTC"), safe=False)
+    rows = rows.set_column(2, "ts", pc.cast(ms, pa.timestamp("us", tz="UTC")))
+    frame = rows.to_pandas()
+    frame["ts"] = frame["ts"].astype("datetime64[ns, UTC]")
+    frame.to_parquet(tmp_path / "pandas.parquet")
+    pl.from_pandas(frame).with_columns(pl.col("ts").dt.cast_time_unit("ms")).write_parquet(
+        tmp_path / "polars.parquet"
+    )
+    duck = duckdb.connect()
+    duck.register("rows", rows)
+    duck.sql("COPY rows TO '" + str(tmp_path / "duckdb.parquet") + "' (FORMAT parquet)")
+    spark.createDataFrame(frame).write.parquet(str(tmp_path / "spark"))
+    csv = frame.assign(ts=frame["ts"].dt.tz_convert("Europe/Berlin").map(lambda t: t.isoformat()))
+    csv.to_csv(tmp_path / "rows.csv", index=False)
+    inputs = {
+        "pandas": str(tmp_path / "pandas.parquet"),
+        "polars": str(tmp_path / "polars.parquet"),
+        "duckdb": str(tmp_path / "duckdb.parquet"),
+        "spark": str(tmp_path / "spark"),
+        "csv": str(tmp_path / "rows.csv"),
+        "pandas frame": frame,
+    }
+    features = ["n_events_1h", "dwell_sum_1h", "last_items_1h"]
+    frames = {}
+    for writer, source in inputs.items():
+        got = get_training_frame(source, features, workspace=project.workspace).toArrow()
+        frames[writer] = got.sort_by("label").select(["label", "USER_ID", "ts", *features])
+    want = frames["pandas"]
+    for writer, got in frames.items():
+        assert got.column("ts").type == pa.timestamp("us", tz="UTC"), writer
+        assert got.equals(want), writer
