@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -72,11 +73,30 @@ def read_tiles(
     return views
 
 
-def describe_ir(value: Any) -> str:
+def describe_ir(value: Any, limit: int = 80) -> str:
     """A short, readable form of one IR value for the terminal."""
+    text = readable(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def readable(value: Any) -> str:
+    """One stored or finalized value as a person reads it: ISO UTC times, lists in brackets,
+    structs as ``{field: value}``, sketches by their size; never a Python repr."""
     if value is None:
         return "-"
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        spec = "%Y-%m-%dT%H:%M:%S.%f" if value.microsecond else "%Y-%m-%dT%H:%M:%S"
+        return f"{value:{spec}}Z"
+    if isinstance(value, date):
+        return value.isoformat()
     if isinstance(value, bytes):
         return f"<sketch {len(value)} B>"
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {readable(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(readable(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

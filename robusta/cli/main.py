@@ -2,14 +2,20 @@
 
 Exit codes: 0 success; 1 the input has problems (each printed as path:line:column: message);
 2 the command could not run (a usage or environment error, explained); 70 an internal error
-(reported in one line; ROBUSTA_DEBUG=1 shows the traceback).
+(reported in one line; ROBUSTA_DEBUG=1 shows the traceback); 130 / 143 stopped by SIGINT
+(Ctrl-C) / SIGTERM, in one line.
+
+Spark's own output (JVM warnings, its log) goes to a file under the project's
+``.robusta/logs/``; ``--verbose`` prints which.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 import click
@@ -26,6 +33,7 @@ from rich.table import Table
 
 from robusta import __version__
 from robusta.cli.render import (
+    FitConsole,
     backfill_table,
     lookup_table,
     lookups_table,
@@ -41,13 +49,85 @@ from robusta.cli.render import (
 )
 from robusta.errors import RobustaError, ValidationError
 from robusta.spec.durations import Duration
-from robusta.workspace import load_workspace
+from robusta.workspace import Workspace
+from robusta.workspace import load_workspace as _load_workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
-# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns.
-_WIDTH = None if sys.stdout.isatty() else 180
-out = Console(highlight=False, width=_WIDTH)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 180)
+# Tables fit the terminal (rich's detection: COLUMNS, else the size of any terminal attached,
+# even when stdout is piped); they are rearranged rather than cut when narrower than a table.
+out = FitConsole(highlight=False)
+err = Console(stderr=True, highlight=False)
+_options: dict[str, bool] = {"verbose": False}
+
+
+class _Signals:
+    """SIGINT / SIGTERM while a command runs: one line on stderr and exit 128 + signal
+    number (130, 143), never a traceback. A command that can stop cleanly (a stream) sets
+    ``stop``: the first signal sets it, a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.stop: threading.Event | None = None
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        self.stop, self.received = None, None
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop is not None and self.received is None:
+            self.received = signum
+            self.stop.set()
+            return
+        stopped(signum)
+
+    def exit_if_stopped(self) -> None:
+        if self.received is not None:
+            stopped(self.received, "after the current micro-batch")
+
+
+_signals = _Signals()
+
+
+def stopped(signum: int, when: str = "") -> None:
+    """One line on stderr and exit 128 + ``signum`` now (no cleanup that could print).
+
+    Writes are unbuffered: the main thread may be inside a buffered write. Committed work
+    stays committed (every commit is atomic); the next run redoes the rest."""
+    name = signal.Signals(signum).name
+    reset = "\r\x1b[2K\x1b[?25h" if err.is_terminal else ""  # clear the spinner, show cursor
+    line = f"{reset}robusta: stopped by {name}{' ' + when if when else ''}\n"
+    try:
+        os.write(sys.__stderr__.fileno() if sys.__stderr__ else 2, line.encode())
+    finally:
+        os._exit(128 + signum)
+
+
+def load_workspace(config: Path | None = None, specs: tuple[Path, ...] = ()) -> Workspace:
+    """The project, with the Spark log of this command under its ``.robusta/logs``."""
+    workspace = _load_workspace(config, specs)
+    if workspace.project.config is not None:
+        _log_to(workspace.project.config.root)
+    return workspace
+
+
+def _log_to(root: Path) -> None:
+    from robusta.engine.spark.session import use_log_dir
+
+    def announce(path: Path) -> None:
+        err.print(f"[dim]Spark log: {escape(str(path))}[/dim]", soft_wrap=True)
+
+    use_log_dir(root / ".robusta" / "logs", announce if _options["verbose"] else None)
 
 
 def handle_errors(func: F) -> F:
@@ -60,7 +140,8 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json"))
         try:
-            return func(*args, **kwargs)
+            with _signals:
+                return func(*args, **kwargs)
         except ValidationError as exc:
             if as_json:
                 problems = [p.to_json() for p in exc.problems]
@@ -79,9 +160,11 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # the last line of defence: one line, never a traceback
             if os.environ.get("ROBUSTA_DEBUG"):
                 raise
+            first = next(iter(str(exc).strip().splitlines()), "")
             err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
-                "(rerun with ROBUSTA_DEBUG=1 for details and please report it)"
+                f"[red]internal error:[/red] {type(exc).__name__}: {escape(first)} "
+                "(rerun with ROBUSTA_DEBUG=1 for details and please report it)",
+                soft_wrap=True,
             )
             sys.exit(70)
 
@@ -108,6 +191,22 @@ config_option = click.option(
     default=None,
     help="robusta.yaml to use (default: found from the working directory upwards).",
 )
+
+
+def _set_verbose(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _options["verbose"] = True
+
+
+def _verbose_option() -> click.Option:
+    return click.Option(
+        ["--verbose", "-v"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbose,
+        help="Also say where Spark's log goes (.robusta/logs/ of the project).",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -176,6 +275,7 @@ def demo(config: Path | None, days: int) -> None:
     from robusta.spec.config import find_config
 
     path = config or find_config()
+    _log_to(path.parent)
     with out.status("starting") as status:
         result = run_demo(path, days=days, step=status.update)
     data = result.data
@@ -214,33 +314,39 @@ def demo(config: Path | None, days: int) -> None:
             ],
         )
     out.print(estimates)
+    if result.examples:
+        out.print("4. Windows are assembled from the fewest tiles, largest first:")
     for example in result.examples:
         sizes = Counter(t.size for t in example.tiles)
         parts = " + ".join(
             f"{n} x {_duration_name(s)}" for s, n in sorted(sizes.items(), reverse=True)
         )
         out.print(
-            f"4. {example.feature} at {example.at:%Y-%m-%d %H:%M:%S} UTC is assembled "
-            f"from {len(example.tiles)} tiles: {parts}"
+            f"   {example.feature} at {example.at:%Y-%m-%d %H:%M:%S} UTC: "
+            f"{len(example.tiles)} tiles, {parts}"
         )
     if result.materialized:
-        out.print(materialize_table(result.materialized))
+        materialized = materialize_table(result.materialized)
+        materialized.title = f"5. {materialized.title}"
+        out.print(materialized)
         first = result.materialized[0]
         out.print(f"Inspect them: robusta tiles --spec {first.spec} --key <key> --limit 5")
     if result.training:
-        out.print(training_table(result.training))
+        out.print(training_table(result.training, "6. A training frame"))
         out.print(
             "Build your own: robusta backfill --input rows.parquet --output features.parquet "
             "--features user_events_1h,user_engagement"
         )
     if result.uploaded is not None:
-        out.print(upload_table(result.uploaded))
+        uploaded = upload_table(result.uploaded)
+        uploaded.title = f"7. {uploaded.title}"
+        out.print(uploaded)
         out.print(lookups_table(result.lookups))
         out.print("Look one up yourself: robusta lookup --entity USER_ID=<user> --at <time>")
     if result.streamed:
         probe = result.streamed[0]
         streamed = Table(
-            title=f"5. Streaming: files replayed into a landing folder; {probe.feature} of "
+            title=f"8. Streaming: files replayed into a landing folder; {probe.feature} of "
             f"user {probe.user} looked up after each micro-batch"
         )
         for column in ("file", "events", "event times (UTC)", "version pointer", "value"):
@@ -259,7 +365,26 @@ def demo(config: Path | None, days: int) -> None:
         )
 
 
-DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"]
+class UtcTime(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2
+    """An ISO time: with an offset or ``Z`` (converted to UTC), or naive (taken as UTC)."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return _utc(value)
+        try:
+            return _utc(datetime.fromisoformat(str(value).strip()))
+        except ValueError:
+            self.fail(
+                f'"{value}" is not a time: give e.g. 2024-01-14, 2024-01-14T10:00, '
+                "2024-01-14 10:00:00+02:00 or 2024-01-14T10:00:00Z",
+                param,
+                ctx,
+            )
+
+
+UTC_TIME = UtcTime()
 
 
 @main.command()
@@ -268,9 +393,11 @@ DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT
     "--spec", "specs", multiple=True, help="Spec to materialize (repeatable; default all)."
 )
 @click.option(
-    "--start", type=click.DateTime(DATE_FORMATS), help="Range start, UTC (whole buckets)."
+    "--start",
+    type=UTC_TIME,
+    help="Range start (whole buckets): an ISO TIME, naive = UTC, an offset or Z converted.",
 )
-@click.option("--end", type=click.DateTime(DATE_FORMATS), help="Range end, UTC (exclusive).")
+@click.option("--end", type=UTC_TIME, help="Range end (exclusive), a TIME like --start.")
 @click.option("--rebuild", is_flag=True, help="Recompute every tile of a changed spec.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
@@ -376,8 +503,9 @@ def backfill(
 @click.option("--spec", "specs", multiple=True, help="Spec to upload (repeatable; default all).")
 @click.option(
     "--at",
-    type=click.DateTime(DATE_FORMATS),
-    help="Serve windows as of this time, UTC (default: now, or the end of the tiles).",
+    type=UTC_TIME,
+    help="Serve windows as of this TIME (ISO, naive = UTC; default: now, or the end of the "
+    "tiles).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
@@ -403,7 +531,7 @@ def upload(config: Path | None, specs: tuple[str, ...], at: datetime | None, as_
     help="A key of the entity to look up (repeat for composite keys).",
 )
 @click.option("--features", default=None, help="Comma-separated features, base features or specs.")
-@click.option("--at", type=click.DateTime(DATE_FORMATS), help="Look up as of this time, UTC.")
+@click.option("--at", type=UTC_TIME, help="Look up as of this TIME (ISO, naive = UTC).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def lookup(
@@ -415,6 +543,7 @@ def lookup(
 ) -> None:
     """Feature values of one entity from the online store (windows assembled now)."""
     from robusta.serving import FeatureClient
+    from robusta.serving.client import MissingEntityError
 
     entity: dict[str, object] = {}
     for item in entities:
@@ -424,16 +553,31 @@ def lookup(
         entity[name] = value
     names = [n.strip() for n in (features or "").split(",") if n.strip()] or None
     with FeatureClient.from_config(config) as client:
-        [vector] = client.get_features([entity], names, _utc(at))
+        try:
+            # without --features: what is uploaded, and which specs were skipped
+            [vector] = client.get_features(
+                [entity], names, _utc(at), skip_unavailable=names is None
+            )
+        except MissingEntityError as exc:
+            ask = "give " + " ".join(f"--entity {name}=..." for name in exc.missing)
+            raise MissingEntityError(exc.spec, exc.missing, ask) from None
     if as_json:
         payload = {
             "entity": vector.entity,
             "values": vector.values,
             "pointers": {s: p.isoformat() if p else None for s, p in vector.pointers.items()},
+            "skipped": vector.skipped,
         }
         click.echo(json.dumps(payload, indent=2, default=str))
         return
-    out.print(lookup_table(vector))
+    if vector.pointers:
+        out.print(lookup_table(vector))
+    for spec, why in vector.skipped.items():
+        err.print(f"[yellow]skipped[/yellow] {escape(spec)}: {escape(why)}", soft_wrap=True)
+    if not vector.pointers:
+        raise NothingServedError(
+            "no spec keyed by these entities is in the online store: run `robusta upload`"
+        )
 
 
 @main.command("list")
@@ -488,7 +632,7 @@ def describe(feature: str, config: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
-@click.option("--since", type=click.DateTime(DATE_FORMATS), help="Only lookups from then, UTC.")
+@click.option("--since", type=UTC_TIME, help="Only lookups from this TIME (ISO, naive = UTC).")
 @click.option("--spec", "specs", multiple=True, help="Only this spec (repeatable; default all).")
 @click.option(
     "--max-mismatch",
@@ -521,7 +665,7 @@ def consistency(
 @main.command()
 @config_option
 @click.option("--source", "sources", multiple=True, help="Only this source (repeatable).")
-@click.option("--at", type=click.DateTime(DATE_FORMATS), help="Check the bucket holding this time.")
+@click.option("--at", type=UTC_TIME, help="Check the bucket holding this TIME (ISO, naive = UTC).")
 @click.option("--drop", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Flag a segment below this share of its recent level.")
 @click.option("--baseline", default=7, show_default=True, type=click.IntRange(1, 1000),
@@ -599,10 +743,7 @@ def stream(
     as_json: bool,
 ) -> None:
     """Stream landed files (or Kafka) into tiles: fresh online features, Iceberg copies,
-    exactly once. Stops gracefully on SIGTERM or Ctrl-C."""
-    import signal
-    import threading
-
+    exactly once. Stops cleanly on SIGTERM or Ctrl-C (a second one stops at once)."""
     from robusta.streaming import stream as run
     from robusta.streaming import stream_status
 
@@ -621,23 +762,28 @@ def stream(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--trigger") from None
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    _signals.stop = stop  # the first SIGTERM / Ctrl-C stops the queries cleanly
 
     def report(statuses: list[Any]) -> None:
         for s in statuses:
             err.print(
                 f"{s.spec}: batch {s.batch} rows {s.rows:,} late {s.late:,} "
-                f"pointer {s.pointer} lag {s.lag_seconds}s"
+                f"pointer {s.pointer} lag {s.lag_seconds}s",
+                soft_wrap=True,
             )
 
     final = run(
         workspace, specs, trigger=every, available_now=available_now, stop=stop, report=report
     )
+    _signals.exit_if_stopped()
     if as_json:
         click.echo(json.dumps([s.to_json() for s in final], indent=2))
     else:
         out.print(stream_table(final))
+
+
+class NothingServedError(RobustaError, LookupError):
+    """A lookup for which the online store holds none of the specs."""
 
 
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
@@ -649,12 +795,19 @@ def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
+    """``value`` in UTC: an aware time converted, a naive one taken as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _duration_name(micros: int) -> str:
     return Duration(micros).name
 
+
+main.params.append(_verbose_option())
+for _command in main.commands.values():
+    _command.params.append(_verbose_option())
 
 if __name__ == "__main__":
     main()

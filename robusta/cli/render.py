@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from robusta.errors import Problem
@@ -18,6 +19,60 @@ if TYPE_CHECKING:
     from robusta.materialize import TableReport
     from robusta.serving.client import FeatureVector
     from robusta.serving.upload import UploadReport
+
+
+class FitConsole(Console):
+    """A console whose tables fit its width without cutting a word: see :func:`fit`."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(fit(o, self) if isinstance(o, Table) else o for o in objects), **kwargs)
+
+
+def fit(table: Table, console: Console) -> RenderableType:
+    """``table`` laid out for ``console.width`` without breaking or cutting a word.
+
+    At its natural width if that fits; else each column gets at least its longest word and
+    the rest of the room in proportion to what it could use; when even the longest words do
+    not fit side by side, one block per row with a ``column  value`` line per column.
+    """
+    if not table.columns:
+        return table
+    width = console.width
+    options = console.options.update_width(10_000)
+    lows, highs = [], []
+    for column in table.columns:
+        sizes = [Measurement.get(console, options, column.header)]
+        sizes += [Measurement.get(console, options, cell) for cell in column.cells]
+        lows.append(max(m.minimum for m in sizes))
+        highs.append(max(m.maximum for m in sizes))
+    overhead = Measurement.get(console, options, table).maximum - sum(highs)
+    if sum(highs) + overhead <= width:
+        return table
+    room = width - overhead - sum(lows)
+    if room >= 0:
+        spare = [h - lo for h, lo in zip(highs, lows, strict=True)]
+        total = sum(spare) or 1
+        for column, low, extra in zip(table.columns, lows, spare, strict=True):
+            column.width = low + room * extra // total
+            column.overflow = "fold"
+        return table
+    return _by_row(table)
+
+
+def _by_row(table: Table) -> Table:
+    """One block per row of ``table``: a line per column, the header beside the value."""
+    rows = Table(
+        title=table.title, caption=table.caption, show_header=False, header_style="bold"
+    )
+    rows.add_column(style="bold", no_wrap=True)
+    rows.add_column(overflow="fold")
+    cells = [list(column.cells) for column in table.columns]
+    count = max((len(c) for c in cells), default=0)
+    for i in range(count):
+        for j, column in enumerate(table.columns):
+            rows.add_row(column.header, cells[j][i] if i < len(cells[j]) else "",
+                         end_section=j == len(table.columns) - 1)
+    return rows
 
 
 def print_problems(console: Console, problems: list[Problem]) -> None:
@@ -146,9 +201,9 @@ def backfill_table(result: BackfillResult) -> Table:
     return table
 
 
-def training_table(rows: list[dict[str, Any]]) -> Table:
+def training_table(rows: list[dict[str, Any]], title: str = "A training frame") -> Table:
     """Sampled training rows with their point-in-time features."""
-    table = Table(title="5. A training frame: features as of each row's time", header_style="bold")
+    table = Table(title=f"{title}: features as of each row's time", header_style="bold")
     columns = list(rows[0]) if rows else []
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -197,7 +252,7 @@ def materialize_table(reports: list[TableReport]) -> Table:
 
 
 def tiles_view_table(view: TileView) -> Table:
-    from robusta.inspect_tiles import describe_ir
+    from robusta.inspect_tiles import describe_ir, readable
 
     rows = view.rows
     table = Table(title=f"{view.table}: {rows.num_rows} tile(s)", header_style="bold")
@@ -209,15 +264,15 @@ def tiles_view_table(view: TileView) -> Table:
         table.add_column(f"{feature.name} ({feature.op.name})", overflow="fold")
     finalized = {f.name: view.finalized(f.name) for f in features}
     irs = {f.name: rows.column(f.ir_column).to_pylist() for f in features}
+    columns = ("granularity", "bucket_start", *keys)
+    plain = {c: rows.column(c).to_pylist() for c in (*columns, "events")}
     for i in range(rows.num_rows):
-        cells = [
-            str(rows.column("granularity")[i]),
-            str(rows.column("bucket_start")[i]),
-            *[str(rows.column(k)[i]) for k in keys],
-            str(rows.column("events")[i]),
-        ]
+        cells = [escape(readable(plain[c][i])) for c in columns]
+        cells.append(f"{plain['events'][i]:,}")
         cells += [
-            f"{finalized[f.name][i]}\n[dim]{describe_ir(irs[f.name][i])}[/dim]" for f in features
+            f"{escape(readable(finalized[f.name][i]))}\n"
+            f"[dim]IR {escape(describe_ir(irs[f.name][i]))}[/dim]"
+            for f in features
         ]
         table.add_row(*cells)
     return table

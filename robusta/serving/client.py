@@ -17,7 +17,7 @@ returned version pointer, bit for bit. No JVM and no Iceberg on this path (featu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,15 @@ class LookupRequestError(RobustaError, ValueError):
     """A lookup request that cannot be answered as asked (missing entity, time out of range)."""
 
 
+class MissingEntityError(LookupRequestError):
+    """Requested features are keyed by entities the request does not give."""
+
+    def __init__(self, spec: str, missing: Sequence[str], ask: str | None = None) -> None:
+        self.spec, self.missing = spec, sorted(missing)
+        ask = ask or f'give it in every entity, e.g. {{"{self.missing[0]}": ...}}'
+        super().__init__(f"features of {spec} need entity {', '.join(self.missing)}; {ask}")
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureVector:
     """One entity's feature values and, per spec, the version pointer they reflect."""
@@ -61,6 +70,8 @@ class FeatureVector:
     entity: Entity
     values: dict[str, Any]
     pointers: dict[str, datetime | None]  # None: the store was down and defaults were served
+    # with skip_unavailable: specs left out, each with why (not uploaded, an older version)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def pointer(self) -> datetime | None:
@@ -137,10 +148,16 @@ class FeatureClient:
         entities: Sequence[Entity],
         features: Sequence[str] | str | None = None,
         at: datetime | None = None,
+        *,
+        skip_unavailable: bool = False,
     ) -> list[FeatureVector]:
         """Per entity (a mapping of entity name to key value), the requested features
         (outputs, base features or specs; None: every feature the entities' keys serve) as
-        of ``at`` (default now), capped by each spec's version pointer."""
+        of ``at`` (default now), capped by each spec's version pointer.
+
+        With ``skip_unavailable``, a spec the online store cannot serve (never uploaded, or
+        uploaded at another version of the spec) is left out instead of failing the lookup;
+        each vector's ``skipped`` says which and why."""
         if isinstance(features, str):
             features = [features]
         groups = self._resolve(entities, features)
@@ -151,6 +168,7 @@ class FeatureClient:
         for group in groups:
             by_spec.setdefault(group.request.spec.name, []).append(group)
         request = FeatureLog.new_request() if self.log is not None else ""
+        skipped: dict[str, str] = {}
         for spec, members in by_spec.items():
             wanted = [
                 (g.request.group.layout.table, _key_text(e, g.request.group))
@@ -164,7 +182,13 @@ class FeatureClient:
                     raise
                 state, raws = None, [None] * len(wanted)
             else:
-                self._check_state(spec, state, t, members)
+                try:
+                    self._check_state(spec, state, t, members)
+                except OnlineStateError as exc:
+                    if not skip_unavailable:
+                        raise
+                    skipped[spec] = str(exc)
+                    continue
             pointers[spec] = None if state is None else from_micros(state.pointer)
             for i, group in enumerate(members):
                 part = raws[i * len(entities) : (i + 1) * len(entities)]
@@ -178,7 +202,7 @@ class FeatureClient:
                     for row, more in zip(values, rows, strict=True):
                         row.update(more)
         return [
-            FeatureVector(e, v, dict(pointers))
+            FeatureVector(e, v, dict(pointers), dict(skipped))
             for e, v in zip(entities, values or [{} for _ in entities], strict=True)
         ]
 
@@ -279,10 +303,7 @@ class FeatureClient:
         for request in requests:
             missing = _entities(request.group) - given
             if missing:
-                raise LookupRequestError(
-                    f"features of {request.spec.name} need entity {', '.join(sorted(missing))}; "
-                    f'give it in every entity, e.g. {{"{sorted(missing)[0]}": ...}}'
-                )
+                raise MissingEntityError(request.spec.name, sorted(missing))
             tiles_schema = tile_record_schema(request.group)
             groups.append(
                 _Group(

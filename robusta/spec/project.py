@@ -9,7 +9,7 @@ from pathlib import Path
 from robusta.errors import Location, Problem
 from robusta.spec.config import display_path, load_config
 from robusta.spec.loader import load_spec, spec_files
-from robusta.spec.model import FeatureSpec, ProjectConfig
+from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
 
 
 @dataclass
@@ -63,7 +63,7 @@ def load_project(config_path: Path, only: Sequence[Path] = ()) -> Project:
 def _clashes(specs: list[FeatureSpec], selected: set[Path]) -> list[Problem]:
     problems: list[Problem] = []
     seen_specs: dict[str, FeatureSpec] = {}
-    seen_outputs: dict[str, tuple[FeatureSpec, str]] = {}
+    outputs: dict[str, list[tuple[FeatureSpec, FeatureDef, str]]] = {}
     for spec in specs:
         report = not selected or spec.file in selected
         first = seen_specs.setdefault(spec.name.lower(), spec)
@@ -77,18 +77,25 @@ def _clashes(specs: list[FeatureSpec], selected: set[Path]) -> list[Problem]:
             )
         for feature in spec.features:
             for output in feature.output_names:
-                owner = seen_outputs.setdefault(output.lower(), (spec, feature.name))
-                if owner[0] is spec and owner[1] == feature.name:
-                    continue
-                where = feature.where("")
-                if report and where is not None:
-                    other = owner[0].location.file if owner[0].location else owner[0].name
-                    problems.append(
-                        Problem(
-                            where,
-                            f'feature "{output}" is already defined by '
-                            f'"{owner[1]}" in {other}; output feature names must '
-                            "be unique across all specs",
-                        )
-                    )
+                defined = outputs.setdefault(output.lower(), [])
+                if not any(s is spec and f.name == feature.name for s, f, _ in defined):
+                    defined.append((spec, feature, output))
+    # An output clash is reported on every definition involved, each naming another one: the
+    # new spec shows it (whichever file sorts first), and so does `validate` of any one file.
+    for defined in outputs.values():
+        if len(defined) < 2:
+            continue
+        for i, (spec, feature, output) in enumerate(defined):
+            where = feature.where("")
+            if where is None or (selected and spec.file not in selected):
+                continue
+            other_spec, other, _ = defined[1] if i == 0 else defined[0]
+            other_file = other_spec.location.file if other_spec.location else other_spec.name
+            problems.append(
+                Problem(
+                    where,
+                    f'feature "{output}" is also defined by "{other.name}" in {other_file}; '
+                    "output feature names must be unique across all specs",
+                )
+            )
     return problems

@@ -243,7 +243,14 @@ def test_duplicate_output_feature_across_specs(make_project: MakeProject) -> Non
     config = make_project(purchases=SPEC, purchases_copy=other)
     code, output = validate(config)
     assert code == 1
-    assert 'feature "spend_1h" is already defined by "spend"' in output
+    # reported on both definitions, each naming the other file: the new spec shows it
+    # whichever file sorts first
+    lines = [line for line in output.splitlines() if 'feature "spend_1h"' in line]
+    assert len(lines) == 2, output
+    assert lines[0].startswith("feature_defs/purchases.yaml:") or "purchases.yaml:" in lines[0]
+    assert 'is also defined by "spend" in ' in lines[0] and "purchases_copy.yaml;" in lines[0]
+    assert "purchases_copy.yaml:" in lines[1] and lines[1].rstrip().endswith("all specs")
+    assert "purchases.yaml;" in lines[1]
     assert 'spec name "purchases_copy"' not in output  # only the clash is reported
 
 
@@ -287,7 +294,13 @@ def test_validate_one_file_still_checks_clashes(make_project: MakeProject) -> No
     spec_file = config.parent / "feature_defs" / "purchases_copy.yaml"
     result = CliRunner().invoke(main, ["validate", str(spec_file), "--config", str(config)])
     assert result.exit_code == 1
-    assert "purchases_copy.yaml" in result.output and "already defined" in result.output
+    assert "purchases_copy.yaml" in result.output and "also defined" in result.output
+    # the file that sorts first, validated alone, shows the clash too (it used not to)
+    first = config.parent / "feature_defs" / "purchases.yaml"
+    alone = CliRunner().invoke(main, ["validate", str(first), "--config", str(config)])
+    assert alone.exit_code == 1
+    [line] = [line for line in alone.output.splitlines() if "spend_1h\" is also" in line]
+    assert "purchases.yaml:" in line and "purchases_copy.yaml;" in line
 
 
 def test_missing_config_is_one_clear_error(tmp_path: Path) -> None:

