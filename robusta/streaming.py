@@ -113,9 +113,11 @@ def stream(
 
     config = _config(workspace)
     plans = choose_specs(workspace.plan, specs)
+    streams = [SpecStream(config, plan) for plan in plans]
+    for s in streams:  # what can be known wrong is reported before Spark starts
+        s.check()
     spark = spark_session(config.spark, app_name="robusta-stream")
     every_trigger = trigger or config.streaming.trigger
-    streams = [SpecStream(config, plan) for plan in plans]
     queries = []
     try:
         for s in streams:
@@ -214,8 +216,13 @@ class SpecStream:
         self._read: dict[tuple[int, str], pa.Table] = {}  # state versions read (immutable)
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
+    def check(self) -> None:
+        """Refuse what the stream cannot run (before any engine starts)."""
         self._check_mode()
+        self._check_query()
+
+    def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
+        self.check()
         self._write_start()
         for name in self.plan.spec.sources:
             read_stream(spark, self.config, name).createOrReplaceTempView(name)
@@ -247,6 +254,14 @@ class SpecStream:
         if self._store is None:
             self._store = open_online_store(self.config.online, self.config.project, create=True)
         return self._store
+
+    def _check_query(self) -> None:
+        from robusta.spec.loader import query_location
+        from robusta.spec.sql import stream_problems
+
+        for problem in stream_problems(self.plan.spec.query)[:1]:
+            where = query_location(self.plan.spec.file, problem)
+            raise StreamingError(f"{where}: spec {self.plan.name}: {problem.message}")
 
     def _check_mode(self) -> None:
         modes = self.config.online.options.get("modes") or {}

@@ -120,3 +120,15 @@ def test_a_stale_spec_version(project: Path) -> None:
 def test_consistency_with_logging_off(project: Path) -> None:
     result = run_early(project, "consistency")
     _assert_early(result, "online.log is off in robusta.yaml")
+
+
+def test_a_window_function_is_refused_by_the_stream(make_project: MakeProject) -> None:
+    from tests.conftest import CONFIG
+
+    query = "SELECT user_id, amount, ts, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts) AS n"
+    spec = SPEC.replace("SELECT user_id, item_id, amount, qty, ts", query)
+    config = make_project(CONFIG + "streaming: {checkpoint: checkpoints}\n", purchases=spec)
+    (config.parent / "data").mkdir()
+    result = run_early(config.parent, "stream", "--available-now")
+    _assert_early(result, "is a window function, which a stream cannot run")
+    assert "error: feature_defs/purchases.yaml:4:" in result[1]  # the query's first line

@@ -71,7 +71,8 @@ def _freshness_table(fresh: Freshness) -> Table:
         offline = "no tiles materialized yet (`robusta materialize`)"
     else:
         offline = (
-            f"tiles up to {fresh.materialized_until} (spec version {fresh.tile_table_version}); "
+            f"complete tiles up to {fresh.materialized_until}, latest event "
+            f"{fresh.latest_event or 'unknown'} (spec version {fresh.tile_table_version}); "
             f"{fresh.tile_records or 0:,} tiles in {fresh.tile_files or 0} files, "
             f"{_size(fresh.tile_bytes or 0)}; committed {fresh.committed_at}"
         )

@@ -291,6 +291,9 @@ def upload_table(report: UploadReport) -> Table:
             f"{spec.keys:,}",
             f"{spec.records:,}",
         )
+    notes = [f"{spec.spec}: {spec.note}" for spec in report.specs if spec.note]
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

@@ -339,3 +339,8 @@ def _query_location(doc: YamlDoc, problem: QueryProblem) -> Location:
     if problem.line == 1:
         return Location(doc.file, marks.value_line + 1, marks.value_column + shift + problem.column)
     return Location(doc.file, marks.value_line + problem.line, problem.column)
+
+
+def query_location(spec_file: Path, problem: QueryProblem) -> Location:
+    """Where ``problem`` (a position inside a spec's query) is in the spec file."""
+    return _query_location(load_yaml(spec_file, display_path(spec_file)), problem)

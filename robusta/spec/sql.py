@@ -220,3 +220,26 @@ def _start_column(query: str, line: int, end_column: int) -> int:
     while i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_`"):
         i -= 1
     return i + 1
+
+
+def stream_problems(query: str) -> list[QueryProblem]:
+    """What a stream cannot run of an otherwise valid query: window functions (``OVER``)
+    need the whole input, which an unbounded stream never has."""
+    result = QueryAnalysis()
+    tree = _parse(query, result)
+    if tree is None:
+        return result.problems
+    problems = []
+    for window in tree.find_all(exp.Window):
+        line, column = _position(query, window)
+        text = window.sql(dialect="spark")
+        problems.append(
+            QueryProblem(
+                line,
+                column,
+                f"{text[:60]}{'...' if len(text) > 60 else ''} is a window function, which "
+                "a stream cannot run (it needs all rows at once): stream a spec whose query "
+                "works row by row, and compute this spec with `robusta materialize`",
+            )
+        )
+    return problems

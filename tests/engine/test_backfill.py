@@ -383,3 +383,8 @@ def test_rows_from_every_writer_give_the_same_frame(
     for writer, got in frames.items():
         assert got.column("ts").type == pa.timestamp("us", tz="UTC"), writer
         assert got.equals(want), writer
+    from robusta.training import to_pandas
+
+    back = to_pandas(get_training_frame(frame, features, workspace=project.workspace))
+    assert str(back["ts"].dt.tz) == "UTC"  # the zone is kept
+    assert list(back["ts"]) == list(frame["ts"])

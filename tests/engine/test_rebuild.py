@@ -20,8 +20,8 @@ from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage
 from tests.engine.test_materialize import Project, make_project
 
 pytestmark = pytest.mark.spark
-EXACT = ("granularity", "bucket_start", "events", "n_events", "clicks", "dwell_min", "first_item")
-EXACT += ("last_device", "first_items", "last_items", "top_channels")
+EXACT = {"granularity", "bucket_start", "events", "n_events", "clicks", "dwell_min", "first_item"}
+EXACT |= {"last_device", "first_items", "last_items", "top_channels"}
 TABLE = "engagement__by_user_id"
 # max -> avg: the IR column dwell_max changes type (a value -> (sum, count)) under its name.
 OLD, NEW = "dwell_max: {op: max, input: dwell_seconds", "dwell_max: {op: avg, input: dwell_seconds"
