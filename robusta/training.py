@@ -162,7 +162,7 @@ def read_rows(spark: Any, rows: Any, workspace: Workspace) -> Any:
         return spark.createDataFrame(rows)
     if isinstance(rows, str) and rows.startswith(ICEBERG_PREFIX):
         return _read_iceberg(spark, rows[len(ICEBERG_PREFIX) :], workspace)
-    path = Path(rows)
+    path = Path(rows).absolute()  # Spark resolves relative paths from the JVM's own cwd
     if not path.exists():
         raise TrainingInputError(f"no training rows at {path}: give a Parquet or CSV path")
     if path.suffix.lower() == ".csv" or (path.is_dir() and any(path.glob("*.csv"))):
