@@ -12,8 +12,8 @@ is a marker:
 Blocks run in document order (README.md, then docs/*.md by name, then the retail README), each
 shell line in process through click's CliRunner on ``robusta.cli.main`` (one Spark session for
 the whole module) and each python block with ``exec`` in its project folder. A block may rely on
-what the blocks before it did, as a reader following the docs would: asking for one block runs
-every earlier one first (once per module).
+what the blocks before it in its project did, as a reader following the docs would: asking for
+one block runs every earlier block of its project first (each block runs once per module).
 
 Fixture projects, each created once, in a temporary folder:
 
@@ -41,7 +41,7 @@ import signal
 import textwrap
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -309,13 +309,9 @@ def retail_project(root: Path) -> Path:
         pytest.skip(f"the Online Retail log is not in {shared} on this machine")
     project = root / "repo" / "examples" / "retail"
     project.mkdir(parents=True)
-    for item in source.iterdir():
-        if item.name == ".robusta":
-            continue
-        if item.is_dir():
-            shutil.copytree(item, project / item.name)
-        else:
-            shutil.copy(item, project / item.name)
+    shutil.copytree(source / "feature_defs", project / "feature_defs")
+    for name in ("robusta.yaml", "rows.csv"):
+        shutil.copy(source / name, project / name)
     (root / "shared").symlink_to(shared)  # ../../../shared from the project, as in the repo
     return project
 
@@ -323,7 +319,6 @@ def retail_project(root: Path) -> Path:
 @dataclass
 class Outcome:
     failure: str | None = None
-    log: list[str] = field(default_factory=list)
 
 
 class DocRunner:
@@ -347,8 +342,8 @@ class DocRunner:
         for earlier in BLOCKS:
             if earlier.skip or earlier.id in self.outcomes:
                 continue
-            if earlier.project == "retail" and block.project != "retail":
-                continue  # the retail project never feeds the demo's examples
+            if earlier.project != block.project:
+                continue  # projects are independent: only a block's own project's state counts
             self.outcomes[earlier.id] = self.run(earlier)
             if earlier == block:
                 break
@@ -365,7 +360,6 @@ class DocRunner:
                 return outcome
             for words in shell_commands(block.code):
                 failure = invoke(words)
-                outcome.log.append(shlex.join(words))
                 if failure:
                     outcome.failure = f"$ {shlex.join(words)}\n{failure}"
                     break
