@@ -73,8 +73,8 @@ def backfill(
     if is_table:
         written = _write_table(workspace, frame, output[len(ICEBERG_PREFIX) :], overwrite, step)
     else:
-        frame.write.mode("overwrite").parquet(output)
-        written = output
+        written = str(Path(output).absolute())  # not the JVM's cwd: this process's
+        frame.write.mode("overwrite").parquet(written)
     step("counting feature values")
     spark = frame.sparkSession
     stored = spark.read.parquet(written)

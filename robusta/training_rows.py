@@ -90,7 +90,7 @@ def _stage_path(
     kinds = {f.name: arrow_kind(f.type) for f in schema}
     if any(c in kinds and not _spark_reads(schema.field(c).type) for c in time_columns):
         return None
-    return StagedRows(path=str(path)), kinds
+    return StagedRows(path=str(path.absolute())), kinds  # Spark's cwd may differ from ours
 
 
 def _spark_reads(kind: pa.DataType) -> bool:
