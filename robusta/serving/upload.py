@@ -118,6 +118,7 @@ class _SpecUpload:
     ) -> None:
         self.plan, self.mode, self.margin = plan, mode, margin
         self.tables, self.store, self.step = tables, store, step
+        self.notes: list[str] = []  # what the report should say about this upload
 
     def run(self, at: int | None) -> SpecUpload:
         started = time.perf_counter()
@@ -134,11 +135,12 @@ class _SpecUpload:
             records = self._records(group, table, horizon, pointer, done)
             done.records += self.store.write(self.plan.name, generation, records)
         if done.records == 0:
-            done.note = (
+            self.notes.append(
                 f"no key has tiles between the horizon {_iso(horizon)} and the pointer "
                 f"{_iso(pointer)}: lookups will find no values (materialize the events of "
                 "that time, or upload --at an earlier time the tiles cover)"
             )
+        done.note = "; ".join(dict.fromkeys(self.notes))
         state = SpecState(
             generation=generation,
             pointer=pointer,
@@ -191,6 +193,14 @@ class _SpecUpload:
                     "or lower offline.allowed_lateness"
                 )
             return floor_to(min(max(ends), now), gmin)
+        ends = [b for _, b in spans if b is not None]
+        if ends and len(ends) == len(spans) and at > max(ends):
+            # The pointer never passes the coverage: buckets after it may still change.
+            self.notes.append(
+                f"--at {_iso(at)} is after the complete tiles, which end at {_iso(max(ends))} "
+                "(the latest event minus offline.allowed_lateness): serving up to there"
+            )
+            return floor_to(max(ends), gmin)
         if not any((a is None or a <= at) and (b is None or at <= b) for a, b in spans):
             raise UploadError(
                 f"the tiles of spec {self.plan.name} do not cover {_iso(at)}: run "
