@@ -408,3 +408,15 @@ def test_logged_lookups_replay_exactly_and_train_as_logged(served: Served, tmp_p
     assert result.exit_code == 1, result.output
     [bad] = [f for f in json.loads(result.output)["features"] if f["feature"] == "n_events_1d"]
     assert bad["rows"] - bad["matched"] == 1 and bad["examples"][0]["served"] == wrong
+
+
+def test_uploads_say_why_they_serve_nothing_or_less(served: Served, store: OnlineStore) -> None:
+    """0 records comes with the reason; an --at past the coverage serves up to its end."""
+    times = pc.cast(served.events.column("event_ts"), pa.int64()).drop_null()
+    first, last = int(pc.min(times).as_py()), int(pc.max(times).as_py())
+    (empty,) = upload(served.workspace, at=from_micros(first - 10 * DAY), store=store).specs
+    assert empty.records == 0 and "lookups will find no values" in empty.note
+    (late,) = upload(served.workspace, at=from_micros(last + DAY), store=store).specs
+    covered = floor_to(last - 60 * MIN, 5 * MIN)  # the latest event - allowed lateness (1h)
+    assert late.pointer == from_micros(covered).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert late.records > 0 and "is after the complete tiles" in late.note
