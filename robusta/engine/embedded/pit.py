@@ -1,0 +1,89 @@
+"""The point-in-time join on one machine: Arrow rows in, Arrow rows plus features out.
+
+The same join as the Spark engine's (``engine.pit_join.GroupJoin``: the same tile files, the
+same assembler, so the same bits), without a JVM: rows are keyed and bucketed with numpy and
+pyarrow, stably sorted by key bucket, fed to the join in bounded batches, and put back in
+input order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.engine.pit_join import KEY_BUCKET, POINTER, TS, GroupJoin, key_column
+from robusta.plan.keys import record_keys
+
+BATCH_ROWS = 65_536  # rows per batch handed to the assembler: bounds memory, not results
+TIME = pa.timestamp("us", tz="UTC")
+
+
+def join_group(
+    rows: pa.Table,
+    join: GroupJoin,
+    key_columns: Sequence[str],
+    timestamp_column: str,
+    version_column: str | None = None,
+) -> pa.Table:
+    """``rows`` with ``join``'s feature columns appended, in input order. Time columns must be
+    ``timestamp[us, UTC]`` (``training_rows.normalize_times``); key columns strings or
+    integers, cast to the entity types as Spark's join casts them."""
+    layout = join.group.layout
+    keyed: dict[str, pa.Array] = {}
+    for i, (key, column) in enumerate(zip(layout.keys, key_columns, strict=True)):
+        target = pa.int64() if key.type.is_integer else pa.string()
+        keyed[key_column(i)] = _cast_key(rows.column(column).combine_chunks(), target)
+    primary = next(i for i, k in enumerate(layout.keys) if k.column == layout.primary)
+    buckets = key_buckets(keyed[key_column(primary)], layout.key_buckets)
+    keyed[KEY_BUCKET] = pa.array(buckets, pa.int32())
+    keyed[TS] = _micros(rows.column(timestamp_column))
+    if version_column is not None:
+        keyed[POINTER] = _micros(rows.column(version_column))
+    order = np.argsort(buckets, kind="stable")  # each bucket's tiles are read once
+    batches = pa.table(keyed).take(pa.array(order)).to_batches(max_chunksize=BATCH_ROWS)
+    names = [o.name for o in join.outputs]
+    parts = [b.select(names) for b in join.add_features(iter(batches)) if b.num_rows]
+    if parts:
+        features = pa.Table.from_batches(parts).combine_chunks()
+    else:
+        features = pa.table({o.name: pa.array([], o.type) for o in join.outputs})
+    back = np.empty(len(order), np.int64)
+    back[order] = np.arange(len(order))
+    features = features.take(pa.array(back))
+    for name in names:
+        rows = rows.append_column(name, features.column(name))
+    return rows
+
+
+def key_buckets(keys: pa.Array, buckets: int) -> np.ndarray:
+    """``plan.keys.key_bucket`` of every key (-1 for a null key, as Spark's join has it);
+    CRC-32 once per distinct key."""
+    text = record_keys([keys])
+    distinct = pc.unique(text).drop_null()
+    per_key = np.fromiter(
+        (zlib.crc32(t.encode("utf-8")) % buckets for t in distinct.to_pylist()),
+        np.int64,
+        count=len(distinct),
+    )
+    index = pc.index_in(text, value_set=distinct)
+    out = np.full(len(keys), -1, np.int64)
+    valid = np.asarray(pc.is_valid(index).to_numpy(zero_copy_only=False), np.bool_)
+    positions = np.asarray(index.fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+    out[valid] = per_key[positions[valid]]
+    return out
+
+
+def _cast_key(column: pa.Array, target: pa.DataType) -> pa.Array:
+    if column.type == target:
+        return column
+    if pa.types.is_string(target):
+        return record_keys([column])
+    return pc.cast(column, target)
+
+
+def _micros(column: pa.ChunkedArray) -> pa.Array:
+    return pc.cast(pc.cast(column, TIME), pa.int64()).combine_chunks()
