@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from robusta.engine.counts import TileCounts
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
-from robusta.engine.spark.tiles import Range, TileCounts, TileJob, read_tiles, write_tiles
+from robusta.engine.spark.tiles import Range, TileJob, read_tiles, write_tiles
 from robusta.errors import RobustaError
 from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
 from robusta.plan.selection import choose_specs

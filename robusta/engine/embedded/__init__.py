@@ -1,5 +1,8 @@
 """The embedded engine: DuckDB + Arrow on one machine, no JVM (work in progress).
 
-Today: the point-in-time join over Arrow rows (``pit.py``), bit-identical to the Spark
-engine's (both run ``engine.pit_join``). Not wired into ``robusta backfill`` yet.
+Today: the spec's query transpiled to DuckDB over the declared sources (``sql.py``), the
+batch tile builder (``tiles.py``), which produces the same tile-table rows as the Spark
+engine's tile job, and the point-in-time join over Arrow rows (``pit.py``), bit-identical to
+the Spark engine's (both run ``engine.pit_join``). None is wired into ``robusta materialize``
+or ``robusta backfill`` yet.
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from robusta.engine.counts import TileCounts
 from robusta.plan.keys import spark_key_bucket
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.durations import Duration
@@ -32,16 +33,6 @@ class Range:
     @property
     def bounded(self) -> bool:
         return self.start is not None and self.end is not None
-
-
-@dataclass
-class TileCounts:
-    events: int
-    null_keys: int
-    null_timestamps: int
-    tiles: dict[str, int]
-    last_bucket: int | None = None  # start of the latest finest tile (epoch micros)
-    last_event: int | None = None  # the latest event time with a key (epoch micros)
 
 
 def q(name: str) -> str:
