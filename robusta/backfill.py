@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from robusta.errors import RobustaError
 from robusta.training import (
@@ -50,8 +52,10 @@ def backfill(
     materialize_missing: bool = True,
     overwrite: bool = False,
     step: Step = lambda _: None,
+    engine: str | None = None,
 ) -> BackfillResult:
-    """Join ``rows`` with ``features`` and write the result to ``output``."""
+    """Join ``rows`` with ``features`` and write the result to ``output`` (Parquet: a folder
+    on Spark, a file on the embedded engine; or ``iceberg:<table>``)."""
     is_table = output.startswith(ICEBERG_PREFIX)
     if not is_table and Path(output).exists() and not overwrite:
         raise OutputExistsError(f"{output} already exists: pass --overwrite or another path")
@@ -68,10 +72,16 @@ def backfill(
         materialize_missing=materialize_missing,
         step=step,
         report=report,
+        engine=engine,
     )
     step("assembling features and writing the output")
+    if isinstance(frame, pa.Table):
+        return _write_arrow(workspace, frame, output, is_table, overwrite, report, step)
     if is_table:
-        written = _write_table(workspace, frame, output[len(ICEBERG_PREFIX) :], overwrite, step)
+        identifier = output[len(ICEBERG_PREFIX) :]
+        written = _write_table(
+            workspace, lambda f: frame.write.parquet(str(f)), identifier, overwrite, step
+        )
     else:
         written = str(Path(output).absolute())  # not the JVM's cwd: this process's
         frame.write.mode("overwrite").parquet(written)
@@ -80,6 +90,36 @@ def backfill(
     stored = spark.read.parquet(written)
     counts = stored.selectExpr(*[f"count(`{f}`) AS `{f}`" for f in report.features]).collect()[0]
     return BackfillResult(report, output, {f: int(counts[f]) for f in report.features})
+
+
+def _write_arrow(
+    workspace: Workspace,
+    frame: pa.Table,
+    output: str,
+    is_table: bool,
+    overwrite: bool,
+    report: BackfillReport,
+    step: Step,
+) -> BackfillResult:
+    """The embedded engine's frame (Arrow) to a Parquet file or an Iceberg table."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if is_table:
+
+        def write(folder: Path) -> None:
+            folder.mkdir(parents=True)
+            pq.write_table(frame, folder / "part-00000.parquet")
+
+        _write_table(workspace, write, output[len(ICEBERG_PREFIX) :], overwrite, step)
+    else:
+        path = Path(output)
+        if path.is_dir():
+            shutil.rmtree(path)  # a Spark run's output folder, replaced (--overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(frame, path)
+    counts = {f: int(pc.count(frame.column(f)).as_py()) for f in report.features}
+    return BackfillResult(report, output, counts)
 
 
 def _qualified(workspace: Workspace, identifier: str) -> str:
@@ -107,9 +147,14 @@ def _refuse_existing_table(workspace: Workspace, identifier: str) -> None:
 
 
 def _write_table(
-    workspace: Workspace, frame: Any, identifier: str, overwrite: bool, step: Step
+    workspace: Workspace,
+    write: Callable[[Path], None],
+    identifier: str,
+    overwrite: bool,
+    step: Step,
 ) -> str:
-    """Write Parquet under the warehouse and commit it to Iceberg table ``identifier``."""
+    """``write`` Parquet into a new folder under the warehouse and commit it to Iceberg table
+    ``identifier``."""
     import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
 
@@ -120,7 +165,7 @@ def _write_table(
     assert config is not None
     identifier = _qualified(workspace, identifier)
     folder = Path(config.offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
-    frame.write.parquet(str(folder))
+    write(folder)
     paths = sorted(str(p) for p in folder.glob("*.parquet"))
     catalog = open_catalog(config.offline)
     try:

@@ -14,10 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from robusta.engine.counts import TileCounts
-from robusta.engine.spark.session import spark_session
-from robusta.engine.spark.sources import register_sources
-from robusta.engine.spark.tiles import Range, TileJob, read_tiles, write_tiles
+from robusta.engine.base import TileEngine, choose_engine, open_engine
+from robusta.engine.counts import Range, TileCounts
 from robusta.errors import RobustaError
 from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
 from robusta.plan.selection import choose_specs
@@ -68,8 +66,10 @@ def materialize(
     *,
     rebuild: bool = False,
     step: Step = lambda _: None,
+    engine: str | None = None,
 ) -> list[TableReport]:
-    """Materialize the tiles of ``specs`` (default: every spec) and return one report per table."""
+    """Materialize the tiles of ``specs`` (default: every spec) and return one report per
+    table. ``engine``: ``embedded`` or ``spark`` (default: the project's ``engine``)."""
     workspace.require_valid()
     config = workspace.project.config
     assert config is not None  # require_valid guarantees it
@@ -80,26 +80,26 @@ def materialize(
         raise MaterializeError(
             "--rebuild recomputes every tile of a table over all data: drop --start and --end"
         )
-    step("starting Spark")
-    spark = spark_session(config.spark)
+    name = choose_engine(config, engine)
+    step("starting Spark" if name == "spark" else f"starting the {name} engine")
+    tiles = open_engine(config, name)
     tables = TileTables(config.offline)
-    _record_volumes(spark, config, chosen, start, end, step)
+    _record_volumes(tiles, config, chosen, start, end, step)
     reports = []
     for plan in chosen:
-        register_sources(spark, config, plan.spec.sources)
         try:
             for group in plan.groups:
                 window = _aligned(plan, start, end)
                 reports.append(
-                    _materialize_group(spark, tables, plan, group, window, rebuild, step)
+                    _materialize_group(tiles, tables, plan, group, window, rebuild, step)
                 )
         finally:
-            spark.catalog.dropTempView(f"__robusta_events_{plan.name}")  # and its cache
+            tiles.done_with(plan)
     return reports
 
 
 def _record_volumes(
-    spark: object,
+    tiles: TileEngine,
     config: ProjectConfig,
     chosen: Sequence[SpecPlan],
     start: datetime | None,
@@ -107,14 +107,13 @@ def _record_volumes(
     step: Step,
 ) -> None:
     """Event counts of the monitored sources the chosen specs read (``robusta.monitor``)."""
-    from robusta.monitor import monitored_sources, record_volumes
+    from robusta.monitor import monitored_sources
 
     lo = None if start is None else to_micros(start)
     hi = None if end is None else to_micros(end)
     for source in monitored_sources(config, chosen):
         step(f"recording event volumes of {source.name}")
-        register_sources(spark, config, [source.name])
-        record_volumes(spark, config, source, lo, hi)
+        tiles.record_volumes(source, lo, hi)
 
 
 class MaterializeError(RobustaError, ValueError):
@@ -133,7 +132,7 @@ def _aligned(plan: SpecPlan, start: datetime | None, end: datetime | None) -> Ra
 
 
 def _materialize_group(
-    spark: object,
+    engine: TileEngine,
     tables: TileTables,
     plan: SpecPlan,
     group: TileGroup,
@@ -146,7 +145,7 @@ def _materialize_group(
     table = tables.ensure(group, plan.hash, rebuild=rebuild)
     added = [] if rebuild else (new_features(table, group) or [])
     if added and table.current_snapshot() is not None:
-        report = _add_columns(spark, tables, plan, group, table, added, step)
+        report = _add_columns(engine, tables, plan, group, table, added, step)
         if not window.bounded:  # the whole coverage has every column now
             return report
         table = tables.load(name)
@@ -154,29 +153,19 @@ def _materialize_group(
     old_files = [] if rebuild else tables.overlapping_files(table, window.start, window.end)
     if window.bounded:  # every column set of the partitions touched goes together
         old_files = tables.with_partition_mates(table, old_files)
-    job = TileJob(spark, plan, group, window)
-    try:
-        step(f"{name}: reading events and building tiles")
-        tiles = job.tiles()
-        if window.bounded and old_files:
-            tiles = tiles.unionByName(_carried_over(spark, old_files, window, group))
-        step(f"{name}: writing tiles")
-        write_tiles(tiles, str(run.folder))
-        counts = job.counts(job.tiles())  # the cached tiles: no recomputation
-        latest = _latest(counts.last_event, None if rebuild else latest_event(table))
-        covered = _covered(window, latest, group, tables.offline.allowed_lateness)
-        properties = {VERSION_PROPERTY: plan.hash, "robusta.events": str(counts.events)}
-        if latest is not None:
-            properties[LATEST_PROPERTY] = str(latest)
-        step(f"{name}: committing")
-        if rebuild:  # every old tile out and the new layout in, one commit
-            snapshot = tables.rebuild(table, run, properties, covered, group)
-        else:
-            snapshot = tables.replace(
-                table, old_files, run, properties, covered=covered, group=group
-            )
-    finally:
-        job.release()
+    step(f"{name}: reading events, building and writing tiles")
+    carried = old_files if window.bounded else ()
+    counts = engine.write_tiles(plan, group, window, run.folder, carried)
+    latest = _latest(counts.last_event, None if rebuild else latest_event(table))
+    covered = _covered(window, latest, group, tables.offline.allowed_lateness)
+    properties = {VERSION_PROPERTY: plan.hash, "robusta.events": str(counts.events)}
+    if latest is not None:
+        properties[LATEST_PROPERTY] = str(latest)
+    step(f"{name}: committing")
+    if rebuild:  # every old tile out and the new layout in, one commit
+        snapshot = tables.rebuild(table, run, properties, covered, group)
+    else:
+        snapshot = tables.replace(table, old_files, run, properties, covered=covered, group=group)
     report = _table_report(plan, tables.identifier(name), counts, snapshot, started)
     report.range = _range_text(window)
     report.carried_over_files = len(old_files) if window.bounded else 0
@@ -185,7 +174,7 @@ def _materialize_group(
 
 
 def _add_columns(
-    spark: object,
+    engine: TileEngine,
     tables: TileTables,
     plan: SpecPlan,
     group: TileGroup,
@@ -209,15 +198,10 @@ def _add_columns(
     subset = TileGroup(group.layout, tuple(added))
     names = ", ".join(f.name for f in added)
     run = tables.start_run(table)
-    job = TileJob(spark, plan, subset, window)
-    try:
-        step(f"{group.layout.table}: computing the added features {names} over the coverage")
-        write_tiles(job.tiles(), str(run.folder))
-        counts = job.counts(job.tiles())
-        step(f"{group.layout.table}: committing the added columns")
-        snapshot = tables.add_columns(table, group, plan.hash, run, added)
-    finally:
-        job.release()
+    step(f"{group.layout.table}: computing the added features {names} over the coverage")
+    counts = engine.write_tiles(plan, subset, window, run.folder)
+    step(f"{group.layout.table}: committing the added columns")
+    snapshot = tables.add_columns(table, group, plan.hash, run, added)
     report = _table_report(plan, tables.identifier(group.layout.table), counts, snapshot, started)
     report.range = _range_text(window) if spans and spans[0][0] is not None else (None, None)
     report.added_columns = [f.ir_column for f in added]
@@ -261,19 +245,6 @@ def _covered(
     return (window.start, end) if end > window.start else None
 
 
-def _carried_over(
-    spark: object, files: Sequence[object], window: Range, group: TileGroup
-) -> object:
-    """Tiles outside the range that live in data files the commit will replace (files of
-    added columns merged in)."""
-    paths = [f.file_path for f in files]  # type: ignore[attr-defined]
-    frame = read_tiles(spark, paths, group)
-    inside = (
-        f"unix_micros(bucket_start) >= {window.start} AND unix_micros(bucket_start) < {window.end}"
-    )
-    return frame.where(f"NOT ({inside})")
-
-
 def _iso(micros: int) -> str:
     return from_micros(micros).isoformat()
 
@@ -298,7 +269,11 @@ class CompactReport:
 
 
 def compact(
-    workspace: Workspace, specs: Sequence[str] = (), *, step: Step = lambda _: None
+    workspace: Workspace,
+    specs: Sequence[str] = (),
+    *,
+    step: Step = lambda _: None,
+    engine: str | None = None,
 ) -> list[CompactReport]:
     """Fold every tile table's added-column files into whole files, one commit per table;
     the tiles (and so every value served or backfilled) stay the same."""
@@ -308,7 +283,8 @@ def compact(
     config = workspace.project.config
     assert config is not None
     chosen = choose_specs(workspace.plan, specs)
-    spark = None
+    name = choose_engine(config, engine)
+    tiles: TileEngine | None = None  # started when a table needs it
     tables = TileTables(config.offline)
     reports = []
     for plan in chosen:
@@ -328,9 +304,9 @@ def compact(
                 reports.append(CompactReport(plan.name, identifier, len(files), len(files), None))
                 continue
             step(f"{group.layout.table}: compacting {len(files)} files")
-            spark = spark or spark_session(config.spark)
+            tiles = tiles or open_engine(config, name)
             run = tables.start_run(table)
-            write_tiles(read_tiles(spark, [f.file_path for f in files], group), str(run.folder))
+            tiles.rewrite(files, group, run.folder)
             snapshot = tables.replace(table, files, run, {"robusta.compacted": "true"})
             after = len(list(run.folder.rglob("*.parquet")))
             reports.append(CompactReport(plan.name, identifier, len(files), after, snapshot))

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan
 from robusta.spec.durations import floor_to, from_micros, to_micros
-from robusta.spec.model import OfflineConfig, ProjectConfig, SourceConfig
+from robusta.spec.model import MonitorConfig, OfflineConfig, ProjectConfig, SourceConfig
 
 VOLUMES_TABLE = "event_volumes"
 TOTAL = "__total__"  # the segment of all events
@@ -78,9 +78,63 @@ def record_volumes(
     lo = None if start is None else floor_to(start, size)
     hi = None if end is None else -floor_to(-end, size)
     counts = spark.sql(_count_sql(source, lo, hi)).toArrow()
-    rows = _volume_rows(source.name, counts, size)
+    return store_counts(config, source, counts, lo, hi)
+
+
+def store_counts(
+    config: ProjectConfig, source: SourceConfig, counts: pa.Table, lo: int | None, hi: int | None
+) -> int:
+    """Replace the buckets ``[lo, hi)`` of the source's volumes with ``counts`` (bucket,
+    segment, value, events); returns the rows written."""
+    assert source.monitor is not None
+    rows = _volume_rows(source.name, counts, source.monitor.granularity.micros)
     _replace(config.offline, source.name, rows, lo, hi)
     return int(rows.num_rows)
+
+
+def count_events(
+    events: pa.Table, monitor: MonitorConfig, start: int | None, end: int | None
+) -> tuple[pa.Table, int | None, int | None]:
+    """What ``_count_sql`` counts, in Arrow: ``events`` holds the monitor's timestamp
+    (``timestamp[us, UTC]``) and its segment columns as text. Returns the counts (bucket,
+    segment, value, events) and the whole buckets ``[lo, hi)`` they cover."""
+    import numpy as np
+
+    size = monitor.granularity.micros
+    lo = None if start is None else floor_to(start, size)
+    hi = None if end is None else -floor_to(-end, size)
+    ts = pc.cast(pc.cast(events.column(monitor.timestamp), _UTC), pa.int64())
+    keep = pc.is_valid(ts)
+    if lo is not None:
+        keep = pc.and_(keep, pc.greater_equal(ts, lo))
+    if hi is not None:
+        keep = pc.and_(keep, pc.less(ts, hi))
+    kept = events.filter(keep)
+    micros = np.asarray(ts.filter(keep).to_numpy(), np.int64)
+    buckets = pa.array(micros - np.mod(micros, size), pa.int64())
+    parts = [_counted(buckets, pa.nulls(kept.num_rows, pa.string()), TOTAL)]
+    for segment in monitor.segments:
+        parts.append(_counted(buckets, pc.cast(kept.column(segment), pa.string()), segment))
+    return pa.concat_tables(parts), lo, hi
+
+
+_UTC = pa.timestamp("us", tz="UTC")
+
+
+def _counted(buckets: pa.Array, values: pa.Array, segment: str) -> pa.Table:
+    grouped = (
+        pa.table({"bucket": buckets, "value": values})
+        .group_by(["bucket", "value"])
+        .aggregate([([], "count_all")])
+    )
+    return pa.table(
+        {
+            "bucket": grouped.column("bucket"),
+            "segment": pa.array([segment] * grouped.num_rows, pa.string()),
+            "value": grouped.column("value"),
+            "events": grouped.column("count_all"),
+        }
+    )
 
 
 def _count_sql(

@@ -19,6 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.engine.base import choose_engine
 from robusta.errors import RobustaError
 from robusta.plan.selection import GroupRequest, resolve_features
 from robusta.spec.durations import floor_to, from_micros
@@ -28,6 +32,7 @@ from robusta.training_rows import (
     StagedRows,
     TrainingInputError,
     check_columns,
+    normalize_times,
     stage_rows,
 )
 from robusta.workspace import Workspace, load_workspace
@@ -71,18 +76,22 @@ def get_training_frame(
     rows_per_task: int | None = None,
     source: str = "tiles",
     since: datetime | None = None,
+    engine: str | None = None,
 ) -> Any:
-    """A Spark DataFrame: ``rows``' columns plus one column per requested feature.
+    """``rows``' columns plus one column per requested feature: a Spark DataFrame on the
+    Spark engine (always when ``rows`` is a Spark DataFrame), an Arrow table on the embedded
+    engine (``engine``, default the project's ``engine``; :func:`to_pandas` converts either).
 
     ``source="logged"``: instead, the feature vectors the online client served and logged
     (``online.log``), from ``since``: entity columns, ``ts``, ``version_pointer`` and the
     features (``rows`` must be None).
 
-    ``rows``: a Spark DataFrame, a pandas DataFrame, or a path (Parquet file or folder, CSV
-    with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog). ``features``:
-    output names (``user_clicks_1h``), base features (every window), spec names, or None for
-    all. Entity ``E`` is read from column ``E`` unless ``entity_columns`` maps it. A key
-    bucket with more than ``rows_per_task`` rows (hot keys) is split by time over tasks.
+    ``rows``: a Spark DataFrame, a pandas, Polars or Arrow table, or a path (Parquet file or
+    folder, CSV with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog).
+    ``features``: output names (``user_clicks_1h``), base features (every window), spec
+    names, or None for all. Entity ``E`` is read from column ``E`` unless ``entity_columns``
+    maps it. A key bucket with more than ``rows_per_task`` rows (hot keys) is split by time
+    over tasks (Spark).
     """
     from robusta.engine.spark.pit import (
         DEFAULT_ROWS_PER_TASK,
@@ -116,6 +125,14 @@ def get_training_frame(
         kinds, requests, timestamp_column, entity_columns, version_column
     )
     refuse_stale(TileTables(project_config.offline), requests)
+    done = report if report is not None else BackfillReport()
+    if staged.spark_frame is None and choose_engine(project_config, engine) == "embedded":
+        joined = _embedded_join(
+            workspace, staged, requests, key_columns, timestamp_column, version_column,
+            materialize_missing, step, done,
+        )
+        done.seconds = round(time.perf_counter() - started, 2)
+        return joined
     step("starting Spark")
     spark = spark_session(project_config.spark)
     frame = spark_rows(spark, staged)
@@ -138,7 +155,6 @@ def get_training_frame(
     ).collect()[0]
     order = row_counts(prepared)  # restores input order without a sampling pass
     joined = prepared
-    done = report if report is not None else BackfillReport()
     done.rows = int(bounds["n"])
     for request in requests:
         join = _plan_join(
@@ -150,6 +166,7 @@ def get_training_frame(
             materialize_missing,
             step,
             done,
+            engine="spark",
         )
         step(f"joining {request.group.layout.table}")
         joined = join_group(
@@ -161,6 +178,54 @@ def get_training_frame(
     done.features = [o.name for r in requests for o in r.outputs]
     done.seconds = round(time.perf_counter() - started, 2)
     return finish(joined, version_column is not None, order)
+
+
+def _embedded_join(
+    workspace: Workspace,
+    staged: StagedRows,
+    requests: Sequence[GroupRequest],
+    key_columns: Mapping[str, list[str]],
+    timestamp_column: str,
+    version_column: str | None,
+    materialize_missing: bool,
+    step: Step,
+    done: BackfillReport,
+) -> pa.Table:
+    """The PIT join on the embedded engine: Arrow rows, no JVM (``engine.embedded.pit``)."""
+    import pyarrow.parquet as pq
+
+    from robusta.engine.embedded.pit import join_group as join_arrow
+
+    times = [timestamp_column, *([version_column] if version_column else [])]
+    table = staged.table if staged.table is not None else pq.read_table(str(staged.path))
+    table = normalize_times(table, times)
+    lo, hi = _bounds(table, timestamp_column, version_column)
+    done.rows = table.num_rows
+    for request in requests:
+        join = _plan_join(
+            workspace, request, lo, hi, version_column is not None, materialize_missing,
+            step, done, engine="embedded",
+        )
+        step(f"joining {request.group.layout.table}")
+        columns = key_columns[request.group.layout.table]
+        table = join_arrow(table, join, columns, timestamp_column, version_column)
+    done.features = [o.name for r in requests for o in r.outputs]
+    return table
+
+
+def _bounds(
+    table: pa.Table, timestamp_column: str, version_column: str | None
+) -> tuple[int | None, int | None]:
+    """The oldest time a window may start from and the latest a window may end at, as the
+    Spark path's scan: a pointer moves windows earlier, and no window ends after it."""
+    ts = pc.cast(table.column(timestamp_column), pa.int64())
+    lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py()
+    if version_column is not None:
+        pointer = pc.cast(table.column(version_column), pa.int64())
+        low = [v for v in (lo, pc.min(pointer).as_py()) if v is not None]
+        lo = min(low) if low else None
+        hi = pc.max(pc.min_element_wise(ts, pc.coalesce(pointer, ts))).as_py()
+    return lo, hi
 
 
 def spark_rows(spark: Any, staged: StagedRows) -> Any:
@@ -198,8 +263,10 @@ def _plan_join(
     materialize_missing: bool,
     step: Step,
     report: BackfillReport,
+    *,
+    engine: str | None = None,
 ) -> Any:
-    from robusta.engine.spark.pit import GroupJoin
+    from robusta.engine.pit_join import GroupJoin
     from robusta.store.tiles import TileTables
 
     assert workspace.project.config is not None
@@ -212,7 +279,7 @@ def _plan_join(
     end = None if hi is None else floor_to(hi, gmin)  # windows end at floor(t) or earlier
     since = None if lifetime or lo is None else floor_to(lo, gmin) - longest
     table = _ready_table(
-        tables, workspace, request, (since, end), materialize_missing, step, report
+        tables, workspace, request, (since, end), materialize_missing, step, report, engine
     )
     files = tables.files_by_bucket(table, since, end)
     return GroupJoin(request.group, request.outputs, files, since, with_pointer)
@@ -226,6 +293,7 @@ def _ready_table(
     materialize_missing: bool,
     step: Step,
     report: BackfillReport,
+    engine: str | None = None,
 ) -> Any:
     """The group's tile table; tiles missing for the rows' time range (or only lacking added
     features) are computed first. A stale table (the spec changed) is never rebuilt here: a
@@ -268,9 +336,11 @@ def _ready_table(
     step(f"tiles of {name} are {why}: running `{command}`")
     if ranged:
         assert since is not None and end is not None
-        materialize(workspace, [name], from_micros(since), from_micros(end), step=step)
+        materialize(
+            workspace, [name], from_micros(since), from_micros(end), step=step, engine=engine
+        )
     else:
-        materialize(workspace, [name], step=step)
+        materialize(workspace, [name], step=step, engine=engine)
     report.materialized.append(name)
     return tables.load(request.group.layout.table)
 
@@ -282,6 +352,8 @@ def _iso(micros: int) -> str:
 def to_pandas(frame: Any) -> Any:
     """A small training frame as pandas (needs pandas installed); times stay UTC-aware
     (Spark hands them over as naive times of its session time zone, UTC)."""
+    if isinstance(frame, pa.Table):
+        return frame.to_pandas()
     pandas_frame = frame.toPandas()
     for f in frame.schema.fields:
         if f.dataType.typeName() == "timestamp" and pandas_frame[f.name].dt.tz is None:

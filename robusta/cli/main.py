@@ -49,6 +49,7 @@ from robusta.cli.render import (
 )
 from robusta.errors import RobustaError, ValidationError
 from robusta.spec.durations import Duration
+from robusta.spec.model import ENGINES
 from robusta.workspace import Workspace
 from robusta.workspace import load_workspace as _load_workspace
 
@@ -184,6 +185,12 @@ def progress(quiet: bool) -> Iterator[Callable[[str], None]]:
         yield step
 
 
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default=None,
+    help="Engine that computes (default: `engine` in robusta.yaml, else spark).",
+)
 config_option = click.option(
     "--config",
     "config",
@@ -399,6 +406,7 @@ UTC_TIME = UtcTime()
 )
 @click.option("--end", type=UTC_TIME, help="Range end (exclusive), a TIME like --start.")
 @click.option("--rebuild", is_flag=True, help="Recompute every tile of a changed spec.")
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
 def materialize(
@@ -407,14 +415,17 @@ def materialize(
     start: datetime | None,
     end: datetime | None,
     rebuild: bool,
+    engine: str | None,
     as_json: bool,
 ) -> None:
-    """Compute tiles with Spark and commit them to Iceberg, one atomic snapshot per table."""
+    """Compute tiles and commit them to Iceberg, one atomic snapshot per table."""
     from robusta.materialize import materialize as run
 
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:
-        reports = run(workspace, specs, _utc(start), _utc(end), rebuild=rebuild, step=step)
+        reports = run(
+            workspace, specs, _utc(start), _utc(end), rebuild=rebuild, step=step, engine=engine
+        )
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
         return
@@ -456,6 +467,7 @@ def tiles(config: Path | None, spec: str, key: str, granularity: str | None, lim
 @click.option("--version-column", default=None, help="Version-pointer column capping windows.")
 @click.option("--no-materialize", is_flag=True, help="Fail instead of materializing tiles.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
 def backfill(
@@ -469,6 +481,7 @@ def backfill(
     version_column: str | None,
     no_materialize: bool,
     overwrite: bool,
+    engine: str | None,
     as_json: bool,
 ) -> None:
     """Point-in-time features for training rows, from the tile tables."""
@@ -494,6 +507,7 @@ def backfill(
             materialize_missing=not no_materialize,
             overwrite=overwrite,
             step=step,
+            engine=engine,
         )
     _report(result, as_json, backfill_table)
 
@@ -705,15 +719,18 @@ def monitor(
 @main.command()
 @config_option
 @click.option("--spec", "specs", multiple=True, help="Spec to compact (repeatable; default all).")
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
-def compact(config: Path | None, specs: tuple[str, ...], as_json: bool) -> None:
+def compact(
+    config: Path | None, specs: tuple[str, ...], engine: str | None, as_json: bool
+) -> None:
     """Fold added-feature files of tile tables into whole files (one commit per table)."""
     from robusta.materialize import compact as run
 
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:
-        reports = run(workspace, specs, step=step)
+        reports = run(workspace, specs, step=step, engine=engine)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
         return

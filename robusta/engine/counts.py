@@ -1,4 +1,4 @@
-"""What a tile job reports, whichever engine ran it."""
+"""What a tile job is asked (a range) and reports (counts), whichever engine runs it."""
 
 from __future__ import annotations
 
@@ -13,3 +13,15 @@ class TileCounts:
     tiles: dict[str, int]
     last_bucket: int | None = None  # start of the latest finest tile (epoch micros)
     last_event: int | None = None  # the latest event time with a key (epoch micros)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Whole buckets ``[start, end)`` in epoch microseconds; None means all data."""
+
+    start: int | None = None
+    end: int | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.start is not None and self.end is not None

@@ -12,6 +12,7 @@ from robusta.spec.checks import Checker
 from robusta.spec.durations import Duration
 from robusta.spec.model import (
     DEFAULT_LATENESS,
+    ENGINES,
     ONLINE_TYPES,
     SOURCE_FORMATS,
     STREAM_FORMATS,
@@ -46,6 +47,7 @@ _TOP_OPTIONAL = (
     "online",
     "spark",
     "streaming",
+    "engine",
 )
 _STREAMING_KEYS = ("checkpoint", "trigger", "watermark", "sources")
 _STREAM_SOURCE_KEYS = ("format", "path", "options", "value_format")
@@ -108,6 +110,7 @@ def load_config(path: Path) -> tuple[ProjectConfig | None, list[Problem]]:
     online = _online(check, root)
     spark = _spark(check)
     streaming = _streaming(check, root, sources)
+    engine = _engine(check)
     config = ProjectConfig(
         file=path,
         project=project,
@@ -118,8 +121,22 @@ def load_config(path: Path) -> tuple[ProjectConfig | None, list[Problem]]:
         online=online,
         spark=spark,
         streaming=streaming,
+        engine=engine,
     )
     return config, check.problems
+
+
+def _engine(check: Checker) -> str:
+    name = check.text(("engine",))
+    if name is None:
+        return ENGINES[0]
+    if name not in ENGINES:
+        check.add(
+            ("engine",),
+            f'unknown engine "{name}"{did_you_mean(name, ENGINES)}; engines: {one_of(ENGINES)}',
+        )
+        return ENGINES[0]
+    return name
 
 
 def _sources(check: Checker, root: Path) -> dict[str, SourceConfig]:

@@ -453,6 +453,26 @@ def read_bucket(
     return merge_tiles(parts, identity, columns)
 
 
+def read_tile_files(paths: Sequence[str], group: TileGroup) -> pa.Table:
+    """Every tile in ``paths`` in the table's columns (``tile_schema``), files of added
+    columns merged on the tile identity; columns no file holds are null."""
+    import pyarrow.dataset as ds
+
+    schema = tile_schema(group)
+    groups = files_by_columns(paths)
+    if not groups:
+        return schema.empty_table()
+    parts = [ds.dataset(files, format="parquet").to_table() for _, files in groups]
+    merged = parts[0] if len(parts) == 1 else merge_tiles(parts, tile_identity(group))
+    columns = {
+        f.name: merged.column(f.name).cast(f.type)
+        if f.name in merged.column_names
+        else pa.nulls(merged.num_rows, f.type)
+        for f in schema
+    }
+    return pa.table(columns, schema=schema)
+
+
 def files_by_columns(paths: Sequence[str]) -> list[tuple[list[str], list[str]]]:
     """``paths`` grouped by the set of columns their files hold (one footer read each)."""
     import pyarrow.parquet as pq

@@ -91,9 +91,10 @@ features:
 )
 
 
-def config_text(catalog_uri: str) -> str:
+def config_text(catalog_uri: str, engine: str = "spark") -> str:
     return textwrap.dedent(f"""\
         project: tiles-test
+        engine: {engine}
         sources:
           events:
             format: parquet
@@ -119,7 +120,7 @@ class Project:
         self.workspace = load_workspace(self.root / "robusta.yaml").require_valid()
 
 
-def make_project(root: Path, catalog_uri: str | None = None) -> Project:
+def make_project(root: Path, catalog_uri: str | None = None, engine: str = "spark") -> Project:
     events = generate_events(
         GeneratorConfig(seed=3, days=3, events_per_day=3000, users=120, items=300, channels=9)
     )
@@ -127,13 +128,16 @@ def make_project(root: Path, catalog_uri: str | None = None) -> Project:
     (root / "feature_defs").mkdir()
     (root / "feature_defs" / "engagement.yaml").write_text(SPEC)
     uri = catalog_uri or f"sqlite:///{root / 'catalog.db'}"
-    (root / "robusta.yaml").write_text(config_text(uri))
+    (root / "robusta.yaml").write_text(config_text(uri, engine))
     return Project(root, load_workspace(root / "robusta.yaml").require_valid(), events)
 
 
-@pytest.fixture(scope="module")
-def project(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    proj = make_project(tmp_path_factory.mktemp("tiles"))
+@pytest.fixture(scope="module", params=["spark", "embedded"])
+def project(
+    spark: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Project]:
+    """The project on each engine: every test of this module runs on both."""
+    proj = make_project(tmp_path_factory.mktemp("tiles"), engine=request.param)
     yield proj
 
 

@@ -69,7 +69,7 @@ def test_a_failed_rebuild_leaves_the_table_as_it_was(
                 raise KeyboardInterrupt  # Ctrl-C while writing, or just before the commit
 
             if target == "write_tiles":
-                monkeypatch.setattr("robusta.materialize.write_tiles", crash)
+                monkeypatch.setattr("robusta.engine.spark.job.write_tiles", crash)
             else:
                 monkeypatch.setattr(TileTables, "rebuild", crash)
             with pytest.raises(KeyboardInterrupt):

@@ -174,3 +174,14 @@ def _ident(name: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def monitor_sql(source: SourceConfig) -> str:
+    """A monitored source's timestamp and segment columns (as text), for event counts."""
+    monitor = source.monitor
+    if monitor is None:
+        raise ValueError(f"source {source.name} has no monitor")
+    ts = _ident(monitor.timestamp)
+    columns = [f"CAST({ts} AS TIMESTAMP) AS {ts}"]
+    columns += [f"CAST({_ident(s)} AS VARCHAR) AS {_ident(s)}" for s in monitor.segments]
+    return f"SELECT {', '.join(columns)} FROM {_ident(source.name)}"

@@ -10,10 +10,9 @@ smaller ones. Only native Spark SQL expressions run: no Python UDF touches a row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from robusta.engine.counts import TileCounts
+from robusta.engine.counts import Range, TileCounts
 from robusta.plan.keys import spark_key_bucket
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.durations import Duration
@@ -21,18 +20,7 @@ from robusta.spec.durations import Duration
 BUCKET = "__bucket"  # bucket start, epoch microseconds
 LAST_EVENT = "__last_event"  # latest event time of a finest tile, epoch microseconds
 PARTITION_COLUMNS = ("__p_granularity", "__p_key_bucket", "__p_month")
-
-
-@dataclass(frozen=True)
-class Range:
-    """Whole buckets ``[start, end)`` in epoch microseconds; None means all data."""
-
-    start: int | None = None
-    end: int | None = None
-
-    @property
-    def bounded(self) -> bool:
-        return self.start is not None and self.end is not None
+__all__ = ["Range", "TileCounts", "TileJob", "read_tiles", "write_tiles"]
 
 
 def q(name: str) -> str:

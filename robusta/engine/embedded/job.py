@@ -1,0 +1,77 @@
+"""The embedded engine behind the engine seam (``engine.base.TileEngine``): DuckDB runs the
+spec's query over its sources, Arrow builds the tiles (``tiles.build_tiles``), pyarrow writes
+them in the Spark engine's file layout (``store.tiles.write_tile_files``). No JVM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from robusta.engine.counts import Range, TileCounts
+from robusta.engine.embedded.sql import connect, monitor_sql, register_sources, run_query
+from robusta.engine.embedded.tiles import build_tiles
+from robusta.plan.model import SpecPlan, TileGroup
+from robusta.spec.model import ProjectConfig, SourceConfig
+from robusta.store.tiles import local_path, read_tile_files, write_tile_files
+
+UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+class EmbeddedTileEngine:
+    name = "embedded"
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+        self.con = connect()
+        self._events: dict[str, pa.Table] = {}  # per spec: its query's rows, read once
+
+    def events(self, plan: SpecPlan) -> pa.Table:
+        if plan.name not in self._events:
+            register_sources(self.con, [self.config.sources[s] for s in plan.spec.sources])
+            self._events[plan.name] = run_query(self.con, plan.spec.query, plan.spec.timestamp)
+        return self._events[plan.name]
+
+    def write_tiles(
+        self,
+        plan: SpecPlan,
+        group: TileGroup,
+        window: Range,
+        folder: Path,
+        carried: Sequence[Any] = (),
+    ) -> TileCounts:
+        events = self.events(plan)
+        if window.bounded:  # rows without a time are counted as dropped, as on Spark
+            ts = pc.cast(pc.cast(events.column(plan.spec.timestamp), UTC_MICROS), pa.int64())
+            inside = pc.and_(pc.greater_equal(ts, window.start), pc.less(ts, window.end))
+            events = events.filter(pc.or_kleene(pc.is_null(ts), inside))
+        tiles, counts = build_tiles(events, plan, group)
+        if carried:
+            tiles = pa.concat_tables([tiles, self._outside(carried, window, group)])
+        write_tile_files(tiles, group, folder)
+        return counts
+
+    def _outside(self, files: Sequence[Any], window: Range, group: TileGroup) -> pa.Table:
+        old = read_tile_files([str(local_path(f.file_path)) for f in files], group)
+        starts = pc.cast(old.column("bucket_start"), pa.int64())
+        inside = pc.and_(pc.greater_equal(starts, window.start), pc.less(starts, window.end))
+        return old.filter(pc.invert(inside))
+
+    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: Path) -> None:
+        paths = [str(local_path(f.file_path)) for f in files]
+        write_tile_files(read_tile_files(paths, group), group, folder)
+
+    def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
+        from robusta.monitor import count_events, store_counts
+
+        assert source.monitor is not None
+        register_sources(self.con, [source])
+        rows = self.con.sql(monitor_sql(source)).to_arrow_table()
+        counts, lo, hi = count_events(rows, source.monitor, start, end)
+        store_counts(self.config, source, counts, lo, hi)
+
+    def done_with(self, plan: SpecPlan) -> None:
+        self._events.pop(plan.name, None)
