@@ -258,13 +258,17 @@ class _EdgeN(Operator):
         return (out,)
 
     def to_arrow(self, state: State) -> pa.Array:
-        rows = [
-            [{"ts": python_value(t, DataType.TIMESTAMP), "value": self._value(v)} for t, v in items]
-            if items
-            else None
-            for items in state[0]
-        ]
-        return pa.array(rows, self.ir_type)
+        """The lists built from flat columns (one cast per column, not per value)."""
+        counts = np.fromiter((len(items) for items in state[0]), np.int64, len(state[0]))
+        offsets = np.zeros(len(counts) + 1, np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        flat = [pair for items in state[0] for pair in items]
+        ts = pa.array([t for t, _ in flat], pa.int64()).cast(TS_TYPE)
+        values = _typed_values([v for _, v in flat], self.input_type)
+        pairs = pa.StructArray.from_arrays([ts, values], names=["ts", "value"])
+        empty = pa.array(counts == 0, pa.bool_())
+        lists = pa.ListArray.from_arrays(pa.array(offsets), pairs, mask=empty)
+        return lists.cast(self.ir_type)
 
     def _value(self, value: Any) -> Any:
         return python_value(value, self.input_type)
@@ -293,3 +297,12 @@ class LastN(_EdgeN):
     name = "last_n"
     summary = "values of the n events with the greatest (ts, value), newest first"
     want_least = False
+
+
+def _typed_values(values: list[Any], dtype: DataType) -> pa.Array:
+    """State values (int micros / days for temporal types) as an Arrow column of ``dtype``."""
+    if dtype is DataType.TIMESTAMP:
+        return pa.array(values, pa.int64()).cast(TS_TYPE)
+    if dtype is DataType.DATE:
+        return pa.array(values, pa.int32()).cast(pa.date32())
+    return pa.array(values, dtype.arrow())

@@ -21,6 +21,7 @@ whose existing columns are unchanged and only adds columns is compatible.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import uuid
@@ -405,20 +406,28 @@ def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Pa
     tiles = tiles.select(schema.names).cast(schema)
     if tiles.num_rows == 0:
         return []
+    import numpy as np
+
     month = pc.strftime(tiles.column("bucket_start"), format="%Y-%m")
     tagged = tiles.append_column("__month", month)
     keys = [k.column for k in group.layout.keys]
-    parts = tagged.group_by(["granularity", "key_bucket", "__month"]).aggregate([])
+    partition = ["granularity", "key_bucket", "__month"]
+    # One sort puts every partition's rows together, in key and time order: slices, not masks.
+    order = [(c, "ascending") for c in [*partition, *keys, "bucket_start"]]
+    tagged = tagged.sort_by(order)
+    columns = [tagged.column(c).to_numpy() for c in partition]
+    change = np.zeros(tagged.num_rows, np.bool_)
+    change[0] = True
+    for values in columns:
+        change[1:] |= values[1:] != values[:-1]
+    starts = [*np.flatnonzero(change).tolist(), tagged.num_rows]
+    rows = tagged.drop_columns(["__month"])
     written = []
-    for g, b, m in zip(*(parts.column(c).to_pylist() for c in parts.column_names), strict=True):
-        mask = pc.and_(
-            pc.and_(pc.equal(tagged["granularity"], g), pc.equal(tagged["key_bucket"], b)),
-            pc.equal(tagged["__month"], m),
-        )
-        part = tiles.filter(mask).sort_by([(k, "ascending") for k in [*keys, "bucket_start"]])
+    for begin, end in itertools.pairwise(starts):
+        g, b, m = (values[begin] for values in columns)
         path = folder / f"granularity={g}" / f"key_bucket={b}" / f"month={m}" / "tiles.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, path)
+        pq.write_table(rows.slice(begin, end - begin), path)
         written.append(path)
     return written
 
