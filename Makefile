@@ -13,7 +13,7 @@ else
 JAVA_ENV = JAVA_HOME="$$($(PY) -m robusta.engine.spark.java)"
 endif
 
-.PHONY: help demo test lint pytest install dev java clean
+.PHONY: help demo test test-fast lint pytest install dev java clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ pytest: dev
 	$(JAVA_ENV) $(VENV)/bin/pytest -q
 
 test: lint pytest  ## lint, then the whole test suite
+
+test-fast: lint  ## lint, then the tests that need no JVM (the embedded engine and all pure layers)
+	$(VENV)/bin/pytest -q -m "not spark"
 
 clean:  ## remove generated data and caches (keeps .venv)
 	rm -rf .robusta .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,7 @@ def demo_project(tmp_path: Path) -> Path:
     return tmp_path / "robusta.yaml"
 
 
+@pytest.mark.spark
 def test_demo_generates_data_and_materializes(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
