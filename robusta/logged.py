@@ -83,13 +83,13 @@ def require_logs(
         assert spec is not None
         files = log_files(workspace, spec)
         if not files:
-            why = _enable(workspace)
+            why = _how_to_log(workspace)
             raise NoLogError(f"nothing of spec {name} is logged{_since(since)}: {why}")
         logs.append(SpecLog(spec, outputs, files))
     return logs
 
 
-def _enable(workspace: Workspace) -> str:
+def _how_to_log(workspace: Workspace) -> str:
     config = workspace.project.config
     log = {} if config is None else config.online.options.get("log") or {}
     if not log.get("enabled", False):
@@ -187,14 +187,14 @@ def consistency(
     chosen = [s for s in workspace.plan.specs if not specs or s.name in specs]
     logged = [(spec, files) for spec in chosen if (files := log_files(workspace, spec))]
     if not logged:  # known before Spark starts
-        raise NoLogError(f"no logged lookups{_since(since)}: {_enable(workspace)}")
+        raise NoLogError(f"no logged lookups{_since(since)}: {_how_to_log(workspace)}")
     spark = spark_session(config.spark)
     report = ConsistencyReport(None if since is None else since.isoformat(), max_mismatch)
     for spec, files in logged:
         step(f"reading the log of {spec.name}")
         _compare_spec(workspace, spec, read_log(spark, files, since), report, step)
     if not report.features:
-        raise NoLogError(f"no logged lookups{_since(since)}: {_enable(workspace)}")
+        raise NoLogError(f"no logged lookups{_since(since)}: {_how_to_log(workspace)}")
     return report
 
 

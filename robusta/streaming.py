@@ -222,7 +222,7 @@ class SpecStream:
         self._check_query()
 
     def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
-        self.check()
+        """The streaming query (after :meth:`check`)."""
         self._write_start()
         for name in self.plan.spec.sources:
             read_stream(spark, self.config, name).createOrReplaceTempView(name)

@@ -246,12 +246,15 @@ def refuse_stale(tables: TileTables, requests: Sequence[GroupRequest]) -> None:
     for request in requests:
         table = tables.load(request.group.layout.table)
         if table is not None and table_state(table, request.group, request.spec.hash) == STALE:
-            name = request.spec.name
-            raise StaleTilesError(
-                f"tiles of spec {name} are stale (the spec changed since they were written): "
-                f"run `robusta materialize --spec {name} --rebuild` first (it swaps the new "
-                "tiles in with one commit), then upload them if they are served"
-            )
+            raise _stale(request.spec.name)
+
+
+def _stale(name: str) -> StaleTilesError:
+    return StaleTilesError(
+        f"tiles of spec {name} are stale (the spec changed since they were written): run "
+        f"`robusta materialize --spec {name} --rebuild` first (it swaps the new tiles in with "
+        "one commit), then upload them if they are served"
+    )
 
 
 def _plan_join(
@@ -306,7 +309,7 @@ def _ready_table(
     table = tables.load(request.group.layout.table)
     state = None if table is None else table_state(table, request.group, request.spec.hash)
     if state == STALE:
-        refuse_stale(tables, [request])
+        raise _stale(name)
     spans = [] if table is None else coverage(table)
     ends = [b for _, b in spans if b is not None]
     if end is not None and ends and end > max(ends):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from robusta.errors import RobustaError
 from robusta.plan.selection import GroupRequest
+from robusta.spec.durations import to_micros
 from robusta.spec.model import OfflineConfig
 from robusta.spec.suggest import did_you_mean
 
@@ -199,17 +200,11 @@ def _parse_iso(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
                 f'time column "{name}" holds "{text}", which is not an ISO-8601 time; write '
                 "e.g. 2024-01-14T10:00:00Z or 2024-01-14 10:00:00+02:00"
             ) from None
-        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-        parsed.append(_epoch_micros(moment))
+        parsed.append(to_micros(moment))
     lookup = pa.array(parsed, pa.int64())
     index = pc.index_in(column, value_set=distinct)
     taken = lookup.take(index.combine_chunks() if isinstance(index, pa.ChunkedArray) else index)
     return pa.chunked_array([taken.cast(TIME_TYPE)])
-
-
-def _epoch_micros(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def arrow_kind(kind: pa.DataType) -> str:

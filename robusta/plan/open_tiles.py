@@ -141,7 +141,7 @@ def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration)
     rows = tagged.take(chosen.column("__c")).sort_by(
         [(k, "ascending") for k in [*keys, "__parent", BUCKET]]
     )
-    offsets = _segments(rows, on)
+    offsets = run_offsets(rows, on)
     starts = offsets[:-1]
     columns = {k: rows.column(k).take(starts) for k in keys}
     columns[BUCKET] = rows.column("__parent").take(starts)
@@ -188,7 +188,7 @@ def _merged(feature: BaseFeature, irs: pa.ChunkedArray | pa.Array, offsets: np.n
     return merged
 
 
-def _segments(rows: pa.Table, on: Sequence[str]) -> np.ndarray:
+def run_offsets(rows: pa.Table, on: Sequence[str]) -> np.ndarray:
     """Offsets of the runs of equal ``on`` values in sorted ``rows`` (with 0 and n)."""
     n = rows.num_rows
     if n == 0:

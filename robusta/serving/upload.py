@@ -183,8 +183,8 @@ class _SpecUpload:
         gmin = group.layout.finest.micros
         spans = coverage(table)
         now = to_micros(datetime.now().astimezone())
+        ends = [b for _, b in spans if b is not None]
         if at is None:
-            ends = [b for _, b in spans if b is not None]
             if not ends:
                 raise UploadError(
                     f"the tiles of spec {self.plan.name} hold no complete bucket yet (a run "
@@ -193,7 +193,6 @@ class _SpecUpload:
                     "or lower offline.allowed_lateness"
                 )
             return floor_to(min(max(ends), now), gmin)
-        ends = [b for _, b in spans if b is not None]
         if ends and len(ends) == len(spans) and at > max(ends):
             # The pointer never passes the coverage: buckets after it may still change.
             self.notes.append(

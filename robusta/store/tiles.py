@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from robusta.errors import RobustaError
 from robusta.plan.model import TileGroup
+from robusta.plan.open_tiles import run_offsets
 from robusta.spec.model import OfflineConfig
 from robusta.store.catalog import open_catalog
 
@@ -136,9 +137,7 @@ class TileTables:
         summary = {VERSION_PROPERTY: version, RUN_PROPERTY: run.id, "robusta.added": added}
         properties = {COLUMNS_PROPERTY: json.dumps(stored, sort_keys=True)}
         swap_files(table, [], new_paths, summary, {**properties, VERSION_PROPERTY: version})
-        refreshed = self.catalog.load_table(self.identifier(group.layout.table))
-        snapshot = refreshed.current_snapshot()
-        return int(snapshot.snapshot_id) if snapshot is not None else 0
+        return self._snapshot_id(table)
 
     def _create(self, group: TileGroup, version: str) -> Any:
         from pyiceberg.transforms import MonthTransform
@@ -257,10 +256,12 @@ class TileTables:
         if covered is not None:
             extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
         swap_files(table, old_files, new_paths, summary, extra)
-        refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
-        snapshot = refreshed.current_snapshot()
-        return int(snapshot.snapshot_id) if snapshot is not None else 0
+        return self._snapshot_id(table)
 
+    def _snapshot_id(self, table: Any) -> int:
+        """The table's current snapshot id as the catalog has it now (after a commit)."""
+        snapshot = self.catalog.load_table(self.identifier(table.name()[-1])).current_snapshot()
+        return int(snapshot.snapshot_id) if snapshot is not None else 0
 
     def rebuild(
         self,
@@ -284,9 +285,7 @@ class TileTables:
             COVERAGE_PROPERTY: json.dumps(merge_spans([covered] if covered else [])),
         }
         swap_files(table, old_files, new_paths, summary, labels, relayout=tile_schema(group))
-        refreshed = self.catalog.load_table(self.identifier(table.name()[-1]))
-        snapshot = refreshed.current_snapshot()
-        return int(snapshot.snapshot_id) if snapshot is not None else 0
+        return self._snapshot_id(table)
 
 
 def files_where(table: Any, condition: Any) -> list[Any]:
@@ -406,25 +405,16 @@ def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Pa
     tiles = tiles.select(schema.names).cast(schema)
     if tiles.num_rows == 0:
         return []
-    import numpy as np
-
     month = pc.strftime(tiles.column("bucket_start"), format="%Y-%m")
     tagged = tiles.append_column("__month", month)
     keys = [k.column for k in group.layout.keys]
     partition = ["granularity", "key_bucket", "__month"]
     # One sort puts every partition's rows together, in key and time order: slices, not masks.
-    order = [(c, "ascending") for c in [*partition, *keys, "bucket_start"]]
-    tagged = tagged.sort_by(order)
-    columns = [tagged.column(c).to_numpy() for c in partition]
-    change = np.zeros(tagged.num_rows, np.bool_)
-    change[0] = True
-    for values in columns:
-        change[1:] |= values[1:] != values[:-1]
-    starts = [*np.flatnonzero(change).tolist(), tagged.num_rows]
+    tagged = tagged.sort_by([(c, "ascending") for c in [*partition, *keys, "bucket_start"]])
     rows = tagged.drop_columns(["__month"])
     written = []
-    for begin, end in itertools.pairwise(starts):
-        g, b, m = (values[begin] for values in columns)
+    for begin, end in itertools.pairwise(run_offsets(tagged, partition).tolist()):
+        g, b, m = (tagged.column(c)[begin].as_py() for c in partition)
         path = folder / f"granularity={g}" / f"key_bucket={b}" / f"month={m}" / "tiles.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(rows.slice(begin, end - begin), path)

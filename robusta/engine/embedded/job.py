@@ -13,12 +13,10 @@ import pyarrow.compute as pc
 
 from robusta.engine.counts import Range, TileCounts
 from robusta.engine.embedded.sql import connect, monitor_sql, register_sources, run_query
-from robusta.engine.embedded.tiles import build_tiles
+from robusta.engine.embedded.tiles import build_tiles, utc_micros
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.tiles import local_path, read_tile_files, write_tile_files
-
-UTC_MICROS = pa.timestamp("us", tz="UTC")
 
 
 class EmbeddedTileEngine:
@@ -45,7 +43,7 @@ class EmbeddedTileEngine:
     ) -> TileCounts:
         events = self.events(plan)
         if window.bounded:  # rows without a time are counted as dropped, as on Spark
-            ts = pc.cast(pc.cast(events.column(plan.spec.timestamp), UTC_MICROS), pa.int64())
+            ts = utc_micros(events.column(plan.spec.timestamp))
             inside = pc.and_(pc.greater_equal(ts, window.start), pc.less(ts, window.end))
             events = events.filter(pc.or_kleene(pc.is_null(ts), inside))
         tiles, counts = build_tiles(events, plan, group)

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from robusta.engine.embedded.tiles import utc_micros
 from robusta.engine.pit_join import KEY_BUCKET, POINTER, TS, GroupJoin, key_column
 from robusta.plan.keys import record_keys
 
 BATCH_ROWS = 65_536  # rows per batch handed to the assembler: bounds memory, not results
-TIME = pa.timestamp("us", tz="UTC")
 
 
 def join_group(
@@ -40,9 +40,9 @@ def join_group(
     primary = next(i for i, k in enumerate(layout.keys) if k.column == layout.primary)
     buckets = key_buckets(keyed[key_column(primary)], layout.key_buckets)
     keyed[KEY_BUCKET] = pa.array(buckets, pa.int32())
-    keyed[TS] = _micros(rows.column(timestamp_column))
+    keyed[TS] = utc_micros(rows.column(timestamp_column))
     if version_column is not None:
-        keyed[POINTER] = _micros(rows.column(version_column))
+        keyed[POINTER] = utc_micros(rows.column(version_column))
     order = np.argsort(buckets, kind="stable")  # each bucket's tiles are read once
     batches = pa.table(keyed).take(pa.array(order)).to_batches(max_chunksize=BATCH_ROWS)
     names = [o.name for o in join.outputs]
@@ -83,7 +83,3 @@ def _cast_key(column: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_string(target):
         return record_keys([column])
     return pc.cast(column, target)
-
-
-def _micros(column: pa.ChunkedArray) -> pa.Array:
-    return pc.cast(pc.cast(column, TIME), pa.int64()).combine_chunks()

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from robusta.engine.counts import TileCounts
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import BUCKET, CHANGED, advance
+from robusta.plan.open_tiles import BUCKET, CHANGED, advance, run_offsets
 from robusta.spec.types import DataType
 from robusta.store.tiles import tile_schema
 
@@ -34,7 +34,7 @@ def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.
     columns, and what the job reports (as the Spark job's ``TileJob.counts``)."""
     layout = group.layout
     keys = [_key_column(events.column(k.column), k.type) for k in layout.keys]
-    ts = _micros(events.column(plan.spec.timestamp))
+    ts = utc_micros(events.column(plan.spec.timestamp))
     null_key = np.zeros(events.num_rows, dtype=np.bool_)
     for key in keys:
         null_key |= _nulls(key)
@@ -54,7 +54,7 @@ def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.
     )
     grouped = [f"__k{i}" for i in range(len(keys))]
     rows = rows.sort_by([(c, "ascending") for c in [*grouped, BUCKET, "__ts"]])
-    offsets = _segments(rows, [*grouped, BUCKET])
+    offsets = run_offsets(rows, [*grouped, BUCKET])
     starts = offsets[:-1]
     order = rows.column("__row")
     sorted_ts = np.asarray(rows.column("__ts").to_numpy(), dtype=np.int64)
@@ -104,7 +104,7 @@ def _key_column(column: pa.ChunkedArray, dtype: DataType) -> pa.Array:
     return values if values.type.equals(target) else values.cast(target)
 
 
-def _micros(column: pa.ChunkedArray) -> pa.Array:
+def utc_micros(column: pa.ChunkedArray) -> pa.Array:
     """Event times as epoch microseconds (int64); a naive timestamp is UTC wall time."""
     values = column.combine_chunks()
     if not pa.types.is_timestamp(values.type) or values.type.unit != "us":
@@ -118,16 +118,3 @@ def _nulls(values: pa.Array) -> np.ndarray:
     return np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
 
 
-def _segments(rows: pa.Table, on: list[str]) -> np.ndarray:
-    """Offsets of the runs of equal ``on`` values in sorted ``rows`` (with 0 and n)."""
-    n = rows.num_rows
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    change = np.zeros(n - 1, dtype=bool)
-    for name in on:
-        column = rows.column(name).combine_chunks()
-        change |= np.asarray(
-            pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False),
-            dtype=np.bool_,
-        )
-    return np.concatenate([[0], np.flatnonzero(change) + 1, [n]]).astype(np.int64)
