@@ -352,6 +352,15 @@ def _iso(micros: int) -> str:
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def to_arrow(frame: Any) -> pa.Table:
+    """A training frame from either engine as an Arrow table (a Spark frame is collected:
+    keep it small)."""
+    if isinstance(frame, pa.Table):
+        return frame
+    table: pa.Table = frame.toArrow()
+    return table
+
+
 def to_pandas(frame: Any) -> Any:
     """A small training frame as pandas (needs pandas installed); times stay UTC-aware
     (Spark hands them over as naive times of its session time zone, UTC)."""
@@ -370,5 +379,6 @@ __all__ = [
     "TrainingInputError",
     "get_training_frame",
     "resolve_features",
+    "to_arrow",
     "to_pandas",
 ]

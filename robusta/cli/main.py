@@ -189,7 +189,7 @@ engine_option = click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default=None,
-    help="Engine that computes (default: `engine` in robusta.yaml, else spark).",
+    help="Engine that computes (default: `engine` in robusta.yaml, else embedded).",
 )
 config_option = click.option(
     "--config",
@@ -750,6 +750,7 @@ def compact(
 @click.option("--available-now", is_flag=True, help="Process what has landed, then stop.")
 @click.option("--status", "show_status", is_flag=True, help="Show progress from the checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable status.")
+@engine_option
 @handle_errors
 def stream(
     config: Path | None,
@@ -758,6 +759,7 @@ def stream(
     available_now: bool,
     show_status: bool,
     as_json: bool,
+    engine: str | None,
 ) -> None:
     """Stream landed files (or Kafka) into tiles: fresh online features, Iceberg copies,
     exactly once. Stops cleanly on SIGTERM or Ctrl-C (a second one stops at once)."""
@@ -790,7 +792,13 @@ def stream(
             )
 
     final = run(
-        workspace, specs, trigger=every, available_now=available_now, stop=stop, report=report
+        workspace,
+        specs,
+        trigger=every,
+        available_now=available_now,
+        stop=stop,
+        report=report,
+        engine=engine,
     )
     _signals.exit_if_stopped()
     if as_json:

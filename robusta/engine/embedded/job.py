@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from robusta.engine.counts import Range, TileCounts
 from robusta.engine.embedded.sql import connect, monitor_sql, register_sources, run_query
-from robusta.engine.embedded.tiles import build_tiles, utc_micros
+from robusta.engine.embedded.tiles import build_tiles, source_latest, utc_micros
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.tiles import local_path, read_tile_files, write_tile_files
@@ -42,11 +42,15 @@ class EmbeddedTileEngine:
         carried: Sequence[Any] = (),
     ) -> TileCounts:
         events = self.events(plan)
+        latest = None
         if window.bounded:  # rows without a time are counted as dropped, as on Spark
             ts = utc_micros(events.column(plan.spec.timestamp))
+            latest = source_latest(events, ts, group)
             inside = pc.and_(pc.greater_equal(ts, window.start), pc.less(ts, window.end))
             events = events.filter(pc.or_kleene(pc.is_null(ts), inside))
         tiles, counts = build_tiles(events, plan, group)
+        if window.bounded:  # the source's latest event, not the window's (TileCounts)
+            counts.last_event = latest
         if carried:
             tiles = pa.concat_tables([tiles, self._outside(carried, window, group)])
         write_tile_files(tiles, group, folder)

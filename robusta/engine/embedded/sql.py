@@ -13,7 +13,7 @@ supported by the embedded engine yet (:class:`UnsupportedSourceError`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +75,25 @@ def duckdb_type(column: Column) -> str:
     return built.sql("duckdb")
 
 
-def register_sources(con: Any, sources: Iterable[SourceConfig]) -> None:
-    """Create (or replace) a view named like each source."""
+def register_sources(
+    con: Any, sources: Iterable[SourceConfig], files: Mapping[str, Sequence[Path]] | None = None
+) -> None:
+    """Create (or replace) a view named like each source: over ``files[name]`` when given
+    (a stream's micro-batch; none: no rows), else over every file the source holds."""
     for source in sources:
-        con.execute(f"CREATE OR REPLACE VIEW {_ident(source.name)} AS {source_sql(source)}")
+        _check_format(source)
+        if files is None:
+            sql = source_sql(source, landed_files(source))
+        elif files.get(source.name):
+            sql = source_sql(source, files[source.name])
+        else:
+            sql = _no_rows_sql(source)
+        con.execute(f"CREATE OR REPLACE VIEW {_ident(source.name)} AS {sql}")
 
 
-def source_sql(source: SourceConfig) -> str:
-    """A SELECT reading ``source`` in its declared columns."""
-    if source.format not in ("csv", "parquet"):
-        raise UnsupportedSourceError(
-            f'source "{source.name}": format {source.format} is not supported by the embedded '
-            "engine yet (csv and parquet are); use the Spark engine for it"
-        )
-    files = _files(source)
+def source_sql(source: SourceConfig, files: Sequence[Path]) -> str:
+    """A SELECT reading ``files`` of ``source`` in its declared columns."""
+    _check_format(source)
     listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
     if source.format == "parquet":
         if source.schema is None:
@@ -105,6 +110,14 @@ def source_sql(source: SourceConfig) -> str:
         f"SELECT {_typed(source.schema, 'TRY_CAST')} FROM read_csv({listed}, "
         f"columns = {{{text}}}, auto_detect = false, {params})"
     )
+
+
+def _check_format(source: SourceConfig) -> None:
+    if source.format not in ("csv", "parquet"):
+        raise UnsupportedSourceError(
+            f'source "{source.name}": format {source.format} is not supported by the embedded '
+            "engine yet (csv and parquet are); use the Spark engine for it"
+        )
 
 
 def run_query(con: Any, query: str, timestamp: str) -> pa.Table:
@@ -146,7 +159,7 @@ def _csv_params(source: SourceConfig) -> str:
     return ", ".join(f"{k} = {v}" for k, v in params.items())
 
 
-def _files(source: SourceConfig) -> list[Path]:
+def landed_files(source: SourceConfig) -> list[Path]:
     """The files Spark reads: the path itself, or every file under the folder except hidden
     ones (names starting with ``.`` or ``_``, e.g. files being landed)."""
     path = source.path
@@ -155,17 +168,33 @@ def _files(source: SourceConfig) -> list[Path]:
             f'source "{source.name}": {path} does not exist; write data there or fix its '
             "path in robusta.yaml"
         )
-    if path.is_file():
-        return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
+    files = [path] if path.is_file() else visible_files(path)
     if not files:
         raise EmbeddedSourceError(f'source "{source.name}": no files under {path}')
     return files
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` but hidden ones (a name part starting with . or _)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
+
+
+def _no_rows_sql(source: SourceConfig) -> str:
+    """A source's declared columns without rows (a stream's batch with no file of it)."""
+    if source.schema is None:
+        raise EmbeddedSourceError(
+            f'source "{source.name}" has no schema: a stream needs one declared in robusta.yaml '
+            '(schema: "col TYPE, ...")'
+        )
+    nulls = ", ".join(
+        f"CAST(NULL AS {duckdb_type(c)}) AS {_ident(c.name)}" for c in source.schema
+    )
+    return f"SELECT {nulls} WHERE false"
 
 
 def _ident(name: str) -> str:
