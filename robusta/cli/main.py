@@ -655,6 +655,7 @@ def describe(feature: str, config: Path | None, as_json: bool) -> None:
     type=click.FloatRange(0.0, 1.0),
     help="Largest share of mismatching rows a feature may have before the check fails.",
 )
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
 def consistency(
@@ -662,15 +663,16 @@ def consistency(
     since: datetime | None,
     specs: tuple[str, ...],
     max_mismatch: float,
+    engine: str | None,
     as_json: bool,
 ) -> None:
     """Recompute logged lookups with the PIT join at their version pointers and compare."""
     from robusta.cli.registry_views import consistency_table
-    from robusta.logged import consistency as check
+    from robusta.consistency import consistency as check
 
     workspace = load_workspace(config).require_valid()
     with progress(as_json) as step:
-        report = check(workspace, _utc(since), specs, max_mismatch, step=step)
+        report = check(workspace, _utc(since), specs, max_mismatch, step=step, engine=engine)
     _report(report, as_json, consistency_table)
     if not report.ok:
         sys.exit(1)
