@@ -28,7 +28,7 @@ from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
 from robusta.engine.spark.tiles import q
-from robusta.materialize import materialize
+from robusta.jobs.materialize import materialize
 from robusta.workspace import load_workspace
 
 REPO = Path(__file__).resolve().parents[1]

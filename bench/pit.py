@@ -229,7 +229,7 @@ def robusta_frame(root: Path, out: Path) -> None:
 
 
 def robusta_end_to_end(root: Path, out: Path) -> None:
-    from robusta.materialize import materialize
+    from robusta.jobs.materialize import materialize
     from robusta.workspace import load_workspace
 
     materialize(load_workspace(root / "robusta.yaml").require_valid(), rebuild=True)

@@ -18,7 +18,7 @@ from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.errors import RobustaError
 
 if TYPE_CHECKING:
-    from robusta.materialize import TableReport
+    from robusta.jobs.materialize import TableReport
     from robusta.serving import FeatureVector
     from robusta.serving.upload import UploadReport
 from robusta.plan.model import Plan, TileGroup
@@ -119,7 +119,7 @@ def run_demo(
     result.estimates = _estimates(workspace.plan, events)
     result.examples = _examples(workspace.plan, events)
     if materialize_tiles:
-        from robusta.materialize import materialize
+        from robusta.jobs.materialize import materialize
 
         # The demo owns its tables: a changed example spec is simply rebuilt.
         result.materialized = materialize(workspace, rebuild=True, step=step)

@@ -303,7 +303,7 @@ def _ready_table(
     """The group's tile table; tiles missing for the rows' time range (or only lacking added
     features) are computed first. A stale table (the spec changed) is never rebuilt here: a
     stream and an upload may depend on it, so that is reported with the command to run."""
-    from robusta.materialize import materialize
+    from robusta.jobs.materialize import materialize
     from robusta.store.tiles import ADD, STALE, coverage, table_state, uncovered
 
     since, end = needed

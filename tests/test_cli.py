@@ -146,7 +146,7 @@ def test_tables_fit_the_width_without_cutting_words(tmp_path: Path, columns: int
 
 
 def test_times_take_utc_offsets_and_z(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import robusta.materialize
+    import robusta.jobs.materialize
     import robusta.serving.upload
 
     seen: list[object] = []
@@ -155,7 +155,7 @@ def test_times_take_utc_offsets_and_z(monkeypatch: pytest.MonkeyPatch, tmp_path:
         seen.extend(args)
         return []
 
-    monkeypatch.setattr(robusta.materialize, "materialize", fake)
+    monkeypatch.setattr(robusta.jobs.materialize, "materialize", fake)
     config = demo_project(tmp_path)
     start, end = "2024-01-14 10:00:00+02:00", "2024-01-15T00:00:00Z"
     args = ["materialize", "--start", start, "--end", end, "--config", str(config), "--json"]

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
-from robusta.materialize import materialize
+from robusta.jobs.materialize import materialize
 from robusta.ops import Operator, State, concat, make_operator, take
 from robusta.plan.windows import decompose
 from robusta.spec.durations import Window, floor_to

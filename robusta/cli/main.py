@@ -419,7 +419,7 @@ def materialize(
     as_json: bool,
 ) -> None:
     """Compute tiles and commit them to Iceberg, one atomic snapshot per table."""
-    from robusta.materialize import materialize as run
+    from robusta.jobs.materialize import materialize as run
 
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:
@@ -728,7 +728,7 @@ def compact(
     config: Path | None, specs: tuple[str, ...], engine: str | None, as_json: bool
 ) -> None:
     """Fold added-feature files of tile tables into whole files (one commit per table)."""
-    from robusta.materialize import compact as run
+    from robusta.jobs.materialize import compact as run
 
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:

@@ -16,7 +16,7 @@ from robusta.plan.model import Plan, SpecPlan
 if TYPE_CHECKING:
     from robusta.backfill import BackfillResult
     from robusta.inspect_tiles import TileView
-    from robusta.materialize import TableReport
+    from robusta.jobs.materialize import TableReport
     from robusta.serving.client import FeatureVector
     from robusta.serving.upload import UploadReport
 

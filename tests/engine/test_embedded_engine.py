@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from robusta.materialize import compact, materialize
+from robusta.jobs.materialize import compact, materialize
 from robusta.serving import FeatureClient
 from robusta.serving.upload import upload
 from robusta.spec.durations import floor_to, from_micros

@@ -180,7 +180,7 @@ FLOATS = {"sum", "avg", "variance", "stddev"}
 
 @pytest.fixture(scope="module")
 def spark_tiles(spark: Any, project: Project) -> dict[str, pa.Table]:
-    from robusta.materialize import materialize
+    from robusta.jobs.materialize import materialize
 
     materialize(project.workspace)
     config = project.workspace.project.config

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pytest
 
 from robusta.datagen import EVENT_SCHEMA_DDL, GeneratorConfig, generate_events, write_events
-from robusta.materialize import TableReport, materialize
+from robusta.jobs.materialize import TableReport, materialize
 from robusta.ops import Operator, make_operator
 from robusta.plan.model import BaseFeature, TileGroup
 from robusta.spec.types import DataType

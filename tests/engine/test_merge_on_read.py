@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from robusta.cli.main import main
 from robusta.datagen import GeneratorConfig, generate_events, write_events
-from robusta.materialize import compact, materialize
+from robusta.jobs.materialize import compact, materialize
 from robusta.serving import FeatureClient
 from robusta.serving.upload import upload
 from robusta.spec.durations import from_micros

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from robusta.materialize import materialize
+from robusta.jobs.materialize import materialize
 from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage
 from tests.engine.test_materialize import Project, make_project
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
-from robusta.materialize import materialize
+from robusta.jobs.materialize import materialize
 from robusta.serving import FeatureClient, FeatureVector, LookupRequestError
 from robusta.serving.upload import upload
 from robusta.spec.durations import floor_to, from_micros

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events
-from robusta.materialize import materialize
+from robusta.jobs.materialize import materialize
 from robusta.serving import FeatureClient
 from robusta.serving.upload import upload
 from robusta.spec.durations import floor_to, from_micros, to_micros
