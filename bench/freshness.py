@@ -177,8 +177,8 @@ def stream_path(args: argparse.Namespace) -> list[float]:
 def batch_path(args: argparse.Namespace) -> list[float]:
     """Landing -> visible through `materialize` of the file's day and `upload`, per file."""
     from robusta.jobs.materialize import materialize
+    from robusta.jobs.upload import upload
     from robusta.serving import FeatureClient
-    from robusta.serving.upload import upload
     from robusta.spec.durations import from_micros
 
     root, workspace = project(args.trigger)

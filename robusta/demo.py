@@ -19,8 +19,8 @@ from robusta.errors import RobustaError
 
 if TYPE_CHECKING:
     from robusta.jobs.materialize import TableReport
+    from robusta.jobs.upload import UploadReport
     from robusta.serving import FeatureVector
-    from robusta.serving.upload import UploadReport
 from robusta.plan.model import Plan, TileGroup
 from robusta.plan.windows import TileRef, decompose
 from robusta.spec.durations import floor_to, from_micros
@@ -215,8 +215,8 @@ def _lookups(
     workspace: Workspace, events: pa.Table, step: Step
 ) -> tuple[UploadReport, list[FeatureVector]]:
     """Upload tiles as of the end of the data, then look a few users up online."""
+    from robusta.jobs.upload import upload
     from robusta.serving import FeatureClient
-    from robusta.serving.upload import upload
     from robusta.store.online import open_online_store
 
     end = pc.max(events.column("event_ts")).as_py()

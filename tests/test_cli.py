@@ -147,7 +147,7 @@ def test_tables_fit_the_width_without_cutting_words(tmp_path: Path, columns: int
 
 def test_times_take_utc_offsets_and_z(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import robusta.jobs.materialize
-    import robusta.serving.upload
+    import robusta.jobs.upload
 
     seen: list[object] = []
 
@@ -166,7 +166,7 @@ def test_times_take_utc_offsets_and_z(monkeypatch: pytest.MonkeyPatch, tmp_path:
         datetime(2024, 1, 15, tzinfo=UTC),
     ]
     seen.clear()
-    monkeypatch.setattr(robusta.serving.upload, "upload", fake)
+    monkeypatch.setattr(robusta.jobs.upload, "upload", fake)
     monkeypatch.setattr(cli, "_report", lambda *_: None)
     for text, expected in (
         ("2024-01-14", datetime(2024, 1, 14, tzinfo=UTC)),

@@ -261,8 +261,8 @@ def _check_plain_upload(workspace: Any, events: pa.Table, group: Any) -> None:
     """A plain upload after the plain materialize serves the log's latest data: the pointer
     is floor(latest event - allowed lateness (1h), 5m), not wall-clock now, and lookups at
     it equal the reference evaluator over the events before it."""
+    from robusta.jobs.upload import upload
     from robusta.serving.client import FeatureClient
-    from robusta.serving.upload import upload
     from robusta.spec.durations import from_micros
 
     latest = pc.max(events.column("ts")).as_py()

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from robusta.cli import main as cli
 from robusta.errors import UnknownFeatureError
+from robusta.jobs.upload import UploadError, upload
 from robusta.serving import FeatureClient
-from robusta.serving.upload import UploadError, upload
 from robusta.store.online import OnlineStateError
 from robusta.workspace import load_workspace
 from tests.conftest import MakeProject

@@ -526,7 +526,7 @@ def backfill(
 def upload(config: Path | None, specs: tuple[str, ...], at: datetime | None, as_json: bool) -> None:
     """Copy the tiles serving needs from Iceberg to the online store, then advance the
     version pointer atomically."""
-    from robusta.serving.upload import upload as run
+    from robusta.jobs.upload import upload as run
 
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:

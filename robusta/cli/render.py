@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from robusta.backfill import BackfillResult
     from robusta.inspect_tiles import TileView
     from robusta.jobs.materialize import TableReport
+    from robusta.jobs.upload import UploadReport
     from robusta.serving.client import FeatureVector
-    from robusta.serving.upload import UploadReport
 
 
 class FitConsole(Console):

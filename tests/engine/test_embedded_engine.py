@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.jobs.materialize import compact, materialize
+from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
-from robusta.serving.upload import upload
 from robusta.spec.durations import floor_to, from_micros
 from robusta.store.tiles import TileTables, coverage, merge_spans
 from robusta.testing.compare import bits

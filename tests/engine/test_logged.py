@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.consistency import ConsistencyReport, consistency
+from robusta.jobs.upload import upload
 from robusta.logged import NoLogError, log_files
 from robusta.serving import FeatureClient, FeatureVector
 from robusta.serving.feature_log import REQUEST_ID, REQUESTED, FeatureLog
-from robusta.serving.upload import upload
 from robusta.spec.durations import from_micros
 from robusta.store.online import open_online_store
 from robusta.store.tiles import local_path

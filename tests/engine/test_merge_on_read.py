@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from robusta.cli.main import main
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import compact, materialize
+from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
-from robusta.serving.upload import upload
 from robusta.spec.durations import from_micros
 from robusta.store.online import open_online_store
 from robusta.store.tiles import TileTables, local_path

@@ -29,8 +29,8 @@ import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import materialize
+from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient, FeatureVector, LookupRequestError
-from robusta.serving.upload import upload
 from robusta.spec.durations import floor_to, from_micros
 from robusta.spec.model import OnlineConfig
 from robusta.store.online import OnlineStore, OnlineStoreError, open_online_store

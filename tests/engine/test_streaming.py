@@ -29,8 +29,8 @@ import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events
 from robusta.jobs.materialize import materialize
+from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
-from robusta.serving.upload import upload
 from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.tiles import TileTables
 from robusta.streaming import FAULT_ENV, StreamingError, stream, stream_status
