@@ -139,8 +139,8 @@ def project(trigger: str) -> tuple[Path, Workspace]:
 
 def stream_path(args: argparse.Namespace) -> list[float]:
     """Landing -> visible through `robusta stream`, per file."""
+    from robusta.jobs.stream.spec import stream
     from robusta.serving import FeatureClient
-    from robusta.streaming import stream
 
     root, workspace = project(args.trigger)
     try:

@@ -159,8 +159,8 @@ def _stream_replay(workspace: Workspace, events: pa.Table, step: Step) -> list[S
 
     import pyarrow.parquet as pq
 
+    from robusta.jobs.stream.spec import stream
     from robusta.serving import FeatureClient
-    from robusta.streaming import stream
 
     config = workspace.project.config
     assert config is not None

@@ -29,11 +29,11 @@ import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events
 from robusta.jobs.materialize import materialize
+from robusta.jobs.stream.spec import FAULT_ENV, StreamingError, stream, stream_status
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
 from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.tiles import TileTables
-from robusta.streaming import FAULT_ENV, StreamingError, stream, stream_status
 from robusta.testing.compare import bits
 from robusta.testing.reference import reference_value, window_bounds
 from robusta.training import get_training_frame, to_arrow
