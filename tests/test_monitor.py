@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robusta.monitor import TOTAL, Count, find_drops
+from robusta.api.monitor import TOTAL, Count, find_drops
 
 DAY = 86_400_000_000
 
@@ -57,7 +57,7 @@ def test_streamed_batches_add_up_once(tmp_path: Path) -> None:
     """add_volumes: counts of one micro-batch are added once, however often it is replayed."""
     import pyarrow as pa
 
-    from robusta.monitor import VOLUMES_SCHEMA, VOLUMES_TABLE, _volume_rows, add_volumes
+    from robusta.api.monitor import VOLUMES_SCHEMA, VOLUMES_TABLE, _volume_rows, add_volumes
     from robusta.spec.model import OfflineConfig
     from robusta.store.catalog import open_catalog
 

@@ -700,8 +700,8 @@ def monitor(
     as_json: bool,
 ) -> None:
     """Flag sources and segments whose event volume fell far below its recent level."""
+    from robusta.api.monitor import check_volumes
     from robusta.cli.registry_views import monitor_table
-    from robusta.monitor import check_volumes
 
     workspace = load_workspace(config).require_valid()
     assert workspace.project.config is not None

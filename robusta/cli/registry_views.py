@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from robusta.monitor import TOTAL, MonitorReport
+from robusta.api.monitor import TOTAL, MonitorReport
 from robusta.registry import FeatureEntry, Freshness, Lineage
 
 if TYPE_CHECKING:  # the report's module imports the PIT join, which a view does not need

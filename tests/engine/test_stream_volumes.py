@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from robusta.api.monitor import TOTAL, VOLUMES_TABLE
 from robusta.datagen import GeneratorConfig, generate_events
 from robusta.jobs.stream.spec import stream
-from robusta.monitor import TOTAL, VOLUMES_TABLE
 from robusta.store.catalog import open_catalog
 from robusta.workspace import load_workspace
 from tests.engine.test_streaming import SMALL_SPEC, by_time, land, streaming_project

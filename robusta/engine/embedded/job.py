@@ -67,7 +67,7 @@ class EmbeddedTileEngine:
         write_tile_files(read_tile_files(paths, group), group, folder)
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
-        from robusta.monitor import count_events, store_counts
+        from robusta.api.monitor import count_events, store_counts
 
         assert source.monitor is not None
         register_sources(self.con, [source])

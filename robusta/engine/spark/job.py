@@ -56,7 +56,7 @@ class SparkTileEngine:
         write_tiles(read_tiles(self.spark, [f.file_path for f in files], group), str(folder))
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
-        from robusta.monitor import record_volumes
+        from robusta.api.monitor import record_volumes
 
         register_sources(self.spark, self.config, [source.name])
         record_volumes(self.spark, self.config, source, start, end)
