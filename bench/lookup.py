@@ -50,9 +50,9 @@ TARGETS = {  # (store, entities) -> (p50 ms, p99 ms) from the brief
 
 def build(root: Path, keys: int, events: int, console: Console) -> tuple[Any, list[str], int]:
     """The project, its tiles written to both stores; returns (workspace, keys, pointer)."""
-    from robusta.serving.records import tile_records
     from robusta.spec.model import OnlineConfig
     from robusta.store.online import SpecState, open_online_store
+    from robusta.store.online.records import tile_records
     from robusta.testing.tiles import build_tiles
     from robusta.workspace import load_workspace
 

@@ -35,13 +35,13 @@ from robusta.plan.key_assembly import BUCKET_START
 from robusta.plan.keys import record_keys
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.selection import choose_specs
-from robusta.serving.records import (
+from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
+from robusta.store.online import OnlineStore, SpecState, open_online_store
+from robusta.store.online.records import (
     key_runs,
     tile_records,
     value_records,
 )
-from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
-from robusta.store.online import OnlineStore, SpecState, open_online_store
 from robusta.store.tiles import read_bucket, tile_identity
 from robusta.workspace import Workspace
 

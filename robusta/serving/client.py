@@ -32,7 +32,6 @@ from robusta.plan.keys import record_key
 from robusta.plan.model import KeyColumn, Plan, TileGroup
 from robusta.plan.selection import GroupRequest, resolve_features
 from robusta.serving.feature_log import FeatureLog
-from robusta.serving.records import decode, tile_record_schema, value_record_schema
 from robusta.spec.datatypes import DataType
 from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.online import (
@@ -42,6 +41,7 @@ from robusta.store.online import (
     SpecState,
     open_online_store,
 )
+from robusta.store.online.records import decode, tile_record_schema, value_record_schema
 from robusta.workspace import Workspace, load_workspace
 
 Entity = Mapping[str, object]

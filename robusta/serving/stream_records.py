@@ -1,7 +1,7 @@
 """Online tile records updated by a stream: a key's stored tiles with new full values merged in.
 
 A micro-batch gives, for every key it touched, the full values of some tiles (all
-granularities). Each key's record (:mod:`robusta.serving.records`: tiles sorted by level and
+granularities). Each key's record (:mod:`robusta.store.online.records`: tiles sorted by level and
 bucket start) is read from the live generation, the tiles with the same (level, bucket start)
 are replaced, new ones inserted, and the record is encoded again. Replacing by full values
 makes a replayed batch write the same bytes again.
@@ -17,13 +17,13 @@ from robusta.plan.assembly import levels
 from robusta.plan.key_assembly import BUCKET_START, LEVEL
 from robusta.plan.keys import record_keys
 from robusta.plan.model import TileGroup
-from robusta.serving.records import (
+from robusta.store.online import OnlineStateError, OnlineStore, Record
+from robusta.store.online.records import (
     decode,
     encode,
     key_runs,
     tile_record_schema,
 )
-from robusta.store.online import OnlineStateError, OnlineStore, Record
 
 _KEY = "__key"
 _NEW = "__new"

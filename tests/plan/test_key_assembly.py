@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from robusta.ops import Operator, make_operator
 from robusta.plan.key_assembly import KeyAssembler
-from robusta.serving.records import decode, tile_record_schema, tile_records
 from robusta.spec.datatypes import DataType
+from robusta.store.online.records import decode, tile_record_schema, tile_records
 from robusta.testing.compare import bits
 from tests.plan.test_assembly import CASES, GMIN, T0, assemble, group_for, scenario, tiles_of
 

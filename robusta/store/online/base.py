@@ -3,7 +3,7 @@
 Layout (one record per spec, generation, tile table and key; binary-safe keys):
 
 - *records*: the bytes of one key's tiles (or, for pre-assembled specs, its feature values),
-  encoded by :mod:`robusta.serving.records`; written under a *generation* number;
+  encoded by :mod:`robusta.store.online.records`; written under a *generation* number;
 - *state*: per spec, the live generation, its version pointer, plan hash, serving mode and
   horizon (:class:`SpecState`).
 
