@@ -46,10 +46,10 @@ from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.open_tiles import BUCKET, CHANGED, advance, bucket_micros, open_only
 from robusta.plan.selection import choose_specs
-from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.online import OnlineConflictError, OnlineStore, SpecState, open_online_store
+from robusta.store.online.stream_records import merge_tile_records
 from robusta.store.tiles import (
     CommitConflictError,
     Run,
