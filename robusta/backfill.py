@@ -16,13 +16,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from robusta.errors import RobustaError
-from robusta.training import (
+from robusta.api.training import (
     ICEBERG_PREFIX,
     BackfillReport,
     Step,
     get_training_frame,
 )
+from robusta.errors import RobustaError
 from robusta.workspace import Workspace
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from robusta.api.training import get_training_frame
 from robusta.engine.base import choose_engine
 from robusta.logged import (
     NoLogError,
@@ -33,7 +34,6 @@ from robusta.logged import (
 )
 from robusta.plan.model import SpecPlan
 from robusta.serving.feature_log import REQUESTED, TS, VERSION_POINTER, entity_types
-from robusta.training import get_training_frame
 from robusta.workspace import Workspace
 
 LOGGED = "__logged__"  # prefix of a served value beside its recomputed one

@@ -239,7 +239,7 @@ def _training_rows(workspace: Workspace, events: pa.Table, step: Step) -> list[d
     """Features as of sampled (user, time) rows, from the tiles just materialized."""
     import numpy as np
 
-    from robusta.training import get_training_frame
+    from robusta.api.training import get_training_frame
 
     plan = workspace.plan
     wanted = [

@@ -297,8 +297,8 @@ def test_backfill_over_the_year_matches_the_reference(
 ) -> None:
     """Rows sampled across the year get every customer_purchases feature from a backfill
     (which materializes the tiles first); each equals the reference evaluator."""
+    from robusta.api.training import BackfillReport, get_training_frame, to_arrow
     from robusta.testing.compare import assert_matches_reference
-    from robusta.training import BackfillReport, get_training_frame, to_arrow
 
     project = tmp_path / "retail"
     shutil.copytree(REPO / "examples" / "retail" / "feature_defs", project / "feature_defs")

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from robusta.api.training import BackfillReport, MissingTilesError, get_training_frame
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.ops import Operator
 from robusta.plan.model import SpecPlan
@@ -26,7 +27,6 @@ from robusta.spec.durations import Window
 from robusta.store.catalog import open_catalog
 from robusta.testing.compare import assert_matches_reference, bits
 from robusta.testing.reference import window_bounds
-from robusta.training import BackfillReport, MissingTilesError, get_training_frame
 from robusta.workspace import load_workspace
 from tests.engine.test_materialize import SPEC, Project, config_text, events_by_key
 
@@ -301,8 +301,8 @@ def test_hot_buckets_split_by_time_give_the_same_frame(
 
 
 def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
+    from robusta.api.training import _plan_join, resolve_features
     from robusta.engine.spark.pit import join_group, prepare_rows
-    from robusta.training import _plan_join, resolve_features
     from robusta.training_rows import check_columns, stage_rows
 
     rows = training_rows(project.events, 60)
@@ -395,7 +395,7 @@ def test_rows_from_every_writer_give_the_same_frame(
     for writer, got in frames.items():
         assert got.column("ts").type == pa.timestamp("us", tz="UTC"), writer
         assert got.equals(want), writer
-    from robusta.training import to_pandas
+    from robusta.api.training import to_pandas
 
     back = to_pandas(get_training_frame(frame, features, workspace=project.workspace))
     assert str(back["ts"].dt.tz) == "UTC"  # the zone is kept
@@ -407,8 +407,8 @@ def test_the_embedded_join_equals_the_spark_join_bit_for_bit(
 ) -> None:
     """The same rows joined on Arrow (no Spark) from the same tiles: every feature of every
     row, with nulls, pointers, hot and unknown keys, equals the Spark join's to the bit."""
+    from robusta.api.training import _plan_join, resolve_features
     from robusta.engine.embedded.pit import BATCH_ROWS, join_group
-    from robusta.training import _plan_join, resolve_features
     from robusta.training_rows import check_columns, normalize_times, stage_rows
 
     rows, spark_frame, report = backfilled

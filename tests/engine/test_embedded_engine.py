@@ -17,13 +17,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from robusta.api.training import BackfillReport, get_training_frame, to_arrow
 from robusta.jobs.materialize import compact, materialize
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
 from robusta.spec.durations import floor_to, from_micros
 from robusta.store.tiles import TileTables, coverage, merge_spans
 from robusta.testing.compare import bits
-from robusta.training import BackfillReport, get_training_frame, to_arrow
 from tests.engine.test_backfill import (
     assert_frame_matches_reference,
     backfill_project,

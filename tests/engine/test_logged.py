@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from robusta.api.training import get_training_frame
 from robusta.consistency import ConsistencyReport, consistency
 from robusta.jobs.upload import upload
 from robusta.logged import NoLogError, log_files
@@ -35,7 +36,6 @@ from robusta.spec.durations import from_micros
 from robusta.store.online import open_online_store
 from robusta.store.tiles import local_path
 from robusta.testing.compare import bits
-from robusta.training import get_training_frame
 from tests.engine.test_serving import Served, lookups, serving_project
 from tests.store.test_online_contract import online_config
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from robusta.api.training import get_training_frame
 from robusta.cli.main import main
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import compact, materialize
@@ -22,7 +23,6 @@ from robusta.spec.durations import from_micros
 from robusta.store.online import open_online_store
 from robusta.store.tiles import TileTables, local_path
 from robusta.testing.compare import assert_matches_reference, bits
-from robusta.training import get_training_frame
 from robusta.workspace import load_workspace
 from tests.engine.test_backfill import reference_cases, training_rows
 from tests.engine.test_materialize import config_text

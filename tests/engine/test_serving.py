@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from robusta.api.training import get_training_frame
 from robusta.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import materialize
 from robusta.jobs.upload import upload
@@ -35,7 +36,6 @@ from robusta.spec.durations import floor_to, from_micros
 from robusta.spec.model import OnlineConfig
 from robusta.store.online import OnlineStore, OnlineStoreError, open_online_store
 from robusta.testing.compare import bits
-from robusta.training import get_training_frame
 from robusta.workspace import Workspace, load_workspace
 from tests.engine.test_materialize import SPEC, config_text
 from tests.store.test_online_contract import online_config

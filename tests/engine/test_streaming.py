@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from robusta.api.training import get_training_frame, to_arrow
 from robusta.datagen import GeneratorConfig, generate_events
 from robusta.jobs.materialize import materialize
 from robusta.jobs.stream.spec import FAULT_ENV, StreamingError, stream, stream_status
@@ -36,7 +37,6 @@ from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.tiles import TileTables
 from robusta.testing.compare import bits
 from robusta.testing.reference import reference_value, window_bounds
-from robusta.training import get_training_frame, to_arrow
 from robusta.workspace import Workspace, load_workspace
 from tests.engine.test_materialize import (
     SPEC,
