@@ -1,6 +1,6 @@
 """Point-in-time training frames: rows (entity keys + time) get features as of their time.
 
-    from robusta.api.training import get_training_frame
+    from robusta.training import get_training_frame
     frame = get_training_frame("rows.parquet", ["user_events_1h", "user_engagement"])
 
 Every feature equals the brief's ``value(key, t, W)`` (``end = floor(t, gmin)``, capped by a
