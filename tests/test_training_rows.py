@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from robusta.spec.model import OfflineConfig
-from robusta.training_rows import (
+from robusta.api.training_rows import (
     TIME_TYPE,
     TrainingInputError,
     normalize_times,
     stage_rows,
     to_utc_micros,
 )
+from robusta.spec.model import OfflineConfig
 
 OFFLINE = OfflineConfig({}, Path("unused"), "robusta")
 TIMES = [

@@ -22,13 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.engine.base import choose_engine
-from robusta.errors import RobustaError
-from robusta.logged import logged_frame, logged_table, require_logs
-from robusta.plan.selection import GroupRequest, resolve_features
-from robusta.spec.durations import floor_to, from_micros
-from robusta.store.tiles import TileTables
-from robusta.training_rows import (
+from robusta.api.training_rows import (
     ICEBERG_PREFIX,
     StagedRows,
     TrainingInputError,
@@ -36,6 +30,12 @@ from robusta.training_rows import (
     normalize_times,
     stage_rows,
 )
+from robusta.engine.base import choose_engine
+from robusta.errors import RobustaError
+from robusta.logged import logged_frame, logged_table, require_logs
+from robusta.plan.selection import GroupRequest, resolve_features
+from robusta.spec.durations import floor_to, from_micros
+from robusta.store.tiles import TileTables
 from robusta.workspace import Workspace, load_workspace
 
 Step = Callable[[str], None]

@@ -302,8 +302,8 @@ def test_hot_buckets_split_by_time_give_the_same_frame(
 
 def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
     from robusta.api.training import _plan_join, resolve_features
+    from robusta.api.training_rows import check_columns, stage_rows
     from robusta.engine.spark.pit import join_group, prepare_rows
-    from robusta.training_rows import check_columns, stage_rows
 
     rows = training_rows(project.events, 60)
     frame = spark.createDataFrame(rows.to_pandas())
@@ -408,8 +408,8 @@ def test_the_embedded_join_equals_the_spark_join_bit_for_bit(
     """The same rows joined on Arrow (no Spark) from the same tiles: every feature of every
     row, with nulls, pointers, hot and unknown keys, equals the Spark join's to the bit."""
     from robusta.api.training import _plan_join, resolve_features
+    from robusta.api.training_rows import check_columns, normalize_times, stage_rows
     from robusta.engine.embedded.pit import BATCH_ROWS, join_group
-    from robusta.training_rows import check_columns, normalize_times, stage_rows
 
     rows, spark_frame, report = backfilled
     assert rows.num_rows < BATCH_ROWS * 4
