@@ -485,7 +485,7 @@ def backfill(
     as_json: bool,
 ) -> None:
     """Point-in-time features for training rows, from the tile tables."""
-    from robusta.backfill import backfill as run
+    from robusta.api.backfill import backfill as run
 
     names = [*(n.strip() for n in (features or "").split(",") if n.strip()), *specs]
     mapping = {}

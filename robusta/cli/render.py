@@ -14,7 +14,7 @@ from robusta.errors import Problem
 from robusta.plan.model import Plan, SpecPlan
 
 if TYPE_CHECKING:
-    from robusta.backfill import BackfillResult
+    from robusta.api.backfill import BackfillResult
     from robusta.inspect_tiles import TileView
     from robusta.jobs.materialize import TableReport
     from robusta.jobs.upload import UploadReport
