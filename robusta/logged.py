@@ -3,7 +3,7 @@
 The online client logs what it served (:mod:`robusta.serving.feature_log`). Those rows are
 training rows as they are, behind ``get_training_frame(None, features, source="logged")``:
 :func:`logged_table` (Arrow, the embedded engine: no JVM) and :func:`logged_frame` (a Spark
-DataFrame) give the same rows. :mod:`robusta.consistency` recomputes them with the PIT join.
+DataFrame) give the same rows. :mod:`robusta.api.consistency` recomputes them with the PIT join.
 This module only reads logs: it imports no other API module (``training`` and
 ``consistency`` import it, never the reverse).
 """

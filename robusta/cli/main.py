@@ -667,8 +667,8 @@ def consistency(
     as_json: bool,
 ) -> None:
     """Recompute logged lookups with the PIT join at their version pointers and compare."""
+    from robusta.api.consistency import consistency as check
     from robusta.cli.registry_views import consistency_table
-    from robusta.consistency import consistency as check
 
     workspace = load_workspace(config).require_valid()
     with progress(as_json) as step:

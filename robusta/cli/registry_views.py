@@ -13,7 +13,7 @@ from robusta.api.monitor import TOTAL, MonitorReport
 from robusta.registry import FeatureEntry, Freshness, Lineage
 
 if TYPE_CHECKING:  # the report's module imports the PIT join, which a view does not need
-    from robusta.consistency import ConsistencyReport
+    from robusta.api.consistency import ConsistencyReport
 
 
 def list_table(found: Sequence[FeatureEntry], total: int) -> Table:

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from robusta.api.consistency import ConsistencyReport, consistency
 from robusta.api.training import get_training_frame
-from robusta.consistency import ConsistencyReport, consistency
 from robusta.jobs.upload import upload
 from robusta.logged import NoLogError, log_files
 from robusta.serving import FeatureClient, FeatureVector
