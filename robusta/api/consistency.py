@@ -1,6 +1,6 @@
 """The consistency report: logged lookups recomputed by the PIT join, compared exactly.
 
-The evidence for the product's promise: every logged row (:mod:`robusta.logged`) is
+The evidence for the product's promise: every logged row (:mod:`robusta.api.logged`) is
 recomputed with the PIT join at its logged version pointer (``get_training_frame`` with the
 logged rows and ``version_column``) and each feature's served value is compared with the
 recomputed one, per feature the share of rows that match. Values are compared exactly, with
@@ -21,9 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.api.training import get_training_frame
-from robusta.engine.base import choose_engine
-from robusta.logged import (
+from robusta.api.logged import (
     NoLogError,
     how_to_log,
     log_files,
@@ -32,6 +30,8 @@ from robusta.logged import (
     requested_any,
     since_text,
 )
+from robusta.api.training import get_training_frame
+from robusta.engine.base import choose_engine
 from robusta.plan.model import SpecPlan
 from robusta.serving.feature_log import REQUESTED, TS, VERSION_POINTER, entity_types
 from robusta.workspace import Workspace

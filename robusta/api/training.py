@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from robusta.api.logged import logged_frame, logged_table, require_logs
 from robusta.api.training_rows import (
     ICEBERG_PREFIX,
     StagedRows,
@@ -32,7 +33,6 @@ from robusta.api.training_rows import (
 )
 from robusta.engine.base import choose_engine
 from robusta.errors import RobustaError
-from robusta.logged import logged_frame, logged_table, require_logs
 from robusta.plan.selection import GroupRequest, resolve_features
 from robusta.spec.durations import floor_to, from_micros
 from robusta.store.tiles import TileTables
@@ -86,7 +86,7 @@ def get_training_frame(
     ``source="logged"``: instead, the feature vectors the online client served and logged
     (``online.log``), from ``since``: one row per request with ``request_id``, the entity
     columns, ``ts``, ``version_pointer`` and the features (``rows`` must be None); read with
-    pyarrow on the embedded engine, with Spark on Spark (``robusta.logged``).
+    pyarrow on the embedded engine, with Spark on Spark (``robusta.api.logged``).
 
     ``rows``: a Spark DataFrame, a pandas, Polars or Arrow table, or a path (Parquet file or
     folder, CSV with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog).

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.api.consistency import ConsistencyReport, consistency
+from robusta.api.logged import NoLogError, log_files
 from robusta.api.training import get_training_frame
 from robusta.jobs.upload import upload
-from robusta.logged import NoLogError, log_files
 from robusta.serving import FeatureClient, FeatureVector
 from robusta.serving.feature_log import REQUEST_ID, REQUESTED, FeatureLog
 from robusta.spec.durations import from_micros
