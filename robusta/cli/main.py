@@ -441,7 +441,7 @@ def materialize(
 @handle_errors
 def tiles(config: Path | None, spec: str, key: str, granularity: str | None, limit: int) -> None:
     """Show stored tiles of one key (newest first), finalized beside their IRs."""
-    from robusta.inspect_tiles import read_tiles
+    from robusta.api.inspect_tiles import read_tiles
 
     workspace = load_workspace(config).require_valid()
     for view in read_tiles(workspace, spec, key, granularity, limit):

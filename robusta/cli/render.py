@@ -15,7 +15,7 @@ from robusta.plan.model import Plan, SpecPlan
 
 if TYPE_CHECKING:
     from robusta.api.backfill import BackfillResult
-    from robusta.inspect_tiles import TileView
+    from robusta.api.inspect_tiles import TileView
     from robusta.jobs.materialize import TableReport
     from robusta.jobs.upload import UploadReport
     from robusta.serving.client import FeatureVector
@@ -252,7 +252,7 @@ def materialize_table(reports: list[TableReport]) -> Table:
 
 
 def tiles_view_table(view: TileView) -> Table:
-    from robusta.inspect_tiles import describe_ir, readable
+    from robusta.api.inspect_tiles import describe_ir, readable
 
     rows = view.rows
     table = Table(title=f"{view.table}: {rows.num_rows} tile(s)", header_style="bold")
