@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from robusta import registry
+from robusta.api import registry
 from robusta.cli.main import main
 from robusta.workspace import load_workspace
 

@@ -605,7 +605,7 @@ def list_features(
     config: Path | None, owner: str | None, entity: str | None, text: str | None, as_json: bool
 ) -> None:
     """Every feature of every spec, or those matching the filters."""
-    from robusta import registry
+    from robusta.api import registry
     from robusta.cli.registry_views import list_table
 
     workspace = load_workspace(config).require_valid()
@@ -626,7 +626,7 @@ def describe(feature: str, config: Path | None, as_json: bool) -> None:
     """One feature: spec, owner, keys, windows, operator, lineage, version and freshness."""
     from dataclasses import asdict
 
-    from robusta import registry
+    from robusta.api import registry
     from robusta.cli.registry_views import describe_view
 
     workspace = load_workspace(config).require_valid()

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from robusta.api.monitor import TOTAL, MonitorReport
-from robusta.registry import FeatureEntry, Freshness, Lineage
+from robusta.api.registry import FeatureEntry, Freshness, Lineage
 
 if TYPE_CHECKING:  # the report's module imports the PIT join, which a view does not need
     from robusta.api.consistency import ConsistencyReport
