@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
-from robusta.demo import STREAM_SPEC
+from robusta.demo.demo import STREAM_SPEC
 
 REPO = Path(__file__).resolve().parents[1]
 ROBUSTA = [sys.executable, "-c", "from robusta.cli.main import main; main()"]

@@ -284,7 +284,7 @@ def write_demo_rows(root: Path) -> None:
 
 
 def demo_project(root: Path, *, lifecycle: bool) -> Path:
-    from robusta.demo import run_demo
+    from robusta.demo.demo import run_demo
 
     root.mkdir(parents=True)
     shutil.copytree(REPO / "feature_defs", root / "feature_defs")

@@ -278,7 +278,7 @@ def plan(config: Path | None, as_json: bool) -> None:
 @handle_errors
 def demo(config: Path | None, days: int) -> None:
     """Run the demo end to end on the embedded defaults."""
-    from robusta.demo import run_demo
+    from robusta.demo.demo import run_demo
     from robusta.spec.config import find_config
 
     path = config or find_config()
