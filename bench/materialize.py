@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.engine.spark.session import spark_session
 from robusta.engine.spark.sources import register_sources
 from robusta.engine.spark.tiles import q

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from robusta.cli import main as cli
-from robusta.datagen import EVENT_SCHEMA
+from robusta.demo.datagen import EVENT_SCHEMA
 from tests.conftest import SPEC, MakeProject
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.demo.demo import STREAM_SPEC
 
 REPO = Path(__file__).resolve().parents[1]

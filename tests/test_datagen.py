@@ -14,7 +14,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
-from robusta.datagen import (
+from robusta.demo.datagen import (
     EVENT_SCHEMA,
     EVENT_SCHEMA_DDL,
     GeneratorConfig,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.errors import RobustaError
 
 if TYPE_CHECKING:

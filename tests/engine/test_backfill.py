@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.api.training import BackfillReport, MissingTilesError, get_training_frame
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.ops import Operator
 from robusta.plan.model import SpecPlan
 from robusta.spec.durations import Window

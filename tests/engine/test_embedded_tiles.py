@@ -323,7 +323,7 @@ def _same(a: Any, b: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def engines(spark: Any, project: Project, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from robusta.datagen import EVENT_SCHEMA_DDL, write_events
+    from robusta.demo.datagen import EVENT_SCHEMA_DDL, write_events
     from robusta.engine.spark.sources import read_source
 
     folder = tmp_path_factory.mktemp("corpus") / "csv"

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from robusta.datagen import EVENT_SCHEMA_DDL, GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import EVENT_SCHEMA_DDL, GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import TableReport, materialize
 from robusta.ops import Operator, make_operator
 from robusta.plan.model import BaseFeature, TileGroup

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from robusta.api.training import get_training_frame
 from robusta.cli.main import main
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import compact, materialize
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient

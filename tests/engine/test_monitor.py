@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from robusta.api.monitor import TOTAL
 from robusta.cli.main import main
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import materialize
 from robusta.workspace import load_workspace
 from tests.engine.test_materialize import config_text

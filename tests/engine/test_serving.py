@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pytest
 
 from robusta.api.training import get_training_frame
-from robusta.datagen import GeneratorConfig, generate_events, write_events
+from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import materialize
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient, FeatureVector, LookupRequestError

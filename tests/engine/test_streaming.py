@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.api.training import get_training_frame, to_arrow
-from robusta.datagen import GeneratorConfig, generate_events
+from robusta.demo.datagen import GeneratorConfig, generate_events
 from robusta.jobs.materialize import materialize
 from robusta.jobs.stream.spec import FAULT_ENV, StreamingError, stream, stream_status
 from robusta.jobs.upload import upload
