@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robusta.api.monitor import TOTAL, Count, find_drops
+from robusta.api.monitor import Count, find_drops
+from robusta.store.volumes import TOTAL
 
 DAY = 86_400_000_000
 
@@ -57,9 +58,9 @@ def test_streamed_batches_add_up_once(tmp_path: Path) -> None:
     """add_volumes: counts of one micro-batch are added once, however often it is replayed."""
     import pyarrow as pa
 
-    from robusta.api.monitor import VOLUMES_SCHEMA, VOLUMES_TABLE, _volume_rows, add_volumes
     from robusta.spec.model import OfflineConfig
     from robusta.store.catalog import open_catalog
+    from robusta.store.volumes import VOLUMES_SCHEMA, VOLUMES_TABLE, add_volumes, volume_rows
 
     offline = OfflineConfig({"uri": f"sqlite:///{tmp_path / 'c.db'}"}, tmp_path / "w", "m")
 
@@ -72,7 +73,7 @@ def test_streamed_batches_add_up_once(tmp_path: Path) -> None:
                 "events": pa.array([c[3] for c in counts], pa.int64()),
             }
         )
-        return _volume_rows("events", table, DAY)
+        return volume_rows("events", table, DAY)
 
     first = batch([(0, TOTAL, None, 5), (0, "device", "ios", 3), (0, "device", None, 2)])
     assert add_volumes(offline, "events", first, "s:0")

@@ -9,8 +9,9 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from robusta.api.monitor import TOTAL, MonitorReport
+from robusta.api.monitor import MonitorReport
 from robusta.api.registry import FeatureEntry, Freshness, Lineage
+from robusta.store.volumes import TOTAL
 
 if TYPE_CHECKING:  # the report's module imports the PIT join, which a view does not need
     from robusta.api.consistency import ConsistencyReport

@@ -106,8 +106,8 @@ def _record_volumes(
     end: datetime | None,
     step: Step,
 ) -> None:
-    """Event counts of the monitored sources the chosen specs read (``robusta.api.monitor``)."""
-    from robusta.api.monitor import monitored_sources
+    """Event counts of the monitored sources the chosen specs read (``jobs.volumes``)."""
+    from robusta.jobs.volumes import monitored_sources
 
     lo = None if start is None else to_micros(start)
     hi = None if end is None else to_micros(end)

@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
-from robusta.api.monitor import TOTAL
 from robusta.cli.main import main
 from robusta.demo.datagen import GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import materialize
+from robusta.store.volumes import TOTAL
 from robusta.workspace import load_workspace
 from tests.engine.test_materialize import config_text
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.api.monitor import TOTAL, VOLUMES_TABLE
 from robusta.demo.datagen import GeneratorConfig, generate_events
 from robusta.jobs.stream.spec import stream
 from robusta.store.catalog import open_catalog
+from robusta.store.volumes import TOTAL, VOLUMES_TABLE
 from robusta.workspace import load_workspace
 from tests.engine.test_streaming import SMALL_SPEC, by_time, land, streaming_project
 

@@ -67,13 +67,14 @@ class EmbeddedTileEngine:
         write_tile_files(read_tile_files(paths, group), group, folder)
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
-        from robusta.api.monitor import count_events, store_counts
+        from robusta.engine.embedded.volumes import count_events
+        from robusta.store.volumes import monitor_of, store_counts
 
-        assert source.monitor is not None
+        monitor = monitor_of(source)
         register_sources(self.con, [source])
         rows = self.con.sql(monitor_sql(source)).to_arrow_table()
-        counts, lo, hi = count_events(rows, source.monitor, start, end)
-        store_counts(self.config, source, counts, lo, hi)
+        counts, lo, hi = count_events(rows, monitor, start, end)
+        store_counts(self.config.offline, source, counts, lo, hi)
 
     def done_with(self, plan: SpecPlan) -> None:
         self._events.pop(plan.name, None)

@@ -56,10 +56,10 @@ class SparkTileEngine:
         write_tiles(read_tiles(self.spark, [f.file_path for f in files], group), str(folder))
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
-        from robusta.api.monitor import record_volumes
+        from robusta.engine.spark.volumes import record_volumes
 
         register_sources(self.spark, self.config, [source.name])
-        record_volumes(self.spark, self.config, source, start, end)
+        record_volumes(self.spark, self.config.offline, source, start, end)
 
     def done_with(self, plan: SpecPlan) -> None:
         self.spark.catalog.dropTempView(f"__robusta_events_{plan.name}")  # and its cache

@@ -175,7 +175,7 @@ def _stream_embedded(
     """The streams polled in this process (``engine.embedded.streaming``): every trigger,
     one micro-batch per spec and monitored source that has new files. ``available_now``
     stops once the files landed at the start are processed."""
-    from robusta.api.monitor import EmbeddedVolumes, monitored_sources
+    from robusta.jobs.volumes import EmbeddedVolumes, monitored_sources
 
     plans = [s.plan for s in streams]
     pollers: list[Any] = [s.poller() for s in streams]
@@ -206,8 +206,8 @@ def _volume_streams(
     trigger: Duration,
     available_now: bool,
 ) -> list[Any]:
-    """One streaming query per monitored source the specs read (``robusta.api.monitor``)."""
-    from robusta.api.monitor import monitored_sources, stream_volumes
+    """One streaming query per monitored source the specs read (``jobs.volumes``)."""
+    from robusta.jobs.volumes import monitored_sources, stream_volumes
 
     every = f"{trigger.micros // 1000} milliseconds"
     queries = []
