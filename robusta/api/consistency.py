@@ -33,7 +33,7 @@ from robusta.api.logged import (
 from robusta.api.training import get_training_frame
 from robusta.engine.base import choose_engine
 from robusta.plan.model import SpecPlan
-from robusta.serving.feature_log import REQUESTED, TS, VERSION_POINTER, entity_types
+from robusta.store.feature_log import REQUESTED, TS, VERSION_POINTER, entity_types
 from robusta.workspace import Workspace
 
 LOGGED = "__logged__"  # prefix of a served value beside its recomputed one

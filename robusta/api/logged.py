@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan
 from robusta.plan.selection import resolve_features
-from robusta.serving.feature_log import (
+from robusta.spec.durations import to_micros
+from robusta.store.feature_log import (
     REQUEST_ID,
     REQUESTED,
     TS,
@@ -30,7 +31,6 @@ from robusta.serving.feature_log import (
     entity_types,
     log_table,
 )
-from robusta.spec.durations import to_micros
 from robusta.workspace import Workspace
 
 

@@ -33,39 +33,17 @@ import pyarrow as pa
 
 from robusta.plan.model import SpecPlan
 from robusta.spec.model import OfflineConfig
-
-REQUEST_ID = "request_id"
-TS = "ts"
-VERSION_POINTER = "version_pointer"
-LOGGED_AT = "logged_at"
-REQUESTED = "requested"
-_TIME = pa.timestamp("us", tz="UTC")
-
-
-def log_table(spec: str) -> str:
-    return f"feature_log__{spec}"
-
-
-def entity_types(spec: SpecPlan) -> dict[str, pa.DataType]:
-    """The spec's entities (every group's keys) and their key types."""
-    entities: dict[str, pa.DataType] = {}
-    for group in spec.groups:
-        for key in group.layout.keys:
-            entities.setdefault(key.entity, pa.int64() if key.type.is_integer else pa.string())
-    return entities
-
-
-def log_schema(spec: SpecPlan) -> pa.Schema:
-    """Entity columns (named like the entities), request columns, then every output."""
-    fields = [pa.field(name, kind) for name, kind in entity_types(spec).items()]
-    fields += [
-        pa.field(REQUEST_ID, pa.string()),
-        pa.field(TS, _TIME),
-        pa.field(VERSION_POINTER, _TIME),
-        pa.field(LOGGED_AT, _TIME),
-        pa.field(REQUESTED, pa.list_(pa.string())),
-    ]
-    return pa.schema([*fields, *(pa.field(o.name, o.type) for o in spec.outputs)])
+from robusta.store.feature_log import (
+    LOG_TIME,
+    LOGGED_AT,
+    REQUEST_ID,
+    REQUESTED,
+    TS,
+    VERSION_POINTER,
+    entity_types,
+    log_schema,
+    open_log_table,
+)
 
 
 @dataclass
@@ -219,7 +197,7 @@ class FeatureLog:
 
         table = self._tables.get(spec.name)
         if table is None:
-            table = self._tables[spec.name] = _open_table(self.offline, spec)
+            table = self._tables[spec.name] = open_log_table(self.offline, spec)
         folder = local_path(table.location()) / "data"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{uuid.uuid4().hex}.parquet"
@@ -229,26 +207,6 @@ class FeatureLog:
         except Exception:
             path.unlink(missing_ok=True)  # nothing committed points at it
             raise
-
-
-def _open_table(offline: OfflineConfig, spec: SpecPlan) -> Any:
-    """The spec's log table, created on first use; new outputs are added to its schema."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    from robusta.store.catalog import open_catalog
-
-    catalog = open_catalog(offline)
-    identifier = f"{offline.namespace}.{log_table(spec.name)}"
-    schema = log_schema(spec)
-    try:
-        table = catalog.load_table(identifier)
-    except NoSuchTableError:
-        return catalog.create_table(identifier, schema=schema)
-    known = {f.name for f in table.schema().fields}
-    if any(name not in known for name in schema.names):
-        with table.update_schema() as update:
-            update.union_by_name(schema)
-    return table
 
 
 def _by_spec(entries: Sequence[_Entry]) -> list[tuple[SpecPlan, list[_Entry]]]:
@@ -279,8 +237,8 @@ def _rows(spec: SpecPlan, entries: Sequence[_Entry]) -> pa.Table:
                 columns[name].append(None if at is None else values[at])
     arrays = []
     for field in schema:
-        if field.type == _TIME:
-            arrays.append(pa.array(columns[field.name], pa.int64()).cast(_TIME))
+        if field.type == LOG_TIME:
+            arrays.append(pa.array(columns[field.name], pa.int64()).cast(LOG_TIME))
         else:
             arrays.append(pa.array(columns[field.name], field.type))
     return pa.Table.from_arrays(arrays, schema=schema)

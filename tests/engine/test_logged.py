@@ -31,8 +31,9 @@ from robusta.api.logged import NoLogError, log_files
 from robusta.api.training import get_training_frame
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient, FeatureVector
-from robusta.serving.feature_log import REQUEST_ID, REQUESTED, FeatureLog
+from robusta.serving.feature_log import FeatureLog
 from robusta.spec.durations import from_micros
+from robusta.store.feature_log import REQUEST_ID, REQUESTED
 from robusta.store.online import open_online_store
 from robusta.store.tiles import local_path
 from robusta.testing.compare import bits

@@ -7,9 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from robusta.serving.feature_log import FeatureLog, log_table
+from robusta.serving.feature_log import FeatureLog
 from robusta.spec.model import OfflineConfig
 from robusta.store.catalog import open_catalog
+from robusta.store.feature_log import log_table
 from robusta.workspace import load_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
