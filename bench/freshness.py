@@ -139,7 +139,7 @@ def project(trigger: str) -> tuple[Path, Workspace]:
 
 def stream_path(args: argparse.Namespace) -> list[float]:
     """Landing -> visible through `robusta stream`, per file."""
-    from robusta.jobs.stream.spec import stream
+    from robusta.jobs.stream import stream
     from robusta.serving import FeatureClient
 
     root, workspace = project(args.trigger)

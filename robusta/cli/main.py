@@ -765,8 +765,8 @@ def stream(
 ) -> None:
     """Stream landed files (or Kafka) into tiles: fresh online features, Iceberg copies,
     exactly once. Stops cleanly on SIGTERM or Ctrl-C (a second one stops at once)."""
-    from robusta.jobs.stream.spec import stream as run
-    from robusta.jobs.stream.spec import stream_status
+    from robusta.jobs.stream import stream as run
+    from robusta.jobs.stream import stream_status
 
     workspace = load_workspace(config).require_valid()
     if show_status:

@@ -327,7 +327,7 @@ def lookups_table(vectors: list[FeatureVector]) -> Table:
 
 
 def stream_table(statuses: Sequence[Any]) -> Table:
-    """Per spec: the stream's progress (``robusta.jobs.stream.spec.SpecStatus``)."""
+    """Per spec: the stream's progress (``robusta.jobs.stream.SpecStatus``)."""
     table = Table(title="Streams")
     for column in ("spec", "batch", "rows", "late", "dropped", "pointer", "newest event", "lag"):
         table.add_column(

@@ -159,7 +159,7 @@ def _stream_replay(workspace: Workspace, events: pa.Table, step: Step) -> list[S
 
     import pyarrow.parquet as pq
 
-    from robusta.jobs.stream.spec import stream
+    from robusta.jobs.stream import stream
     from robusta.serving import FeatureClient
 
     config = workspace.project.config

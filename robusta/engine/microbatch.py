@@ -1,7 +1,7 @@
 """What the streaming job asks of an engine for one micro-batch, whichever engine runs it.
 
 A micro-batch is the spec query's rows over the files (or messages) that arrived since the
-last one. The job (``robusta.jobs.stream.spec``) needs three things of it: its counts and newest
+last one. The job (``robusta.jobs.stream``) needs three things of it: its counts and newest
 event time (:class:`BatchStats`), its late rows written aside, and the finest tiles of its
 on-time rows per tile group. Merging those tiles into the stream's open-tile state is pure
 Arrow work (``plan.open_tiles``) and the same for both engines.

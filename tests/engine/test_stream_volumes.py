@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.demo.datagen import GeneratorConfig, generate_events
-from robusta.jobs.stream.spec import stream
+from robusta.jobs.stream import stream
 from robusta.store.catalog import open_catalog
 from robusta.store.volumes import TOTAL, VOLUMES_TABLE
 from robusta.workspace import load_workspace

@@ -30,7 +30,7 @@ import pytest
 from robusta.api.training import get_training_frame, to_arrow
 from robusta.demo.datagen import GeneratorConfig, generate_events
 from robusta.jobs.materialize import materialize
-from robusta.jobs.stream.spec import FAULT_ENV, StreamingError, stream, stream_status
+from robusta.jobs.stream import FAULT_ENV, StreamingError, stream, stream_status
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
 from robusta.spec.durations import floor_to, from_micros, to_micros

@@ -1,0 +1,164 @@
+"""A micro-batch's closed tiles committed to the Iceberg tile tables, exactly once.
+
+Tiles whose bucket closed in the batch (``p_before < end <= p_after``) are committed in one
+snapshot per tile table whose summary records the query id and batch id; a snapshot with the
+same ids means the batch is already there (a replay: skipped). Tiles of the same buckets that
+another writer committed while they were open (a batch run over the open day) are replaced,
+their data files rewritten without them (:meth:`OfflineCommit._displaced`): a closing
+bucket's tiles are the stream's, the values it served online.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from robusta.jobs.stream.checkpoint import Checkpoint
+from robusta.jobs.stream.stores import StreamStores
+from robusta.plan.model import SpecPlan, TileGroup
+from robusta.plan.open_tiles import bucket_micros
+from robusta.store.tiles import (
+    CommitConflictError,
+    Run,
+    files_where,
+    local_path,
+    write_tile_files,
+)
+
+QUERY_PROPERTY = "robusta.stream-query"
+BATCH_PROPERTY = "robusta.stream-batch"
+COMMIT_ATTEMPTS = 5
+
+
+class OfflineCommit:
+    """Commits the tiles one spec's micro-batches close (see the module docstring)."""
+
+    def __init__(self, plan: SpecPlan, checkpoint: Checkpoint, stores: StreamStores) -> None:
+        self.plan = plan
+        self.checkpoint = checkpoint
+        self.stores = stores
+        self.largest = plan.spec.granularities[0].micros
+
+    def commit(self, meta: dict[str, Any]) -> None:
+        before, after = meta["pointer_before"], meta["pointer"]
+        if after is None or after == before or meta["tiles_from"] is None:
+            return
+        covered = (self.checkpoint.start["pointer"] if meta["first_batch"] else before, after)
+        for group in self.plan.groups:
+            for attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    self._commit_group(group, meta, covered)
+                    break
+                except CommitConflictError:
+                    # A concurrent commit (a materialize) won: look again at what it wrote.
+                    if attempt == COMMIT_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+    def _commit_group(
+        self, group: TileGroup, meta: dict[str, Any], covered: tuple[int | None, int]
+    ) -> None:
+        """The group's tiles closed by this batch, in one snapshot naming the batch."""
+        before, after = meta["pointer_before"], meta["pointer"]
+        tables = self.stores.tables
+        table = tables.ensure(group, self.plan.hash)
+        if _committed(table, meta["query"], meta["batch"]):
+            return
+        tiles = self.checkpoint.tiles(meta["tiles_from"], group)
+        closing = _closing(tiles, group, before, after)
+        run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
+        run = Run(run_id, local_path(table.location()) / "runs" / run_id)
+        shutil.rmtree(run.folder, ignore_errors=True)
+        run.folder.mkdir(parents=True)
+        write_tile_files(tiles.filter(closing), group, run.folder)
+        displaced = self._displaced(table, group, meta, run.folder / "kept")
+        summary = {
+            "robusta.spec-version": self.plan.hash,
+            QUERY_PROPERTY: meta["query"],
+            BATCH_PROPERTY: str(meta["batch"]),
+        }
+        # One snapshot even without tiles (no events in the closed buckets): it records the
+        # batch and the coverage, and fails if anyone committed since the table was read.
+        tables.replace(table, displaced, run, summary, covered=covered)
+
+    def _displaced(
+        self, table: Any, group: TileGroup, meta: dict[str, Any], folder: Path
+    ) -> list[Any]:
+        """Other writers' data files holding tiles of the buckets this batch closes; their
+        other rows are written to ``folder`` (the commit replaces the files). Only looked
+        for when another writer committed since the stream started (before its start, batch
+        runs covered no bucket it holds open), or when it continues a batch run's bucket."""
+        since = self.checkpoint.started_ms()
+        # A stream seeded from a batch run's open bucket replaces that run's tiles too.
+        if not self.checkpoint.seeded(self.largest) and not any(
+            snapshot.timestamp_ms >= since and summary.get(QUERY_PROPERTY) != meta["query"]
+            for snapshot, summary in _summaries(table)
+        ):
+            return []
+        before, after = meta["pointer_before"], meta["pointer"]
+        displaced: list[Any] = []
+        for data_file in _closing_files(table, group, before, after):
+            rows = pq.read_table(local_path(data_file.file_path))
+            hit = _closing(rows, group, before, after)
+            if not pc.any(hit).as_py():
+                continue
+            kept = rows.filter(pc.invert(hit))
+            if kept.num_rows:
+                folder.mkdir(parents=True, exist_ok=True)
+                pq.write_table(kept, folder / f"{len(displaced):05d}.parquet")
+            displaced.append(data_file)
+        return displaced
+
+
+def _summaries(table: Any) -> Iterator[tuple[Any, dict[str, str]]]:
+    """Every snapshot of ``table`` with its summary's properties."""
+    for snapshot in table.snapshots():
+        yield snapshot, (snapshot.summary.additional_properties if snapshot.summary else {})
+
+
+def _committed(table: Any, query: str, batch: int) -> bool:
+    return any(
+        summary.get(QUERY_PROPERTY) == query and summary.get(BATCH_PROPERTY) == str(batch)
+        for _, summary in _summaries(table)
+    )
+
+
+def _closing(tiles: pa.Table, group: TileGroup, before: int | None, after: int) -> pa.Array:
+    """Whether each tile closes between the pointers: ``before < end <= after``."""
+    ends = pc.add(bucket_micros(tiles), _sizes(tiles, group))
+    closing = pc.less_equal(ends, after)
+    return closing if before is None else pc.and_(closing, pc.greater(ends, before))
+
+
+def _closing_files(table: Any, group: TileGroup, before: int | None, after: int) -> list[Any]:
+    """Data files that may hold tiles closing between the pointers (partition and column
+    statistics prune the rest): per granularity, ``before - size < start <= after - size``."""
+    from pyiceberg import expressions as ex
+
+    above: Any = ex.GreaterThan  # pydantic models: untyped positionals
+    at_most: Any = ex.LessThanOrEqual
+    equal: Any = ex.EqualTo
+    condition: Any = ex.AlwaysFalse()
+    for size in group.layout.granularities:
+        one: Any = ex.And(
+            equal("granularity", size.name), at_most("bucket_start", after - size.micros)
+        )
+        if before is not None:
+            one = ex.And(one, above("bucket_start", before - size.micros))
+        condition = ex.Or(condition, one)
+    return files_where(table, condition)
+
+
+def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
+    """Each tile's granularity in microseconds."""
+    names = [g.name for g in group.layout.granularities]
+    index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
+    micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
+    return pc.take(micros, index)
