@@ -1,6 +1,9 @@
 """A loaded project: config, specs and compiled plan, with every problem found on the way.
 
-This is what the CLI and later the training and serving APIs open first.
+This is what the CLI, the jobs and the APIs open first. They take the validated config from
+:attr:`Workspace.config` (which raises the project's problems instead of handing out a config
+that failed validation) and pass the lower layers only the pieces they need
+(``config.offline``, ``config.online``, ``config.streaming``, ...).
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from robusta.errors import ConfigNotFoundError, Problem, ValidationError
+from robusta.errors import ConfigNotFoundError, Location, Problem, ValidationError
 from robusta.plan.compiler import compile_plan
 from robusta.plan.model import Plan
 from robusta.spec.config import find_config
+from robusta.spec.model import ProjectConfig
 from robusta.spec.project import Project, load_project
 
 
@@ -26,9 +30,20 @@ class Workspace:
     def ok(self) -> bool:
         return not self.problems
 
-    def require_valid(self) -> Workspace:
+    @property
+    def config(self) -> ProjectConfig:
+        """The validated project config: a project with problems raises them
+        (:class:`ValidationError`), so nothing works from a config that failed its checks."""
         if self.problems:
             raise ValidationError(self.problems)
+        if self.project.config is None:  # no config, yet no problem said why
+            where = Location("robusta.yaml")
+            raise ValidationError([Problem(where, "the project has no config: check --config")])
+        return self.project.config
+
+    def require_valid(self) -> Workspace:
+        """This workspace; raises :class:`ValidationError` with every problem unless valid."""
+        _ = self.config
         return self
 
 

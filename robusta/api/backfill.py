@@ -23,6 +23,7 @@ from robusta.api.training import (
     get_training_frame,
 )
 from robusta.errors import RobustaError
+from robusta.spec.model import OfflineConfig
 from robusta.workspace import Workspace
 
 
@@ -60,7 +61,7 @@ def backfill(
     if not is_table and Path(output).exists() and not overwrite:
         raise OutputExistsError(f"{output} already exists: pass --overwrite or another path")
     if is_table and not overwrite:  # known before any engine starts
-        _refuse_existing_table(workspace, output[len(ICEBERG_PREFIX) :])
+        _refuse_existing_table(workspace.config.offline, output[len(ICEBERG_PREFIX) :])
     report = BackfillReport()
     frame = get_training_frame(
         rows,
@@ -76,11 +77,16 @@ def backfill(
     )
     step("assembling features and writing the output")
     if isinstance(frame, pa.Table):
-        return _write_arrow(workspace, frame, output, is_table, overwrite, report, step)
+        offline = workspace.config.offline
+        return _write_arrow(offline, frame, output, is_table, overwrite, report, step)
     if is_table:
         identifier = output[len(ICEBERG_PREFIX) :]
         written = _write_table(
-            workspace, lambda f: frame.write.parquet(str(f)), identifier, overwrite, step
+            workspace.config.offline,
+            lambda f: frame.write.parquet(str(f)),
+            identifier,
+            overwrite,
+            step,
         )
     else:
         written = str(Path(output).absolute())  # not the JVM's cwd: this process's
@@ -93,7 +99,7 @@ def backfill(
 
 
 def _write_arrow(
-    workspace: Workspace,
+    offline: OfflineConfig,
     frame: pa.Table,
     output: str,
     is_table: bool,
@@ -111,7 +117,7 @@ def _write_arrow(
             folder.mkdir(parents=True)
             pq.write_table(frame, folder / "part-00000.parquet")
 
-        _write_table(workspace, write, output[len(ICEBERG_PREFIX) :], overwrite, step)
+        _write_table(offline, write, output[len(ICEBERG_PREFIX) :], overwrite, step)
     else:
         path = Path(output)
         if path.is_dir():
@@ -122,22 +128,18 @@ def _write_arrow(
     return BackfillResult(report, output, counts)
 
 
-def _qualified(workspace: Workspace, identifier: str) -> str:
-    config = workspace.project.config
-    assert config is not None
-    return identifier if "." in identifier else f"{config.offline.namespace}.{identifier}"
+def _qualified(offline: OfflineConfig, identifier: str) -> str:
+    return identifier if "." in identifier else f"{offline.namespace}.{identifier}"
 
 
-def _refuse_existing_table(workspace: Workspace, identifier: str) -> None:
+def _refuse_existing_table(offline: OfflineConfig, identifier: str) -> None:
     from pyiceberg.exceptions import NoSuchTableError
 
     from robusta.store.catalog import open_catalog
 
-    config = workspace.project.config
-    assert config is not None
-    identifier = _qualified(workspace, identifier)
+    identifier = _qualified(offline, identifier)
     try:
-        open_catalog(config.offline).load_table(identifier)
+        open_catalog(offline).load_table(identifier)
     except NoSuchTableError:
         return
     raise OutputExistsError(
@@ -147,7 +149,7 @@ def _refuse_existing_table(workspace: Workspace, identifier: str) -> None:
 
 
 def _write_table(
-    workspace: Workspace,
+    offline: OfflineConfig,
     write: Callable[[Path], None],
     identifier: str,
     overwrite: bool,
@@ -161,13 +163,11 @@ def _write_table(
     from robusta.store.catalog import open_catalog
     from robusta.store.tiles import swap_files
 
-    config = workspace.project.config
-    assert config is not None
-    identifier = _qualified(workspace, identifier)
-    folder = Path(config.offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
+    identifier = _qualified(offline, identifier)
+    folder = Path(offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
     write(folder)
     paths = sorted(str(p) for p in folder.glob("*.parquet"))
-    catalog = open_catalog(config.offline)
+    catalog = open_catalog(offline)
     try:
         if not paths:
             raise OutputExistsError("the training frame has no rows: nothing to commit")

@@ -90,13 +90,12 @@ def consistency(
     """Recompute logged lookups with the PIT join at their version pointers; compare. On
     ``engine`` (default the project's ``engine``): embedded reads, joins and compares in
     Arrow, Spark in Spark; both give the same report."""
-    config = workspace.project.config
-    assert config is not None
+    config = workspace.config
     chosen_engine = choose_engine(config, engine)
     chosen = [s for s in workspace.plan.specs if not specs or s.name in specs]
-    logged = [(spec, files) for spec in chosen if (files := log_files(workspace, spec))]
+    logged = [(spec, files) for spec in chosen if (files := log_files(config.offline, spec))]
     if not logged:  # known before any engine starts
-        raise NoLogError(f"no logged lookups{since_text(since)}: {how_to_log(workspace)}")
+        raise NoLogError(f"no logged lookups{since_text(since)}: {how_to_log(config.online)}")
     report = ConsistencyReport(None if since is None else since.isoformat(), max_mismatch)
     if chosen_engine == "embedded":
         for spec, files in logged:
@@ -110,7 +109,7 @@ def consistency(
             step(f"reading the log of {spec.name}")
             _compare_spark(workspace, spec, read_log(spark, files, since), report, step)
     if not report.features:
-        raise NoLogError(f"no logged lookups{since_text(since)}: {how_to_log(workspace)}")
+        raise NoLogError(f"no logged lookups{since_text(since)}: {how_to_log(config.online)}")
     return report
 
 

@@ -41,9 +41,7 @@ def read_tiles(
     """Tiles whose primary selector equals ``key`` (pruned to its key bucket), per group."""
     from pyiceberg import expressions
 
-    workspace.require_valid()
-    config = workspace.project.config
-    assert config is not None
+    config = workspace.config
     plan = workspace.plan.spec(spec)
     if plan is None:
         names = ", ".join(s.name for s in workspace.plan.specs)

@@ -23,6 +23,7 @@ from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan
 from robusta.plan.selection import resolve_features
 from robusta.spec.durations import to_micros
+from robusta.spec.model import OfflineConfig, OnlineConfig
 from robusta.store.feature_log import (
     REQUEST_ID,
     REQUESTED,
@@ -38,18 +39,16 @@ class NoLogError(RobustaError, LookupError):
     """Nothing is logged for what was asked."""
 
 
-def log_files(workspace: Workspace, spec: SpecPlan) -> list[str]:
+def log_files(offline: OfflineConfig, spec: SpecPlan) -> list[str]:
     """The data files of the spec's feature log (none when nothing is logged); found with
     pyiceberg alone, so a request for logs that do not exist fails before any engine starts."""
     from pyiceberg.exceptions import NoSuchTableError
 
     from robusta.store.catalog import open_catalog
 
-    config = workspace.project.config
-    assert config is not None
-    catalog = open_catalog(config.offline)
+    catalog = open_catalog(offline)
     try:
-        table = catalog.load_table(f"{config.offline.namespace}.{log_table(spec.name)}")
+        table = catalog.load_table(f"{offline.namespace}.{log_table(spec.name)}")
     except NoSuchTableError:
         return []
     return [task.file.file_path for task in table.scan().plan_files()]
@@ -68,29 +67,33 @@ def require_logs(
     workspace: Workspace, features: Sequence[str] | None, since: datetime | None
 ) -> list[SpecLog]:
     """The logs holding ``features``, each checked to exist (before any engine starts)."""
+    config = workspace.config
     requests = resolve_features(workspace.plan, features)
-    by_spec: dict[str, list[str]] = {}
+    by_spec: dict[str, tuple[SpecPlan, list[str]]] = {}
     for request in requests:
-        by_spec.setdefault(request.spec.name, []).extend(o.name for o in request.outputs)
+        _, outputs = by_spec.setdefault(request.spec.name, (request.spec, []))
+        outputs.extend(o.name for o in request.outputs)
     logs = []
-    for name, outputs in by_spec.items():
-        spec = workspace.plan.spec(name)
-        assert spec is not None
-        files = log_files(workspace, spec)
+    for name, (spec, outputs) in by_spec.items():
+        files = log_files(config.offline, spec)
         if not files:
-            why = how_to_log(workspace)
+            why = how_to_log(config.online)
             raise NoLogError(f"nothing of spec {name} is logged{since_text(since)}: {why}")
         logs.append(SpecLog(spec, outputs, files))
     return logs
 
 
-def how_to_log(workspace: Workspace) -> str:
+def how_to_log(online: OnlineConfig) -> str:
     """What to do so that lookups are logged."""
-    config = workspace.project.config
-    log = {} if config is None else config.online.options.get("log") or {}
+    log = online.options.get("log") or {}
     if not log.get("enabled", False):
         return "online.log is off in robusta.yaml: set `online: {log: true}` and serve lookups"
     return "serve lookups with FeatureClient first (it logs the vectors it serves)"
+
+
+def _require_some(logs: Sequence[SpecLog]) -> None:
+    if not logs:  # require_logs gives at least one
+        raise NoLogError("no feature log given: ask require_logs for the logs to read")
 
 
 def since_text(since: datetime | None) -> str:
@@ -118,6 +121,7 @@ def logged_table(logs: Sequence[SpecLog], since: datetime | None) -> pa.Table:
     """:func:`logged_frame` on Arrow: one row per request (first seen first) with the
     request id, entity columns, ``ts``, ``version_pointer`` and the logs' outputs; the specs'
     rows joined on the request (requests missing from a spec's log are left out)."""
+    _require_some(logs)
     frame: pa.Table | None = None
     for log in logs:
         rows = read_log_table(log.files, since)
@@ -131,8 +135,7 @@ def logged_table(logs: Sequence[SpecLog], since: datetime | None) -> pa.Table:
         frame, taken = frame.filter(both), merged.take(at.filter(both))
         for name in log.outputs:
             frame = frame.append_column(name, taken.column(name))
-    assert frame is not None  # require_logs gives at least one log
-    return frame
+    return frame if frame is not None else pa.table({})
 
 
 def requested_any(requested: pa.ChunkedArray, names: Collection[str]) -> np.ndarray:
@@ -192,6 +195,7 @@ def logged_frame(spark: Any, logs: Sequence[SpecLog], since: datetime | None) ->
     """Logged rows with the served values of the logs' outputs (specs joined per request)."""
     from pyspark.sql import functions as F
 
+    _require_some(logs)
     frame = None
     for log in logs:
         rows = read_log(spark, log.files, since)
@@ -208,7 +212,6 @@ def logged_frame(spark: Any, logs: Sequence[SpecLog], since: datetime | None) ->
             frame = merged.select(REQUEST_ID, *keys, TS, VERSION_POINTER, *outputs)
         else:
             frame = frame.join(merged.select(REQUEST_ID, *outputs), REQUEST_ID, "inner")
-    assert frame is not None
     return frame
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from robusta.errors import Location, RobustaError, UnknownFeatureError
 from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
 from robusta.spec.durations import from_micros
-from robusta.spec.model import SourceConfig
+from robusta.spec.model import OfflineConfig, OnlineConfig, SourceConfig
 from robusta.spec.suggest import did_you_mean
 from robusta.store.online.base import OnlineStateError
 from robusta.workspace import Workspace
@@ -139,9 +139,7 @@ def lineage(workspace: Workspace, entry: FeatureEntry) -> list[Lineage]:
     """Source columns behind the feature's input, keys and timestamp, traced through the
     spec's SQL by sqlglot (CTEs, subqueries and expressions included)."""
     spec = _spec(workspace, entry.spec)
-    config = workspace.project.config
-    assert config is not None
-    schema = _schemas(config.sources, spec.spec.sources)
+    schema = _schemas(workspace.config.sources, spec.spec.sources)
     wanted = [(c, "key") for c in entry.entities]
     if entry.input is not None:
         wanted.insert(0, (entry.input, "input"))
@@ -208,14 +206,13 @@ class Freshness:
 
 def freshness(workspace: Workspace, entry: FeatureEntry) -> Freshness:
     out = Freshness()
-    config = workspace.project.config
-    assert config is not None
+    config = workspace.config
     try:
         _offline(out, config.offline, entry.tile_table)
     except (RobustaError, OSError) as exc:
         out.problems.append(f"offline: {exc}")
     try:
-        _online(out, config, entry.spec)
+        _online(out, config.online, config.project, entry.spec)
     except OnlineStateError:
         pass  # an embedded store nothing was uploaded to yet: no pointer
     except (RobustaError, OSError) as exc:
@@ -223,7 +220,7 @@ def freshness(workspace: Workspace, entry: FeatureEntry) -> Freshness:
     return out
 
 
-def _offline(out: Freshness, offline: Any, table_name: str) -> None:
+def _offline(out: Freshness, offline: OfflineConfig, table_name: str) -> None:
     from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage, latest_event
 
     table = TileTables(offline).load(table_name)
@@ -244,10 +241,10 @@ def _offline(out: Freshness, offline: Any, table_name: str) -> None:
     out.committed_at = _iso(snapshot.timestamp_ms * 1000)
 
 
-def _online(out: Freshness, config: Any, spec: str) -> None:
+def _online(out: Freshness, online: OnlineConfig, project: str, spec: str) -> None:
     from robusta.store.online import open_online_store
 
-    with open_online_store(config.online, config.project) as store:
+    with open_online_store(online, project) as store:
         state = store.state(spec)
     if state is None:
         return

@@ -105,9 +105,8 @@ def get_training_frame(
     from robusta.engine.spark.session import spark_session
 
     started = time.perf_counter()
-    workspace = (workspace or load_workspace(Path(config) if config else None)).require_valid()
-    project_config = workspace.project.config
-    assert project_config is not None  # require_valid guarantees it
+    workspace = workspace or load_workspace(Path(config) if config else None)
+    project_config = workspace.config  # validated: raises the project's problems
     if isinstance(features, str):
         features = [features]
     if source not in ("tiles", "logged"):
@@ -236,7 +235,8 @@ def spark_rows(spark: Any, staged: StagedRows) -> Any:
         return staged.spark_frame
     if staged.table is not None:
         return spark.createDataFrame(staged.table)
-    assert staged.path is not None
+    if staged.path is None:
+        raise TrainingInputError("the staged training rows hold no frame, table or path")
     return spark.read.parquet(staged.path)
 
 
@@ -274,8 +274,7 @@ def _plan_join(
     from robusta.engine.pit_join import GroupJoin
     from robusta.store.tiles import TileTables
 
-    assert workspace.project.config is not None
-    tables = TileTables(workspace.project.config.offline)
+    tables = TileTables(workspace.config.offline)
     layout = request.group.layout
     gmin = layout.finest.micros
     durations = [o.window.duration for o in request.outputs]
@@ -326,24 +325,23 @@ def _ready_table(
     missing = table is None or uncovered(spans, (since, end))
     if not (added or missing):
         return table
-    ranged = table is not None and not added and since is not None and end is not None
+    ranged: tuple[int, int] | None = None  # the rows' range, materialized alone
+    if table is not None and not added and since is not None and end is not None:
+        ranged = (since, end)
     why = (
         "without the added features (merge on read computes just those)"
         if added
         else "missing for the rows' time range"
     )
     command = f"robusta materialize --spec {name}"
-    if ranged:
-        assert since is not None and end is not None
-        command += f" --start {_iso(since)} --end {_iso(end)}"
+    if ranged is not None:
+        command += f" --start {_iso(ranged[0])} --end {_iso(ranged[1])}"
     if not materialize_missing:
         raise MissingTilesError(f"tiles of spec {name} are {why}: run `{command}` first")
     step(f"tiles of {name} are {why}: running `{command}`")
-    if ranged:
-        assert since is not None and end is not None
-        materialize(
-            workspace, [name], from_micros(since), from_micros(end), step=step, engine=engine
-        )
+    if ranged is not None:
+        start, stop = (from_micros(t) for t in ranged)
+        materialize(workspace, [name], start, stop, step=step, engine=engine)
     else:
         materialize(workspace, [name], step=step, engine=engine)
     report.materialized.append(name)

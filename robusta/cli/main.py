@@ -703,10 +703,8 @@ def monitor(
     from robusta.api.monitor import check_volumes
     from robusta.cli.registry_views import monitor_table
 
-    workspace = load_workspace(config).require_valid()
-    assert workspace.project.config is not None
     report = check_volumes(
-        workspace.project.config,
+        load_workspace(config).config,
         sources,
         drop=drop,
         baseline=baseline,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 from robusta.plan.model import Plan, TileGroup
 from robusta.plan.windows import TileRef, decompose
 from robusta.spec.durations import floor_to, from_micros
+from robusta.spec.model import ProjectConfig
 from robusta.workspace import Workspace, load_workspace
 
 DEMO_SOURCE = "engagement_events"
@@ -104,9 +105,8 @@ def run_demo(
     config: Path, days: int = 14, step: Step = lambda _: None, *, materialize_tiles: bool = True
 ) -> DemoResult:
     """Generate the demo events, validate and plan the specs, then materialize their tiles."""
-    first = load_workspace(config)
-    first.require_valid()  # show the config's own problems before anything else
-    target = _demo_folder(first)
+    # The config's own problems are shown before anything else.
+    target = _demo_folder(load_workspace(config).config)
     step(f"generating {days} days of engagement events")
     events = generate_events(GeneratorConfig(days=days))
     step(f"writing Parquet files to {target}")
@@ -162,8 +162,7 @@ def _stream_replay(workspace: Workspace, events: pa.Table, step: Step) -> list[S
     from robusta.jobs.stream import stream
     from robusta.serving import FeatureClient
 
-    config = workspace.project.config
-    assert config is not None
+    config = workspace.config
     root = config.root / ".robusta" / "demo" / "stream"
     shutil.rmtree(root, ignore_errors=True)
     (root / "landing").mkdir(parents=True)
@@ -228,8 +227,7 @@ def _lookups(
     outputs = {o.name for s in workspace.plan.specs for o in s.outputs}
     features = [f for f in TRAINING_FEATURES if f in outputs]
     entities = [{"USER_ID": user} for user in [*busiest, "nobody"]]
-    config = workspace.project.config
-    assert config is not None
+    config = workspace.config
     store = open_online_store(config.online, config.project)
     with FeatureClient(workspace, store) as client:
         return report, client.get_features(entities, features or None, at=end)
@@ -264,10 +262,8 @@ def _training_rows(workspace: Workspace, events: pa.Table, step: Step) -> list[d
     return [row.asDict() for row in frame.collect()]
 
 
-def _demo_folder(workspace: Workspace) -> Path:
+def _demo_folder(config: ProjectConfig) -> Path:
     """Where the demo may write: its Parquet source, inside the project's .robusta folder."""
-    config = workspace.project.config
-    assert config is not None
     source = config.sources.get(DEMO_SOURCE)
     if source is None or source.path is None:
         raise DemoError(

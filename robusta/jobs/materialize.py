@@ -70,9 +70,7 @@ def materialize(
 ) -> list[TableReport]:
     """Materialize the tiles of ``specs`` (default: every spec) and return one report per
     table. ``engine``: ``embedded`` or ``spark`` (default: the project's ``engine``)."""
-    workspace.require_valid()
-    config = workspace.project.config
-    assert config is not None  # require_valid guarantees it
+    config = workspace.config
     chosen = choose_specs(workspace.plan, specs)
     if (start is None) != (end is None):
         raise MaterializeError("give both --start and --end, or neither (all data)")
@@ -111,7 +109,7 @@ def _record_volumes(
 
     lo = None if start is None else to_micros(start)
     hi = None if end is None else to_micros(end)
-    for source in monitored_sources(config, chosen):
+    for source in monitored_sources(config.sources, chosen):
         step(f"recording event volumes of {source.name}")
         tiles.record_volumes(source, lo, hi)
 
@@ -238,9 +236,8 @@ def _covered(
     if latest is None:
         return None  # no event at all: nothing is known to be complete
     ready = floor_to(latest - lateness.micros, group.layout.finest.micros)
-    if not window.bounded:
+    if window.start is None or window.end is None:  # not bounded
         return (None, ready)
-    assert window.start is not None and window.end is not None
     end = min(window.end, ready)
     return (window.start, end) if end > window.start else None
 
@@ -250,9 +247,8 @@ def _iso(micros: int) -> str:
 
 
 def _range_text(window: Range) -> tuple[str | None, str | None]:
-    if not window.bounded:
+    if window.start is None or window.end is None:  # not bounded
         return (None, None)
-    assert window.start is not None and window.end is not None
     return (from_micros(window.start).isoformat(), from_micros(window.end).isoformat())
 
 
@@ -279,9 +275,7 @@ def compact(
     the tiles (and so every value served or backfilled) stay the same."""
     from robusta.store.tiles import files_by_columns, local_path
 
-    workspace.require_valid()
-    config = workspace.project.config
-    assert config is not None
+    config = workspace.config
     chosen = choose_specs(workspace.plan, specs)
     name = choose_engine(config, engine)
     tiles: TileEngine | None = None  # started when a table needs it

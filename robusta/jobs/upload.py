@@ -87,8 +87,7 @@ def upload(
     from robusta.store.tiles import TileTables
 
     started = time.perf_counter()
-    config = workspace.require_valid().project.config
-    assert config is not None
+    config = workspace.config
     plans = choose_specs(workspace.plan, specs)
     tables = TileTables(config.offline)
     report = UploadReport()

@@ -8,7 +8,7 @@ polled on the embedded engine (:class:`EmbeddedVolumes`). The table: ``store.vol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,12 @@ from robusta.spec.model import OfflineConfig, ProjectConfig, SourceConfig
 from robusta.store.volumes import add_volumes, monitor_of, volume_rows
 
 
-def monitored_sources(config: ProjectConfig, plans: Sequence[SpecPlan]) -> list[SourceConfig]:
+def monitored_sources(
+    sources: Mapping[str, SourceConfig], plans: Sequence[SpecPlan]
+) -> list[SourceConfig]:
     """The sources with a monitor section that ``plans`` read, each once."""
     names = dict.fromkeys(name for plan in plans for name in plan.spec.sources)
-    found = [config.sources.get(name) for name in names]
+    found = [sources.get(name) for name in names]
     return [s for s in found if s is not None and s.monitor is not None]
 
 

@@ -120,9 +120,8 @@ class FeatureClient:
     def from_config(
         cls, config: str | Path | None = None, *, store: OnlineStore | None = None
     ) -> FeatureClient:
-        workspace = load_workspace(Path(config) if config else None).require_valid()
-        project = workspace.project.config
-        assert project is not None
+        workspace = load_workspace(Path(config) if config else None)
+        project = workspace.config
         online = store or open_online_store(project.online, project.project)
         mode = str(project.online.options.get("on_unavailable", "error"))
         options = dict(project.online.options.get("log") or {})
@@ -195,7 +194,7 @@ class FeatureClient:
                 rows = self._assemble(group, state, part, t)
                 if self.log is not None:
                     pointer = None if state is None else state.pointer
-                    self._log(request, group, entities, t, pointer, rows)
+                    self._log(self.log, request, group, entities, t, pointer, rows)
                 if values is None:
                     values = rows
                 else:
@@ -231,8 +230,9 @@ class FeatureClient:
         names, columns = table.column_names, table.to_pydict().values()
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
+    @staticmethod
     def _log(
-        self,
+        log: FeatureLog,
         request: str,
         group: _Group,
         entities: Sequence[Entity],
@@ -240,11 +240,10 @@ class FeatureClient:
         pointer: int | None,
         rows: list[dict[str, Any]],
     ) -> None:
-        assert self.log is not None
         layout = group.request.group.layout
         keys = [{k.entity: _key_value(e, k) for k in layout.keys} for e in entities]
         names = [o.name for o in group.request.outputs]
-        self.log.record(request, group.request.spec, names, keys, t, pointer, rows)
+        log.record(request, group.request.spec, names, keys, t, pointer, rows)
 
     def _defaults(self, group: _Group) -> dict[str, Any]:
         """Values of a key without events (count 0, others null)."""

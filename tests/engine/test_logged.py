@@ -184,7 +184,7 @@ class Corruption:
 @contextlib.contextmanager
 def corrupted(logged: Logged) -> Iterator[Corruption]:
     """One logged float value moved by one ulp in its Parquet file, restored afterwards."""
-    files = [local_path(f) for f in log_files(logged.served.workspace, logged.spec)]
+    files = [local_path(f) for f in log_files(logged.served.workspace.config.offline, logged.spec)]
     for path in files:
         table = pq.read_table(path)
         values = table.column(CORRUPTED).to_pylist()

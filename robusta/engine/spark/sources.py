@@ -96,8 +96,7 @@ def read_stream(spark: Any, config: ProjectConfig, name: str) -> Any:
             '(schema: "col TYPE, ...")'
         )
     ddl = ", ".join(f"`{c.name}` {c.sql_type}" for c in source.schema)
-    if fmt == "kafka":
-        assert override is not None  # config checks: kafka is only set by an override
+    if override is not None and override.format == "kafka":  # only an override is kafka
         frame = spark.readStream.format("kafka").options(**options).load()
         parse = "from_json" if override.value_format == "json" else "from_csv"
         return frame.selectExpr(f"{parse}(CAST(value AS STRING), '{ddl}') AS __row").select(

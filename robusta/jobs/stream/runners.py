@@ -43,7 +43,7 @@ def stream(
     ``available_now``, until every file landed so far is processed. ``report`` gets the
     status of every spec about every ``every`` seconds. ``engine``: the project's unless
     given; a checkpoint stays with the engine that started it."""
-    config = _config(workspace)
+    config = workspace.config
     name = choose_engine(config, engine)
     plans = choose_specs(workspace.plan, specs)
     streams = [SpecStream(config, plan, name) for plan in plans]
@@ -64,14 +64,8 @@ def stream(
 
 def stream_status(workspace: Workspace, specs: Sequence[str] = ()) -> list[SpecStatus]:
     """Each spec's stream progress as recorded in its checkpoint (no Spark)."""
-    config = _config(workspace)
+    config = workspace.config
     return [SpecStream(config, plan).status() for plan in choose_specs(workspace.plan, specs)]
-
-
-def _config(workspace: Workspace) -> ProjectConfig:
-    config = workspace.require_valid().project.config
-    assert config is not None  # require_valid guarantees it
-    return config
 
 
 # ---- Spark ----------------------------------------------------------------------------------
@@ -160,7 +154,7 @@ def _volume_streams(
 
     every = f"{trigger.micros // 1000} milliseconds"
     queries = []
-    for source in monitored_sources(config, plans):
+    for source in monitored_sources(config.sources, plans):
         checkpoint = str(config.streaming.checkpoint / "volumes" / source.name)
         queries.append(stream_volumes(spark, config, source, checkpoint, every, available_now))
     return queries
@@ -249,7 +243,7 @@ def _stream_embedded(
 
     plans = [s.plan for s in streams]
     pollers: list[Any] = [EmbeddedPoller(s) for s in streams]
-    for source in monitored_sources(config, plans):
+    for source in monitored_sources(config.sources, plans):
         folder = config.streaming.checkpoint / "volumes" / source.name
         pollers.append(EmbeddedVolumes(config, source, folder))
     landed = [p.landed() if available_now else None for p in pollers]
