@@ -1,179 +1,370 @@
-"""A spec's sources and query in DuckDB: Spark SQL transpiled by sqlglot, results as Arrow.
+"""A spec's Spark SQL in DuckDB, with Spark's results: the one place DuckDB SQL is built.
 
-Every source a query names becomes a DuckDB view of that name, so the transpiled query runs
-unchanged. The connection's time zone is UTC. Declared ``TIMESTAMP`` columns (Spark: an
-instant, shown in the session time zone, UTC here) are views' ``TIMESTAMP`` columns holding
-UTC wall time, so casting them to text gives Spark's text; the spec's timestamp column comes
-back as ``timestamp[us, UTC]``.
+The query is parsed as Spark SQL, qualified and typed against the sources' views, checked
+(``spec.embedded_sql``: a construct not known to match Spark is refused, located), rewritten
+where DuckDB's meaning differs from Spark 4's (ANSI mode, the default), then written as DuckDB
+SQL by sqlglot. The rewrites:
 
-CSV fields are read as text and converted with ``TRY_CAST``, so a malformed field becomes
-null as in Spark's default PERMISSIVE mode. Formats other than csv and parquet are not
-supported by the embedded engine yet (:class:`UnsupportedSourceError`).
+- CAST: a fraction to an integer truncates; text to an integer must be an integer (else an
+  error, as Spark's); a DOUBLE to text is Java's ``Double.toString``; a TIMESTAMP to an integer
+  is whole seconds (floor); text to TIMESTAMP honours an offset; TIMESTAMP is UTC wall time.
+- ``/`` and ``%`` by zero are errors (Spark's DIVIDE_BY_ZERO); ``div`` is BIGINT division.
+- ``round(double, d)`` rounds HALF_UP on the decimal text of the double (Spark's BigDecimal);
+  ``floor``/``ceil`` of a fraction are BIGINT; functions Spark types INT are INT; ``sum`` of
+  integers is BIGINT; ``dayofweek`` counts Sunday as 1; ``date_add`` and ``add_months`` give
+  DATEs; ``date_trunc`` TIMESTAMPs; ``arr[i]`` out of bounds is an error; ``pmod``,
+  ``timestamp_seconds`` and ``regexp_replace``'s ``$1`` are carried over.
+
+Sources are read by ``sources.py`` (csv, json, parquet, iceberg, python); the connection's time
+zone is UTC and the spec's timestamp column comes back as ``timestamp[us, UTC]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import SqlglotError
 
+from robusta.engine.embedded.sources import (
+    EmbeddedSourceError,
+    UnsupportedSourceError,
+    duckdb_type,
+    ident,
+    register_sources,
+    source_sql,
+)
 from robusta.errors import RobustaError
+from robusta.spec.embedded_sql import (
+    FLOATS,
+    INTEGRAL,
+    TEXT,
+    TIMESTAMPS,
+    TRUNC_UNITS,
+    embedded_problems,
+    spark_type,
+    typed_query,
+)
 from robusta.spec.model import SourceConfig
-from robusta.spec.types import Column, DataType
+from robusta.spec.sql import QueryProblem, output_names
 
+__all__ = [
+    "EmbeddedSourceError",
+    "TranspileError",
+    "UnsupportedSourceError",
+    "connect",
+    "duckdb_type",
+    "monitor_sql",
+    "register_sources",
+    "run_query",
+    "source_sql",
+    "transpile",
+    "view_schemas",
+]
+
+T = exp.DataType.Type
 TS_TYPE = pa.timestamp("us", tz="UTC")
-# CSV options with a DuckDB equivalent (Spark name -> read_csv parameter); others are refused.
-_CSV_OPTIONS = {"sep": "delim", "delimiter": "delim", "quote": "quote", "escape": "escape"}
-_IGNORED_OPTIONS = {"recursivefilelookup"}  # folders are always read recursively here
-
-
-class EmbeddedSourceError(RobustaError, OSError):
-    """A source cannot be read by the embedded engine."""
-
-
-class UnsupportedSourceError(EmbeddedSourceError, NotImplementedError):
-    """A source format or option the embedded engine does not support yet."""
+_SPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
+# Java's Double.toString for |x| outside [1e-3, 1e7): "d.dddE<n>", from DuckDB's shortest text.
+_MACROS = {
+    "__spark_divisor(b)": "CASE WHEN b = 0 THEN error('[DIVIDE_BY_ZERO] Division by zero (use "
+    "try_divide to get NULL)') ELSE b END",
+    "__spark_seconds(t)": "(epoch_us(CAST(t AS TIMESTAMP)) - ((epoch_us(CAST(t AS TIMESTAMP)) "
+    "% 1000000) + 1000000) % 1000000) // 1000000",
+    "__spark_pmod(a, b)": "CASE WHEN a % b < 0 THEN (a % b + b) % b ELSE a % b END",
+    "__spark_at(a, i)": "CASE WHEN i < 0 OR i >= len(a) THEN error('[INVALID_ARRAY_INDEX] The "
+    "index ' || i || ' is out of bounds (the array has ' || len(a) || ' elements)') ELSE "
+    "a[i + 1] END",
+    "__spark_mantissa(d)": "left(d, 1) || '.' || CASE WHEN length(d) > 1 THEN substr(d, 2) "
+    "ELSE '0' END",
+    "__spark_sci(t)": "CASE WHEN t LIKE '-%' THEN '-' ELSE '' END || CASE WHEN t LIKE '%e%' "
+    "THEN CASE WHEN split_part(ltrim(t, '-'), 'e', 1) LIKE '%.%' THEN split_part(ltrim(t, '-'),"
+    " 'e', 1) ELSE split_part(ltrim(t, '-'), 'e', 1) || '.0' END || 'E' || CAST(CAST("
+    "split_part(t, 'e', 2) AS INT) AS VARCHAR) WHEN split_part(ltrim(t, '-'), '.', 1) <> '0' "
+    "THEN __spark_mantissa(rtrim(replace(ltrim(t, '-'), '.', ''), '0')) || 'E' || "
+    "CAST(length(split_part(ltrim(t, '-'), '.', 1)) - 1 AS VARCHAR) ELSE __spark_mantissa("
+    "rtrim(ltrim(split_part(t, '.', 2), '0'), '0')) || 'E-' || CAST(length(split_part(t, '.', "
+    "2)) - length(ltrim(split_part(t, '.', 2), '0')) + 1 AS VARCHAR) END",
+    "__spark_double_text(x)": "CASE WHEN isnan(x) THEN 'NaN' WHEN isinf(x) THEN CASE WHEN x > 0 "
+    "THEN 'Infinity' ELSE '-Infinity' END WHEN x = 0 OR (abs(x) >= 0.001 AND abs(x) < 1e7) "
+    "THEN CAST(x AS VARCHAR) ELSE __spark_sci(CAST(x AS VARCHAR)) END",
+}
+# Spark types these INT; DuckDB BIGINT.
+_INT_RESULTS = (
+    exp.Length, exp.Hour, exp.Minute, exp.Second, exp.Year, exp.Quarter, exp.Month, exp.Day,
+    exp.DayOfMonth, exp.DayOfYear, exp.WeekOfYear, exp.DateDiff, exp.StrPosition,
+    exp.ArraySize,
+)  # fmt: skip
+_INT_WINDOWS = (exp.RowNumber, exp.Rank, exp.DenseRank)
 
 
 class TranspileError(RobustaError, ValueError):
-    """The spec's Spark SQL cannot be carried over to DuckDB."""
+    """The spec's Spark SQL cannot be run faithfully in DuckDB."""
+
+    def __init__(self, message: str, problem: QueryProblem | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
 
 
 def connect() -> Any:
-    """A DuckDB connection in UTC (imported here: DuckDB is only needed by this engine)."""
+    """A DuckDB connection in UTC with Spark's helper macros (DuckDB is only needed here)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    for head, body in _MACROS.items():
+        con.execute(f"CREATE MACRO {head} AS {body}")
     return con
 
 
-def transpile(query: str) -> str:
-    """The spec's query (Spark SQL) as DuckDB SQL."""
-    try:
-        statements = sqlglot.transpile(query, read="spark", write="duckdb")
-    except SqlglotError as exc:
-        raise TranspileError(f"cannot carry the query over to DuckDB: {exc}") from exc
-    if len(statements) != 1:
-        raise TranspileError(f"the query must be one statement, found {len(statements)}")
-    return statements[0]
+def view_schemas(con: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The Spark types of the columns of views ``names`` (for typing the query)."""
+    out = {}
+    for name in names:
+        rows = con.sql(f"DESCRIBE {ident(name)}").fetchall()
+        out[name] = {str(r[0]): _spark_type_name(str(r[1])) for r in rows}
+    return out
 
 
-def duckdb_type(column: Column) -> str:
-    """The DuckDB type of a declared (Spark DDL) column; TIMESTAMP is UTC wall time."""
-    if column.type is DataType.TIMESTAMP:
+def _spark_type_name(duck: str) -> str:
+    if duck.upper() == "TIMESTAMP":  # UTC wall time: Spark's TIMESTAMP
         return "TIMESTAMP"
-    built = exp.DataType.build(column.sql_type, dialect="spark")
-    if built.this == exp.DataType.Type.DECIMAL and not built.expressions:
-        return "DECIMAL(10, 0)"  # Spark's default precision; DuckDB's is (18, 3)
-    return built.sql("duckdb")
+    if duck.upper() == "HUGEINT":
+        return "DECIMAL(38, 0)"
+    return str(exp.DataType.build(duck, dialect="duckdb").sql("spark"))
 
 
-def register_sources(con: Any, sources: Iterable[SourceConfig]) -> None:
-    """Create (or replace) a view named like each source."""
-    for source in sources:
-        con.execute(f"CREATE OR REPLACE VIEW {_ident(source.name)} AS {source_sql(source)}")
+def transpile(query: str, schemas: Mapping[str, Mapping[str, str]]) -> str:
+    """The spec's query (Spark SQL over sources typed by ``schemas``) as DuckDB SQL giving
+    Spark's rows; :class:`TranspileError` (with the first problem) when it cannot."""
+    return _transpiled(query, schemas)[0]
 
 
-def source_sql(source: SourceConfig) -> str:
-    """A SELECT reading ``source`` in its declared columns."""
-    if source.format not in ("csv", "parquet"):
-        raise UnsupportedSourceError(
-            f'source "{source.name}": format {source.format} is not supported by the embedded '
-            "engine yet (csv and parquet are); use the Spark engine for it"
-        )
-    files = _files(source)
-    listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
-    if source.format == "parquet":
-        if source.schema is None:
-            return f"SELECT * FROM read_parquet({listed})"
-        return f"SELECT {_typed(source.schema, 'CAST')} FROM read_parquet({listed})"
-    if source.schema is None:
-        raise EmbeddedSourceError(
-            f'source "{source.name}": a csv source needs a declared schema in robusta.yaml '
-            '(schema: "col TYPE, ...")'
-        )
-    params = _csv_params(source)
-    text = ", ".join(f"{_literal(c.name)}: 'VARCHAR'" for c in source.schema)
-    return (
-        f"SELECT {_typed(source.schema, 'TRY_CAST')} FROM read_csv({listed}, "
-        f"columns = {{{text}}}, auto_detect = false, {params})"
-    )
+def _transpiled(
+    query: str, schemas: Mapping[str, Mapping[str, str]]
+) -> tuple[str, list[str]]:
+    problems = embedded_problems(query, schemas)
+    if problems:
+        raise TranspileError(problems[0].message, problems[0])
+    tree = typed_query(query, schemas)
+    if tree is None:
+        raise TranspileError("the query cannot be typed against its sources; run robusta validate")
+    original = sqlglot.parse_one(query, read="spark")
+    if not isinstance(original, exp.Query):
+        raise TranspileError("the query must be one SELECT statement; run robusta validate")
+    originals = {c.lower(): c for cols in schemas.values() for c in cols}
+    names = output_names(original, tree, originals)
+    _rewrite(tree)
+    return tree.sql(dialect="duckdb"), names
 
 
-def run_query(con: Any, query: str, timestamp: str) -> pa.Table:
-    """The transpiled ``query``'s rows as Arrow, ``timestamp`` as ``timestamp[us, UTC]``."""
-    sql = transpile(query)
-    inner = f"SELECT * REPLACE (CAST({_ident(timestamp)} AS TIMESTAMP) AS {_ident(timestamp)})"
-    table: pa.Table = con.sql(f"{inner} FROM ({sql}) AS __q").to_arrow_table()
-    index = table.schema.get_field_index(timestamp)
+def run_query(con: Any, query: str, timestamp: str, sources: Iterable[str]) -> pa.Table:
+    """The query's rows as Arrow (over the views of ``sources``), its output columns named as
+    the query names them, ``timestamp`` as ``timestamp[us, UTC]``."""
+    sql, names = _transpiled(query, view_schemas(con, sources))
+    columns = [
+        f"CAST(#{i} AS TIMESTAMP) AS {ident(n)}"
+        if n.lower() == timestamp.lower()
+        else f"#{i} AS {ident(n)}"
+        for i, n in enumerate(names, start=1)
+    ]
+    table: pa.Table = con.sql(f"SELECT {', '.join(columns)} FROM ({sql}) AS __q").to_arrow_table()
+    index = next(i for i, n in enumerate(names) if n.lower() == timestamp.lower())
     # A naive TIMESTAMP here is UTC wall time: labelling it UTC keeps its microseconds.
-    return table.set_column(index, timestamp, pc.cast(table.column(index), TS_TYPE))
+    return table.set_column(index, names[index], pc.cast(table.column(index), TS_TYPE))
 
 
-def _typed(schema: tuple[Column, ...], cast: str) -> str:
-    parts = []
-    for column in schema:
-        name = _ident(column.name)
-        if column.type is DataType.TIMESTAMP and cast == "TRY_CAST":
-            # Text with an offset is converted to UTC; text without one is UTC already.
-            value = f"CAST(TRY_CAST({name} AS TIMESTAMPTZ) AS TIMESTAMP)"
-        else:
-            value = f"{cast}({name} AS {duckdb_type(column)})"
-        parts.append(f"{value} AS {name}")
-    return ", ".join(parts)
+# ---- rewrites: each takes a typed Spark node and returns what DuckDB must compute -------------
+def _template(sql: str, **parts: exp.Expr) -> exp.Expr:
+    """DuckDB SQL with ``:name`` placeholders filled by (copies of) ``parts``."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for holder in list(tree.find_all(exp.Placeholder)):
+        holder.replace(parts[holder.name].copy())
+    return tree
 
 
-def _csv_params(source: SourceConfig) -> str:
-    params = {"header": "false"}
-    for key, value in source.options.items():
-        lowered = key.lower()
-        if lowered == "header":
-            params["header"] = "true" if str(value).lower() == "true" else "false"
-        elif lowered in _CSV_OPTIONS:
-            params[_CSV_OPTIONS[lowered]] = _literal(str(value))
-        elif lowered not in _IGNORED_OPTIONS:
-            raise UnsupportedSourceError(
-                f'source "{source.name}": csv option "{key}" is not supported by the embedded '
-                f"engine yet (supported: header, {', '.join(_CSV_OPTIONS)})"
-            )
-    return ", ".join(f"{k} = {v}" for k, v in params.items())
+def _type_sql(to: exp.DataType) -> str:
+    if to.this in TIMESTAMPS:
+        return "TIMESTAMP"
+    if to.this == T.DECIMAL and not to.expressions:
+        return "DECIMAL(10, 0)"
+    return str(to.sql(dialect="duckdb"))
 
 
-def _files(source: SourceConfig) -> list[Path]:
-    """The files Spark reads: the path itself, or every file under the folder except hidden
-    ones (names starting with ``.`` or ``_``, e.g. files being landed)."""
-    path = source.path
-    if path is None or not path.exists():
-        raise EmbeddedSourceError(
-            f'source "{source.name}": {path} does not exist; write data there or fix its '
-            "path in robusta.yaml"
+def _cast(node: exp.Expr) -> exp.Expr:
+    strict = not (isinstance(node, exp.TryCast) and node.args.get("safe"))
+    cast = "CAST" if strict else "TRY_CAST"
+    to: exp.DataType = node.args["to"]
+    source = spark_type(node.this)
+    target = _type_sql(to)
+    x = node.this
+    if to.this in TIMESTAMPS and source in TEXT:
+        return _template(f"CAST({cast}(:x AS TIMESTAMPTZ) AS TIMESTAMP)", x=x)
+    if to.this in INTEGRAL and source in FLOATS | {T.DECIMAL}:
+        return _template(f"{cast}(trunc(:x) AS {target})", x=x)
+    if to.this in INTEGRAL and source in TEXT:
+        bad = "NULL" if not strict else (
+            f"error('[CAST_INVALID_INPUT] The value ''' || :x || ''' cannot be cast to "
+            f"{to.sql('spark')} because it is malformed')"
         )
-    if path.is_file():
-        return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        return _template(
+            f"{cast}(CASE WHEN :x IS NULL THEN NULL WHEN regexp_full_match(trim(:x, {_SPACE}), "
+            f"'[+-]?[0-9]+') THEN trim(:x, {_SPACE}) ELSE {bad} END AS {target})",
+            x=x,
+        )
+    if to.this in INTEGRAL and source in TIMESTAMPS:
+        return _template(f"{cast}(__spark_seconds(:x) AS {target})", x=x)
+    if to.this in TEXT and source == T.DOUBLE:
+        return _template("__spark_double_text(:x)", x=x)
+    return _template(f"{cast}(:x AS {target})", x=x)
+
+
+def _round(node: exp.Expr) -> exp.Expr:
+    if spark_type(node.this) not in FLOATS:
+        return node
+    digits = node.args.get("decimals")
+    d = int(digits.sql()) if digits is not None else 0
+    scale = max(d, 0) + 17
+    return _template(
+        f"CASE WHEN NOT isfinite(:x) OR abs(:x) >= 1e{16 - d} THEN :x ELSE CAST(round(CAST("
+        f"CAST(:x AS VARCHAR) AS DECIMAL(38, {scale})), {d}) AS DOUBLE) END",
+        x=node.this,
     )
-    if not files:
-        raise EmbeddedSourceError(f'source "{source.name}": no files under {path}')
-    return files
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _floor_ceil(node: exp.Expr) -> exp.Expr:
+    kind = node.this.type
+    if kind is not None and kind.this == T.DECIMAL and len(kind.expressions) == 2:
+        precision, scale = (int(e.this.this) for e in kind.expressions)
+        return _template(f"CAST(:x AS DECIMAL({min(precision - scale + 1, 38)}, 0))", x=node)
+    return _template("CAST(:x AS BIGINT)", x=node)
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _division(node: exp.Expr) -> exp.Expr:
+    return exp.Div(
+        this=node.this,
+        expression=exp.Anonymous(this="__spark_divisor", expressions=[node.expression]),
+        typed=False,
+        safe=False,
+    )
+
+
+def _mod(node: exp.Expr) -> exp.Expr:
+    node.set("safe", False)  # DuckDB's % by zero is an error, as Spark's
+    return node
+
+
+def _int_div(node: exp.Expr) -> exp.Expr:
+    return _template("CAST(:a AS BIGINT) // CAST(:b AS BIGINT)", a=node.this, b=node.expression)
+
+
+def _day_of_week(node: exp.Expr) -> exp.Expr:
+    return _template("CAST(:x + 1 AS INT)", x=node)  # DuckDB: Sunday = 0; Spark: 1
+
+
+def _as(type_sql: str) -> Callable[[exp.Expr], exp.Expr]:
+    return lambda node: _template(f"CAST(:x AS {type_sql})", x=node)
+
+
+def _window(node: exp.Expr) -> exp.Expr:
+    return _template("CAST(:x AS INT)", x=node) if isinstance(node.this, _INT_WINDOWS) else node
+
+
+def _sum(node: exp.Expr) -> exp.Expr:
+    if spark_type(node.this) in INTEGRAL:
+        return _template("CAST(:x AS BIGINT)", x=node)
+    return node
+
+
+def _trunc(node: exp.Expr) -> exp.Expr:
+    unit = node.args["unit"]
+    node.set("unit", exp.var(TRUNC_UNITS[unit.name.upper()]))
+    return _template("CAST(:x AS TIMESTAMP)", x=node)
+
+
+def _to_date(node: exp.Expr) -> exp.Expr:
+    if spark_type(node.this) in TEXT:
+        return _template("CAST(:x AS DATE)", x=node.this)  # malformed text: an error
+    return _template("CAST(:x AS DATE)", x=node.this)
+
+
+def _concat(node: exp.Expr) -> exp.Expr:
+    parts = node.unnest_operands() if isinstance(node, exp.DPipe) else node.expressions
+    for part in parts:
+        if spark_type(part) == T.DOUBLE:
+            text = _template("__spark_double_text(:x)", x=part)
+            part.replace(text)
+    return node
+
+
+def _bracket(node: exp.Expr) -> exp.Expr:
+    return _template("__spark_at(:a, :i)", a=node.this, i=node.expressions[0])
+
+
+def _anonymous(node: exp.Expr) -> exp.Expr:
+    args = node.expressions
+    if node.name.lower() == "pmod":
+        return _template("__spark_pmod(:a, :b)", a=args[0], b=args[1])
+    if node.name.lower() == "timestamp_seconds":
+        return _template("make_timestamp(CAST(:x AS BIGINT) * 1000000)", x=args[0])
+    return node
+
+
+def _str_to_unix(node: exp.Expr) -> exp.Expr:
+    return _template("__spark_seconds(:x)", x=node.this)
+
+
+def _regexp_replace(node: exp.Expr) -> exp.Expr:
+    replacement = node.args.get("replacement")
+    if isinstance(replacement, exp.Literal):  # Java's $1 is RE2's \1
+        node.set("replacement", exp.Literal.string(re.sub(r"\$(\d)", r"\\\1", replacement.this)))
+    return node
+
+
+_RULES: dict[type[exp.Expr], Callable[[exp.Expr], exp.Expr]] = {
+    exp.Cast: _cast,
+    exp.TryCast: _cast,
+    exp.Round: _round,
+    exp.Floor: _floor_ceil,
+    exp.Ceil: _floor_ceil,
+    exp.Div: _division,
+    exp.Mod: _mod,
+    exp.IntDiv: _int_div,
+    exp.DayOfWeek: _day_of_week,
+    exp.Window: _window,
+    exp.Sum: _sum,
+    exp.Sign: _as("DOUBLE"),
+    exp.TsOrDsAdd: _as("DATE"),
+    exp.AddMonths: _as("DATE"),
+    exp.TimestampTrunc: _trunc,
+    exp.TsOrDsToDate: _to_date,
+    exp.Concat: _concat,
+    exp.ConcatWs: _concat,
+    exp.DPipe: _concat,
+    exp.Bracket: _bracket,
+    exp.Anonymous: _anonymous,
+    exp.StrToUnix: _str_to_unix,
+    exp.RegexpReplace: _regexp_replace,
+    **dict.fromkeys(_INT_RESULTS, _as("INT")),
+}
+
+
+def _rewrite(tree: exp.Expr) -> None:
+    """Apply the rules bottom-up (children first), keeping each node's Spark type."""
+    for node in reversed(list(tree.walk())):
+        rule = _RULES.get(type(node))
+        if rule is None or (node.parent is None and node is not tree):
+            continue
+        spark = node.type
+        holder = exp.Placeholder()
+        node.replace(holder)
+        new = rule(node)
+        new.type = spark
+        holder.replace(new)
 
 
 def monitor_sql(source: SourceConfig) -> str:
@@ -181,7 +372,7 @@ def monitor_sql(source: SourceConfig) -> str:
     monitor = source.monitor
     if monitor is None:
         raise ValueError(f"source {source.name} has no monitor")
-    ts = _ident(monitor.timestamp)
+    ts = ident(monitor.timestamp)
     columns = [f"CAST({ts} AS TIMESTAMP) AS {ts}"]
-    columns += [f"CAST({_ident(s)} AS VARCHAR) AS {_ident(s)}" for s in monitor.segments]
-    return f"SELECT {', '.join(columns)} FROM {_ident(source.name)}"
+    columns += [f"CAST({ident(s)} AS VARCHAR) AS {ident(s)}" for s in monitor.segments]
+    return f"SELECT {', '.join(columns)} FROM {ident(source.name)}"
