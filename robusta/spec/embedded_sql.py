@@ -47,14 +47,15 @@ _PLAIN: tuple[type[exp.Expr], ...] = (
     exp.Table, exp.Column, exp.Identifier, exp.Star, exp.Literal, exp.Null, exp.Boolean,
     exp.Paren, exp.Tuple, exp.In, exp.Between, exp.Is, exp.Not, exp.And, exp.Or, exp.EQ,
     exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.Neg, exp.Case, exp.If,
-    exp.Coalesce, exp.Nullif, exp.DataType, exp.Var, exp.Window, exp.Distinct, exp.Exists,
+    exp.Coalesce, exp.Nullif, exp.DataType, exp.DataTypeParam, exp.Var, exp.Window,
+    exp.Distinct, exp.Exists,
     exp.Abs, exp.Greatest, exp.Least, exp.Sqrt, exp.Exp, exp.Ln, exp.Lower, exp.Upper,
     exp.Substring, exp.Trim, exp.Length, exp.StrPosition, exp.Pad, exp.Reverse, exp.Initcap,
     exp.Left, exp.Right, exp.Repeat, exp.Replace, exp.Count, exp.Min, exp.Max, exp.Lag,
     exp.Lead, exp.RowNumber, exp.Rank, exp.DenseRank, exp.Hour, exp.Minute, exp.Second,
     exp.Year, exp.Quarter, exp.Month, exp.Day, exp.DayOfMonth, exp.DayOfWeek, exp.DayOfYear,
-    exp.WeekOfYear, exp.DateDiff, exp.LastDay, exp.AddMonths, exp.UnixToStr, exp.ArraySize,
-    exp.RegexpSplit, exp.Sign, exp.Floor, exp.Ceil, exp.Mod, exp.Sub, exp.Mul,
+    exp.WeekOfYear, exp.DateDiff, exp.LastDay, exp.AddMonths, exp.ArraySize,
+    exp.TimeStrToTime, exp.Sign, exp.Floor, exp.Ceil, exp.Mod, exp.Sub, exp.Mul,
     exp.Add,
 )  # fmt: skip
 
@@ -170,11 +171,17 @@ def _int_div(node: exp.Expr, typed: bool) -> str | None:
     return None
 
 
-def _decimal_arithmetic(node: exp.Expr, typed: bool) -> str | None:
+def _arithmetic(node: exp.Expr, typed: bool) -> str | None:
     kinds = {spark_type(node.this), spark_type(node.expression)}
     if T.DECIMAL in kinds and not kinds & (FLOATS | TIMESTAMPS | {T.DATE, T.INTERVAL}):
         return f"arithmetic ({node.key}) on DECIMAL values | CAST an operand to DOUBLE"
+    if T.DATE in kinds and (T.INTERVAL in kinds or isinstance(node.expression, exp.Interval)):
+        return "a DATE plus an INTERVAL | use date_add()"
     return None
+
+
+def _split(node: exp.Expr, typed: bool) -> str | None:
+    return "split() with a limit" if node.args.get("limit") is not None else None
 
 
 def _round(node: exp.Expr, typed: bool) -> str | None:
@@ -285,11 +292,19 @@ def _anonymous(node: exp.Expr, typed: bool) -> str | None:
     return f"function {node.name}()"
 
 
-def _time_to_str(node: exp.Expr, typed: bool) -> str | None:
+def _time_format(node: exp.Expr, typed: bool) -> str:
+    # sqlglot holds Spark's pattern as strftime directives: only the plain fields are the same.
     fmt = node.args.get("format")
-    if not isinstance(fmt, exp.Literal) or not set(fmt.this) <= set("yMdHms-: /T'."):
-        return "date_format() with a format other than y, M, d, H, m, s fields"
-    return None
+    if fmt is None:
+        return ""
+    text = fmt.this if isinstance(fmt, exp.Literal) else None
+    if text is None or re.sub(r"%[YmdHMS](?:strict)?|[-: /T.,]", "", text):
+        return f"{_fname(node)}() with a format other than yyyy, MM, dd, HH, mm, ss fields"
+    return ""
+
+
+def _time_to_str(node: exp.Expr, typed: bool) -> str | None:
+    return _time_format(node, typed) or None
 
 
 _CHECKS: dict[type[exp.Expr], Callable[[exp.Expr, bool], str | None]] = {
@@ -297,10 +312,10 @@ _CHECKS: dict[type[exp.Expr], Callable[[exp.Expr, bool], str | None]] = {
     exp.TryCast: _cast,
     exp.Div: _division,
     exp.IntDiv: _int_div,
-    exp.Add: _decimal_arithmetic,
-    exp.Sub: _decimal_arithmetic,
-    exp.Mul: _decimal_arithmetic,
-    exp.Mod: _decimal_arithmetic,
+    exp.Add: _arithmetic,
+    exp.Sub: _arithmetic,
+    exp.Mul: _arithmetic,
+    exp.Mod: _arithmetic,
     exp.Round: _round,
     exp.Floor: _floor_ceil,
     exp.Ceil: _floor_ceil,
@@ -319,8 +334,10 @@ _CHECKS: dict[type[exp.Expr], Callable[[exp.Expr, bool], str | None]] = {
     exp.StrToUnix: _str_to_unix,
     exp.Interval: _interval,
     exp.Bracket: _bracket,
+    exp.RegexpSplit: _split,
     exp.Anonymous: _anonymous,
     exp.TimeToStr: _time_to_str,
+    exp.UnixToStr: _time_to_str,
 }
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "connect",
     "duckdb_type",
     "monitor_sql",
+    "query_table",
     "register_sources",
     "run_query",
     "source_sql",
@@ -75,6 +76,7 @@ _MACROS = {
     "try_divide to get NULL)') ELSE b END",
     "__spark_seconds(t)": "(epoch_us(CAST(t AS TIMESTAMP)) - ((epoch_us(CAST(t AS TIMESTAMP)) "
     "% 1000000) + 1000000) % 1000000) // 1000000",
+    "__spark_unix_seconds(t)": "epoch_us(CAST(t AS TIMESTAMP)) // 1000000",
     "__spark_pmod(a, b)": "CASE WHEN a % b < 0 THEN (a % b + b) % b ELSE a % b END",
     "__spark_at(a, i)": "CASE WHEN i < 0 OR i >= len(a) THEN error('[INVALID_ARRAY_INDEX] The "
     "index ' || i || ' is out of bounds (the array has ' || len(a) || ' elements)') ELSE "
@@ -89,9 +91,21 @@ _MACROS = {
     "CAST(length(split_part(ltrim(t, '-'), '.', 1)) - 1 AS VARCHAR) ELSE __spark_mantissa("
     "rtrim(ltrim(split_part(t, '.', 2), '0'), '0')) || 'E-' || CAST(length(split_part(t, '.', "
     "2)) - length(ltrim(split_part(t, '.', 2), '0')) + 1 AS VARCHAR) END",
-    "__spark_double_text(x)": "CASE WHEN isnan(x) THEN 'NaN' WHEN isinf(x) THEN CASE WHEN x > 0 "
-    "THEN 'Infinity' ELSE '-Infinity' END WHEN x = 0 OR (abs(x) >= 0.001 AND abs(x) < 1e7) "
-    "THEN CAST(x AS VARCHAR) ELSE __spark_sci(CAST(x AS VARCHAR)) END",
+    # Java before 19 prints an integral double in [2^53, 2^63) with all its digits, Java 19+
+    # with the fewest: which one Spark runs is not known here, so such a value is an error
+    # (as is a one-digit subnormal, which Java writes with two: 4.9E-324).
+    "__spark_java_dependent(x)": "abs(x) >= 9007199254740992 AND abs(x) < 9223372036854775808 "
+    "AND rtrim(CAST(CAST(abs(x) AS HUGEINT) AS VARCHAR), '0') <> rtrim(replace(split_part("
+    "ltrim(CAST(x AS VARCHAR), '-'), 'e', 1), '.', ''), '0')",
+    "__spark_double_text(x)": "CASE WHEN CAST(x AS VARCHAR) IN ('nan', '-nan') THEN 'NaN' "
+    "WHEN isinf(x) THEN CASE WHEN x > 0 THEN 'Infinity' ELSE '-Infinity' END "
+    "WHEN x = 0 OR (abs(x) >= 0.001 AND abs(x) < 1e7) THEN CAST(x AS VARCHAR) "
+    "WHEN abs(x) < 2.2250738585072014e-308 AND CAST(x AS VARCHAR) NOT LIKE '%.%' "
+    "THEN error('Java writes the subnormal DOUBLE ' || CAST(x AS VARCHAR) || ' with two "
+    "digits; use engine: spark') "
+    "WHEN __spark_java_dependent(x) THEN error('the text of the DOUBLE ' || CAST(x AS VARCHAR) "
+    "|| ' depends on the Java version Spark runs on; use engine: spark, or CAST it to BIGINT "
+    "first') ELSE __spark_sci(CAST(x AS VARCHAR)) END",
 }
 # Spark types these INT; DuckDB BIGINT.
 _INT_RESULTS = (
@@ -162,20 +176,28 @@ def _transpiled(
     return tree.sql(dialect="duckdb"), names
 
 
-def run_query(con: Any, query: str, timestamp: str, sources: Iterable[str]) -> pa.Table:
+def query_table(
+    con: Any, query: str, sources: Iterable[str], timestamp: str | None = None
+) -> pa.Table:
     """The query's rows as Arrow (over the views of ``sources``), its output columns named as
-    the query names them, ``timestamp`` as ``timestamp[us, UTC]``."""
+    the query names them; ``timestamp`` (if given) cast to TIMESTAMP."""
     sql, names = _transpiled(query, view_schemas(con, sources))
+    stamp = (timestamp or "").lower()
     columns = [
-        f"CAST(#{i} AS TIMESTAMP) AS {ident(n)}"
-        if n.lower() == timestamp.lower()
-        else f"#{i} AS {ident(n)}"
+        f"CAST(#{i} AS TIMESTAMP) AS {ident(n)}" if n.lower() == stamp else f"#{i} AS {ident(n)}"
         for i, n in enumerate(names, start=1)
     ]
     table: pa.Table = con.sql(f"SELECT {', '.join(columns)} FROM ({sql}) AS __q").to_arrow_table()
-    index = next(i for i, n in enumerate(names) if n.lower() == timestamp.lower())
+    return table
+
+
+def run_query(con: Any, query: str, timestamp: str, sources: Iterable[str]) -> pa.Table:
+    """The query's rows (:func:`query_table`), ``timestamp`` as ``timestamp[us, UTC]``."""
+    table = query_table(con, query, sources, timestamp)
+    index = next(i for i, n in enumerate(table.column_names) if n.lower() == timestamp.lower())
     # A naive TIMESTAMP here is UTC wall time: labelling it UTC keeps its microseconds.
-    return table.set_column(index, names[index], pc.cast(table.column(index), TS_TYPE))
+    name = table.column_names[index]
+    return table.set_column(index, name, pc.cast(table.column(index), TS_TYPE))
 
 
 # ---- rewrites: each takes a typed Spark node and returns what DuckDB must compute -------------
@@ -262,6 +284,15 @@ def _int_div(node: exp.Expr) -> exp.Expr:
     return _template("CAST(:a AS BIGINT) // CAST(:b AS BIGINT)", a=node.this, b=node.expression)
 
 
+def _sign(node: exp.Expr) -> exp.Expr:
+    # Spark's signum is Java's Math.signum: a DOUBLE, keeping -0.0 and NaN.
+    return _template(
+        "CASE WHEN CAST(:x AS DOUBLE) = 0 OR isnan(CAST(:x AS DOUBLE)) THEN CAST(:x AS DOUBLE) "
+        "ELSE CAST(sign(:x) AS DOUBLE) END",
+        x=node.this,
+    )
+
+
 def _day_of_week(node: exp.Expr) -> exp.Expr:
     return _template("CAST(:x + 1 AS INT)", x=node)  # DuckDB: Sunday = 0; Spark: 1
 
@@ -292,13 +323,19 @@ def _to_date(node: exp.Expr) -> exp.Expr:
     return _template("CAST(:x AS DATE)", x=node.this)
 
 
+def _to_timestamp(node: exp.Expr) -> exp.Expr:
+    if spark_type(node.this) in TEXT:  # an offset in the text moves the instant
+        return _template("CAST(CAST(:x AS TIMESTAMPTZ) AS TIMESTAMP)", x=node.this)
+    return _template("CAST(:x AS TIMESTAMP)", x=node.this)
+
+
 def _concat(node: exp.Expr) -> exp.Expr:
     parts = node.unnest_operands() if isinstance(node, exp.DPipe) else node.expressions
     for part in parts:
         if spark_type(part) == T.DOUBLE:
             text = _template("__spark_double_text(:x)", x=part)
             part.replace(text)
-    return node
+    return _template("CAST(:x AS VARCHAR)", x=node)  # Spark's is text, even of a NULL
 
 
 def _bracket(node: exp.Expr) -> exp.Expr:
@@ -315,7 +352,7 @@ def _anonymous(node: exp.Expr) -> exp.Expr:
 
 
 def _str_to_unix(node: exp.Expr) -> exp.Expr:
-    return _template("__spark_seconds(:x)", x=node.this)
+    return _template("__spark_unix_seconds(:x)", x=node.this)  # truncated, unlike CAST
 
 
 def _regexp_replace(node: exp.Expr) -> exp.Expr:
@@ -337,11 +374,12 @@ _RULES: dict[type[exp.Expr], Callable[[exp.Expr], exp.Expr]] = {
     exp.DayOfWeek: _day_of_week,
     exp.Window: _window,
     exp.Sum: _sum,
-    exp.Sign: _as("DOUBLE"),
+    exp.Sign: _sign,
     exp.TsOrDsAdd: _as("DATE"),
     exp.AddMonths: _as("DATE"),
     exp.TimestampTrunc: _trunc,
     exp.TsOrDsToDate: _to_date,
+    exp.TimeStrToTime: _to_timestamp,
     exp.Concat: _concat,
     exp.ConcatWs: _concat,
     exp.DPipe: _concat,
