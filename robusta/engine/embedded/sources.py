@@ -131,15 +131,16 @@ def _json_sql(source: SourceConfig, schema: tuple[Column, ...], listed: str) -> 
                 "embedded; use engine: spark"
             )
     lines = (
-        "SELECT rtrim(unnest(string_split(content, chr(10))), chr(13)) AS line "
-        f"FROM read_text({listed})"
+        "SELECT CASE WHEN json_valid(line) THEN line END::JSON AS v FROM (SELECT "
+        "rtrim(unnest(string_split(content, chr(10))), chr(13)) AS line "
+        f"FROM read_text({listed})) WHERE trim(line) <> ''"
     )
     # An object is a row; an array, one row per element; any other line a row of nulls.
     records = (
-        "SELECT CASE WHEN json_valid(line) AND json_type(line::JSON) = 'OBJECT' THEN line::JSON "
-        "END AS j FROM __lines WHERE trim(line) <> '' AND NOT (json_valid(line) AND "
-        "json_type(line::JSON) = 'ARRAY') UNION ALL SELECT unnest(json_extract(line::JSON, "
-        "'$[*]')) AS j FROM __lines WHERE json_valid(line) AND json_type(line::JSON) = 'ARRAY'"
+        "SELECT CASE WHEN json_type(v) = 'OBJECT' THEN v END AS j FROM __lines "
+        "WHERE v IS NULL OR json_type(v) <> 'ARRAY' "
+        "UNION ALL SELECT unnest(json_extract(v, '$[*]')) AS j FROM __lines "
+        "WHERE json_type(v) = 'ARRAY'"
     )
     fields = ", ".join(
         f"{_json_field(source, c, 'json_extract(j, ' + literal(_json_path(c.name)) + ')')} "
