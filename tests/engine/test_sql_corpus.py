@@ -23,7 +23,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from robusta.cli import main as cli
 from robusta.datagen import EVENT_SCHEMA_DDL, GeneratorConfig, generate_events, write_events
 from robusta.engine.embedded.sql import connect, query_table, register_sources
 from robusta.spec.config import load_config
@@ -31,6 +33,7 @@ from robusta.spec.embedded_sql import embedded_problems
 from robusta.spec.model import ProjectConfig
 from robusta.spec.sql import analyze_query
 from robusta.testing.compare import bits
+from tests.conftest import CONFIG, MakeProject
 
 ROOT = Path(__file__).resolve().parents[2]
 T_DDL = (
@@ -462,3 +465,56 @@ def test_what_spark_refuses_duckdb_refuses(spark: Any, config: ProjectConfig, na
     with pytest.raises(Exception) as embedded:  # DuckDB's error types vary
         embedded_rows(config, query)
     assert on_spark.value is not None and embedded.value is not None
+
+
+REFUSED_SPEC = """\
+name: purchases
+owner: growth
+query: |
+  SELECT user_id, item_id, amount, qty, ts,
+         bround(amount, 2) AS even
+  FROM events
+timestamp: ts
+features:
+  spend:
+    op: sum
+    input: amount
+    windows: [1h]
+    group_by_selectors: {user_id: USER_ID}
+"""
+
+
+def test_validate_reports_the_refused_construct_located(
+    make_project: MakeProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`robusta validate` with engine embedded: one located line, exit 1, no traceback; the
+    same spec on the Spark engine is valid."""
+    config = make_project(CONFIG + "engine: embedded\n", purchases=REFUSED_SPEC)
+    monkeypatch.chdir(config.parent)
+    result = CliRunner().invoke(cli.main, ["validate", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    problems = [line for line in result.output.splitlines() if "not supported" in line]
+    assert problems == [
+        "feature_defs/purchases.yaml:5:10: function bround() is not supported by engine "
+        "embedded; use engine: spark"
+    ], result.output
+    spark = make_project(CONFIG, purchases=REFUSED_SPEC)
+    assert CliRunner().invoke(cli.main, ["validate", "--config", str(spark)]).exit_code == 0
+
+
+def test_the_engine_refuses_it_located_when_chosen_by_option(make_project: MakeProject) -> None:
+    """A Spark project run with --engine embedded: the same located message, before any
+    tile is written, exit 1."""
+    config = make_project(CONFIG, purchases=REFUSED_SPEC)
+    (config.parent / "data").mkdir()
+    (config.parent / "data" / "a.csv").write_text(
+        "user_id,item_id,amount,qty,ts\nu1,i1,1.5,1,2024-01-01 10:00:00\n"
+    )
+    result = CliRunner().invoke(
+        cli.main, ["materialize", "--engine", "embedded", "--config", str(config)]
+    )
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output
+    assert "purchases.yaml:5:10: spec purchases: function bround() is not supported by engine " \
+        "embedded; use engine: spark" in result.output, result.output
