@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from robusta.engine.counts import Range, TileCounts
 from robusta.engine.embedded.sql import (
+    QueryError,
     TranspileError,
     connect,
     monitor_sql,
@@ -20,6 +21,7 @@ from robusta.engine.embedded.sql import (
     run_query,
 )
 from robusta.engine.embedded.tiles import build_tiles, utc_micros
+from robusta.errors import Problem, ValidationError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.loader import query_location
 from robusta.spec.model import ProjectConfig, SourceConfig
@@ -41,11 +43,13 @@ class EmbeddedTileEngine:
             spec = plan.spec
             try:
                 rows = run_query(self.con, spec.query, spec.timestamp, spec.sources)
-            except TranspileError as exc:
+            except TranspileError as exc:  # what validation reports when engine: embedded
                 if exc.problem is None:
                     raise
                 where = query_location(spec.file, exc.problem)
-                raise TranspileError(f"{where}: spec {spec.name}: {exc}", exc.problem) from None
+                raise ValidationError([Problem(where, f"spec {spec.name}: {exc}")]) from None
+            except QueryError as exc:
+                raise QueryError(f"spec {spec.name}: {exc}") from exc
             self._events[plan.name] = rows
         return self._events[plan.name]
 

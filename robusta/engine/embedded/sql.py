@@ -54,6 +54,7 @@ from robusta.spec.sql import QueryProblem, output_names
 
 __all__ = [
     "EmbeddedSourceError",
+    "QueryError",
     "TranspileError",
     "UnsupportedSourceError",
     "connect",
@@ -124,6 +125,10 @@ class TranspileError(RobustaError, ValueError):
         self.problem = problem
 
 
+class QueryError(RobustaError, RuntimeError):
+    """The query stopped on a value (a malformed CAST, a zero divisor, ...), as on Spark."""
+
+
 def connect() -> Any:
     """A DuckDB connection in UTC with Spark's helper macros (DuckDB is only needed here)."""
     import duckdb
@@ -187,7 +192,15 @@ def query_table(
         f"CAST(#{i} AS TIMESTAMP) AS {ident(n)}" if n.lower() == stamp else f"#{i} AS {ident(n)}"
         for i, n in enumerate(names, start=1)
     ]
-    table: pa.Table = con.sql(f"SELECT {', '.join(columns)} FROM ({sql}) AS __q").to_arrow_table()
+    import duckdb
+
+    try:
+        table: pa.Table = con.sql(
+            f"SELECT {', '.join(columns)} FROM ({sql}) AS __q"
+        ).to_arrow_table()
+    except duckdb.Error as exc:  # a value Spark refuses too (ANSI), or one DuckDB cannot carry
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        raise QueryError(f"the query failed on engine embedded: {first}") from exc
     return table
 
 
