@@ -19,7 +19,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
-from robusta.spec.sql import QueryAnalysis, QueryProblem, _parse, _position
+from robusta.spec.sql import QueryAnalysis, QueryProblem, node_position, parse_query
 
 T = exp.DataType.Type
 UNSUPPORTED = "is not supported by engine embedded; use engine: spark"
@@ -64,7 +64,7 @@ def typed_query(query: str, schemas: Mapping[str, Mapping[str, str]]) -> exp.Que
     """``query`` qualified and typed against ``schemas`` (source -> column -> Spark type), or
     None when it cannot be (a problem :func:`robusta.spec.sql.analyze_query` reports)."""
     result = QueryAnalysis()
-    tree = _parse(query, result)
+    tree = parse_query(query, result)
     if tree is None:
         return None
     schema: dict[str, object] = {name: dict(cols) for name, cols in schemas.items()}
@@ -84,14 +84,14 @@ def embedded_problems(
     With ``schemas`` (every source's declared columns) the operands' types are known; without,
     type-dependent checks are left to the engine, which knows the types when it runs."""
     tree = typed_query(query, schemas) if schemas is not None else None
+    typed = tree is not None
     if tree is None:
-        result = QueryAnalysis()
-        tree = _parse(query, result)
+        tree = parse_query(query, QueryAnalysis())
         if tree is None:
-            return []
+            return []  # a syntax error: analyze_query reports it
     problems = []
     for node in tree.walk():
-        reason = refusal(node, typed=schemas is not None)
+        reason = refusal(node, typed=typed)
         if reason is not None:
             line, column = _located(query, node)
             problems.append(QueryProblem(line, column, message(reason)))
@@ -342,7 +342,11 @@ _CHECKS: dict[type[exp.Expr], Callable[[exp.Expr, bool], str | None]] = {
 
 
 def _fname(node: exp.Expr) -> str:
-    return node.sql_name().lower() if isinstance(node, exp.Func) else node.key
+    """The function's name as Spark SQL spells it (sqlglot's own names differ: safe_divide)."""
+    if not isinstance(node, exp.Func):
+        return node.key
+    name = node.sql(dialect="spark").split("(", 1)[0].strip().lower()
+    return name if name.replace("_", "").isalnum() else node.sql_name().lower()
 
 
 def _int_literal(node: exp.Expr) -> int | None:
@@ -363,7 +367,7 @@ def _located(query: str, node: exp.Expr) -> tuple[int, int]:
     back to the function's name when the text shows it."""
     start = node.meta.get("start")
     if not isinstance(start, int):
-        line, column = _position(query, node)
+        line, column = node_position(query, node)
         offset = _offset(query, line, column)
         name = node.name if isinstance(node, exp.Anonymous) else _sql_name(node)
         found = query.lower().rfind(name.lower(), 0, offset) if name and offset else -1

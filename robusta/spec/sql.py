@@ -68,7 +68,7 @@ def analyze_query(query: str, sources: Mapping[str, SourceConfig]) -> QueryAnaly
 def _analyze(
     query: str, sources: Mapping[str, SourceConfig], result: QueryAnalysis
 ) -> QueryAnalysis:
-    tree = _parse(query, result)
+    tree = parse_query(query, result)
     if tree is None:
         return result
     result.sources = _check_sources(query, tree, sources, result)
@@ -82,7 +82,7 @@ def _analyze(
     return result
 
 
-def _parse(query: str, result: QueryAnalysis) -> exp.Query | None:
+def parse_query(query: str, result: QueryAnalysis) -> exp.Query | None:
     try:
         statements = [s for s in sqlglot.parse(query, read="spark") if s is not None]
     except ParseError as exc:
@@ -124,7 +124,7 @@ def _token_error_position(query: str, message: str) -> tuple[int, int]:
     return line, at - (before.rfind("\n") + 1) + 1
 
 
-def _position(query: str, node: exp.Expr) -> tuple[int, int]:
+def node_position(query: str, node: exp.Expr) -> tuple[int, int]:
     """1-based line and column where ``node`` starts in ``query`` (token offsets from sqlglot)."""
     ident = node if isinstance(node, exp.Identifier) else node.find(exp.Identifier)
     meta = ident.meta if ident is not None else {}
@@ -150,7 +150,7 @@ def _check_sources(
             if declared[name.lower()] not in found:
                 found.append(declared[name.lower()])
             continue
-        line, column = _position(query, table)
+        line, column = node_position(query, table)
         hint = did_you_mean(name, sources) or (
             f"; declared sources: {one_of(sources)}"
             if sources
@@ -231,12 +231,12 @@ def stream_problems(query: str) -> list[QueryProblem]:
     """What a stream cannot run of an otherwise valid query: window functions (``OVER``)
     need the whole input, which an unbounded stream never has."""
     result = QueryAnalysis()
-    tree = _parse(query, result)
+    tree = parse_query(query, result)
     if tree is None:
         return result.problems
     problems = []
     for window in tree.find_all(exp.Window):
-        line, column = _position(query, window)
+        line, column = node_position(query, window)
         text = window.sql(dialect="spark")
         problems.append(
             QueryProblem(
