@@ -49,8 +49,8 @@ _PLAIN: tuple[type[exp.Expr], ...] = (
     exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.Neg, exp.Case, exp.If,
     exp.Coalesce, exp.Nullif, exp.DataType, exp.DataTypeParam, exp.Var, exp.Window,
     exp.Distinct, exp.Exists,
-    exp.Abs, exp.Greatest, exp.Least, exp.Sqrt, exp.Exp, exp.Ln, exp.Lower, exp.Upper,
-    exp.Substring, exp.Trim, exp.Length, exp.StrPosition, exp.Pad, exp.Reverse, exp.Initcap,
+    exp.Abs, exp.Greatest, exp.Least, exp.Sqrt, exp.Lower, exp.Upper,
+    exp.Substring, exp.Trim, exp.Length, exp.StrPosition, exp.Pad, exp.Initcap,
     exp.Left, exp.Right, exp.Repeat, exp.Replace, exp.Count, exp.Min, exp.Max, exp.Lag,
     exp.Lead, exp.RowNumber, exp.Rank, exp.DenseRank, exp.Hour, exp.Minute, exp.Second,
     exp.Year, exp.Quarter, exp.Month, exp.Day, exp.DayOfMonth, exp.DayOfWeek, exp.DayOfYear,
@@ -178,6 +178,10 @@ def _arithmetic(node: exp.Expr, typed: bool) -> str | None:
     if T.DATE in kinds and (T.INTERVAL in kinds or isinstance(node.expression, exp.Interval)):
         return "a DATE plus an INTERVAL | use date_add()"
     return None
+
+
+def _libm(node: exp.Expr, typed: bool) -> str | None:
+    return f"{_fname(node)}() (Java's StrictMath and DuckDB round its last bit differently)"
 
 
 def _split(node: exp.Expr, typed: bool) -> str | None:
@@ -334,6 +338,10 @@ _CHECKS: dict[type[exp.Expr], Callable[[exp.Expr, bool], str | None]] = {
     exp.StrToUnix: _str_to_unix,
     exp.Interval: _interval,
     exp.Bracket: _bracket,
+    exp.Exp: _libm,
+    exp.Ln: _libm,
+    exp.Log: _libm,
+    exp.Pow: _libm,
     exp.RegexpSplit: _split,
     exp.Anonymous: _anonymous,
     exp.TimeToStr: _time_to_str,

@@ -28,6 +28,11 @@ from sqlglot import exp
 from robusta.spec.embedded_sql import FLOATS, INTEGRAL, TEXT, TIMESTAMPS, TRUNC_UNITS, spark_type
 
 T = exp.DataType.Type
+# Letters whose case mapping in Java (Unicode SpecialCasing, context-dependent final sigma,
+# titlecase digraphs) differs from DuckDB's simple mapping.
+SPECIAL_CASING = (
+    "[ßẞŉǰΐΰևẖ-ẚﬀ-ﬆﬓ-ﬗİıΣςǄ-ǌǱ-ǳᾀ-ᾯᾲ-ᾴᾶᾷᾼῂ-ῄῆῇῌῒΐῖῗῢ-ῤῦῧῲ-ῴῶῷῼ]"
+)
 _SPACE = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 MACROS = {
     "__spark_divisor(b)": "CASE WHEN b = 0 THEN error('[DIVIDE_BY_ZERO] Division by zero (use "
@@ -205,6 +210,25 @@ def _to_timestamp(node: exp.Expr) -> exp.Expr:
     return _template("CAST(:x AS TIMESTAMP)", x=node.this)
 
 
+def _trim(node: exp.Expr) -> exp.Expr:
+    if node.args.get("expression") is None:  # Spark trims spaces only; DuckDB all of Unicode's
+        node.set("expression", exp.Literal.string(" "))
+    return node
+
+
+def _cased(node: exp.Expr) -> exp.Expr:
+    """lower/upper/initcap: the same letters on both engines, except those Java maps with
+    Unicode's special casing (ß -> SS, İ, final Σ, ligatures, titlecase digraphs), which stop
+    the query rather than differ."""
+    return _template(
+        f"CASE WHEN regexp_matches(:x, '{SPECIAL_CASING}') THEN error('the text ' || :x || "
+        f"' has a letter Java and DuckDB change case differently; use engine: spark') "
+        "ELSE :f END",
+        x=node.this,
+        f=node,
+    )
+
+
 def _concat(node: exp.Expr) -> exp.Expr:
     parts = node.unnest_operands() if isinstance(node, exp.DPipe) else node.expressions
     for part in parts:
@@ -256,6 +280,10 @@ _RULES: dict[type[exp.Expr], Callable[[exp.Expr], exp.Expr]] = {
     exp.TimestampTrunc: _trunc,
     exp.TsOrDsToDate: _to_date,
     exp.TimeStrToTime: _to_timestamp,
+    exp.Trim: _trim,
+    exp.Lower: _cased,
+    exp.Upper: _cased,
+    exp.Initcap: _cased,
     exp.Concat: _concat,
     exp.ConcatWs: _concat,
     exp.DPipe: _concat,
