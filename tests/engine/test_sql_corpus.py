@@ -238,7 +238,15 @@ CORPUS: dict[str, str] = {
         "right(s, 2)", "repeat(s, 2)", "replace(s, 'a', 'b')", "s LIKE 'a%'", "s LIKE '_b%'",
         "s RLIKE '^[a-z]+$'", "s IN ('abc', '')",
     ),
+    "strings_edges": _select(
+        "lpad(s, 4)", "rpad(s, 4)", "lpad(s, -1, 'x')", "locate('b', s, 2)", "instr(s, '')",
+        "left(s, -1)", "right(s, -2)", "right(s, 0)", "repeat(s, -1)", "substring(s, 2, -1)",
+        "substr(s, 100)", "concat_ws(',', s, NULL, k)", "concat_ws('', k)",
+    ),
+    "like_more": _select("s LIKE '%,%'", "s NOT LIKE 'a%'", "s RLIKE 'b'", "s RLIKE '^$'"),
     "regular_expressions": _select(
+        "regexp_extract(s, '(a)?(b)', 1)", "regexp_extract(s, 'zzz', 0)",
+        "regexp_replace(s, 'a|b', '')",
         "regexp_extract(s, '([a-z]+)([0-9]+)', 2)", "regexp_extract(s, '[0-9]+', 0)",
         "regexp_extract(s, '([a-z])', 1)", "regexp_replace(s, '([0-9])', '<$1>')",
         "regexp_replace(s, '[ ,]', '')",
@@ -263,6 +271,10 @@ CORPUS: dict[str, str] = {
         "datediff(dt, DATE'2024-01-01')", "datediff(ts, TIMESTAMP'2024-01-01 12:00:00')",
         "ts + INTERVAL 1 HOUR", "ts - INTERVAL 30 MINUTES", "dt + 1",
     ),
+    "dates_more": _select(
+        "datediff(dt, ts)", "date_add(dt, -40)", "add_months(dt, -13)", "last_day(ts)",
+        "to_date(w)",
+    ),
     "unix_time": _select(
         "from_unixtime(e)", "from_unixtime(e, 'yyyy-MM-dd')", "unix_timestamp(ts)",
         "timestamp_seconds(e)", "date_format(ts, 'yyyy-MM-dd HH:mm:ss')",
@@ -275,6 +287,18 @@ CORPUS: dict[str, str] = {
         "i NOT IN (1, NULL)", "coalesce(d, 0.0)", "i + NULL", "concat(s, NULL)", "nvl(k, '-')",
         "NULL", "greatest(i, 3)", "least(d, 1.0D)",
     ),
+    "implicit_casts": "SELECT id, i = '7' AS a, d > '1.5' AS b FROM t WHERE n = 12",
+    "between": _select(
+        "d BETWEEN -1 AND 2", "s BETWEEN 'a' AND 'b'",
+        "ts BETWEEN TIMESTAMP'2024-01-01 00:00:00' AND TIMESTAMP'2024-03-01 00:00:00'",
+    ),
+    "greatest_least": _select("greatest(i, NULL)", "least(i, b)", "greatest(s, k)"),
+    "case_types": _select(
+        "CASE WHEN flag THEN i ELSE d END", "CASE WHEN flag THEN 1 ELSE NULL END",
+        "coalesce(i, b)", "coalesce(i, 1.5)", "nvl(d, i)",
+    ),
+    "remainders": _select("-7 % 3", "7 % -3", "(0 - d) % 2", "i % -4"),
+    "bigint_arithmetic": _select("b * 2", "i + b", "CAST(i AS BIGINT) * 1000"),
     "arithmetic": _select(
         "d * 2 + 1", "abs(0 - d)", "greatest(d, 5.0D)", "i * 3 - b", "0 - i", "sqrt(abs(d))",
         "signum(d)", "i * 1.5D",
@@ -297,6 +321,10 @@ CORPUS: dict[str, str] = {
     "full_join": "SELECT t.id, u.label FROM t FULL OUTER JOIN u ON t.k = u.k",
     "semi_anti_join": "SELECT id FROM t LEFT SEMI JOIN u ON t.k = u.k UNION ALL "
     "SELECT id + 1000 FROM t LEFT ANTI JOIN u ON t.k = u.k",
+    "text_extremes": "SELECT k, min(s) AS a, max(s) AS b, max(w) AS c FROM t GROUP BY k",
+    "order_limit": "SELECT id, s FROM t ORDER BY s DESC NULLS LAST, id LIMIT 7",
+    "window_defaults": "SELECT id, lag(s, 1, 'none') OVER (ORDER BY id) AS p, "
+    "lead(d) OVER (PARTITION BY k ORDER BY d, id) AS q FROM t",
     "aggregates": "SELECT k, count(*) AS n, count(s) AS ns, count(DISTINCT s) AS ds, "
     "sum(i) AS si, sum(b) AS sb, avg(i) AS ai, min(ts) AS t0, max(d) AS dmax, min(s) AS smin "
     "FROM t GROUP BY k HAVING count(*) > 1",

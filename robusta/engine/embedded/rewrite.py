@@ -229,6 +229,16 @@ def _cased(node: exp.Expr) -> exp.Expr:
     )
 
 
+def _left_right(node: exp.Expr) -> exp.Expr:
+    # Spark: no characters for a length <= 0; DuckDB counts a negative one from the other end.
+    return _template(
+        "CASE WHEN :s IS NULL THEN NULL WHEN :n <= 0 THEN '' ELSE :f END",
+        s=node.this,
+        n=node.expression,
+        f=node,
+    )
+
+
 def _concat(node: exp.Expr) -> exp.Expr:
     parts = node.unnest_operands() if isinstance(node, exp.DPipe) else node.expressions
     for part in parts:
@@ -281,6 +291,8 @@ _RULES: dict[type[exp.Expr], Callable[[exp.Expr], exp.Expr]] = {
     exp.TsOrDsToDate: _to_date,
     exp.TimeStrToTime: _to_timestamp,
     exp.Trim: _trim,
+    exp.Left: _left_right,
+    exp.Right: _left_right,
     exp.Lower: _cased,
     exp.Upper: _cased,
     exp.Initcap: _cased,
