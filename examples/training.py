@@ -10,23 +10,22 @@ would have known at each row's time.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
 
-from robusta.training import get_training_frame
+from robusta.training import get_training_frame, to_arrow
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    rows = pd.DataFrame(
+    times = ["2024-01-05 12:00", "2024-01-07 08:30", "2024-01-10 19:45", "2024-01-12 00:00"]
+    rows = pa.table(  # or a pandas / Polars frame, a Parquet or CSV path, a Spark DataFrame
         {
             "USER_ID": ["u_000001", "u_000002", "u_000003", "u_000001"],
-            "ts": pd.to_datetime(
-                ["2024-01-05 12:00", "2024-01-07 08:30", "2024-01-10 19:45", "2024-01-12 00:00"],
-                utc=True,
-            ),
+            "ts": [datetime.fromisoformat(t).replace(tzinfo=UTC) for t in times],
             "label": [1, 0, 0, 1],
         }
     )
@@ -35,7 +34,8 @@ def main() -> None:
         ["user_events_1h", "user_clicks_1d", "user_dwell_avg_7d", "user_recent_items_1d"],
         config=ROOT / "robusta.yaml",
     )
-    print(frame.toPandas().to_string())
+    for row in to_arrow(frame).to_pylist():  # an Arrow table (a Spark DataFrame on Spark)
+        print(row)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,9 @@ def _training_rows(workspace: Workspace, events: pa.Table, step: Step) -> list[d
             "ts": pa.array([times[i].as_py() for i in at] + [times[at[0]].as_py()]),
         }
     )
-    frame = get_training_frame(rows.to_pandas(), wanted, workspace=workspace, step=step)
+    frame = get_training_frame(rows, wanted, workspace=workspace, step=step)
+    if isinstance(frame, pa.Table):  # the embedded engine
+        return list(frame.to_pylist())
     return [row.asDict() for row in frame.collect()]
 
 

@@ -1,18 +1,23 @@
-"""Logged feature vectors as Spark frames: training rows, and the consistency report.
+"""Logged feature vectors read back: training rows as served, on either engine.
 
 The online client logs what it served (:mod:`robusta.serving.feature_log`). Those rows are
-training rows as they are (:func:`logged_frame`, behind ``get_training_frame(None, features,
-source="logged")``), and the evidence for the product's promise: :func:`consistency`
-recomputes every logged row with the PIT join at the logged version pointer and reports, per
-feature, the share of rows whose served value equals the recomputed one exactly.
+training rows as they are, behind ``get_training_frame(None, features, source="logged")``:
+:func:`logged_table` (Arrow, the embedded engine: no JVM) and :func:`logged_frame` (a Spark
+DataFrame) give the same rows. :mod:`robusta.consistency` recomputes them with the PIT join.
+This module only reads logs: it imports no other API module (``training`` and
+``consistency`` import it, never the reverse).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan
@@ -28,8 +33,6 @@ from robusta.serving.feature_log import (
 from robusta.spec.durations import to_micros
 from robusta.workspace import Workspace
 
-LOGGED = "__logged__"  # prefix of a served value beside its recomputed one
-
 
 class NoLogError(RobustaError, LookupError):
     """Nothing is logged for what was asked."""
@@ -37,7 +40,7 @@ class NoLogError(RobustaError, LookupError):
 
 def log_files(workspace: Workspace, spec: SpecPlan) -> list[str]:
     """The data files of the spec's feature log (none when nothing is logged); found with
-    pyiceberg alone, so a request for logs that do not exist fails before Spark starts."""
+    pyiceberg alone, so a request for logs that do not exist fails before any engine starts."""
     from pyiceberg.exceptions import NoSuchTableError
 
     from robusta.store.catalog import open_catalog
@@ -50,14 +53,6 @@ def log_files(workspace: Workspace, spec: SpecPlan) -> list[str]:
     except NoSuchTableError:
         return []
     return [task.file.file_path for task in table.scan().plan_files()]
-
-
-def read_log(spark: Any, files: Sequence[str], since: datetime | None) -> Any:
-    """Logged rows of ``files`` (optionally from ``since``) as a Spark DataFrame."""
-    rows = spark.read.option("mergeSchema", "true").parquet(*files)
-    if since is not None:
-        rows = rows.where(f"unix_micros({TS}) >= {to_micros(since)}")
-    return rows
 
 
 @dataclass(frozen=True)
@@ -83,13 +78,14 @@ def require_logs(
         assert spec is not None
         files = log_files(workspace, spec)
         if not files:
-            why = _how_to_log(workspace)
-            raise NoLogError(f"nothing of spec {name} is logged{_since(since)}: {why}")
+            why = how_to_log(workspace)
+            raise NoLogError(f"nothing of spec {name} is logged{since_text(since)}: {why}")
         logs.append(SpecLog(spec, outputs, files))
     return logs
 
 
-def _how_to_log(workspace: Workspace) -> str:
+def how_to_log(workspace: Workspace) -> str:
+    """What to do so that lookups are logged."""
     config = workspace.project.config
     log = {} if config is None else config.online.options.get("log") or {}
     if not log.get("enabled", False):
@@ -97,9 +93,102 @@ def _how_to_log(workspace: Workspace) -> str:
     return "serve lookups with FeatureClient first (it logs the vectors it serves)"
 
 
-def logged_frame(
-    spark: Any, workspace: Workspace, logs: Sequence[SpecLog], since: datetime | None
-) -> Any:
+def since_text(since: datetime | None) -> str:
+    return "" if since is None else f" since {since.isoformat()}"
+
+
+# ---- Arrow (the embedded engine) --------------------------------------------------------
+def read_log_table(files: Sequence[str], since: datetime | None) -> pa.Table:
+    """Logged rows of ``files`` (optionally from ``since``) as one Arrow table. Columns are
+    matched by name and a file written before an output was added gets nulls for it, as
+    Spark's ``mergeSchema`` reads them."""
+    import pyarrow.parquet as pq
+
+    from robusta.store.tiles import local_path
+
+    parts = [pq.read_table(local_path(f)) for f in files]
+    rows = pa.concat_tables(parts, promote_options="default")
+    if since is not None:
+        micros = pc.cast(rows.column(TS), pa.int64())
+        rows = rows.filter(pc.greater_equal(micros, to_micros(since)))  # a null ts: dropped
+    return rows
+
+
+def logged_table(logs: Sequence[SpecLog], since: datetime | None) -> pa.Table:
+    """:func:`logged_frame` on Arrow: one row per request (first seen first) with the
+    request id, entity columns, ``ts``, ``version_pointer`` and the logs' outputs; the specs'
+    rows joined on the request (requests missing from a spec's log are left out)."""
+    frame: pa.Table | None = None
+    for log in logs:
+        rows = read_log_table(log.files, since)
+        served = rows.filter(pa.array(requested_any(rows.column(REQUESTED), log.outputs)))
+        merged = _merge_requests(served, log)
+        if frame is None:
+            frame = merged
+            continue
+        at = pc.index_in(frame.column(REQUEST_ID), value_set=merged.column(REQUEST_ID))
+        both = pc.is_valid(at)
+        frame, taken = frame.filter(both), merged.take(at.filter(both))
+        for name in log.outputs:
+            frame = frame.append_column(name, taken.column(name))
+    assert frame is not None  # require_logs gives at least one log
+    return frame
+
+
+def requested_any(requested: pa.ChunkedArray, names: Collection[str]) -> np.ndarray:
+    """Per row, whether its ``requested`` list holds one of ``names`` (a null list: no)."""
+    lists = requested.combine_chunks()
+    flat = pc.list_flatten(lists)
+    hit = pc.is_in(flat, value_set=pa.array(sorted(names), pa.string())).fill_null(False)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    out = np.zeros(len(lists), np.bool_)
+    out[parents[hit.to_numpy(zero_copy_only=False)]] = True
+    return out
+
+
+def _merge_requests(served: pa.Table, log: SpecLog) -> pa.Table:
+    """One row per request id from the log's rows (one per tile group): keys, time and
+    pointer from the first row that has them, each output from the first row that
+    requested it (a null value is a value, so pick by request, not by non-null)."""
+    ids = served.column(REQUEST_ID).combine_chunks()
+    distinct = pc.unique(ids)  # first seen first; a null id is one request, as in groupBy
+    group = pc.index_in(ids, value_set=distinct).to_numpy(zero_copy_only=False)
+    keys = list(entity_types(log.spec))
+    columns: dict[str, Any] = {REQUEST_ID: distinct}
+    for name in (*keys, TS, VERSION_POINTER):
+        valid = pc.is_valid(served.column(name)).to_numpy(zero_copy_only=False)
+        columns[name] = served.column(name).take(_first_where(group, valid, len(distinct)))
+    types = {o.name: o.type for o in log.spec.outputs}
+    for name in log.outputs:
+        if name not in served.column_names:  # never logged: nothing was served for it
+            columns[name] = pa.nulls(len(distinct), types[name])
+            continue
+        asked = requested_any(served.column(REQUESTED), [name])
+        columns[name] = served.column(name).take(_first_where(group, asked, len(distinct)))
+    return pa.table(columns)
+
+
+def _first_where(group: np.ndarray, mask: np.ndarray, groups: int) -> pa.Array:
+    """Per group, the index of its first row where ``mask`` holds (null when none does)."""
+    rows = np.flatnonzero(mask)
+    found, first = np.unique(group[rows], return_index=True)
+    index = np.zeros(groups, np.int64)
+    missing = np.ones(groups, np.bool_)
+    index[found] = rows[first]
+    missing[found] = False
+    return pa.array(index, pa.int64(), mask=missing)
+
+
+# ---- Spark ------------------------------------------------------------------------------
+def read_log(spark: Any, files: Sequence[str], since: datetime | None) -> Any:
+    """Logged rows of ``files`` (optionally from ``since``) as a Spark DataFrame."""
+    rows = spark.read.option("mergeSchema", "true").parquet(*files)
+    if since is not None:
+        rows = rows.where(f"unix_micros({TS}) >= {to_micros(since)}")
+    return rows
+
+
+def logged_frame(spark: Any, logs: Sequence[SpecLog], since: datetime | None) -> Any:
     """Logged rows with the served values of the logs' outputs (specs joined per request)."""
     from pyspark.sql import functions as F
 
@@ -128,129 +217,3 @@ def _requested_value(name: str) -> Any:
 
     picked = F.when(F.array_contains(F.col(REQUESTED), name), F.struct(F.col(name).alias("v")))
     return F.first(picked, ignorenulls=True).getField("v")
-
-
-def _since(since: datetime | None) -> str:
-    return "" if since is None else f" since {since.isoformat()}"
-
-
-# ---- consistency ------------------------------------------------------------------------
-@dataclass
-class FeatureMatch:
-    """One feature's served values against the recomputed ones."""
-
-    feature: str
-    rows: int  # logged rows that requested it (served from the store)
-    matched: int
-    examples: list[dict[str, Any]] = field(default_factory=list)  # a few mismatches
-
-    @property
-    def share(self) -> float:
-        return self.matched / self.rows if self.rows else 1.0
-
-
-@dataclass
-class ConsistencyReport:
-    since: str | None
-    max_mismatch: float
-    rows: int = 0
-    defaults: int = 0  # rows served as defaults (store down): nothing to compare
-    features: list[FeatureMatch] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(1.0 - f.share <= self.max_mismatch for f in self.features)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "since": self.since,
-            "max_mismatch": self.max_mismatch,
-            "rows": self.rows,
-            "defaults": self.defaults,
-            "features": [{**asdict(f), "share": f.share} for f in self.features],
-        }
-
-
-def consistency(
-    workspace: Workspace,
-    since: datetime | None = None,
-    specs: Sequence[str] = (),
-    max_mismatch: float = 0.0,
-    step: Any = lambda _: None,
-) -> ConsistencyReport:
-    """Recompute logged lookups with the PIT join at their version pointers; compare."""
-    from robusta.engine.spark.session import spark_session
-
-    config = workspace.project.config
-    assert config is not None
-    chosen = [s for s in workspace.plan.specs if not specs or s.name in specs]
-    logged = [(spec, files) for spec in chosen if (files := log_files(workspace, spec))]
-    if not logged:  # known before Spark starts
-        raise NoLogError(f"no logged lookups{_since(since)}: {_how_to_log(workspace)}")
-    spark = spark_session(config.spark)
-    report = ConsistencyReport(None if since is None else since.isoformat(), max_mismatch)
-    for spec, files in logged:
-        step(f"reading the log of {spec.name}")
-        _compare_spec(workspace, spec, read_log(spark, files, since), report, step)
-    if not report.features:
-        raise NoLogError(f"no logged lookups{_since(since)}: {_how_to_log(workspace)}")
-    return report
-
-
-def _compare_spec(
-    workspace: Workspace, spec: SpecPlan, rows: Any, report: ConsistencyReport, step: Any
-) -> None:
-    from pyspark.sql import functions as F
-
-    from robusta.training import get_training_frame
-
-    outputs = [o.name for o in spec.outputs]
-    present = set(rows.columns)
-    logged = [o for o in outputs if o in present]
-    keys = list(entity_types(spec))
-    served = rows.where(F.col(VERSION_POINTER).isNotNull())
-    report.defaults += rows.where(F.col(VERSION_POINTER).isNull()).count()
-    inputs = served.select(
-        *keys, TS, VERSION_POINTER, REQUESTED, *(F.col(o).alias(LOGGED + o) for o in logged)
-    )
-    step(f"recomputing the logged rows of {spec.name} with the PIT join")
-    frame = get_training_frame(
-        inputs, logged, workspace=workspace, timestamp_column=TS, version_column=VERSION_POINTER
-    ).cache()
-    checks = []
-    for name in logged:
-        asked = F.array_contains(F.col(REQUESTED), name)
-        same = F.col(LOGGED + name).eqNullSafe(F.col(name))
-        checks += [
-            F.sum(F.when(asked, 1).otherwise(0)).alias(f"n:{name}"),
-            F.sum(F.when(asked & same, 1).otherwise(0)).alias(f"m:{name}"),
-        ]
-    counts = frame.agg(F.count(F.lit(1)).alias("rows"), *checks).collect()[0]
-    report.rows += int(counts["rows"])
-    for name in logged:
-        match = FeatureMatch(name, int(counts[f"n:{name}"] or 0), int(counts[f"m:{name}"] or 0))
-        if match.rows == 0:
-            continue
-        if match.matched < match.rows:
-            asked = F.array_contains(F.col(REQUESTED), name)
-            wrong = frame.where(asked & ~F.col(LOGGED + name).eqNullSafe(F.col(name)))
-            picked = wrong.select(
-                *keys, TS, VERSION_POINTER, F.col(LOGGED + name).alias("served"),
-                F.col(name).alias("recomputed"),
-            ).limit(5)
-            match.examples = [
-                {k: _plain(v) for k, v in row.asDict().items()} for row in picked.collect()
-            ]
-        report.features.append(match)
-    frame.unpersist()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "asDict"):
-        return {k: _plain(v) for k, v in value.asDict().items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -267,6 +268,44 @@ class VolumeBatches:
         size = self.source.monitor.granularity.micros
         rows = _volume_rows(self.source.name, counts, size)
         add_volumes(self.config.offline, self.source.name, rows, f"{self.stream}:{batch_id}")
+
+
+class EmbeddedVolumes:
+    """A monitored source's stream on the embedded engine: each :meth:`step` adds the counts
+    of one micro-batch of its landing folder (``engine.embedded.streaming.FileBatches``
+    in ``folder``), once."""
+
+    def __init__(self, config: ProjectConfig, source: SourceConfig, folder: Path) -> None:
+        from robusta.engine.embedded.streaming import FileBatches, stream_sources
+
+        self.config = config
+        (self.source,) = stream_sources(config, [source.name])
+        self.stream = str(folder)
+        self.batches = FileBatches(folder / "embedded", [self.source])
+
+    def landed(self) -> dict[str, set[str]]:
+        return self.batches.landed()
+
+    def step(self, among: dict[str, set[str]] | None) -> bool:
+        """Add one batch's counts; False when there was none."""
+        from robusta.engine.embedded.sql import connect, monitor_sql, register_sources
+        from robusta.engine.embedded.streaming import batch_source
+
+        monitor = self.source.monitor
+        batch = self.batches.next(among)
+        if batch is None or monitor is None:
+            return False
+        con = connect()
+        try:
+            register_sources(con, [batch_source(self.source)], batch.files)
+            rows = con.sql(monitor_sql(self.source)).to_arrow_table()
+        finally:
+            con.close()
+        counts, _, _ = count_events(rows, monitor, None, None)
+        volumes = _volume_rows(self.source.name, counts, monitor.granularity.micros)
+        add_volumes(self.config.offline, self.source.name, volumes, f"{self.stream}:{batch.id}")
+        self.batches.commit(batch)
+        return True
 
 
 def add_volumes(offline: OfflineConfig, source: str, rows: pa.Table, batch: str) -> bool:

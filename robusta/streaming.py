@@ -40,15 +40,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from robusta.engine.spark.sources import read_stream
-from robusta.engine.spark.streaming import batch_stats, batch_tiles, split_late
+from robusta.engine.base import choose_engine
+from robusta.engine.microbatch import MicroBatch
 from robusta.errors import RobustaError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.open_tiles import BUCKET, CHANGED, advance, bucket_micros, open_only
 from robusta.plan.selection import choose_specs
 from robusta.serving.stream_records import merge_tile_records
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
-from robusta.spec.model import ProjectConfig
+from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.online import OnlineConflictError, OnlineStore, SpecState, open_online_store
 from robusta.store.tiles import (
     CommitConflictError,
@@ -105,40 +105,98 @@ def stream(
     stop: threading.Event | None = None,
     report: Report = lambda _: None,
     every: float = 2.0,
+    engine: str | None = None,
 ) -> list[SpecStatus]:
     """Run the streams of ``specs`` (default all) until ``stop`` is set, or, with
     ``available_now``, until every file landed so far is processed. ``report`` gets the
-    status of every spec about every ``every`` seconds."""
+    status of every spec about every ``every`` seconds. ``engine``: the project's unless
+    given; a checkpoint stays with the engine that started it."""
+    config = _config(workspace)
+    name = choose_engine(config, engine)
+    plans = choose_specs(workspace.plan, specs)
+    streams = [SpecStream(config, plan, name) for plan in plans]
+    for s in streams:  # what can be known wrong is reported before any engine starts
+        s.check()
+    every_trigger = trigger or config.streaming.trigger
+    stop = stop or threading.Event()
+    try:
+        if name == "embedded":
+            _stream_embedded(config, streams, every_trigger, available_now, stop, report, every)
+        else:
+            _stream_spark(config, streams, every_trigger, available_now, stop, report, every)
+    finally:
+        for s in streams:
+            s.close()
+    return [s.status() for s in streams]
+
+
+def _stream_spark(
+    config: ProjectConfig,
+    streams: Sequence[SpecStream],
+    trigger: Duration,
+    available_now: bool,
+    stop: threading.Event,
+    report: Report,
+    every: float,
+) -> None:
+    """The streams as Spark Structured Streaming queries (``foreachBatch``)."""
     from robusta.engine.spark.session import spark_session
 
-    config = _config(workspace)
-    plans = choose_specs(workspace.plan, specs)
-    streams = [SpecStream(config, plan) for plan in plans]
-    for s in streams:  # what can be known wrong is reported before Spark starts
-        s.check()
     spark = spark_session(config.spark, app_name="robusta-stream")
-    every_trigger = trigger or config.streaming.trigger
     queries = []
     try:
         for s in streams:
-            queries.append(s.start(spark, every_trigger, available_now))
-        queries += _volume_streams(spark, config, plans, every_trigger, available_now)
-        stop = stop or threading.Event()
+            queries.append(s.start(spark, trigger, available_now))
+        plans = [s.plan for s in streams]
+        queries += _volume_streams(spark, config, plans, trigger, available_now)
         reported = time.monotonic()
         while not stop.is_set() and any(query.isActive for query in queries):
             stop.wait(0.2)
-            _raise_failed(streams, queries)
+            _raise_failed(list(streams), queries)
             if time.monotonic() - reported >= every:
                 reported = time.monotonic()
                 report([s.status(active=True) for s in streams])
-        _raise_failed(streams, queries)
+        _raise_failed(list(streams), queries)
     finally:
         for query in queries:
             if query.isActive:
                 query.stop()  # an interrupted batch is replayed at the next start
-        for s in streams:
-            s.close()
-    return [s.status() for s in streams]
+
+
+def _stream_embedded(
+    config: ProjectConfig,
+    streams: Sequence[SpecStream],
+    trigger: Duration,
+    available_now: bool,
+    stop: threading.Event,
+    report: Report,
+    every: float,
+) -> None:
+    """The streams polled in this process (``engine.embedded.streaming``): every trigger,
+    one micro-batch per spec and monitored source that has new files. ``available_now``
+    stops once the files landed at the start are processed."""
+    from robusta.monitor import EmbeddedVolumes, monitored_sources
+
+    plans = [s.plan for s in streams]
+    pollers: list[Any] = [s.poller() for s in streams]
+    for source in monitored_sources(config, plans):
+        folder = config.streaming.checkpoint / "volumes" / source.name
+        pollers.append(EmbeddedVolumes(config, source, folder))
+    landed = [p.landed() if available_now else None for p in pollers]
+    reported = time.monotonic()
+    while not stop.is_set():
+        started = time.monotonic()
+        worked = False
+        for poller, among in zip(pollers, landed, strict=True):
+            if stop.is_set():
+                break
+            worked = poller.step(among) or worked
+        if time.monotonic() - reported >= every:
+            reported = time.monotonic()
+            report([s.status(active=True) for s in streams])
+        if available_now and not worked:
+            return
+        stop.wait(max(0.0, trigger.micros / 1e6 - (time.monotonic() - started)))
 
 
 def _volume_streams(
@@ -202,9 +260,10 @@ def _raise_failed(streams: list[SpecStream], queries: list[Any]) -> None:
 class SpecStream:
     """A spec's streaming query and its micro-batch handler (see the module docstring)."""
 
-    def __init__(self, config: ProjectConfig, plan: SpecPlan) -> None:
+    def __init__(self, config: ProjectConfig, plan: SpecPlan, engine: str | None = None) -> None:
         self.config = config
         self.plan = plan
+        self.engine = engine or config.engine
         self.folder = config.streaming.checkpoint / plan.name
         self.delay = config.streaming.watermark_of(plan.name).micros
         self.gmin = plan.spec.finest.micros
@@ -214,15 +273,23 @@ class SpecStream:
         self._store: OnlineStore | None = None
         self.failure: BaseException | None = None  # what stopped the last micro-batch
         self._read: dict[tuple[int, str], pa.Table] = {}  # state versions read (immutable)
+        self.sources: list[SourceConfig] = []  # the embedded engine's landing folders
 
     # ---- lifecycle ------------------------------------------------------------------------
     def check(self) -> None:
         """Refuse what the stream cannot run (before any engine starts)."""
         self._check_mode()
         self._check_query()
+        self._check_engine()
+        if self.engine == "embedded":
+            from robusta.engine.embedded.streaming import stream_sources
+
+            self.sources = stream_sources(self.config, self.plan.spec.sources)
 
     def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
-        """The streaming query (after :meth:`check`)."""
+        """The Spark streaming query (after :meth:`check`)."""
+        from robusta.engine.spark.sources import read_stream
+
         self._write_start()
         for name in self.plan.spec.sources:
             read_stream(spark, self.config, name).createOrReplaceTempView(name)
@@ -237,6 +304,11 @@ class SpecStream:
         else:
             writer = writer.trigger(processingTime=f"{trigger.micros // 1000} milliseconds")
         return writer.start()
+
+    def poller(self) -> EmbeddedPoller:
+        """The embedded engine's micro-batches of this spec (after :meth:`check`)."""
+        self._write_start()
+        return EmbeddedPoller(self)
 
     def close(self) -> None:
         if self._store is not None:
@@ -256,12 +328,27 @@ class SpecStream:
         return self._store
 
     def _check_query(self) -> None:
-        from robusta.spec.loader import query_location
+        from robusta.spec.loader import engine_problems, query_location
         from robusta.spec.sql import stream_problems
 
-        for problem in stream_problems(self.plan.spec.query)[:1]:
+        spec = self.plan.spec
+        problems = stream_problems(spec.query) or engine_problems(
+            spec.query, spec.sources, self.config, self.engine
+        )
+        for problem in problems[:1]:
             where = query_location(self.plan.spec.file, problem)
             raise StreamingError(f"{where}: spec {self.plan.name}: {problem.message}")
+
+    def _check_engine(self) -> None:
+        """A checkpoint's batch log is the engine's own: it stays with the engine that made
+        it (another would not know which files were processed)."""
+        other = "spark" if self.engine == "embedded" else "embedded"
+        if (self.folder / other).exists():
+            raise StreamingError(
+                f"the checkpoint of spec {self.plan.name} ({self.folder}) was written by engine "
+                f"{other}: stream it with --engine {other}, or start a fresh checkpoint "
+                "(streaming.checkpoint) to switch engines"
+            )
 
     def _check_mode(self) -> None:
         modes = self.config.online.options.get("modes") or {}
@@ -301,19 +388,22 @@ class SpecStream:
         return None if state is None else state.pointer
 
     # ---- the micro-batch ------------------------------------------------------------------
-    def handle(self, batch: Any, batch_id: int) -> None:
-        """Tiles, then offline, then online; each step idempotent (see the module doc)."""
+    def handle(self, frame: Any, batch_id: int) -> None:
+        """Spark's ``foreachBatch``: tiles, then offline, then online; each step idempotent
+        (see the module doc)."""
+        from robusta.engine.spark.streaming import SparkMicroBatch
+
         try:
-            self._handle(batch, batch_id)
+            self.run_batch(lambda pointer: SparkMicroBatch(frame, self.plan, pointer), batch_id)
         except BaseException as exc:  # kept for the caller: Spark reports it as Java text
             self.failure = exc
             raise
 
-    def _handle(self, batch: Any, batch_id: int) -> None:
-        spark = batch.sparkSession
+    def run_batch(self, rows: Callable[[int | None], MicroBatch], batch_id: int) -> None:
+        """Batch ``batch_id`` whose rows ``rows(pointer)`` gives, split at the pointer."""
         meta_path = self._state(batch_id) / "meta.json"
         if not meta_path.exists():
-            self._compute(spark, batch, batch_id)
+            self._compute(rows, batch_id)
         meta = json.loads(meta_path.read_text())
         _fault("computed", batch_id)
         self._commit_offline(meta)
@@ -324,19 +414,16 @@ class SpecStream:
         # Only this version can be read again (the next batch merges into it).
         self._read = {k: v for k, v in self._read.items() if k[0] == meta["tiles_from"]}
 
-    def _compute(self, spark: Any, batch: Any, batch_id: int) -> None:
+    def _compute(self, rows: Callable[[int | None], MicroBatch], batch_id: int) -> None:
         before = self._previous(batch_id)
         pointer: int | None = before["pointer"]
-        view = f"__robusta_batch_{self.plan.name}"
-        rows = batch.persist()
-        rows.createOrReplaceTempView(view)
+        batch = rows(pointer)
         try:
-            stats = batch_stats(spark, self.plan, view, pointer)
-            on_time, late = split_late(spark, self.plan, view, pointer)
+            stats = batch.stats()
             if stats.late:
                 # Per query: a fresh checkpoint restarts batch ids and must not overwrite.
                 folder = self.late_folder / f"query={self._query_id()}" / f"batch={batch_id}"
-                late.write.mode("overwrite").parquet(str(folder))
+                batch.write_late(folder)
             max_ts = _max(before["max_ts"], stats.max_ts)
             after = pointer
             if max_ts is not None:
@@ -349,7 +436,7 @@ class SpecStream:
             shutil.rmtree(tmp, ignore_errors=True)
             tiles_from = batch_id
             if stats.rows - stats.late > 0:
-                self._write_tiles(spark, before, on_time, pointer, tmp)
+                self._write_tiles(before, batch, pointer, tmp)
             else:
                 tiles_from = before["tiles_from"]  # nothing on time: the tiles stay as they were
                 tmp.mkdir(parents=True)
@@ -371,21 +458,20 @@ class SpecStream:
             _fault("tiles", batch_id)
             tmp.rename(self._state(batch_id))  # the version is complete, atomically
         finally:
-            rows.unpersist()
-            spark.catalog.dropTempView(view)
+            batch.release()
 
     def _write_tiles(
-        self, spark: Any, before: dict[str, Any], on_time: str, pointer: int | None, tmp: Path
+        self, before: dict[str, Any], batch: MicroBatch, pointer: int | None, tmp: Path
     ) -> None:
-        """The new open-tile state of every group: the batch's finest tiles (Spark) merged
-        into the previous state (Arrow, :func:`~robusta.plan.open_tiles.advance`)."""
+        """The new open-tile state of every group: the batch's finest tiles (the engine's)
+        merged into the previous state (Arrow, :func:`~robusta.plan.open_tiles.advance`)."""
         for group in self.plan.groups:
             stored = None
             if before["tiles_from"] is not None:
                 stored = open_only(self._tiles(before["tiles_from"], group), group, pointer)
             elif self._seeded:
                 stored = self._seed(group, pointer)
-            partial = batch_tiles(spark, self.plan, group, on_time)
+            partial = batch.finest_tiles(group)
             tiles = advance(group, self.plan.hash, stored, partial)
             folder = tmp / group.layout.table
             folder.mkdir(parents=True)
@@ -597,7 +683,10 @@ class SpecStream:
                 shutil.rmtree(self._state(i), ignore_errors=True)
 
     def _query_id(self) -> str:
-        """Spark's query id: stable across restarts of the same checkpoint."""
+        """The query id (Spark's, or the embedded log's): stable across restarts of the
+        same checkpoint."""
+        if self.engine == "embedded":
+            return str(json.loads((self.folder / "embedded" / "metadata.json").read_text())["id"])
         metadata = self.folder / "spark" / "metadata"
         return str(json.loads(metadata.read_text().splitlines()[0])["id"])
 
@@ -620,6 +709,44 @@ class SpecStream:
             updated=_iso(meta["written"]),
             active=active,
         )
+
+
+class EmbeddedPoller:
+    """One spec's micro-batches on the embedded engine: each :meth:`step` runs the next
+    batch of its landing folders through :meth:`SpecStream.run_batch`, and logs it done."""
+
+    def __init__(self, spec: SpecStream) -> None:
+        from robusta.engine.embedded.streaming import FileBatches
+
+        self.spec = spec
+        self.batches = FileBatches(spec.folder / "embedded", spec.sources)
+        self.batches.query_id  # noqa: B018 (created before the first batch needs it)
+
+    def landed(self) -> dict[str, set[str]]:
+        return self.batches.landed()
+
+    def step(self, among: dict[str, set[str]] | None) -> bool:
+        """Run one batch; False when there was none to run."""
+        from robusta.engine.embedded.streaming import EmbeddedMicroBatch
+
+        batch = self.batches.next(among)
+        if batch is None:
+            return False
+        spec = self.spec
+        try:
+            spec.run_batch(
+                lambda pointer: EmbeddedMicroBatch(spec.plan, spec.sources, batch, pointer),
+                batch.id,
+            )
+        except RobustaError:
+            raise
+        except Exception as exc:
+            raise StreamingError(
+                f"stream robusta_{spec.plan.name} stopped: {type(exc).__name__}: {exc}; rerun "
+                "`robusta stream` once fixed (it resumes from its checkpoint)"
+            ) from exc
+        self.batches.commit(batch)
+        return True
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from robusta.engine.base import choose_engine
 from robusta.errors import RobustaError
+from robusta.logged import logged_frame, logged_table, require_logs
 from robusta.plan.selection import GroupRequest, resolve_features
 from robusta.spec.durations import floor_to, from_micros
 from robusta.store.tiles import TileTables
@@ -83,8 +84,9 @@ def get_training_frame(
     engine (``engine``, default the project's ``engine``; :func:`to_pandas` converts either).
 
     ``source="logged"``: instead, the feature vectors the online client served and logged
-    (``online.log``), from ``since``: entity columns, ``ts``, ``version_pointer`` and the
-    features (``rows`` must be None).
+    (``online.log``), from ``since``: one row per request with ``request_id``, the entity
+    columns, ``ts``, ``version_pointer`` and the features (``rows`` must be None); read with
+    pyarrow on the embedded engine, with Spark on Spark (``robusta.logged``).
 
     ``rows``: a Spark DataFrame, a pandas, Polars or Arrow table, or a path (Parquet file or
     folder, CSV with a header, or ``iceberg:<namespace>.<table>`` in the project's catalog).
@@ -111,12 +113,12 @@ def get_training_frame(
     if source not in ("tiles", "logged"):
         raise TrainingInputError(f'source must be "tiles" or "logged", not "{source}"')
     if source == "logged":
-        from robusta.logged import logged_frame, require_logs
-
         if rows is not None:
             raise TrainingInputError('source="logged" reads the rows from the log: pass rows=None')
-        logs = require_logs(workspace, features, since)  # before Spark starts
-        return logged_frame(spark_session(project_config.spark), workspace, logs, since)
+        logs = require_logs(workspace, features, since)  # before any engine starts
+        if choose_engine(project_config, engine) == "embedded":
+            return logged_table(logs, since)
+        return logged_frame(spark_session(project_config.spark), logs, since)
     # Everything that can be wrong with the request is found before Spark starts.
     requests = resolve_features(workspace.plan, features)
     times = [timestamp_column, *([version_column] if version_column else [])]
@@ -352,6 +354,15 @@ def _iso(micros: int) -> str:
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def to_arrow(frame: Any) -> pa.Table:
+    """A training frame from either engine as an Arrow table (a Spark frame is collected:
+    keep it small)."""
+    if isinstance(frame, pa.Table):
+        return frame
+    table: pa.Table = frame.toArrow()
+    return table
+
+
 def to_pandas(frame: Any) -> Any:
     """A small training frame as pandas (needs pandas installed); times stay UTC-aware
     (Spark hands them over as naive times of its session time zone, UTC)."""
@@ -370,5 +381,6 @@ __all__ = [
     "TrainingInputError",
     "get_training_frame",
     "resolve_features",
+    "to_arrow",
     "to_pandas",
 ]

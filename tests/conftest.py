@@ -73,3 +73,13 @@ def spark() -> Iterator[Any]:
     session = spark_session(SparkConfig("local[2]", {"spark.sql.shuffle.partitions": "4"}))
     yield session
     session.stop()
+
+
+@pytest.fixture(
+    scope="module", params=["embedded", pytest.param("spark", marks=pytest.mark.spark)]
+)
+def engine(request: pytest.FixtureRequest) -> str:
+    """A test taking ``engine`` runs on both engines (the Spark half starts the session)."""
+    if request.param == "spark":
+        request.getfixturevalue("spark")
+    return str(request.param)

@@ -204,9 +204,8 @@ def assert_matches(op: Operator, got: Any, want: Any, values: list[Any]) -> None
         assert got == want
 
 
-@pytest.mark.spark
 def test_materialized_year_matches_the_reference(
-    spark: Any, events: pa.Table, tmp_path: Path
+    engine: str, events: pa.Table, tmp_path: Path
 ) -> None:
     """The retail example materializes the whole year; per-customer totals from its 1d tiles
     equal the reference evaluator over all events."""
@@ -214,7 +213,7 @@ def test_materialized_year_matches_the_reference(
     shutil.copytree(REPO / "examples" / "retail" / "feature_defs", project / "feature_defs")
     config = (REPO / "examples" / "retail" / "robusta.yaml").read_text()
     config = config.replace("../../../shared/data/online-retail/by-day", str(retail_folder()))
-    (project / "robusta.yaml").write_text(config)
+    (project / "robusta.yaml").write_text(f"{config}\nengine: {engine}\n")
     workspace = load_workspace(project / "robusta.yaml").require_valid()
     (report,) = materialize(workspace, ["customer_purchases"])
     assert report.events == events.num_rows
@@ -293,20 +292,19 @@ def _check_plain_upload(workspace: Any, events: pa.Table, group: Any) -> None:
     assert served > 0  # the latest data is served, not an empty window at wall-clock now
 
 
-@pytest.mark.spark
 def test_backfill_over_the_year_matches_the_reference(
-    spark: Any, events: pa.Table, tmp_path: Path
+    engine: str, events: pa.Table, tmp_path: Path
 ) -> None:
     """Rows sampled across the year get every customer_purchases feature from a backfill
     (which materializes the tiles first); each equals the reference evaluator."""
     from robusta.testing.compare import assert_matches_reference
-    from robusta.training import BackfillReport, get_training_frame
+    from robusta.training import BackfillReport, get_training_frame, to_arrow
 
     project = tmp_path / "retail"
     shutil.copytree(REPO / "examples" / "retail" / "feature_defs", project / "feature_defs")
     config = (REPO / "examples" / "retail" / "robusta.yaml").read_text()
     config = config.replace("../../../shared/data/online-retail/by-day", str(retail_folder()))
-    (project / "robusta.yaml").write_text(config)
+    (project / "robusta.yaml").write_text(f"{config}\nengine: {engine}\n")
     workspace = load_workspace(project / "robusta.yaml").require_valid()
     rows = list(probes(events, 300))
     table = pa.table(
@@ -316,9 +314,9 @@ def test_backfill_over_the_year_matches_the_reference(
         }
     )
     report = BackfillReport()
-    frame = get_training_frame(
-        table.to_pandas(), ["customer_purchases"], workspace=workspace, report=report
-    ).toArrow()
+    frame = to_arrow(
+        get_training_frame(table, ["customer_purchases"], workspace=workspace, report=report)
+    )
     assert report.materialized == ["customer_purchases"]
     plan = workspace.plan.spec("customer_purchases")
     assert plan is not None

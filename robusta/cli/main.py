@@ -189,7 +189,7 @@ engine_option = click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default=None,
-    help="Engine that computes (default: `engine` in robusta.yaml, else spark).",
+    help="Engine that computes (default: `engine` in robusta.yaml, else embedded).",
 )
 config_option = click.option(
     "--config",
@@ -655,6 +655,7 @@ def describe(feature: str, config: Path | None, as_json: bool) -> None:
     type=click.FloatRange(0.0, 1.0),
     help="Largest share of mismatching rows a feature may have before the check fails.",
 )
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
 def consistency(
@@ -662,15 +663,16 @@ def consistency(
     since: datetime | None,
     specs: tuple[str, ...],
     max_mismatch: float,
+    engine: str | None,
     as_json: bool,
 ) -> None:
     """Recompute logged lookups with the PIT join at their version pointers and compare."""
     from robusta.cli.registry_views import consistency_table
-    from robusta.logged import consistency as check
+    from robusta.consistency import consistency as check
 
     workspace = load_workspace(config).require_valid()
     with progress(as_json) as step:
-        report = check(workspace, _utc(since), specs, max_mismatch, step=step)
+        report = check(workspace, _utc(since), specs, max_mismatch, step=step, engine=engine)
     _report(report, as_json, consistency_table)
     if not report.ok:
         sys.exit(1)
@@ -750,6 +752,7 @@ def compact(
 @click.option("--available-now", is_flag=True, help="Process what has landed, then stop.")
 @click.option("--status", "show_status", is_flag=True, help="Show progress from the checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable status.")
+@engine_option
 @handle_errors
 def stream(
     config: Path | None,
@@ -758,6 +761,7 @@ def stream(
     available_now: bool,
     show_status: bool,
     as_json: bool,
+    engine: str | None,
 ) -> None:
     """Stream landed files (or Kafka) into tiles: fresh online features, Iceberg copies,
     exactly once. Stops cleanly on SIGTERM or Ctrl-C (a second one stops at once)."""
@@ -790,7 +794,13 @@ def stream(
             )
 
     final = run(
-        workspace, specs, trigger=every, available_now=available_now, stop=stop, report=report
+        workspace,
+        specs,
+        trigger=every,
+        available_now=available_now,
+        stop=stop,
+        report=report,
+        engine=engine,
     )
     _signals.exit_if_stopped()
     if as_json:

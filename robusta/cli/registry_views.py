@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from robusta.logged import ConsistencyReport
 from robusta.monitor import TOTAL, MonitorReport
 from robusta.registry import FeatureEntry, Freshness, Lineage
+
+if TYPE_CHECKING:  # the report's module imports the PIT join, which a view does not need
+    from robusta.consistency import ConsistencyReport
 
 
 def list_table(found: Sequence[FeatureEntry], total: int) -> Table:

@@ -12,7 +12,9 @@ class TileCounts:
     null_timestamps: int
     tiles: dict[str, int]
     last_bucket: int | None = None  # start of the latest finest tile (epoch micros)
-    last_event: int | None = None  # the latest event time with a key (epoch micros)
+    # The latest event time with a key in the source, also after a run's range (epoch
+    # micros): what the run's coverage ends at (``materialize._covered``).
+    last_event: int | None = None
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def load_spec(path: Path, config: ProjectConfig) -> tuple[FeatureSpec | None, li
     query = check.text(("query",)) or ""
     analysis = analyze_query(query, config.sources) if query.strip() else None
     if analysis is not None:
-        for qp in analysis.problems or _engine_problems(query, analysis.sources, config):
+        for qp in analysis.problems or engine_problems(query, analysis.sources, config):
             check.add_at(_query_location(doc, qp), qp.message)
     columns = analysis.columns if analysis is not None else ()
     known = analysis is not None and analysis.columns_known and not analysis.problems
@@ -74,11 +74,11 @@ def load_spec(path: Path, config: ProjectConfig) -> tuple[FeatureSpec | None, li
     return spec, check.problems
 
 
-def _engine_problems(
-    query: str, sources: tuple[str, ...], config: ProjectConfig
+def engine_problems(
+    query: str, sources: tuple[str, ...], config: ProjectConfig, engine: str | None = None
 ) -> list[QueryProblem]:
-    """What the engine in effect cannot run of the query (Spark runs all of it)."""
-    if config.engine != "embedded":
+    """What ``engine`` (default: the project's) cannot run of the query (Spark runs all)."""
+    if (engine or config.engine) != "embedded":
         return []
     declared = [config.sources[s].schema for s in sources]
     schemas = {

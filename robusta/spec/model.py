@@ -13,7 +13,7 @@ from robusta.spec.types import Column, DataType
 
 SOURCE_FORMATS = ("csv", "json", "parquet", "iceberg", "python")
 ONLINE_TYPES = ("embedded", "redis", "aerospike")
-ENGINES = ("spark", "embedded")  # the first is the default (embedded once it runs every job)
+ENGINES = ("embedded", "spark")  # the first is the default
 STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
 DEFAULT_LATENESS = Duration(3_600_000_000)  # offline.allowed_lateness: 1h
 

@@ -461,7 +461,12 @@ def read_tile_files(paths: Sequence[str], group: TileGroup) -> pa.Table:
     groups = files_by_columns(paths)
     if not groups:
         return schema.empty_table()
-    parts = [ds.dataset(files, format="parquet").to_table() for _, files in groups]
+    # Read in the table's own field types: the engines' writers differ in nullability.
+    parts = [
+        ds.dataset(files, schema=_file_schema(names, files[0], schema), format="parquet")
+        .to_table()
+        for names, files in groups
+    ]
     merged = parts[0] if len(parts) == 1 else merge_tiles(parts, tile_identity(group))
     columns = {
         f.name: merged.column(f.name).cast(f.type)
@@ -470,6 +475,15 @@ def read_tile_files(paths: Sequence[str], group: TileGroup) -> pa.Table:
         for f in schema
     }
     return pa.table(columns, schema=schema)
+
+
+def _file_schema(names: Sequence[str], path: str, schema: pa.Schema) -> pa.Schema:
+    """The columns ``names`` of a tile file, typed as ``schema`` has them (others as in
+    the file at ``path``)."""
+    import pyarrow.parquet as pq
+
+    own = pq.read_schema(path)
+    return pa.schema([schema.field(n) if n in schema.names else own.field(n) for n in names])
 
 
 def files_by_columns(paths: Sequence[str]) -> list[tuple[list[str], list[str]]]:

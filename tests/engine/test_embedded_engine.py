@@ -13,18 +13,34 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from robusta.materialize import materialize
+from robusta.materialize import compact, materialize
+from robusta.serving import FeatureClient
+from robusta.serving.upload import upload
+from robusta.spec.durations import floor_to, from_micros
+from robusta.store.tiles import TileTables, coverage, merge_spans
 from robusta.testing.compare import bits
-from robusta.training import BackfillReport, get_training_frame
+from robusta.training import BackfillReport, get_training_frame, to_arrow
 from tests.engine.test_backfill import (
     assert_frame_matches_reference,
     backfill_project,
     training_rows,
 )
+from tests.engine.test_embedded_tiles import assert_same_tiles
 from tests.engine.test_materialize import Project
+from tests.engine.test_streaming import tile_rows
+
+DAY = 86_400_000_000
+HOUR = 3_600_000_000
+GMIN = 300_000_000
+TS = pa.timestamp("us", tz="UTC")
+ADDED = (
+    "  late_clicks: {op: sum, input: is_click, windows: [1h, 1d, lifetime], "
+    "group_by_selectors: {user_id: USER_ID}}\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +63,13 @@ def test_backfill_from_raw_events_equals_the_reference(embedded: Project) -> Non
 
 
 def test_the_command_line_path_never_starts_a_jvm(embedded: Project, tmp_path: Path) -> None:
-    """materialize, backfill, upload and lookup on the embedded engine, in one process with a
-    Java that does not exist: all succeed and pyspark is never imported."""
+    """Every command that computes, on the embedded engine, in one process with a Java that
+    does not exist and pyspark made unimportable: all succeed, so none reaches for Spark."""
     rows = training_rows(embedded.events, 30).select(["USER_ID", "CHANNEL_ID", "ts", "label"])
     pq.write_table(rows, tmp_path / "rows.parquet")
     script = textwrap.dedent(f"""\
         import sys
+        sys.modules["pyspark"] = sys.modules["py4j"] = None  # any import of them fails
         from click.testing import CliRunner
         from robusta.cli.main import main
         runner = CliRunner()
@@ -62,10 +79,14 @@ def test_the_command_line_path_never_starts_a_jvm(embedded: Project, tmp_path: P
              "--output", "{tmp_path / "out.parquet"}"],
             ["upload"],
             ["lookup", "--entity", "USER_ID=u_000001", "--features", "n_events_1h"],
+            ["compact"],
+            ["stream", "--available-now"],
+            ["stream", "--status"],
         ):
             result = runner.invoke(main, [*args, "--config", "{embedded.root / "robusta.yaml"}"])
             assert result.exit_code == 0, (args, result.output)
-        print(sorted(m for m in sys.modules if m.split(".")[0] in ("pyspark", "py4j")))
+        loaded = [m for m, module in sys.modules.items() if module is not None]
+        print(sorted(m for m in loaded if m.split(".")[0] in ("pyspark", "py4j")))
         """)
     env = {**os.environ, "JAVA_HOME": "/nonexistent-java"}
     command = [sys.executable, "-c", script]
@@ -98,3 +119,83 @@ def test_tables_cross_engines(spark: Any, tmp_path: Path) -> None:
     exact = frames[("spark", "spark")]
     assert frames[("spark", "embedded")] == exact  # one table, two joins: the same bits
     assert frames[("embedded", "spark")] == frames[("embedded", "embedded")]
+
+
+@pytest.mark.spark
+def test_one_table_written_by_both_engines(spark: Any, tmp_path: Path) -> None:
+    """The embedded engine writes the table, Spark rewrites a day of it and adds a feature's
+    column (merge on read), the embedded engine compacts it: its tiles are those the embedded
+    engine writes alone (the tile contract). Uploaded, its lookups are what backfills on
+    both engines compute at the lookups' pointers, bit for bit (online = offline)."""
+    mixed = backfill_project(tmp_path / "mixed", "embedded")
+    alone = backfill_project(tmp_path / "alone", "embedded")
+    times = pc.cast(mixed.events.column("event_ts"), pa.int64())
+    first, last = int(pc.min(times).as_py()), int(pc.max(times).as_py())
+    day = floor_to(first, DAY) + DAY
+    materialize(mixed.workspace)  # all of it, then Spark redoes the second day over it
+    materialize(mixed.workspace, start=from_micros(day), end=from_micros(day + DAY), engine="spark")
+    for project in (mixed, alone):  # a feature added later: its column is added on read
+        spec = project.root / "feature_defs" / "engagement.yaml"
+        spec.write_text(spec.read_text() + ADDED)
+        project.reload()
+    materialize(mixed.workspace, engine="spark")
+    compacted = compact(mixed.workspace, engine="embedded")
+    assert any(c.files_after < c.files_before for c in compacted)
+    materialize(alone.workspace)
+    (plan,) = mixed.workspace.plan.specs
+    for group in plan.groups:
+        assert_same_tiles(
+            tile_rows(mixed.workspace, group.layout.table),
+            tile_rows(alone.workspace, group.layout.table),
+            group,
+        )
+
+    upload(mixed.workspace, at=from_micros(last + 1))
+    pairs = sorted(
+        {
+            (u, c)
+            for u, c in zip(
+                mixed.events.column("user_id").to_pylist(),
+                mixed.events.column("channel_id").to_pylist(),
+                strict=True,
+            )
+            if u and c
+        }
+    )[::7][:30]
+    names = [o.name for o in plan.outputs]
+    entities = [{"USER_ID": u, "CHANNEL_ID": c} for u, c in pairs]
+    with FeatureClient.from_config(mixed.root / "robusta.yaml") as client:
+        vectors = client.get_features(entities, names, from_micros(last))
+    rows = pa.table(
+        {
+            "USER_ID": pa.array([u for u, _ in pairs], pa.string()),
+            "CHANNEL_ID": pa.array([c for _, c in pairs], pa.string()),
+            "ts": pa.array([last] * len(pairs), pa.int64()).cast(TS),
+            "served_at": pa.array([v.pointer for v in vectors], TS),
+        }
+    )
+    for engine in ("embedded", "spark"):
+        frame = get_training_frame(
+            rows, names, workspace=mixed.workspace, version_column="served_at",
+            materialize_missing=False, engine=engine,
+        )
+        for vector, row in zip(vectors, to_arrow(frame).to_pylist(), strict=True):
+            for name in names:
+                assert bits(vector.values[name]) == bits(row[name]), (engine, name, vector.entity)
+
+
+def test_day_by_day_runs_cover_the_days_whole(tmp_path: Path) -> None:
+    """A range run before the latest event is complete up to its end: materializing day by
+    day leaves no gap in the coverage at the days' ends (only the last run's coverage ends
+    at the data)."""
+    project = backfill_project(tmp_path, "embedded")
+    times = pc.cast(project.events.column("event_ts"), pa.int64())
+    first, last = int(pc.min(times).as_py()), int(pc.max(times).as_py())
+    day = floor_to(first, DAY)
+    for start in (day, day + DAY, day + 2 * DAY):
+        materialize(project.workspace, start=from_micros(start), end=from_micros(start + DAY))
+    config = project.workspace.project.config
+    assert config is not None
+    table = TileTables(config.offline).load("engagement__by_user_id")
+    assert table is not None
+    assert merge_spans(coverage(table)) == [(day, floor_to(last - HOUR, GMIN))]

@@ -122,7 +122,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectConfig]:
 
 def embedded(config: ProjectConfig, source: str) -> pa.Table:
     con = connect()
-    register_sources(con, [config.sources[source]], config)
+    register_sources(con, [config.sources[source]], config=config)
     return query_table(con, f"SELECT * FROM {source}", [source])
 
 

@@ -19,10 +19,16 @@ from robusta.materialize import materialize
 from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage
 from tests.engine.test_materialize import Project, make_project
 
-pytestmark = pytest.mark.spark
 EXACT = {"granularity", "bucket_start", "events", "n_events", "clicks", "dwell_min", "first_item"}
 EXACT |= {"last_device", "first_items", "last_items", "top_channels"}
 TABLE = "engagement__by_user_id"
+# Where each engine writes a run's tile files (a crash there is a Ctrl-C while writing).
+WRITER = {
+    "spark": "robusta.engine.spark.job.write_tiles",
+    "embedded": "robusta.engine.embedded.job.write_tile_files",
+}
+# When a kill may land: any time from process start to past the commit.
+KILL_WINDOW = {"spark": (3.0, 14.0), "embedded": (0.5, 3.0)}
 # max -> avg: the IR column dwell_max changes type (a value -> (sum, count)) under its name.
 OLD, NEW = "dwell_max: {op: max, input: dwell_seconds", "dwell_max: {op: avg, input: dwell_seconds"
 
@@ -45,8 +51,8 @@ def _state(project: Project) -> tuple[str | None, int | None, list[Any], pa.Tabl
 
 
 @pytest.fixture(scope="module")
-def built(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Project:
-    project = make_project(tmp_path_factory.mktemp("rebuild"))
+def built(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    project = make_project(tmp_path_factory.mktemp("rebuild"), engine=engine)
     materialize(project.workspace, ["engagement"])
     return project
 
@@ -58,7 +64,7 @@ def _change_spec(project: Project, old: str, new: str) -> None:
 
 
 def test_a_failed_rebuild_leaves_the_table_as_it_was(
-    built: Project, monkeypatch: pytest.MonkeyPatch
+    engine: str, built: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = _state(built)
     _change_spec(built, OLD, NEW)
@@ -69,7 +75,7 @@ def test_a_failed_rebuild_leaves_the_table_as_it_was(
                 raise KeyboardInterrupt  # Ctrl-C while writing, or just before the commit
 
             if target == "write_tiles":
-                monkeypatch.setattr("robusta.engine.spark.job.write_tiles", crash)
+                monkeypatch.setattr(WRITER[engine], crash)
             else:
                 monkeypatch.setattr(TileTables, "rebuild", crash)
             with pytest.raises(KeyboardInterrupt):
@@ -111,7 +117,9 @@ def test_a_rebuild_swaps_layout_and_tiles_in_one_commit(built: Project) -> None:
         materialize(built.workspace, ["engagement"], rebuild=True)
 
 
-def test_sigint_and_sigkill_during_a_rebuild_leave_the_table_complete(built: Project) -> None:
+def test_sigint_and_sigkill_during_a_rebuild_leave_the_table_complete(
+    engine: str, built: Project
+) -> None:
     """Kill `robusta materialize --rebuild` at random points: the table is the old one,
     or, once the commit landed, the new one; never empty, never a mix."""
     before = _state(built)
@@ -129,7 +137,7 @@ def test_sigint_and_sigkill_during_a_rebuild_leave_the_table_complete(built: Pro
                 stderr=subprocess.PIPE,
                 start_new_session=True,
             )
-            time.sleep(rng.uniform(3.0, 14.0))
+            time.sleep(rng.uniform(*KILL_WINDOW[engine]))
             os.killpg(process.pid, sig)
             _, err = process.communicate(timeout=120)
             assert process.returncode != 0 or sig == signal.SIGINT

@@ -54,9 +54,9 @@ class Served:
     at: int  # the upload's time (epoch micros)
 
 
-@pytest.fixture(scope="module")
-def served(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Served:
-    root = tmp_path_factory.mktemp("serving")
+def serving_project(root: Path, engine: str = "spark") -> Served:
+    """Generated events and the every-operator spec with windows up to lifetime, materialized
+    on ``engine``; ``at`` (the time to upload as of) inside the last day, mid-bucket."""
     events = generate_events(
         GeneratorConfig(seed=21, days=4, events_per_day=1500, users=60, items=150, channels=5)
     )
@@ -64,12 +64,17 @@ def served(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Served:
     (root / "feature_defs").mkdir()
     spec = SPEC.replace("windows: [1h]", "windows: [10m, 1h, 1d, lifetime]")
     (root / "feature_defs" / "engagement.yaml").write_text(spec)
-    (root / "robusta.yaml").write_text(config_text(f"sqlite:///{root / 'catalog.db'}"))
+    (root / "robusta.yaml").write_text(config_text(f"sqlite:///{root / 'catalog.db'}", engine))
     workspace = load_workspace(root / "robusta.yaml").require_valid()
     materialize(workspace)
     times = pc.cast(events.column("event_ts"), pa.int64()).drop_null()
-    at = int(pc.max(times).as_py()) - 7 * 60 * MIN + 123  # inside the last day, mid-bucket
+    at = int(pc.max(times).as_py()) - 7 * 60 * MIN + 123
     return Served(root, workspace, events, at)
+
+
+@pytest.fixture(scope="module")
+def served(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Served:
+    return serving_project(tmp_path_factory.mktemp("serving"))
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -355,59 +360,6 @@ def test_describe_shows_tiles_and_version_pointer(served: Served) -> None:
     assert fresh["online_mode"] == "assemble"
     assert fresh["tile_records"] > 0 and fresh["tile_files"] > 0 and fresh["tile_bytes"] > 0
     assert fresh["materialized_until"] >= pointer
-
-
-def test_logged_lookups_replay_exactly_and_train_as_logged(served: Served, tmp_path: Path) -> None:
-    """Forward fill: served vectors logged to Iceberg; `robusta consistency` recomputes them
-    with the PIT join at the logged pointer (100% exact), and flags a tampered row."""
-    from click.testing import CliRunner
-
-    from robusta.cli.main import main
-    from robusta.logged import consistency
-    from robusta.serving.feature_log import FeatureLog
-    from robusta.spec.durations import to_micros
-
-    config = served.workspace.project.config
-    spec = served.workspace.plan.spec("engagement")
-    assert config is not None and spec is not None
-    store = open_online_store(online_config("embedded", tmp_path), "test", create=True)
-    upload(served.workspace, at=from_micros(served.at), store=store)
-    log = FeatureLog(config.offline, flush_seconds=0.2)
-    client = FeatureClient(served.workspace, store, log=log)  # closes the store too
-    asked = lookups(served, 40)
-    since = from_micros(served.at) - timedelta(days=30)
-    singles = [client.get_features([e], None, at=from_micros(t))[0] for e, t in asked]
-    batch = client.get_features([e for e, _ in asked[:20]], ["engagement"], None)
-    client.close()
-    stats = log.stats()
-    assert stats.logged == 2 * (40 + 20) and stats.dropped == 0, stats  # rows of both groups
-    report = consistency(served.workspace, since=since)
-    wrong = [(f.feature, f.rows - f.matched, f.examples[:2]) for f in report.features]
-    assert report.ok and report.rows == 2 * (40 + 20), [w for w in wrong if w[1]]
-    assert {f.feature for f in report.features} == set(singles[0].values)
-    assert all(f.matched == f.rows > 0 for f in report.features), report.to_json()
-    # Logged rows are training rows: one per request and entity, both groups' features.
-    frame = get_training_frame(
-        None, ["n_events_1d", "pair_events_1h"], workspace=served.workspace, source="logged"
-    )
-    got = sorted((r["n_events_1d"], r["pair_events_1h"]) for r in frame.toArrow().to_pylist())
-    want = [(v.values["n_events_1d"], v.values["pair_events_1h"]) for v in [*singles, *batch]]
-    assert got == sorted(want)
-    # A logged value the tiles do not give is reported, and the check exits 1.
-    (entity, t), first = asked[0], singles[0]
-    assert first.pointer is not None
-    wrong = first.values["n_events_1d"] + 1
-    tamper = FeatureLog(config.offline)
-    keys = [{"USER_ID": entity["USER_ID"]}]
-    row = [{"n_events_1d": wrong}]
-    pointer = to_micros(first.pointer)
-    tamper.record(tamper.new_request(), spec, ["n_events_1d"], keys, t, pointer, row)
-    tamper.close()
-    args = ["consistency", "--config", str(served.root / "robusta.yaml"), "--json"]
-    result = CliRunner().invoke(main, [*args, "--since", since.strftime("%Y-%m-%dT%H:%M:%S")])
-    assert result.exit_code == 1, result.output
-    [bad] = [f for f in json.loads(result.output)["features"] if f["feature"] == "n_events_1d"]
-    assert bad["rows"] - bad["matched"] == 1 and bad["examples"][0]["served"] == wrong
 
 
 def test_uploads_say_why_they_serve_nothing_or_less(served: Served, store: OnlineStore) -> None:

@@ -408,7 +408,7 @@ def schemas(config: ProjectConfig, query: str) -> dict[str, dict[str, str]]:
 def embedded_rows(config: ProjectConfig, query: str) -> pa.Table:
     con = connect()
     names = analyze_query(query, config.sources).sources
-    register_sources(con, [config.sources[s] for s in names], config)
+    register_sources(con, [config.sources[s] for s in names], config=config)
     return query_table(con, query, names)
 
 

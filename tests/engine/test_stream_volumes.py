@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events
 from robusta.monitor import TOTAL, VOLUMES_TABLE
@@ -16,8 +14,6 @@ from robusta.store.catalog import open_catalog
 from robusta.streaming import stream
 from robusta.workspace import load_workspace
 from tests.engine.test_streaming import SMALL_SPEC, by_time, land, streaming_project
-
-pytestmark = pytest.mark.spark
 
 MONITOR = "    monitor: {timestamp: event_ts, segments: [device], granularity: 1h}\n"
 
@@ -48,8 +44,8 @@ def expected(events: pa.Table) -> dict[tuple[str, str | None, int], int]:
     return dict(out)
 
 
-def test_streamed_volumes_equal_the_landed_events(spark: Any, tmp_path: Path) -> None:
-    streaming_project(tmp_path, spec=SMALL_SPEC)
+def test_streamed_volumes_equal_the_landed_events(engine: str, tmp_path: Path) -> None:
+    streaming_project(tmp_path, spec=SMALL_SPEC, engine=engine)
     config = tmp_path / "robusta.yaml"
     config.write_text(config.read_text().replace('    schema: "', MONITOR + '    schema: "', 1))
     workspace = load_workspace(config).require_valid()

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from robusta.datagen import GeneratorConfig, generate_events
-from robusta.engine.spark.sources import SourceError
 from robusta.materialize import materialize
 from robusta.serving import FeatureClient
 from robusta.serving.upload import upload
@@ -37,7 +36,7 @@ from robusta.store.tiles import TileTables
 from robusta.streaming import FAULT_ENV, StreamingError, stream, stream_status
 from robusta.testing.compare import bits
 from robusta.testing.reference import reference_value, window_bounds
-from robusta.training import get_training_frame
+from robusta.training import get_training_frame, to_arrow
 from robusta.workspace import Workspace, load_workspace
 from tests.engine.test_materialize import (
     SPEC,
@@ -48,8 +47,6 @@ from tests.engine.test_materialize import (
     finalize_one,
 )
 from tests.store.test_online_contract import online_config
-
-pytestmark = pytest.mark.spark
 
 MIN = 60_000_000
 GMIN = 5 * MIN
@@ -81,12 +78,16 @@ SMALL_SPEC = (
 
 
 def streaming_project(
-    root: Path, spec: str = STREAM_SPEC, watermark: str = "10m", extra: str = ""
+    root: Path,
+    spec: str = STREAM_SPEC,
+    watermark: str = "10m",
+    extra: str = "",
+    engine: str = "spark",
 ) -> Workspace:
     (root / "feature_defs").mkdir(parents=True)
     (root / "feature_defs" / "engagement.yaml").write_text(spec)
     config = (
-        config_text(f"sqlite:///{root / 'catalog.db'}")
+        config_text(f"sqlite:///{root / 'catalog.db'}", engine)
         + textwrap.dedent(f"""\
         streaming:
           checkpoint: checkpoints
@@ -130,9 +131,9 @@ def by_time(events: pa.Table, parts: int) -> list[pa.Table]:
 
 
 @pytest.fixture(scope="module")
-def streamed(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Streamed:
+def streamed(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Streamed:
     root = tmp_path_factory.mktemp("stream")
-    workspace = streaming_project(root)
+    workspace = streaming_project(root, engine=engine)
     events = generate_events(
         GeneratorConfig(seed=8, days=2, events_per_day=1200, users=40, items=90, channels=5)
     )
@@ -213,6 +214,7 @@ def test_lookups_equal_the_reference_at_the_pointer(streamed: Streamed) -> None:
 
 
 # ---- exactly once under SIGKILL ----------------------------------------------------------------
+KILL_WINDOW = {"spark": (6.0, 14.0), "embedded": (0.8, 3.0)}  # seconds after start
 KILL_CONFIG = """\
   sources:
     events: {options: {maxFilesPerTrigger: 1}}
@@ -246,20 +248,25 @@ def run_stream(root: Path, fault: str | None = None, kill_after: float | None = 
 
 
 def stop_when_caught_up(root: Path, workspace: Workspace, rows: int) -> int:
-    """`robusta stream` (continuous) until its checkpoint counts ``rows``; then SIGTERM."""
+    """`robusta stream` (continuous) until its checkpoint counts ``rows`` and it has reported
+    progress (so it runs its loop, not still starting); then SIGTERM."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop(FAULT_ENV, None)
     command = [sys.executable, "-m", "robusta.cli.main", "stream", "--trigger", "1s"]
-    process = subprocess.Popen(
-        [*command, "--config", str(root / "robusta.yaml")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = root / "stream.err"
+    with log.open("wb") as errors:
+        process = subprocess.Popen(
+            [*command, "--config", str(root / "robusta.yaml")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
-        while stream_status(workspace)[0].rows < rows and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            stream_status(workspace)[0].rows < rows or b": batch " not in log.read_bytes()
+        ):
             assert process.poll() is None, "the stream stopped by itself"
             time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
@@ -284,8 +291,8 @@ def expected_tiles(events: pa.Table, keys: list[str], pointer: int) -> set[tuple
     return out
 
 
-def test_sigkill_at_any_point_loses_and_doubles_nothing(spark: Any, tmp_path: Path) -> None:
-    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=KILL_CONFIG)
+def test_sigkill_at_any_point_loses_and_doubles_nothing(engine: str, tmp_path: Path) -> None:
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=KILL_CONFIG, engine=engine)
     events = generate_events(
         GeneratorConfig(seed=13, days=2, events_per_day=700, users=30, items=60, channels=4)
     )
@@ -305,7 +312,8 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(spark: Any, tmp_path: Pa
             land(tmp_path / "data", parts[i], f"part-{i}", order=i)
         landed = 2 if run == 0 else landed + 1
         if phase is None:
-            run_stream(tmp_path, None, rng.uniform(6.0, 14.0))
+            # A random time in the run (JVM start included on Spark).
+            run_stream(tmp_path, None, rng.uniform(*KILL_WINDOW[engine]))
             continue
         batch = rng.randrange(fresh, landed)
         code = run_stream(tmp_path, f"{phase}:{batch}")
@@ -387,12 +395,12 @@ def assert_lookups_equal_reference(
 
 
 def test_materialize_of_the_open_day_is_not_doubled_by_the_stream(
-    spark: Any, tmp_path: Path
+    engine: str, tmp_path: Path
 ) -> None:
     """A batch run over the day the stream is writing (between two micro-batches): its
     tiles replace the ones the stream committed, and the stream does not commit that day's
     later tiles beside them (batch tiles win, in either order)."""
-    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    workspace = streaming_project(tmp_path, SMALL_SPEC, engine=engine)
     events = generate_events(
         GeneratorConfig(seed=23, days=2, events_per_day=600, users=25, items=50, channels=4)
     )
@@ -415,14 +423,14 @@ def test_materialize_of_the_open_day_is_not_doubled_by_the_stream(
 # ---- lambda: late events repaired by batch --------------------------------------------------
 @pytest.mark.parametrize("backend", ["embedded", "redis"])
 def test_batch_materialize_repairs_late_events_and_lookups_equal_backfills(
-    spark: Any, tmp_path: Path, backend: str
+    engine: str, tmp_path: Path, backend: str
 ) -> None:
     online = ""
     if backend == "redis":
         options = online_config("redis", tmp_path).options
         url, prefix = options["url"], options["key_prefix"]
         online = f'online: {{type: redis, url: "{url}", key_prefix: "{prefix}"}}\n'
-    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=online)
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=online, engine=engine)
     events = generate_events(
         GeneratorConfig(seed=17, days=2, events_per_day=700, users=30, items=60, channels=4)
     )
@@ -463,7 +471,7 @@ def test_batch_materialize_repairs_late_events_and_lookups_equal_backfills(
         version_column="served_at",
         materialize_missing=False,
     )
-    backfilled = frame.toArrow().to_pylist()
+    backfilled = to_arrow(frame).to_pylist()
     for vector, row in zip(vectors, backfilled, strict=True):
         for name, value in vector.values.items():
             assert bits(value) == bits(row[name]), (name, vector.entity)
@@ -501,30 +509,30 @@ def test_backfills_equal_the_streamed_lookups(streamed: Streamed) -> None:
         materialize_missing=False,
     )
     names = [o.name for o in plan.outputs]
-    for vector, row in zip(got, frame.toArrow().to_pylist(), strict=True):
+    for vector, row in zip(got, to_arrow(frame).to_pylist(), strict=True):
         for name in names:
             assert bits(vector.values[name]) == bits(row[name]), (name, vector.entity)
 
 
-def test_a_missing_landing_folder_says_what_to_do(spark: Any, tmp_path: Path) -> None:
-    workspace = streaming_project(tmp_path, SMALL_SPEC)
+def test_a_missing_landing_folder_says_what_to_do(engine: str, tmp_path: Path) -> None:
+    workspace = streaming_project(tmp_path, SMALL_SPEC, engine=engine)
     (tmp_path / "data").rmdir()
-    with pytest.raises(SourceError, match=r"landing folder .* does not exist; create it"):
+    with pytest.raises(OSError, match=r"landing folder .* does not exist; create it"):
         stream(workspace, available_now=True)
 
 
-def test_preassembled_specs_are_refused(spark: Any, tmp_path: Path) -> None:
+def test_preassembled_specs_are_refused(engine: str, tmp_path: Path) -> None:
     extra = "online: {type: embedded, modes: {engagement: preassembled}}\n"
-    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=extra)
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=extra, engine=engine)
     with pytest.raises(StreamingError, match=re.escape("set online.modes.engagement: assemble")):
         stream(workspace, available_now=True)
 
 
-def test_a_stream_starts_after_a_batch_run_inside_its_day(spark: Any, tmp_path: Path) -> None:
+def test_a_stream_starts_after_a_batch_run_inside_its_day(engine: str, tmp_path: Path) -> None:
     """materialize + upload of the first part (coverage ends inside a day, at the data), then
     a stream over the landing folder: it continues the batch run's open day from its tiles,
     every closed tile is in Iceberg once and lookups equal the reference over all events."""
-    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    workspace = streaming_project(tmp_path, SMALL_SPEC, engine=engine)
     events = generate_events(
         GeneratorConfig(seed=29, days=3, events_per_day=600, users=25, items=50, channels=4)
     )

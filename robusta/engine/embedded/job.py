@@ -20,7 +20,7 @@ from robusta.engine.embedded.sql import (
     register_sources,
     run_query,
 )
-from robusta.engine.embedded.tiles import build_tiles, utc_micros
+from robusta.engine.embedded.tiles import build_tiles, source_latest, utc_micros
 from robusta.errors import Problem, ValidationError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.loader import query_location
@@ -39,7 +39,7 @@ class EmbeddedTileEngine:
     def events(self, plan: SpecPlan) -> pa.Table:
         if plan.name not in self._events:
             sources = [self.config.sources[s] for s in plan.spec.sources]
-            register_sources(self.con, sources, self.config)
+            register_sources(self.con, sources, config=self.config)
             spec = plan.spec
             try:
                 rows = run_query(self.con, spec.query, spec.timestamp, spec.sources)
@@ -62,11 +62,15 @@ class EmbeddedTileEngine:
         carried: Sequence[Any] = (),
     ) -> TileCounts:
         events = self.events(plan)
+        latest = None
         if window.bounded:  # rows without a time are counted as dropped, as on Spark
             ts = utc_micros(events.column(plan.spec.timestamp))
+            latest = source_latest(events, ts, group)
             inside = pc.and_(pc.greater_equal(ts, window.start), pc.less(ts, window.end))
             events = events.filter(pc.or_kleene(pc.is_null(ts), inside))
         tiles, counts = build_tiles(events, plan, group)
+        if window.bounded:  # the source's latest event, not the window's (TileCounts)
+            counts.last_event = latest
         if carried:
             tiles = pa.concat_tables([tiles, self._outside(carried, window, group)])
         write_tile_files(tiles, group, folder)
@@ -86,7 +90,7 @@ class EmbeddedTileEngine:
         from robusta.monitor import count_events, store_counts
 
         assert source.monitor is not None
-        register_sources(self.con, [source], self.config)
+        register_sources(self.con, [source], config=self.config)
         rows = self.con.sql(monitor_sql(source)).to_arrow_table()
         counts, lo, hi = count_events(rows, source.monitor, start, end)
         store_counts(self.config, source, counts, lo, hi)

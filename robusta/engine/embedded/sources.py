@@ -17,7 +17,7 @@ Every source a query names becomes a view of that name, in its declared columns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,31 +57,45 @@ def duckdb_type(column: Column) -> str:
 
 
 def register_sources(
-    con: Any, sources: Iterable[SourceConfig], config: ProjectConfig | None = None
+    con: Any,
+    sources: Iterable[SourceConfig],
+    files: Mapping[str, Sequence[Path]] | None = None,
+    config: ProjectConfig | None = None,
 ) -> None:
-    """Create (or replace) a view named like each source (``config``: for iceberg sources,
-    the project's catalog)."""
+    """Create (or replace) a view named like each source: a file source over ``files[name]``
+    when given (a stream's micro-batch; none: no rows), else over every file it holds
+    (``config``: for iceberg sources, the project's catalog)."""
     for source in sources:
         if source.format in ("iceberg", "python"):
-            table = _arrow_source(source, config)
-            con.register(_arrow_name(source), table)
-            inner = f"SELECT * FROM {ident(_arrow_name(source))}"
-            select = _typed(source.schema, "CAST") if source.schema is not None else "*"
-            con.execute(f"CREATE OR REPLACE VIEW {ident(source.name)} AS SELECT {select} FROM "
-                        f"({inner}) AS __s")  # fmt: skip
+            _register_arrow(con, source, config)
             continue
-        con.execute(f"CREATE OR REPLACE VIEW {ident(source.name)} AS {source_sql(source)}")
+        if files is None:
+            sql = source_sql(source, landed_files(source))
+        elif files.get(source.name):
+            sql = source_sql(source, files[source.name])
+        else:
+            sql = _no_rows_sql(source)
         if source.schema is None:
-            _naive_timestamps(con, source)
+            sql = _naive_timestamps(con, sql)
+        con.execute(f"CREATE OR REPLACE VIEW {ident(source.name)} AS {sql}")
 
 
-def source_sql(source: SourceConfig) -> str:
-    """A SELECT reading a file source (csv, json, parquet) in its declared columns."""
+def _register_arrow(con: Any, source: SourceConfig, config: ProjectConfig | None) -> None:
+    con.register(_arrow_name(source), _arrow_source(source, config))
+    select = _typed(source.schema, "CAST") if source.schema is not None else "*"
+    con.execute(
+        f"CREATE OR REPLACE VIEW {ident(source.name)} AS SELECT {select} FROM "
+        f"{ident(_arrow_name(source))}"
+    )
+
+
+def source_sql(source: SourceConfig, files: Sequence[Path]) -> str:
+    """A SELECT reading ``files`` of a file source (csv, json, parquet) in its declared
+    columns."""
     if source.format not in ("csv", "json", "parquet"):
         raise UnsupportedSourceError(
             f'source "{source.name}": format {source.format} is read from Arrow, not files'
         )
-    files = _files(source)
     listed = "[" + ", ".join(literal(str(f)) for f in files) + "]"
     if source.format == "parquet":
         if source.schema is None:
@@ -100,6 +114,17 @@ def source_sql(source: SourceConfig) -> str:
         f"SELECT {_typed(source.schema, 'TRY_CAST')} FROM read_csv({listed}, "
         f"columns = {{{text}}}, auto_detect = false, {params})"
     )
+
+
+def _no_rows_sql(source: SourceConfig) -> str:
+    """A source's declared columns without rows (a stream's batch with no file of it)."""
+    if source.schema is None:
+        raise EmbeddedSourceError(
+            f'source "{source.name}" has no schema: a stream needs one declared in robusta.yaml '
+            '(schema: "col TYPE, ...")'
+        )
+    nulls = ", ".join(f"CAST(NULL AS {duckdb_type(c)}) AS {ident(c.name)}" for c in source.schema)
+    return f"SELECT {nulls} WHERE false"
 
 
 def _typed(schema: tuple[Column, ...], cast: str) -> str:
@@ -263,17 +288,14 @@ def _normal_arrow(source: SourceConfig, table: pa.Table) -> pa.Table:
     return table
 
 
-def _naive_timestamps(con: Any, source: SourceConfig) -> None:
-    """A view without a declared schema: its TIMESTAMPTZ columns become UTC wall time."""
-    described = con.sql(f"DESCRIBE {ident(source.name)}").fetchall()
+def _naive_timestamps(con: Any, sql: str) -> str:
+    """A source without a declared schema: its TIMESTAMPTZ columns as UTC wall time."""
+    described = con.sql(f"DESCRIBE {sql}").fetchall()
     zoned = [row[0] for row in described if str(row[1]).upper().startswith("TIMESTAMP WITH")]
     if not zoned:
-        return
+        return sql
     replace = ", ".join(f"CAST({ident(c)} AS TIMESTAMP) AS {ident(c)}" for c in zoned)
-    con.execute(
-        f"CREATE OR REPLACE VIEW {ident(source.name)} AS SELECT * REPLACE ({replace}) FROM "
-        f"({source_sql(source)}) AS __s"
-    )
+    return f"SELECT * REPLACE ({replace}) FROM ({sql}) AS __s"
 
 
 def _arrow_name(source: SourceConfig) -> str:
@@ -296,7 +318,7 @@ def _csv_params(source: SourceConfig) -> str:
     return ", ".join(f"{k} = {v}" for k, v in params.items())
 
 
-def _files(source: SourceConfig) -> list[Path]:
+def landed_files(source: SourceConfig) -> list[Path]:
     """The files Spark reads: the path itself, or every file under the folder except hidden
     ones (names starting with ``.`` or ``_``, e.g. files being landed)."""
     path = source.path
@@ -305,17 +327,20 @@ def _files(source: SourceConfig) -> list[Path]:
             f'source "{source.name}": {path} does not exist; write data there or fix its '
             "path in robusta.yaml"
         )
-    if path.is_file():
-        return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
+    files = [path] if path.is_file() else visible_files(path)
     if not files:
         raise EmbeddedSourceError(f'source "{source.name}": no files under {path}')
     return files
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` but hidden ones (a name part starting with . or _)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
 
 
 def ident(name: str) -> str:

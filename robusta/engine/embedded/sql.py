@@ -28,8 +28,10 @@ from robusta.engine.embedded.sources import (
     UnsupportedSourceError,
     duckdb_type,
     ident,
+    landed_files,
     register_sources,
     source_sql,
+    visible_files,
 )
 from robusta.errors import RobustaError
 from robusta.spec.embedded_sql import embedded_problems, typed_query
@@ -43,6 +45,7 @@ __all__ = [
     "UnsupportedSourceError",
     "connect",
     "duckdb_type",
+    "landed_files",
     "monitor_sql",
     "query_table",
     "register_sources",
@@ -50,6 +53,7 @@ __all__ = [
     "source_sql",
     "transpile",
     "view_schemas",
+    "visible_files",
 ]
 
 TS_TYPE = pa.timestamp("us", tz="UTC")

@@ -16,6 +16,8 @@ Pure pyarrow and numpy: no JVM, no pyspark.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,9 +31,20 @@ from robusta.store.tiles import tile_schema
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
-def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.Table, TileCounts]:
-    """Every tile of ``group`` over ``events`` (the spec query's rows), in the tile table's
-    columns, and what the job reports (as the Spark job's ``TileJob.counts``)."""
+@dataclass(frozen=True)
+class Finest:
+    """A group's finest tiles of some events, before any rollup."""
+
+    partial: pa.Table  # key columns, ``__bucket``, ``events``, IR columns
+    null_keys: int
+    null_timestamps: int
+    last_bucket: int | None
+    last_event: int | None  # the latest event time with a key
+
+
+def finest_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> Finest:
+    """The finest tiles of ``group`` over ``events`` (steps 1-3 of the module doc), in the
+    columns ``plan.open_tiles.advance`` merges (the stream's micro-batch tiles too)."""
     layout = group.layout
     keys = [_key_column(events.column(k.column), k.type) for k in layout.keys]
     ts = utc_micros(events.column(plan.spec.timestamp))
@@ -71,8 +84,21 @@ def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.
         op = feature.op
         state = op.build(sorted_ts, values, offsets)
         partial[feature.ir_column] = op.to_arrow(state).cast(feature.ir_type)
+    return Finest(
+        pa.table(partial),
+        null_keys=int(null_key.sum()),
+        null_timestamps=int(null_ts.sum()),
+        last_bucket=int(buckets.max()) if len(buckets) else None,
+        last_event=int(micros.max()) if len(micros) else None,
+    )
 
-    tiles = advance(group, plan.hash, None, pa.table(partial)).drop_columns([CHANGED])
+
+def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.Table, TileCounts]:
+    """Every tile of ``group`` over ``events`` (the spec query's rows), in the tile table's
+    columns, and what the job reports (as the Spark job's ``TileJob.counts``)."""
+    layout = group.layout
+    finest = finest_tiles(events, plan, group)
+    tiles = advance(group, plan.hash, None, finest.partial).drop_columns([CHANGED])
     schema = tile_schema(group)
     tiles = tiles.select(schema.names).cast(schema)
     tiles = tiles.sort_by(
@@ -85,13 +111,23 @@ def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.
     found = {str(p["values"]): int(p["counts"]) for p in per}
     counts = TileCounts(
         events=events.num_rows,
-        null_keys=int(null_key.sum()),
-        null_timestamps=int(null_ts.sum()),
+        null_keys=finest.null_keys,
+        null_timestamps=finest.null_timestamps,
         tiles={g.name: found.get(g.name, 0) for g in layout.granularities},
-        last_bucket=int(buckets.max()) if len(buckets) else None,
-        last_event=int(micros.max()) if len(micros) else None,
+        last_bucket=finest.last_bucket,
+        last_event=finest.last_event,
     )
     return tiles, counts
+
+
+def source_latest(events: pa.Table, ts: pa.Array, group: TileGroup) -> int | None:
+    """The latest event time (``ts``, epoch micros) of the rows with every key of
+    ``group``."""
+    keyed = ts
+    for key in group.layout.keys:
+        keyed = pc.if_else(pc.is_null(events.column(key.column)), None, keyed)
+    latest = pc.max(keyed).as_py()
+    return None if latest is None else int(latest)
 
 
 def _key_column(column: pa.ChunkedArray, dtype: DataType) -> pa.Array:

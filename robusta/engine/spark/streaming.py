@@ -3,9 +3,10 @@
 A micro-batch's rows (the spec query's output) are counted (:func:`batch_stats`), split into
 on-time and late rows at the version pointer (:func:`split_late`), and the on-time ones are
 tiled at the finest granularity with the batch job's own aggregation
-(:func:`batch_tiles`). Merging those tiles into the stream's open-tile state is pure Arrow
-work (:mod:`robusta.plan.open_tiles`), done by the driver: a micro-batch touches a few
-thousand tiles. Only native Spark SQL runs on rows.
+(:func:`batch_tiles`); :class:`SparkMicroBatch` puts the three behind the engine-neutral
+``engine.microbatch.MicroBatch``. Merging those tiles into the stream's open-tile state is
+pure Arrow work (:mod:`robusta.plan.open_tiles`), done by the driver: a micro-batch touches
+a few thousand tiles. Only native Spark SQL runs on rows.
 
 Rows whose time is before the version pointer (the end of the last complete finest bucket)
 are late: they are not tiled (buckets before the pointer never change once served) but
@@ -15,22 +16,41 @@ the tiles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from robusta.engine.microbatch import BatchStats
 from robusta.engine.spark.tiles import BUCKET, LAST_EVENT, Range, TileJob, q
 from robusta.plan.model import SpecPlan, TileGroup
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    """What one micro-batch held (counted on the spec query's rows)."""
+class SparkMicroBatch:
+    """A ``foreachBatch`` DataFrame as an ``engine.microbatch.MicroBatch``: persisted and
+    viewed once, split at ``pointer`` by Spark SQL."""
 
-    rows: int
-    late: int
-    null_keys: int  # rows without a key (any tile group), not tiled
-    null_timestamps: int
-    max_ts: int | None  # newest event time (epoch micros), late rows included
+    def __init__(self, frame: Any, plan: SpecPlan, pointer: int | None) -> None:
+        self.spark = frame.sparkSession
+        self.plan = plan
+        self.pointer = pointer
+        self.rows = frame.persist()
+        self.view = f"__robusta_batch_{plan.name}"
+        self.rows.createOrReplaceTempView(self.view)
+        self.on_time, self.late = split_late(self.spark, plan, self.view, pointer)
+
+    def stats(self) -> BatchStats:
+        return batch_stats(self.spark, self.plan, self.view, self.pointer)
+
+    def write_late(self, folder: Path) -> None:
+        self.late.write.mode("overwrite").parquet(str(folder))
+
+    def finest_tiles(self, group: TileGroup) -> pa.Table:
+        return batch_tiles(self.spark, self.plan, group, self.on_time)
+
+    def release(self) -> None:
+        self.rows.unpersist()
+        self.spark.catalog.dropTempView(self.view)
 
 
 def batch_stats(spark: Any, plan: SpecPlan, view: str, pointer: int | None) -> BatchStats:

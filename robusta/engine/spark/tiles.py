@@ -171,6 +171,8 @@ class TileJob:
         }
         ordered = {g.name: per.get(g.name, 0) for g in self.group.layout.granularities}
         last, latest = row["last_bucket"], row["last_event"]
+        if self.window.bounded:
+            latest = self._source_latest()
         return TileCounts(
             int(row["events"]),
             int(row["null_keys"]),
@@ -179,6 +181,16 @@ class TileJob:
             None if last is None else int(last),
             None if latest is None else int(latest),
         )
+
+    def _source_latest(self) -> int | None:
+        """The latest event with a key anywhere in the source, not only in the window: a
+        range before it is complete (``TileCounts.last_event``)."""
+        ts = f"unix_micros(CAST({q(self.plan.spec.timestamp)} AS TIMESTAMP))"
+        keyed = " AND ".join(f"{q(k)} IS NOT NULL" for k in self.keys)
+        row = self.spark.sql(
+            f"SELECT max({ts}) AS latest FROM {self.events_view()} WHERE {keyed}"
+        ).collect()[0]
+        return None if row["latest"] is None else int(row["latest"])
 
     def release(self) -> None:
         """Unpersist this group's cached frames (the spec's events stay for its other groups)."""

@@ -1,0 +1,49 @@
+"""What the streaming job asks of an engine for one micro-batch, whichever engine runs it.
+
+A micro-batch is the spec query's rows over the files (or messages) that arrived since the
+last one. The job (``robusta.streaming``) needs three things of it: its counts and newest
+event time (:class:`BatchStats`), its late rows written aside, and the finest tiles of its
+on-time rows per tile group. Merging those tiles into the stream's open-tile state is pure
+Arrow work (``plan.open_tiles``) and the same for both engines.
+
+Late: a time before the version pointer (the end of the last finest bucket already served).
+On time: at or after it, or no time at all (counted as dropped by the tiling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+
+from robusta.plan.model import TileGroup
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one micro-batch held (counted on the spec query's rows)."""
+
+    rows: int
+    late: int
+    null_keys: int  # rows without a key (any tile group), not tiled
+    null_timestamps: int
+    max_ts: int | None  # newest event time (epoch micros), late rows included
+
+
+class MicroBatch(Protocol):
+    """One micro-batch's rows, split at the version pointer it was given."""
+
+    def stats(self) -> BatchStats:
+        """Counts and the newest event time of the batch's rows."""
+
+    def write_late(self, folder: Path) -> None:
+        """The late rows as Parquet into ``folder`` (replacing what a replay wrote)."""
+
+    def finest_tiles(self, group: TileGroup) -> pa.Table:
+        """The finest tiles of the on-time rows with keys and a time: key columns,
+        ``__bucket``, ``events`` and the group's IR columns (``plan.open_tiles``' input)."""
+
+    def release(self) -> None:
+        """Free what the engine holds for the batch."""
