@@ -568,14 +568,14 @@ def test_validate_reports_the_refused_construct_located(
         "feature_defs/purchases.yaml:5:10: function bround() is not supported by engine "
         "embedded; use engine: spark"
     ], result.output
-    spark = make_project(CONFIG, purchases=REFUSED_SPEC)
+    spark = make_project(CONFIG + "engine: spark\n", purchases=REFUSED_SPEC)
     assert CliRunner().invoke(cli.main, ["validate", "--config", str(spark)]).exit_code == 0
 
 
 def test_the_engine_refuses_it_located_when_chosen_by_option(make_project: MakeProject) -> None:
     """A Spark project run with --engine embedded: the same located message, before any
     tile is written, exit 1."""
-    config = make_project(CONFIG, purchases=REFUSED_SPEC)
+    config = make_project(CONFIG + "engine: spark\n", purchases=REFUSED_SPEC)
     (config.parent / "data").mkdir()
     (config.parent / "data" / "a.csv").write_text(
         "user_id,item_id,amount,qty,ts\nu1,i1,1.5,1,2024-01-01 10:00:00\n"
