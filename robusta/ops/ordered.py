@@ -280,11 +280,11 @@ class _EdgeN(Operator):
         return self._cut(f"array_sort(flatten(collect_list({ir})))")
 
     def _cut(self, sorted_items: str) -> str:
-        if self.want_least:
-            return f"slice({sorted_items}, 1, {self.n})"
-        # Bind the sorted array to a lambda variable so it is computed once.
-        keep_last = f"s -> slice(s, greatest(size(s) - {self.n} + 1, 1), {self.n})"
-        return f"element_at(transform(array({sorted_items}), {keep_last}), 1)"
+        # Bind the sorted array to a lambda variable so it is computed once. No event with a
+        # value gives null, not an empty list (as to_arrow masks empty lists).
+        start = "1" if self.want_least else f"greatest(size(s) - {self.n} + 1, 1)"
+        keep = f"s -> CASE WHEN size(s) = 0 THEN NULL ELSE slice(s, {start}, {self.n}) END"
+        return f"element_at(transform(array({sorted_items}), {keep}), 1)"
 
 
 class FirstN(_EdgeN):

@@ -401,7 +401,8 @@ class TopK(Operator):
             f"v -> struct(v AS value, CAST(size(filter(collect_list({value}), "
             f"y -> y = v)) AS BIGINT) AS count))"
         )
-        return f"named_struct('total', count({value}), 'items', {self._spark_cut(counted)})"
+        built = f"named_struct('total', count({value}), 'items', {self._spark_cut(counted)})"
+        return f"CASE WHEN count({value}) = 0 THEN {self._spark_null} ELSE {built} END"
 
     def spark_merge(self, ir: str, order: str) -> str:
         flat = f"flatten(collect_list({ir}.items))"
@@ -410,10 +411,17 @@ class TopK(Operator):
             f"v -> struct(v AS value, aggregate(filter({flat}, e -> e.value = v), 0L, "
             f"(acc, e) -> acc + e.count) AS count))"
         )
-        return (
-            f"named_struct('total', coalesce(sum({ir}.total), 0L), "
-            f"'items', {self._spark_cut(counted)})"
-        )
+        merged = f"named_struct('total', sum({ir}.total), 'items', {self._spark_cut(counted)})"
+        empty = f"coalesce(sum({ir}.total), 0) = 0"
+        return f"CASE WHEN {empty} THEN {self._spark_null} ELSE {merged} END"
+
+    @property
+    def _spark_null(self) -> str:
+        """The IR of a tile without a value: null, as ``to_arrow`` masks a zero total. Typed
+        with nullable fields, so the CASE's fields are nullable (pyspark's Arrow transfer
+        refuses nulls under fields Spark typed NOT NULL)."""
+        pair = f"struct<value:{self.input_type.value},count:bigint>"
+        return f"CAST(NULL AS struct<total:bigint,items:array<{pair}>>)"
 
     def _spark_cut(self, counted: str) -> str:
         cap = self.capacity

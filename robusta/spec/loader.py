@@ -10,6 +10,7 @@ from robusta.errors import Location, Problem
 from robusta.spec.checks import Checker
 from robusta.spec.config import display_path
 from robusta.spec.durations import Duration, DurationSyntaxError, Window
+from robusta.spec.embedded_sql import embedded_problems
 from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
 from robusta.spec.sql import QueryProblem, analyze_query
 from robusta.spec.suggest import did_you_mean, one_of
@@ -45,7 +46,7 @@ def load_spec(path: Path, config: ProjectConfig) -> tuple[FeatureSpec | None, li
     query = check.text(("query",)) or ""
     analysis = analyze_query(query, config.sources) if query.strip() else None
     if analysis is not None:
-        for qp in analysis.problems:
+        for qp in analysis.problems or engine_problems(query, analysis.sources, config):
             check.add_at(_query_location(doc, qp), qp.message)
     columns = analysis.columns if analysis is not None else ()
     known = analysis is not None and analysis.columns_known and not analysis.problems
@@ -71,6 +72,21 @@ def load_spec(path: Path, config: ProjectConfig) -> tuple[FeatureSpec | None, li
         location=Location(doc.file, 1, 1),
     )
     return spec, check.problems
+
+
+def engine_problems(
+    query: str, sources: tuple[str, ...], config: ProjectConfig, engine: str | None = None
+) -> list[QueryProblem]:
+    """What ``engine`` (default: the project's) cannot run of the query (Spark runs all)."""
+    if (engine or config.engine) != "embedded":
+        return []
+    declared = [config.sources[s].schema for s in sources]
+    schemas = {
+        name: {c.name: c.sql_type for c in schema}
+        for name, schema in zip(sources, declared, strict=True)
+        if schema is not None
+    }
+    return embedded_problems(query, schemas if len(schemas) == len(sources) else None)
 
 
 class _SpecContext:

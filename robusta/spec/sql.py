@@ -68,7 +68,7 @@ def analyze_query(query: str, sources: Mapping[str, SourceConfig]) -> QueryAnaly
 def _analyze(
     query: str, sources: Mapping[str, SourceConfig], result: QueryAnalysis
 ) -> QueryAnalysis:
-    tree = _parse(query, result)
+    tree = parse_query(query, result)
     if tree is None:
         return result
     result.sources = _check_sources(query, tree, sources, result)
@@ -82,7 +82,7 @@ def _analyze(
     return result
 
 
-def _parse(query: str, result: QueryAnalysis) -> exp.Query | None:
+def parse_query(query: str, result: QueryAnalysis) -> exp.Query | None:
     try:
         statements = [s for s in sqlglot.parse(query, read="spark") if s is not None]
     except ParseError as exc:
@@ -124,7 +124,7 @@ def _token_error_position(query: str, message: str) -> tuple[int, int]:
     return line, at - (before.rfind("\n") + 1) + 1
 
 
-def _position(query: str, node: exp.Expression) -> tuple[int, int]:
+def node_position(query: str, node: exp.Expr) -> tuple[int, int]:
     """1-based line and column where ``node`` starts in ``query`` (token offsets from sqlglot)."""
     ident = node if isinstance(node, exp.Identifier) else node.find(exp.Identifier)
     meta = ident.meta if ident is not None else {}
@@ -150,7 +150,7 @@ def _check_sources(
             if declared[name.lower()] not in found:
                 found.append(declared[name.lower()])
             continue
-        line, column = _position(query, table)
+        line, column = node_position(query, table)
         hint = did_you_mean(name, sources) or (
             f"; declared sources: {one_of(sources)}"
             if sources
@@ -188,18 +188,23 @@ def _typed_columns(
         _untyped_columns(tree, result)
         return
     originals = {c.name.lower(): c.name for s in declared for c in s.schema or ()}
-    written = list(tree.named_selects)
-    names = (
-        written
-        if "*" not in written and len(written) == len(typed.selects)
-        else [originals.get(s.alias_or_name.lower(), s.alias_or_name) for s in typed.selects]
-    )
+    names = output_names(tree, typed, originals)
     result.columns = tuple(
         Column(name, from_sqlglot(sel.type), sel.type.sql("spark") if sel.type else "")
         for name, sel in zip(names, typed.selects, strict=True)
         if name
     )
     result.columns_known = True
+
+
+def output_names(tree: exp.Query, typed: exp.Query, originals: Mapping[str, str]) -> list[str]:
+    """The query's output column names as written (qualifying lowercases them): the select
+    list's names, or with ``*`` the sources' declared spelling (``originals``: lowercase ->
+    declared)."""
+    written = list(tree.named_selects)
+    if "*" not in written and len(written) == len(typed.selects):
+        return written
+    return [originals.get(s.alias_or_name.lower(), s.alias_or_name) for s in typed.selects]
 
 
 def _untyped_columns(tree: exp.Query, result: QueryAnalysis) -> None:
@@ -226,12 +231,12 @@ def stream_problems(query: str) -> list[QueryProblem]:
     """What a stream cannot run of an otherwise valid query: window functions (``OVER``)
     need the whole input, which an unbounded stream never has."""
     result = QueryAnalysis()
-    tree = _parse(query, result)
+    tree = parse_query(query, result)
     if tree is None:
         return result.problems
     problems = []
     for window in tree.find_all(exp.Window):
-        line, column = _position(query, window)
+        line, column = node_position(query, window)
         text = window.sql(dialect="spark")
         problems.append(
             QueryProblem(

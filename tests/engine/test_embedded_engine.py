@@ -63,12 +63,13 @@ def test_backfill_from_raw_events_equals_the_reference(embedded: Project) -> Non
 
 
 def test_the_command_line_path_never_starts_a_jvm(embedded: Project, tmp_path: Path) -> None:
-    """materialize, backfill, upload and lookup on the embedded engine, in one process with a
-    Java that does not exist: all succeed and pyspark is never imported."""
+    """Every command that computes, on the embedded engine, in one process with a Java that
+    does not exist and pyspark made unimportable: all succeed, so none reaches for Spark."""
     rows = training_rows(embedded.events, 30).select(["USER_ID", "CHANNEL_ID", "ts", "label"])
     pq.write_table(rows, tmp_path / "rows.parquet")
     script = textwrap.dedent(f"""\
         import sys
+        sys.modules["pyspark"] = sys.modules["py4j"] = None  # any import of them fails
         from click.testing import CliRunner
         from robusta.cli.main import main
         runner = CliRunner()
@@ -78,10 +79,14 @@ def test_the_command_line_path_never_starts_a_jvm(embedded: Project, tmp_path: P
              "--output", "{tmp_path / "out.parquet"}"],
             ["upload"],
             ["lookup", "--entity", "USER_ID=u_000001", "--features", "n_events_1h"],
+            ["compact"],
+            ["stream", "--available-now"],
+            ["stream", "--status"],
         ):
             result = runner.invoke(main, [*args, "--config", "{embedded.root / "robusta.yaml"}"])
             assert result.exit_code == 0, (args, result.output)
-        print(sorted(m for m in sys.modules if m.split(".")[0] in ("pyspark", "py4j")))
+        loaded = [m for m, module in sys.modules.items() if module is not None]
+        print(sorted(m for m in loaded if m.split(".")[0] in ("pyspark", "py4j")))
         """)
     env = {**os.environ, "JAVA_HOME": "/nonexistent-java"}
     command = [sys.executable, "-c", script]

@@ -61,7 +61,7 @@ def events() -> pa.Table:
         )
         rows["v_long"].append(None if rng.random() < 0.05 else rng.randrange(-50, 50))
         rows["v_str"].append(None if rng.random() < 0.05 else rng.choice("abcdefgh"))
-    for i in range(4):  # a key whose values are all null: empty IRs (Spark writes empty sketches)
+    for i in range(4):  # a key whose values are all null: empty IRs (null on both engines)
         rows["k"].append("nulls")
         rows["b"].append(i % 2)
         rows["ts"].append(base + timedelta(minutes=5 * (i % 2)))

@@ -12,9 +12,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.engine.counts import Range, TileCounts
-from robusta.engine.embedded.sql import connect, monitor_sql, register_sources, run_query
+from robusta.engine.embedded.sql import (
+    QueryError,
+    TranspileError,
+    connect,
+    monitor_sql,
+    register_sources,
+    run_query,
+)
 from robusta.engine.embedded.tiles import build_tiles, source_latest, utc_micros
+from robusta.errors import Problem, ValidationError
 from robusta.plan.model import SpecPlan, TileGroup
+from robusta.spec.loader import query_location
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.tiles import local_path, read_tile_files, write_tile_files
 
@@ -29,8 +38,19 @@ class EmbeddedTileEngine:
 
     def events(self, plan: SpecPlan) -> pa.Table:
         if plan.name not in self._events:
-            register_sources(self.con, [self.config.sources[s] for s in plan.spec.sources])
-            self._events[plan.name] = run_query(self.con, plan.spec.query, plan.spec.timestamp)
+            sources = [self.config.sources[s] for s in plan.spec.sources]
+            register_sources(self.con, sources, config=self.config)
+            spec = plan.spec
+            try:
+                rows = run_query(self.con, spec.query, spec.timestamp, spec.sources)
+            except TranspileError as exc:  # what validation reports when engine: embedded
+                if exc.problem is None:
+                    raise
+                where = query_location(spec.file, exc.problem)
+                raise ValidationError([Problem(where, f"spec {spec.name}: {exc}")]) from None
+            except QueryError as exc:
+                raise QueryError(f"spec {spec.name}: {exc}") from exc
+            self._events[plan.name] = rows
         return self._events[plan.name]
 
     def write_tiles(
@@ -71,7 +91,7 @@ class EmbeddedTileEngine:
         from robusta.store.volumes import monitor_of, store_counts
 
         monitor = monitor_of(source)
-        register_sources(self.con, [source])
+        register_sources(self.con, [source], config=self.config)
         rows = self.con.sql(monitor_sql(source)).to_arrow_table()
         counts, lo, hi = count_events(rows, monitor, start, end)
         store_counts(self.config.offline, source, counts, lo, hi)

@@ -1,208 +1,158 @@
-"""A spec's sources and query in DuckDB: Spark SQL transpiled by sqlglot, results as Arrow.
+"""A spec's Spark SQL in DuckDB, with Spark's results.
 
-Every source a query names becomes a DuckDB view of that name, so the transpiled query runs
-unchanged. The connection's time zone is UTC. Declared ``TIMESTAMP`` columns (Spark: an
-instant, shown in the session time zone, UTC here) are views' ``TIMESTAMP`` columns holding
-UTC wall time, so casting them to text gives Spark's text; the spec's timestamp column comes
-back as ``timestamp[us, UTC]``.
+DuckDB SQL is built here and in the two modules beside it: ``sources.py`` (the sources'
+views) and ``rewrite.py`` (Spark's meaning carried over).
 
-CSV fields are read as text and converted with ``TRY_CAST``, so a malformed field becomes
-null as in Spark's default PERMISSIVE mode. Formats other than csv and parquet are not
-supported by the embedded engine yet (:class:`UnsupportedSourceError`).
+The query is parsed as Spark SQL, qualified and typed against the sources' views, checked
+(``spec.embedded_sql``: a construct not known to match Spark is refused, located), rewritten
+where DuckDB's meaning differs from Spark 4's (ANSI mode, the default), then written as DuckDB
+SQL by sqlglot. The rewrites are in ``rewrite.py``.
+
+Sources are read by ``sources.py`` (csv, json, parquet, iceberg, python); the connection's time
+zone is UTC and the spec's timestamp column comes back as ``timestamp[us, UTC]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import SqlglotError
 
+from robusta.engine.embedded.rewrite import MACROS, rewrite
+from robusta.engine.embedded.sources import (
+    EmbeddedSourceError,
+    UnsupportedSourceError,
+    duckdb_type,
+    ident,
+    landed_files,
+    register_sources,
+    source_sql,
+    visible_files,
+)
 from robusta.errors import RobustaError
+from robusta.spec.embedded_sql import embedded_problems, typed_query
 from robusta.spec.model import SourceConfig
-from robusta.spec.types import Column, DataType
+from robusta.spec.sql import QueryProblem, output_names
+
+__all__ = [
+    "EmbeddedSourceError",
+    "QueryError",
+    "TranspileError",
+    "UnsupportedSourceError",
+    "connect",
+    "duckdb_type",
+    "landed_files",
+    "monitor_sql",
+    "query_table",
+    "register_sources",
+    "run_query",
+    "source_sql",
+    "transpile",
+    "view_schemas",
+    "visible_files",
+]
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
-# CSV options with a DuckDB equivalent (Spark name -> read_csv parameter); others are refused.
-_CSV_OPTIONS = {"sep": "delim", "delimiter": "delim", "quote": "quote", "escape": "escape"}
-_IGNORED_OPTIONS = {"recursivefilelookup"}  # folders are always read recursively here
-
-
-class EmbeddedSourceError(RobustaError, OSError):
-    """A source cannot be read by the embedded engine."""
-
-
-class UnsupportedSourceError(EmbeddedSourceError, NotImplementedError):
-    """A source format or option the embedded engine does not support yet."""
 
 
 class TranspileError(RobustaError, ValueError):
-    """The spec's Spark SQL cannot be carried over to DuckDB."""
+    """The spec's Spark SQL cannot be run faithfully in DuckDB."""
+
+    def __init__(self, message: str, problem: QueryProblem | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+class QueryError(RobustaError, RuntimeError):
+    """The query stopped on a value (a malformed CAST, a zero divisor, ...), as on Spark."""
 
 
 def connect() -> Any:
-    """A DuckDB connection in UTC (imported here: DuckDB is only needed by this engine)."""
+    """A DuckDB connection in UTC with Spark's helper macros (DuckDB is only needed here)."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    for head, body in MACROS.items():
+        con.execute(f"CREATE MACRO {head} AS {body}")
     return con
 
 
-def transpile(query: str) -> str:
-    """The spec's query (Spark SQL) as DuckDB SQL."""
-    try:
-        statements = sqlglot.transpile(query, read="spark", write="duckdb")
-    except SqlglotError as exc:
-        raise TranspileError(f"cannot carry the query over to DuckDB: {exc}") from exc
-    if len(statements) != 1:
-        raise TranspileError(f"the query must be one statement, found {len(statements)}")
-    return statements[0]
+def view_schemas(con: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The Spark types of the columns of views ``names`` (for typing the query)."""
+    out = {}
+    for name in names:
+        rows = con.sql(f"DESCRIBE {ident(name)}").fetchall()
+        out[name] = {str(r[0]): _spark_type_name(str(r[1])) for r in rows}
+    return out
 
 
-def duckdb_type(column: Column) -> str:
-    """The DuckDB type of a declared (Spark DDL) column; TIMESTAMP is UTC wall time."""
-    if column.type is DataType.TIMESTAMP:
+def _spark_type_name(duck: str) -> str:
+    if duck.upper() == "TIMESTAMP":  # UTC wall time: Spark's TIMESTAMP
         return "TIMESTAMP"
-    built = exp.DataType.build(column.sql_type, dialect="spark")
-    if built.this == exp.DataType.Type.DECIMAL and not built.expressions:
-        return "DECIMAL(10, 0)"  # Spark's default precision; DuckDB's is (18, 3)
-    return built.sql("duckdb")
+    if duck.upper() == "HUGEINT":
+        return "DECIMAL(38, 0)"
+    return str(exp.DataType.build(duck, dialect="duckdb").sql("spark"))
 
 
-def register_sources(
-    con: Any, sources: Iterable[SourceConfig], files: Mapping[str, Sequence[Path]] | None = None
-) -> None:
-    """Create (or replace) a view named like each source: over ``files[name]`` when given
-    (a stream's micro-batch; none: no rows), else over every file the source holds."""
-    for source in sources:
-        _check_format(source)
-        if files is None:
-            sql = source_sql(source, landed_files(source))
-        elif files.get(source.name):
-            sql = source_sql(source, files[source.name])
-        else:
-            sql = _no_rows_sql(source)
-        con.execute(f"CREATE OR REPLACE VIEW {_ident(source.name)} AS {sql}")
+def transpile(query: str, schemas: Mapping[str, Mapping[str, str]]) -> str:
+    """The spec's query (Spark SQL over sources typed by ``schemas``) as DuckDB SQL giving
+    Spark's rows; :class:`TranspileError` (with the first problem) when it cannot."""
+    return _transpiled(query, schemas)[0]
 
 
-def source_sql(source: SourceConfig, files: Sequence[Path]) -> str:
-    """A SELECT reading ``files`` of ``source`` in its declared columns."""
-    _check_format(source)
-    listed = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
-    if source.format == "parquet":
-        if source.schema is None:
-            return f"SELECT * FROM read_parquet({listed})"
-        return f"SELECT {_typed(source.schema, 'CAST')} FROM read_parquet({listed})"
-    if source.schema is None:
-        raise EmbeddedSourceError(
-            f'source "{source.name}": a csv source needs a declared schema in robusta.yaml '
-            '(schema: "col TYPE, ...")'
-        )
-    params = _csv_params(source)
-    text = ", ".join(f"{_literal(c.name)}: 'VARCHAR'" for c in source.schema)
-    return (
-        f"SELECT {_typed(source.schema, 'TRY_CAST')} FROM read_csv({listed}, "
-        f"columns = {{{text}}}, auto_detect = false, {params})"
-    )
+def _transpiled(
+    query: str, schemas: Mapping[str, Mapping[str, str]]
+) -> tuple[str, list[str]]:
+    problems = embedded_problems(query, schemas)
+    if problems:
+        raise TranspileError(problems[0].message, problems[0])
+    tree = typed_query(query, schemas)
+    if tree is None:
+        raise TranspileError("the query cannot be typed against its sources; run robusta validate")
+    original = sqlglot.parse_one(query, read="spark")
+    if not isinstance(original, exp.Query):
+        raise TranspileError("the query must be one SELECT statement; run robusta validate")
+    originals = {c.lower(): c for cols in schemas.values() for c in cols}
+    names = output_names(original, tree, originals)
+    rewrite(tree)
+    return tree.sql(dialect="duckdb"), names
 
 
-def _check_format(source: SourceConfig) -> None:
-    if source.format not in ("csv", "parquet"):
-        raise UnsupportedSourceError(
-            f'source "{source.name}": format {source.format} is not supported by the embedded '
-            "engine yet (csv and parquet are); use the Spark engine for it"
-        )
+def query_table(
+    con: Any, query: str, sources: Iterable[str], timestamp: str | None = None
+) -> pa.Table:
+    """The query's rows as Arrow (over the views of ``sources``), its output columns named as
+    the query names them; ``timestamp`` (if given) cast to TIMESTAMP."""
+    sql, names = _transpiled(query, view_schemas(con, sources))
+    stamp = (timestamp or "").lower()
+    columns = [
+        f"CAST(#{i} AS TIMESTAMP) AS {ident(n)}" if n.lower() == stamp else f"#{i} AS {ident(n)}"
+        for i, n in enumerate(names, start=1)
+    ]
+    import duckdb
+
+    try:
+        table: pa.Table = con.sql(
+            f"SELECT {', '.join(columns)} FROM ({sql}) AS __q"
+        ).to_arrow_table()
+    except duckdb.Error as exc:  # a value Spark refuses too (ANSI), or one DuckDB cannot carry
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        raise QueryError(f"the query failed on engine embedded: {first}") from exc
+    return table
 
 
-def run_query(con: Any, query: str, timestamp: str) -> pa.Table:
-    """The transpiled ``query``'s rows as Arrow, ``timestamp`` as ``timestamp[us, UTC]``."""
-    sql = transpile(query)
-    inner = f"SELECT * REPLACE (CAST({_ident(timestamp)} AS TIMESTAMP) AS {_ident(timestamp)})"
-    table: pa.Table = con.sql(f"{inner} FROM ({sql}) AS __q").to_arrow_table()
-    index = table.schema.get_field_index(timestamp)
+def run_query(con: Any, query: str, timestamp: str, sources: Iterable[str]) -> pa.Table:
+    """The query's rows (:func:`query_table`), ``timestamp`` as ``timestamp[us, UTC]``."""
+    table = query_table(con, query, sources, timestamp)
+    index = next(i for i, n in enumerate(table.column_names) if n.lower() == timestamp.lower())
     # A naive TIMESTAMP here is UTC wall time: labelling it UTC keeps its microseconds.
-    return table.set_column(index, timestamp, pc.cast(table.column(index), TS_TYPE))
-
-
-def _typed(schema: tuple[Column, ...], cast: str) -> str:
-    parts = []
-    for column in schema:
-        name = _ident(column.name)
-        if column.type is DataType.TIMESTAMP and cast == "TRY_CAST":
-            # Text with an offset is converted to UTC; text without one is UTC already.
-            value = f"CAST(TRY_CAST({name} AS TIMESTAMPTZ) AS TIMESTAMP)"
-        else:
-            value = f"{cast}({name} AS {duckdb_type(column)})"
-        parts.append(f"{value} AS {name}")
-    return ", ".join(parts)
-
-
-def _csv_params(source: SourceConfig) -> str:
-    params = {"header": "false"}
-    for key, value in source.options.items():
-        lowered = key.lower()
-        if lowered == "header":
-            params["header"] = "true" if str(value).lower() == "true" else "false"
-        elif lowered in _CSV_OPTIONS:
-            params[_CSV_OPTIONS[lowered]] = _literal(str(value))
-        elif lowered not in _IGNORED_OPTIONS:
-            raise UnsupportedSourceError(
-                f'source "{source.name}": csv option "{key}" is not supported by the embedded '
-                f"engine yet (supported: header, {', '.join(_CSV_OPTIONS)})"
-            )
-    return ", ".join(f"{k} = {v}" for k, v in params.items())
-
-
-def landed_files(source: SourceConfig) -> list[Path]:
-    """The files Spark reads: the path itself, or every file under the folder except hidden
-    ones (names starting with ``.`` or ``_``, e.g. files being landed)."""
-    path = source.path
-    if path is None or not path.exists():
-        raise EmbeddedSourceError(
-            f'source "{source.name}": {path} does not exist; write data there or fix its '
-            "path in robusta.yaml"
-        )
-    files = [path] if path.is_file() else visible_files(path)
-    if not files:
-        raise EmbeddedSourceError(f'source "{source.name}": no files under {path}')
-    return files
-
-
-def visible_files(folder: Path) -> list[Path]:
-    """Every file under ``folder`` but hidden ones (a name part starting with . or _)."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
-    )
-
-
-def _no_rows_sql(source: SourceConfig) -> str:
-    """A source's declared columns without rows (a stream's batch with no file of it)."""
-    if source.schema is None:
-        raise EmbeddedSourceError(
-            f'source "{source.name}" has no schema: a stream needs one declared in robusta.yaml '
-            '(schema: "col TYPE, ...")'
-        )
-    nulls = ", ".join(
-        f"CAST(NULL AS {duckdb_type(c)}) AS {_ident(c.name)}" for c in source.schema
-    )
-    return f"SELECT {nulls} WHERE false"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    name = table.column_names[index]
+    return table.set_column(index, name, pc.cast(table.column(index), TS_TYPE))
 
 
 def monitor_sql(source: SourceConfig) -> str:
@@ -210,7 +160,7 @@ def monitor_sql(source: SourceConfig) -> str:
     monitor = source.monitor
     if monitor is None:
         raise ValueError(f"source {source.name} has no monitor")
-    ts = _ident(monitor.timestamp)
+    ts = ident(monitor.timestamp)
     columns = [f"CAST({ts} AS TIMESTAMP) AS {ts}"]
-    columns += [f"CAST({_ident(s)} AS VARCHAR) AS {_ident(s)}" for s in monitor.segments]
-    return f"SELECT {', '.join(columns)} FROM {_ident(source.name)}"
+    columns += [f"CAST({ident(s)} AS VARCHAR) AS {ident(s)}" for s in monitor.segments]
+    return f"SELECT {', '.join(columns)} FROM {ident(source.name)}"

@@ -177,7 +177,7 @@ class EmbeddedMicroBatch:
         con = connect()
         try:
             register_sources(con, [batch_source(s) for s in sources], batch.files)
-            self.rows = run_query(con, plan.spec.query, plan.spec.timestamp)
+            self.rows = run_query(con, plan.spec.query, plan.spec.timestamp, plan.spec.sources)
         finally:
             con.close()
         self.ts = utc_micros(self.rows.column(plan.spec.timestamp))

@@ -3,22 +3,21 @@
 Every source a query names becomes a temporary view of that name, so the spec's SQL runs
 unchanged. Formats: csv, json and parquet through Spark's readers (the declared schema is
 enforced, never inferred); iceberg through files planned by pyiceberg (Spark reads their
-Parquet; no Iceberg runtime jar is needed); python through a ``module:function`` loader that
-returns a Spark DataFrame.
+Parquet; no Iceberg runtime jar is needed); python through a ``module:function`` loader
+(``engine.loaders``) returning a Spark DataFrame, a pyarrow Table or a pandas DataFrame. For
+iceberg and python sources a declared schema selects and casts the columns, as on the embedded
+engine.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from typing import Any
 
-from robusta.errors import RobustaError
+from robusta.engine.loaders import SourceError, arrow_of, call_loader, returned
 from robusta.spec.model import ProjectConfig, SourceConfig
 
-
-class SourceError(RobustaError, OSError):
-    """A source cannot be read."""
+__all__ = ["SourceError", "read_source", "read_stream", "register_sources"]
 
 
 def register_sources(spark: Any, config: ProjectConfig, names: Iterable[str]) -> None:
@@ -30,9 +29,9 @@ def register_sources(spark: Any, config: ProjectConfig, names: Iterable[str]) ->
 
 def read_source(spark: Any, config: ProjectConfig, source: SourceConfig) -> Any:
     if source.format == "python":
-        return _python_source(spark, source)
+        return _declared(source, _python_source(spark, source))
     if source.format == "iceberg":
-        return _iceberg_source(spark, config, source)
+        return _declared(source, _iceberg_source(spark, config, source))
     if source.path is None or not source.path.exists():
         raise SourceError(
             f'source "{source.name}": {source.path} does not exist; write data '
@@ -48,21 +47,31 @@ def read_source(spark: Any, config: ProjectConfig, source: SourceConfig) -> Any:
 
 
 def _python_source(spark: Any, source: SourceConfig) -> Any:
-    module_name, _, function_name = (source.loader or "").partition(":")
-    try:
-        loader = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
+    frame = call_loader(source, spark)
+    if hasattr(frame, "createOrReplaceTempView"):
+        return frame
+    table = arrow_of(frame)
+    if table is None:
         raise SourceError(
-            f'source "{source.name}": cannot import loader "{source.loader}" '
-            f"({exc}); is the module on PYTHONPATH?"
-        ) from exc
-    frame = loader(spark)
-    if not hasattr(frame, "createOrReplaceTempView"):
-        raise SourceError(
-            f'source "{source.name}": loader "{source.loader}" must return a '
-            f"Spark DataFrame, got {type(frame).__name__}"
+            returned(source, frame, "a Spark DataFrame, a pyarrow Table or a pandas DataFrame")
         )
-    return frame
+    return spark.createDataFrame(table)
+
+
+def _declared(source: SourceConfig, frame: Any) -> Any:
+    """The declared columns, cast to their declared types (none declared: all as they are)."""
+    if source.schema is None:
+        return frame
+    have = {c.lower() for c in frame.columns}
+    missing = [c.name for c in source.schema if c.name.lower() not in have]
+    if missing:
+        raise SourceError(
+            f'source "{source.name}": declared column(s) {", ".join(missing)} missing from the '
+            f"data (it has {', '.join(frame.columns)}); fix the schema in robusta.yaml"
+        )
+    return frame.selectExpr(
+        *(f"CAST(`{c.name}` AS {c.sql_type}) AS `{c.name}`" for c in source.schema)
+    )
 
 
 def _iceberg_source(spark: Any, config: ProjectConfig, source: SourceConfig) -> Any:

@@ -64,10 +64,14 @@ class SpecStream:
             self.sources = stream_sources(self.config, self.plan.spec.sources)
 
     def _check_query(self) -> None:
-        from robusta.spec.loader import query_location
+        from robusta.spec.loader import engine_problems, query_location
         from robusta.spec.sql import stream_problems
 
-        for problem in stream_problems(self.plan.spec.query)[:1]:
+        spec = self.plan.spec
+        problems = stream_problems(spec.query) or engine_problems(
+            spec.query, spec.sources, self.config, self.engine
+        )
+        for problem in problems[:1]:
             where = query_location(self.plan.spec.file, problem)
             raise StreamingError(f"{where}: spec {self.plan.name}: {problem.message}")
 
