@@ -1,1 +1,2 @@
-"""Engines that compute tiles and features (Spark today)."""
+"""Engines that compute tiles and features: the seam (``base``), ``embedded`` (DuckDB +
+Arrow, the default) and ``spark``."""

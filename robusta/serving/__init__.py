@@ -1,4 +1,5 @@
-"""Online serving: upload tiles to the online store, look features up (``FeatureClient``)."""
+"""Online serving, the lookup path only: features looked up in the online store
+(``FeatureClient``: no JVM, no Iceberg read), served vectors logged (``feature_log``)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Stores: offline tile tables in Iceberg (pyiceberg); online stores come later."""
+"""Stores: the offline tables in Iceberg through pyiceberg (tiles: ``tiles``, ``catalog``;
+event volumes: ``volumes``; feature logs: ``feature_log``) and the online stores (``online``)."""
