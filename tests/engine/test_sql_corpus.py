@@ -392,7 +392,7 @@ def example_queries() -> dict[str, str]:
 
     files = sorted([*ROOT.glob("feature_defs/*.yaml"), *ROOT.glob("examples/*/feature_defs/*")])
     out = {str(f.relative_to(ROOT)): str(yaml.safe_load(f.read_text())["query"]) for f in files}
-    out["robusta/demo.py:STREAM_SPEC"] = str(yaml.safe_load(STREAM_SPEC)["query"])
+    out["robusta/demo/demo.py:STREAM_SPEC"] = str(yaml.safe_load(STREAM_SPEC)["query"])
     return out
 
 
