@@ -1,20 +1,15 @@
 """The house's rules, read from the source: layers only import downwards, and no import cycle.
 
 Every module under ``robusta/`` is parsed (``ast``, function-local imports included) and each
-``robusta.*`` import is checked against the layer it comes from (docs/architecture.md):
+``robusta.*`` import is checked against the layers its own layer may use (:data:`ALLOWED`,
+docs/architecture.md "The house"):
 
-    cli, demo        -> anything below
-    api, serving     -> jobs (api only, allow-listed), engine (api), store, workspace, plan...
-    jobs             -> engine, store, workspace, plan, ops, spec
-    engine           -> store, plan, ops, spec
-    store            -> plan, ops, spec
-    workspace        -> plan, spec          (a loaded project: config, specs, plan, problems)
-    testing, plan    -> ops, spec
-    ops              -> spec
-    spec             -> (errors only)
+    cli -> demo -> api | serving -> jobs -> engine -> store -> workspace -> plan -> ops -> spec
 
-``robusta.errors`` sits under everything. An import a rule forbids is allowed only when
-:data:`EXCEPTIONS` names it with the reason.
+``api`` and ``serving`` are siblings (neither imports the other), ``serving`` and ``store``
+import no engine, ``workspace`` sits beside ``store`` (stores take config pieces, not the
+workspace), and ``robusta.errors`` is under everything. An import a rule forbids is allowed
+only where :data:`EXCEPTIONS` names it with the reason.
 """
 
 from __future__ import annotations
