@@ -4,7 +4,8 @@ Every module under ``robusta/`` is parsed (``ast``, function-local imports inclu
 ``robusta.*`` import is checked against the layers its own layer may use (:data:`ALLOWED`,
 docs/architecture.md "The house"):
 
-    cli -> demo -> api | serving -> jobs -> engine -> store -> workspace -> plan -> ops -> spec
+    cli -> demo -> api | serving -> jobs -> engine -> store -> plan -> ops -> spec
+                   (api, serving and jobs also use workspace, which uses plan and spec)
 
 ``api`` and ``serving`` are siblings (neither imports the other), ``serving`` and ``store``
 import no engine, ``workspace`` sits beside ``store`` (stores take config pieces, not the
