@@ -43,7 +43,9 @@ def _project(root: Path) -> Path:
     """The demo project with a few generated events (no `robusta demo` run)."""
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         pytest.skip("no Java 17+ found")
-    shutil.copy(REPO / "robusta.yaml", root / "robusta.yaml")
+    # On the Spark engine: what these tests check is Spark's console output and its stop.
+    config = (REPO / "robusta.yaml").read_text()
+    (root / "robusta.yaml").write_text(f"{config}engine: spark\n")
     shutil.copytree(REPO / "feature_defs", root / "feature_defs")
     events = generate_events(
         GeneratorConfig(seed=3, days=2, events_per_day=2000, users=50, items=80, channels=5)
