@@ -1,6 +1,6 @@
 """Benchmark: `robusta materialize` end to end vs hand-written Spark aggregations.
 
-Generates N events (robusta.datagen), then in one Spark session, on the same Parquet input:
+Generates N events (robusta.demo.datagen), then in one Spark session, on the same Parquet input:
 
 - robusta: the demo project's four specs (all 14 operators), read -> transform -> finest tiles
   -> rollups -> Parquet -> one Iceberg commit per table;
