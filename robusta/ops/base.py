@@ -17,6 +17,10 @@ Hooks, in the order data meets them:
   (decode, ``merge_segments``, ``finalize``); operators override it with a scalar fold where
   numpy calls would cost more than their few values, tested bit-identical to the default.
 - ``to_arrow`` / ``from_arrow``: the stored IR format (``ir_type``).
+- ``build_arrow`` / ``merge_arrow``: the tile builders' entry points, stored IRs in and out
+  (``to_arrow`` of ``build`` / ``merge_segments``). Operators whose state is a Python object
+  per row (lists, counters) override them with a columnar computation over Arrow, tested
+  bit-identical to the definition; everything else uses the state path.
 - ``spark_build`` / ``spark_merge``: Spark SQL aggregate expressions (text; no pyspark here)
   that build an IR from rows and merge IRs, producing exactly ``ir_type``.
 """
@@ -35,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from robusta.errors import OperatorError
-from robusta.ops.values import Array, primitive_view, to_numpy
+from robusta.ops.values import Array, primitive_view, to_arrow_type, to_numpy
 from robusta.spec.datatypes import DataType
 
 State = tuple[Array, ...]
@@ -163,6 +167,14 @@ class Operator(ABC):
         """IRs of contiguous groups of events (``offsets`` as in ``merge_segments``)."""
         return self.merge_segments(self.lift(ts, values), offsets)
 
+    def build_arrow(self, ts: Array, values: pa.Array | None, offsets: Array) -> pa.Array:
+        """``to_arrow(build(ts, values, offsets))``: the stored IRs of groups of events."""
+        return self.to_arrow(self.build(ts, values, offsets))
+
+    def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
+        """``to_arrow(merge_segments(from_arrow(column), offsets))``: stored IRs merged."""
+        return self.to_arrow(self.merge_segments(self.from_arrow(column), offsets))
+
     # ---- spark hooks ----------------------------------------------------------------------
     @abstractmethod
     def spark_build(self, value: str, ts: str) -> str:
@@ -174,11 +186,18 @@ class Operator(ABC):
 
     # ---- helpers for subclasses -----------------------------------------------------------
     def _values(self, values: pa.Array | None, n: int) -> tuple[Array, Array]:
+        return to_numpy(self._checked(values, n), self.input_type)
+
+    def _arrow_values(self, values: pa.Array | None, n: int) -> pa.Array:
+        """The input as one Arrow array of the input type (what ``to_numpy`` reads)."""
+        return to_arrow_type(self._checked(values, n), self.input_type)
+
+    def _checked(self, values: pa.Array | None, n: int) -> pa.Array:
         if values is None:
             raise OperatorError(f"{self.name} needs an input column")
         if len(values) != n:
             raise OperatorError(f"{self.name}: {len(values)} values for {n} timestamps")
-        return to_numpy(values, self.input_type)
+        return values
 
 
 def take(state: State, index: Array) -> State:
@@ -283,8 +302,8 @@ def reduce_segments(ufunc: np.ufunc, values: Array, offsets: Array, identity: An
     starts, lengths = offsets[:-1], np.diff(offsets)
     out = np.full(len(lengths), identity, dtype=values.dtype)
     filled = lengths > 0
-    if filled.any():
-        out[filled] = ufunc.reduceat(values, starts[filled])
+    if filled.any():  # reduceat's last segment runs to the end: cut the rows after the last
+        out[filled] = ufunc.reduceat(values[: offsets[-1]], starts[filled])
     return out
 
 

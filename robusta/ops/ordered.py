@@ -24,9 +24,14 @@ from robusta.ops.values import (
     TS_TYPE,
     Array,
     from_numpy,
+    has_nan,
+    list_items,
     list_of_pairs,
+    lists_of,
     placeholders,
     python_value,
+    rank_in_segments,
+    segment_ids,
     struct_fields,
     to_numpy,
 )
@@ -241,6 +246,55 @@ class _EdgeN(Operator):
         merged = list(heapq.merge(x, y))
         return tuple(merged[: self.n]) if self.want_least else tuple(merged[-self.n :])
 
+    def build_arrow(self, ts: Array, values: pa.Array | None, offsets: Array) -> pa.Array:
+        """Columnar ``build``: the events of all segments sorted by (segment, ts, value)
+        at once, each segment's first or last n kept (the fold keeps exactly those)."""
+        column = self._arrow_values(values, len(ts))
+        bounds = np.asarray(offsets, dtype=np.int64)
+        if len(bounds) <= 1 or has_nan(column):
+            return super().build_arrow(ts, values, offsets)
+        lo, hi = int(bounds[0]), int(bounds[-1])
+        inside = column.slice(lo, hi - lo)
+        times = np.asarray(ts, dtype=np.int64)[lo:hi]
+        segments = segment_ids(bounds)
+        if inside.null_count:
+            valid = np.asarray(inside.is_valid(), dtype=np.bool_)
+            segments, times = segments[valid], times[valid]
+            inside = inside.filter(pa.array(valid))
+        return self._kept(segments, times, inside, len(bounds) - 1)
+
+    def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
+        """Columnar ``merge_segments``: the items of all segments' IRs sorted at once."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        if len(bounds) <= 1:
+            return super().merge_arrow(column, offsets)
+        rows = column.slice(int(bounds[0]), int(bounds[-1] - bounds[0]))
+        owner, items = list_items(rows)
+        pairs = struct_fields(items)
+        value = pairs["value"].cast(self.input_type.arrow())
+        if has_nan(value) or pairs["ts"].null_count or value.null_count:
+            return super().merge_arrow(column, offsets)
+        times = np.asarray(pairs["ts"].cast(TS_TYPE).cast(pa.int64()), dtype=np.int64)
+        return self._kept(segment_ids(bounds)[owner], times, value, len(bounds) - 1)
+
+    def _kept(self, segments: Array, times: Array, values: pa.Array, n: int) -> pa.Array:
+        """The ``n`` segments' IRs (as ``to_arrow`` writes them) from (segment, ts, value)."""
+        table = pa.table({"s": pa.array(segments, pa.int64()), "t": times, "v": values})
+        ordered = table.sort_by([("s", "ascending"), ("t", "ascending"), ("v", "ascending")])
+        segment = np.asarray(ordered.column("s").to_numpy(), dtype=np.int64)
+        rank, sizes = rank_in_segments(segment, n)
+        keep = rank < self.n if self.want_least else rank >= sizes[segment] - self.n
+        kept = pa.array(np.flatnonzero(keep), pa.int64())
+        pairs = pa.StructArray.from_arrays(
+            [
+                ordered.column("t").take(kept).combine_chunks().cast(TS_TYPE),
+                ordered.column("v").take(kept).combine_chunks(),
+            ],
+            names=["ts", "value"],
+        )
+        per_segment = np.bincount(segment[keep], minlength=n)
+        return lists_of(pairs, per_segment, null_when_empty=True).cast(self.ir_type)
+
     def finalize(self, state: State) -> pa.Array:
         rows: list[list[Any] | None] = []
         for items in state[0]:
@@ -260,15 +314,11 @@ class _EdgeN(Operator):
     def to_arrow(self, state: State) -> pa.Array:
         """The lists built from flat columns (one cast per column, not per value)."""
         counts = np.fromiter((len(items) for items in state[0]), np.int64, len(state[0]))
-        offsets = np.zeros(len(counts) + 1, np.int32)
-        np.cumsum(counts, out=offsets[1:])
         flat = [pair for items in state[0] for pair in items]
         ts = pa.array([t for t, _ in flat], pa.int64()).cast(TS_TYPE)
         values = _typed_values([v for _, v in flat], self.input_type)
         pairs = pa.StructArray.from_arrays([ts, values], names=["ts", "value"])
-        empty = pa.array(counts == 0, pa.bool_())
-        lists = pa.ListArray.from_arrays(pa.array(offsets), pairs, mask=empty)
-        return lists.cast(self.ir_type)
+        return lists_of(pairs, counts, null_when_empty=True).cast(self.ir_type)
 
     def _value(self, value: Any) -> Any:
         return python_value(value, self.input_type)
