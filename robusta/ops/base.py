@@ -21,6 +21,9 @@ Hooks, in the order data meets them:
   (``to_arrow`` of ``build`` / ``merge_segments``). Operators whose state is a Python object
   per row (lists, counters) override them with a columnar computation over Arrow, tested
   bit-identical to the definition; everything else uses the state path.
+- ``window_values(column, picks, offsets)``: the assembler's entry point for operators with
+  ``columnar_windows``: final values of windows of picked stored IRs, ``finalize`` of
+  ``merge_segments`` over ``from_arrow(column)[picks]``, computed over Arrow.
 - ``spark_build`` / ``spark_merge``: Spark SQL aggregate expressions (text; no pyspark here)
   that build an IR from rows and merge IRs, producing exactly ``ir_type``.
 """
@@ -71,6 +74,7 @@ class Operator(ABC):
     needs_input: ClassVar[bool] = True
     exact: ClassVar[bool] = True
     param_specs: ClassVar[tuple[Param, ...]] = ()
+    columnar_windows: ClassVar[bool] = False  # the assembler calls ``window_values``
 
     def __init__(
         self, input_type: DataType = DataType.UNKNOWN, params: Mapping[str, Any] | None = None
@@ -174,6 +178,12 @@ class Operator(ABC):
     def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
         """``to_arrow(merge_segments(from_arrow(column), offsets))``: stored IRs merged."""
         return self.to_arrow(self.merge_segments(self.from_arrow(column), offsets))
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Final values of windows: window ``i`` merges the stored IRs ``column[picks[j]]``
+        for ``offsets[i] <= j < offsets[i + 1]``, in that (time) order."""
+        state = self.from_arrow(column.take(pa.array(picks, pa.int64())))
+        return self.finalize(self.merge_segments(state, offsets))
 
     # ---- spark hooks ----------------------------------------------------------------------
     @abstractmethod

@@ -277,6 +277,47 @@ class _EdgeN(Operator):
         times = np.asarray(pairs["ts"].cast(TS_TYPE).cast(pa.int64()), dtype=np.int64)
         return self._kept(segment_ids(bounds)[owner], times, value, len(bounds) - 1)
 
+    columnar_windows = True
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Columnar ``finalize(merge_segments(...))`` for the assembler. A window's tiles
+        cover disjoint, ascending times, so its first (last) n items lie in its first (last)
+        n non-empty tiles: only those are read. Windows whose tiles are not so ordered (not
+        from a tile table) take the definition."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        picks = np.asarray(picks, dtype=np.int64)
+        n = len(bounds) - 1
+        low, high, filled = _time_range(column)
+        segment = segment_ids(bounds)
+        used = filled[picks]
+        picked, segment = picks[used], segment[used]
+        same = segment[1:] == segment[:-1]
+        if np.any(same & (high[picked[:-1]] >= low[picked[1:]])):
+            return super().window_values(column, picks, offsets)
+        rank, sizes = rank_in_segments(segment, n)
+        near = rank < self.n if self.want_least else rank >= sizes[segment] - self.n
+        owner, items = list_items(column.take(pa.array(picked[near], pa.int64())))
+        pairs = struct_fields(items)
+        value = pairs["value"].cast(self.input_type.arrow())
+        if has_nan(value) or value.null_count or pairs["ts"].null_count:
+            return super().window_values(column, picks, offsets)
+        times = np.asarray(pairs["ts"].cast(TS_TYPE).cast(pa.int64()), dtype=np.int64)
+        return self._final(segment[near][owner], times, value, n)
+
+    def _final(self, segments: Array, times: Array, values: pa.Array, n: int) -> pa.Array:
+        """``finalize`` of the segments' merged IRs from (segment, ts, value) items: first_n
+        oldest first, last_n newest first, null for an empty window."""
+        table = pa.table({"s": pa.array(segments, pa.int64()), "t": times, "v": values})
+        direction = "ascending" if self.want_least else "descending"
+        ordered = table.sort_by([("s", "ascending"), ("t", direction), ("v", direction)])
+        segment = np.asarray(ordered.column("s").to_numpy(), dtype=np.int64)
+        rank, _ = rank_in_segments(segment, n)
+        keep = rank < self.n
+        kept = ordered.column("v").take(pa.array(np.flatnonzero(keep), pa.int64()))
+        per_segment = np.bincount(segment[keep], minlength=n)
+        lists = lists_of(kept.combine_chunks(), per_segment, null_when_empty=True)
+        return lists.cast(self.result_type)
+
     def _kept(self, segments: Array, times: Array, values: pa.Array, n: int) -> pa.Array:
         """The ``n`` segments' IRs (as ``to_arrow`` writes them) from (segment, ts, value)."""
         table = pa.table({"s": pa.array(segments, pa.int64()), "t": times, "v": values})
@@ -347,6 +388,23 @@ class LastN(_EdgeN):
     name = "last_n"
     summary = "values of the n events with the greatest (ts, value), newest first"
     want_least = False
+
+
+def _time_range(column: pa.Array) -> tuple[Array, Array, Array]:
+    """Per stored first_n / last_n IR: its least and greatest item time and whether it holds
+    any item (null and empty lists hold none)."""
+    owner, items = list_items(column)
+    times = struct_fields(items)["ts"].cast(TS_TYPE).cast(pa.int64()).fill_null(0)
+    times_np = np.asarray(times, dtype=np.int64)
+    counts = np.bincount(owner, minlength=len(column))
+    filled = counts > 0
+    low = np.zeros(len(column), dtype=np.int64)
+    high = np.zeros(len(column), dtype=np.int64)
+    if len(times_np):
+        starts = (np.cumsum(counts) - counts)[filled]  # items are grouped by owner, in order
+        low[filled] = np.minimum.reduceat(times_np, starts)
+        high[filled] = np.maximum.reduceat(times_np, starts)
+    return low, high, filled
 
 
 def _typed_values(values: list[Any], dtype: DataType) -> pa.Array:

@@ -277,6 +277,73 @@ class ApproxQuantile(Operator):
             out.append(float(items[min(i, len(items) - 1)]))
         return out
 
+    columnar_windows = True
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Columnar ``finalize(merge_segments(...))`` for the assembler: the retained items
+        and weights of every picked sketch read from its bytes once, pooled and ranked for
+        all windows at once; a window of one sketch asks it (``get_quantile``), as
+        :meth:`_quantiles` does."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        n = len(bounds) - 1
+        segment = segment_ids(bounds)
+        distinct, inverse = np.unique(np.asarray(picks, dtype=np.int64), return_inverse=True)
+        raw = binary_values(column, distinct.tolist())
+        parsed = [_kll_items(b) for b in raw]
+        present = np.fromiter((p is not None for p in parsed), np.bool_, len(parsed))
+        used = present[inverse.reshape(-1)]
+        tile, segment = inverse.reshape(-1)[used], segment[used]
+        parts = np.bincount(segment, minlength=n)
+        values = np.zeros((n, len(self.quantiles)), dtype=np.float64)
+        # One sketch: its own quantiles.
+        first = np.cumsum(parts) - parts
+        for s in np.flatnonzero(parts == 1).tolist():
+            sketch = ds.kll_doubles_sketch.deserialize(raw[int(tile[first[s]])])
+            values[s] = [float(sketch.get_quantile(q, True)) for q in self.quantiles]
+        # Several: the pooled weighted sample, KLL's inclusive rule.
+        pooled = parts[segment] >= 2
+        if pooled.any():
+            values[:] = self._pooled(parsed, tile[pooled], segment[pooled], values, n)
+        flat = pa.array(values.reshape(-1), pa.float64())
+        starts = pa.array(np.arange(0, (n + 1) * len(self.quantiles), len(self.quantiles)), pa.int32())
+        return pa.ListArray.from_arrays(starts, flat, mask=pa.array(parts == 0))
+
+    def _pooled(
+        self,
+        parsed: list[tuple[Array, Array] | None],
+        tile: Array,
+        segment: Array,
+        values: Array,
+        n: int,
+    ) -> Array:
+        sizes = np.fromiter((0 if p is None else len(p[0]) for p in parsed), np.int64, len(parsed))
+        items = np.concatenate([p[0] for p in parsed if p is not None])
+        weights = np.concatenate([p[1] for p in parsed if p is not None])
+        begin = np.cumsum(sizes) - sizes
+        lengths = sizes[tile]
+        owner = np.repeat(segment, lengths)
+        within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths
+        )
+        positions = np.repeat(begin[tile], lengths) + within
+        item, weight = items[positions], weights[positions]
+        order = np.lexsort((item, owner))  # stable: as the pooled argsort of each window
+        item, owner = item[order], owner[order]
+        cumulative = np.cumsum(weight[order])
+        count = np.bincount(owner, minlength=n)
+        end = np.cumsum(count)
+        start = end - count
+        base = np.where(start > 0, cumulative[np.maximum(start - 1, 0)], 0)
+        total = cumulative[np.maximum(end - 1, 0)] - base
+        out = values.copy()
+        windows = np.flatnonzero(count > 0)
+        for j, q in enumerate(self.quantiles):
+            target = base[windows] + np.ceil(q * total[windows]).astype(np.int64)
+            at = np.searchsorted(cumulative, target, side="left")
+            at = np.clip(at, start[windows], end[windows] - 1)
+            out[windows, j] = item[at]
+        return out
+
     def from_arrow(self, array: pa.Array) -> State:
         # Spark writes an empty sketch (not null) for a tile whose values are all null.
         sketches = [
@@ -302,6 +369,30 @@ class ApproxQuantile(Operator):
 
     def spark_merge(self, ir: str, order: str) -> str:
         return f"kll_merge_agg_double({ir}, {self.k})"
+
+
+def _kll_items(image: bytes | None) -> tuple[Array, Array] | None:
+    """(retained items, their weights) of a compact KLL doubles image, read from its bytes
+    (DataSketches layout: a 20-byte preamble, the level offsets, min and max, the items of
+    level 0 upwards, an item of level h weighing 2**h); None for no image or an empty one.
+    Other layouts are read through the library."""
+    if image is None:
+        return None
+    flags = image[3]
+    if flags & 1:  # empty
+        return None
+    if image[2] != 15 or image[0] != 5 or flags & 4:  # not the full compact layout
+        sketch = ds.kll_doubles_sketch.deserialize(image)
+        pairs = list(sketch)
+        return (
+            np.array([p[0] for p in pairs], dtype=np.float64),
+            np.array([p[1] for p in pairs], dtype=np.int64),
+        )
+    levels = np.frombuffer(image, "<u4", count=image[18], offset=20).astype(np.int64)
+    items = np.frombuffer(image, "<f8", offset=20 + 4 * len(levels) + 16)
+    bounds = np.append(levels - levels[0], len(items))
+    weights = np.repeat(np.left_shift(1, np.arange(len(levels), dtype=np.int64)), np.diff(bounds))
+    return items, weights
 
 
 Counts = tuple[tuple[Any, int], ...]  # (value, count) sorted by count desc, value asc
@@ -428,6 +519,28 @@ class TopK(Operator):
         value = pairs["value"].cast(self.input_type.arrow())
         segments = segment_ids(bounds)[owner]
         return self._stored(totals, self._cut(segments, value, counts.astype(np.int64), n))
+
+    @property
+    def columnar_windows(self) -> bool:  # type: ignore[override]
+        return self.input_type in _COLUMNAR_TYPES
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Columnar ``finalize(merge_segments(...))`` for the assembler: every window's
+        summaries merged at once (:meth:`_cut`), then its k first values."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        n = len(bounds) - 1
+        merged = self.merge_arrow(column.take(pa.array(picks, pa.int64())), bounds)
+        fields = struct_fields(merged)
+        totals = np.asarray(pc.fill_null(fields["total"], 0), dtype=np.int64)
+        owner, items = list_items(fields["items"])
+        rank, _ = rank_in_segments(owner, n)
+        top = pa.array(np.flatnonzero(rank < self.k), pa.int64())
+        per_segment = np.bincount(owner[rank < self.k], minlength=n)
+        lists = lists_of(items.take(top), per_segment, null_when_empty=False)
+        mask = pa.array(totals == 0)
+        return pa.ListArray.from_arrays(lists.offsets, lists.values, mask=mask).cast(
+            self.result_type
+        )
 
     def _cut(self, segments: Array, values: pa.Array, counts: Array, n: int) -> pa.Array:
         """The ``n`` segments' summaries (as ``to_arrow`` writes them) from (segment, value,

@@ -122,3 +122,79 @@ def test_reduce_segments_stops_at_the_last_offset() -> None:
 
     sums = reduce_segments(np.add, np.array([1, 2, 4, 8]), np.array([0, 1, 2]), 0)
     assert sums.tolist() == [1, 2]
+
+
+@st.composite
+def windows(draw: st.DrawFn, tiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of tiles in ascending tile order (as the assembler picks them), some empty."""
+    picks: list[int] = []
+    offsets = [0]
+    for _ in range(draw(st.integers(1, 6))):
+        start = draw(st.integers(0, tiles))
+        length = draw(st.integers(0, tiles - start))
+        picks += range(start, start + length)
+        offsets.append(len(picks))
+    return np.asarray(picks, np.int64), np.asarray(offsets, np.int64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), DTYPES, st.sampled_from(["top_k", "first_n", "last_n"]), st.integers(1, 4))
+def test_window_values_equal_the_definition(
+    data: st.DataObject, dtype: DataType, name: str, size: int
+) -> None:
+    """Tiles of disjoint, ascending times (one per 10 s, events inside), windows of them."""
+    op = operator(name, dtype, size)
+    values, times, offsets = data.draw(events(dtype))
+    times = times + 10 * segment_of(offsets, len(times))  # tile i holds times 10i .. 10i + 4
+    tiles = op.to_arrow(op.build(times, values, offsets)).cast(op.ir_type)
+    picks, bounds = data.draw(windows(len(tiles)))
+    fast = op.window_values(tiles, picks, bounds)
+    slow = op.finalize(op.merge_segments(op.from_arrow(tiles.take(pa.array(picks))), bounds))
+    assert fast.type == slow.type
+    assert bits(fast.to_pylist()) == bits(slow.to_pylist())
+
+
+def test_window_values_of_overlapping_tiles_take_the_definition() -> None:
+    op = make_operator("first_n", DataType.STRING, {"n": 1})
+    tiles = op.to_arrow(op.build(np.array([5, 1]), pa.array(["late", "early"]), np.array([0, 1, 2])))
+    got = op.window_values(tiles, np.array([0, 1]), np.array([0, 2]))
+    assert got.to_pylist() == [["early"]]  # the second tile holds the earlier event
+
+
+def segment_of(offsets: np.ndarray, n: int) -> np.ndarray:
+    """Each row's segment (rows before the first offset: segment 0)."""
+    return np.maximum(np.searchsorted(offsets, np.arange(n), side="right") - 1, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=1500), st.sampled_from([8, 20, 200]))
+def test_kll_images_read_as_the_library_iterates_them(values: list[float], k: int) -> None:
+    import datasketches
+
+    from robusta.ops.sketches import _kll_items
+
+    sketch = datasketches.kll_doubles_sketch(k)
+    for v in values:
+        sketch.update(v)
+    parsed = _kll_items(sketch.serialize())
+    if not values:
+        assert parsed is None
+        return
+    assert parsed is not None
+    assert sorted(zip(parsed[0].tolist(), parsed[1].tolist())) == sorted(list(sketch))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.lists(st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.95, 1.0]), min_size=1, max_size=3))
+def test_quantile_window_values_equal_the_definition(data: st.DataObject, qs: list[float]) -> None:
+    op = make_operator("approx_quantile", DataType.DOUBLE, {"q": qs, "k": 8})
+    lengths = data.draw(st.lists(st.integers(0, 40), min_size=1, max_size=8))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    values = pa.array(data.draw(st.lists(st.none() | st.floats(-50, 50), min_size=n, max_size=n)), pa.float64())
+    tiles = op.to_arrow(op.build(np.zeros(n, np.int64), values, offsets))
+    picks, bounds = data.draw(windows(len(tiles)))
+    fast = op.window_values(tiles, picks, bounds)
+    slow = op.finalize(op.merge_segments(op.from_arrow(tiles.take(pa.array(picks))), bounds))
+    assert fast.type == slow.type
+    assert bits(fast.to_pylist()) == bits(slow.to_pylist())
