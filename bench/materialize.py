@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robusta.datagen import GeneratorConfig, generate_events, write_events
-from robusta.plan.model import BaseFeature, SpecPlan, TileGroup
+from robusta.plan.model import BaseFeature, TileGroup
 from robusta.workspace import Workspace, load_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,10 +120,12 @@ def duckdb_ir(feature: BaseFeature, ts: str) -> str:
     if name == "first_n":
         return f"list({event} ORDER BY {ts}, {x}) FILTER (WHERE {x} IS NOT NULL)[1:{n}]"
     if name == "last_n":
-        return f"list({event} ORDER BY {ts} DESC, {x} DESC) FILTER (WHERE {x} IS NOT NULL)[1:{n}]"
+        ordered = f"ORDER BY {ts} DESC, {x} DESC"
+        return f"list({event} {ordered}) FILTER (WHERE {x} IS NOT NULL)[1:{n}]"
     if name == "top_k":
         k = op.params["k"]
-        counted = f"list_transform(map_entries(histogram({x})), lambda e: {{'c': -CAST(e.value AS BIGINT), 'v': e.key}})"
+        entry = "{'c': -CAST(e.value AS BIGINT), 'v': e.key}"
+        counted = f"list_transform(map_entries(histogram({x})), lambda e: {entry})"
         ranked = f"list_sort({counted})[1:{k}]"
         return f"list_transform({ranked}, lambda e: {{'value': e.v, 'count': -e.c}})"
     if name == "approx_distinct":
@@ -147,7 +149,8 @@ def duckdb_tiles(workspace: Workspace, out: Path) -> dict[str, dict[str, int]]:
     out.mkdir(parents=True)
     for plan in workspace.plan.specs:
         for source in plan.spec.sources:
-            con.execute(f'CREATE OR REPLACE VIEW "{source}" AS {source_sql(config.sources[source])}')
+            view = source_sql(config.sources[source])
+            con.execute(f'CREATE OR REPLACE VIEW "{source}" AS {view}')
         ts = f'"{plan.spec.timestamp}"'
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW events AS SELECT *, epoch_us({ts}) AS __us "
@@ -262,12 +265,12 @@ def agree(feature: BaseFeature, ours: Any, theirs: Any, events: int) -> None:
     name = feature.op.name
     where = (feature.name, ours, theirs)
     if name in ("avg", "variance", "stddev") and theirs is not None:
-        count, mean, m2 = (theirs.get(f) for f in ("count", "mean", "m2"))
+        count, m2 = theirs.get("count"), theirs.get("m2")
         if name == "avg":
             want = None if not theirs["count"] else theirs["sum"] / theirs["count"]
         else:
             variance = m2 / (count - 1) if count >= 2 else None  # sample variance
-            want = None if variance is None else math.sqrt(variance) if name == "stddev" else variance
+            want = variance if variance is None or name == "variance" else math.sqrt(variance)
         close(ours, want, where)
     elif name in ("first", "last"):
         assert ours == (None if theirs is None else theirs["value"]), where
@@ -298,7 +301,10 @@ def close(a: float | None, b: float | None, where: object) -> None:
     assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), where
 
 
-def check_counts(name: str, got: dict[str, dict[str, int]], want: dict[str, dict[str, int]]) -> None:
+Counts = dict[str, dict[str, int]]  # table -> granularity -> tiles
+
+
+def check_counts(name: str, got: Counts, want: Counts) -> None:
     assert got == want, f"{name}: tiles per table and granularity differ: {got} != {want}"
 
 
@@ -343,7 +349,9 @@ def main() -> None:
     try:
         days = 14
         events = generate_events(
-            GeneratorConfig(days=days, users=20_000, items=50_000, events_per_day=args.events // days)
+            GeneratorConfig(
+                days=days, users=20_000, items=50_000, events_per_day=args.events // days
+            )
         )
         write_events(events, root / "events", "parquet")
         n = events.num_rows
@@ -375,7 +383,9 @@ def main() -> None:
             console.print(f"  {results[name][0]:.1f} s")
         for name in chosen:
             check_counts(name, tiles[name], tiles["embedded"])
-        compared = check_duckdb(workspaces["embedded"], root / "duckdb" / "out") if "duckdb" in chosen else 0
+        compared = 0
+        if "duckdb" in chosen:
+            compared = check_duckdb(workspaces["embedded"], root / "duckdb" / "out")
         if "spark" in chosen:
             check_spark_tiles(workspaces["embedded"], workspaces["spark"])
         if spark is not None:
@@ -383,6 +393,12 @@ def main() -> None:
         print_results(console, args, n, results, tiles["embedded"], compared)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _ratio(same: bool, ratio: float) -> str:
+    if same:
+        return "-"
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
 LABELS = {
@@ -412,13 +428,13 @@ def print_results(
             LABELS[name],
             f"{seconds:.1f}",
             f"{n / seconds:,.0f}",
-            "-" if name == "embedded" else f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower",
+            _ratio(name == "embedded", ratio),
             f"{peak:,} / {jvm:,}" if jvm else f"{peak:,}",
         )
     console.print(table)
     console.print(f"tiles: {sum(sum(t.values()) for t in tiles.values()):,} ({tiles})")
     if compared:
-        console.print(f"checked: tile counts of every contender; {compared:,} sampled tiles vs DuckDB")
+        console.print(f"checked: tile counts of all, {compared:,} sampled tiles vs DuckDB")
     console.print(f"load average after: {load_average()}")
     console.print(
         f"command: bench/materialize.py --events {args.events} --spec {args.spec} "

@@ -34,10 +34,8 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import resource
 import shutil
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -328,6 +326,13 @@ def robusta_frame(root: Path, out: Path, engine: str) -> None:
         frame.write.mode("overwrite").parquet(str(out))
 
 
+def prepare(root: Path, engine: str) -> None:
+    from robusta.materialize import materialize
+    from robusta.workspace import load_workspace
+
+    materialize(load_workspace(root / "robusta.yaml").require_valid(), rebuild=True, engine=engine)
+
+
 def robusta_end_to_end(root: Path, out: Path, engine: str) -> None:
     from robusta.materialize import materialize
     from robusta.workspace import load_workspace
@@ -434,13 +439,13 @@ def agree(contender: str, op: str, params: dict[str, Any], a: Any, b: Any, where
         # coarser HLL; each within 3 sigma of its error.
         slack = 0.2 if contender.startswith("DuckDB") else 0.06
         assert abs((a or 0) - (b or 0)) <= max(3, slack * (a or 0)), where
-    elif op in ("sum", "avg", "variance", "stddev") and a is not None and b is not None:  # noqa: E501
+    elif op in ("sum", "avg", "variance", "stddev") and a is not None and b is not None:
         tolerance = 1e-6 if op in ("variance", "stddev") else 1e-9
         assert math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-6), where
     elif op == "top_k" and contender.startswith("DuckDB"):
         # Misra-Gries (capacity 64) against exact counts: each count within N / 65 of its
         # value's exact count, and the values are among the most frequent.
-        exact = dict((e["key"], e["value"]) for e in b) if b else {}
+        exact = {e["key"]: e["value"] for e in b} if b else {}
         assert (a is None) == (not exact), where
         total = sum(exact.values())
         for item in a or []:
@@ -477,7 +482,7 @@ def print_results(
             name,
             f"{seconds:.1f}",
             f"{args.rows / seconds:,.0f}",
-            "-" if name == reference else f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower",
+            _ratio(name == reference, ratio),
             f"{peak:,} / {jvm:,}" if jvm else f"{peak:,}",
         )
     for name, jvm in timed_out.items():
@@ -497,6 +502,12 @@ def print_results(
 
 
 ENGINES = ("embedded", "spark", "duckdb", "spark-sql")
+
+
+def _ratio(same: bool, ratio: float) -> str:
+    if same:
+        return "-"
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
 def contenders(
@@ -519,7 +530,7 @@ def contenders(
     return runs
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915
     parser = argparse.ArgumentParser(description="PIT join benchmark")
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -527,7 +538,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--spec", choices=sorted(SPECS), default="full")
     parser.add_argument(
-        "--engines", default="embedded,spark,duckdb", help=f"comma-separated, of {', '.join(ENGINES)}"
+        "--engines",
+        default="embedded,spark,duckdb",
+        help=f"comma-separated, of {', '.join(ENGINES)}",
     )
     parser.add_argument("--skip", default="", help="comma-separated contenders to skip")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
@@ -561,6 +574,10 @@ def main() -> None:
         for name, run in contenders(root, spark, engines, features).items():
             if name in skip:
                 continue
+            engine = name.split()[0]
+            if name.endswith("from tiles") and f"{engine} end to end" not in results:
+                console.print(f"materializing on {engine} first (not timed) ...")
+                prepare(root, engine)
             out = root / "out" / name.replace(" ", "_")
             console.print(f"running {name} ... (load average {load_average()})")
             jvm.take()

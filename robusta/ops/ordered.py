@@ -93,7 +93,8 @@ class _Edge(Operator):
         best = reduce_segments(ufunc, np.where(valid, ts, worst), offsets, worst)
         segment = np.repeat(np.arange(len(lengths)), lengths)
         winners = np.flatnonzero(valid & (ts == best[segment]))
-        if len(np.unique(segment[winners])) != len(winners):
+        owners = segment[winners]  # ascending: a tie is a repeated neighbour
+        if np.any(owners[1:] == owners[:-1]):
             return fold_segments(self, state, offsets)
         out = self.empty(len(lengths))
         for column, source in zip(out, state, strict=True):

@@ -497,7 +497,7 @@ def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Pa
     return [path for _, path in jobs]
 
 
-_WRITERS = 1  # threads writing tile files (file creation is most of a small file's cost)
+_WRITERS = 4  # threads writing tile files (file creation is most of a small file's cost)
 
 
 def _month(code: int) -> str:
