@@ -83,7 +83,7 @@ FULL: dict[str, FeatureDef] = {
 }
 SPECS = {"five": FIVE, "full": FULL}
 # The five-op spec's names for the Spark SQL contenders.
-WINDOWS = {w: m for w, m in WINDOW_MICROS.items() if w in ("1h", "1d", "7d", "30d")}
+WINDOWS = {"1h": 60 * MIN, "1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 OPS = ("count", "sum", "max", "last", "distinct")
 NAMES = {"count": "n", "sum": "spend", "max": "top", "last": "last_item", "distinct": "items"}
 

@@ -18,6 +18,7 @@ from robusta.ops.base import (
     picked_validity,
     picked_values,
     reduce_segments,
+    take,
 )
 from robusta.ops.params import int_between
 from robusta.ops.values import (
@@ -83,22 +84,31 @@ class _Edge(Operator):
 
     def merge_segments(self, state: State, offsets: Array) -> State:
         """The winner of each segment directly: the tiles of a window cover disjoint times,
-        so the least / greatest timestamp is unique and equals what the fold picks; a
-        segment with a timestamp tie (not from tiles) takes the fold."""
+        so the least / greatest timestamp is unique and equals what the fold picks; the
+        segments with a timestamp tie (events of one tile) take the fold, on their own."""
         valid, ts, _ = state
         offsets = np.asarray(offsets, dtype=np.int64)
         lengths = np.diff(offsets)
         info = np.iinfo(np.int64)
         ufunc, worst = (np.minimum, info.max) if self.want_least else (np.maximum, info.min)
         best = reduce_segments(ufunc, np.where(valid, ts, worst), offsets, worst)
-        segment = np.repeat(np.arange(len(lengths)), lengths)
-        winners = np.flatnonzero(valid & (ts == best[segment]))
+        segment = np.full(len(ts), -1, dtype=np.int64)
+        segment[offsets[0] : offsets[-1]] = np.repeat(np.arange(len(lengths)), lengths)
+        winners = np.flatnonzero(valid & (segment >= 0) & (ts == best[segment]))
         owners = segment[winners]  # ascending: a tie is a repeated neighbour
-        if np.any(owners[1:] == owners[:-1]):
-            return fold_segments(self, state, offsets)
+        repeated = np.flatnonzero(owners[1:] == owners[:-1])
+        tied = np.unique(owners[repeated])
+        winners = winners[~np.isin(owners, tied)]
         out = self.empty(len(lengths))
         for column, source in zip(out, state, strict=True):
             column[segment[winners]] = source[winners]
+        if len(tied):
+            sizes = lengths[tied]
+            inner = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            rows = np.repeat(offsets[tied] - inner[:-1], sizes) + np.arange(int(inner[-1]))
+            folded = fold_segments(self, take(state, rows), inner)
+            for column, source in zip(out, folded, strict=True):
+                column[tied] = source
         return out
 
     def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:

@@ -305,7 +305,8 @@ class ApproxQuantile(Operator):
         if pooled.any():
             values[:] = self._pooled(parsed, tile[pooled], segment[pooled], values, n)
         flat = pa.array(values.reshape(-1), pa.float64())
-        starts = pa.array(np.arange(0, (n + 1) * len(self.quantiles), len(self.quantiles)), pa.int32())
+        width = len(self.quantiles)
+        starts = pa.array(np.arange(0, (n + 1) * width, width), pa.int32())
         return pa.ListArray.from_arrays(starts, flat, mask=pa.array(parts == 0))
 
     def _pooled(
