@@ -172,12 +172,33 @@ class Operator(ABC):
         return self.merge_segments(self.lift(ts, values), offsets)
 
     def build_arrow(self, ts: Array, values: pa.Array | None, offsets: Array) -> pa.Array:
-        """``to_arrow(build(ts, values, offsets))``: the stored IRs of groups of events."""
-        return self.to_arrow(self.build(ts, values, offsets))
+        """``to_arrow(build(ts, values, offsets))``: the stored IRs of groups of events, built
+        a bounded number of segments at a time (segments are independent), so Python states
+        (sketch objects) never exist for every tile of a large build at once."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        if len(bounds) - 1 <= _CHUNK_SEGMENTS:
+            return self.to_arrow(self.build(ts, values, bounds))
+        if values is not None:
+            self._checked(values, len(ts))
+        parts = []
+        for lo in range(0, len(bounds) - 1, _CHUNK_SEGMENTS):
+            cut = bounds[lo : lo + _CHUNK_SEGMENTS + 1]
+            first, last = int(cut[0]), int(cut[-1])
+            chunk = None if values is None else values.slice(first, last - first)
+            parts.append(self.to_arrow(self.build(ts[first:last], chunk, cut - first)))
+        return pa.concat_arrays(parts)
 
     def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
-        """``to_arrow(merge_segments(from_arrow(column), offsets))``: stored IRs merged."""
-        return self.to_arrow(self.merge_segments(self.from_arrow(column), offsets))
+        """``to_arrow(merge_segments(from_arrow(column), offsets))``: stored IRs merged, a
+        bounded number of segments at a time (see :meth:`build_arrow`)."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        parts = []
+        for lo in range(0, max(len(bounds) - 1, 1), _CHUNK_SEGMENTS):
+            cut = bounds[lo : lo + _CHUNK_SEGMENTS + 1]
+            first, last = int(cut[0]), int(cut[-1])
+            state = self.from_arrow(column.slice(first, last - first))
+            parts.append(self.to_arrow(self.merge_segments(state, cut - first)))
+        return pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
 
     def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
         """Final values of windows: window ``i`` merges the stored IRs ``column[picks[j]]``
@@ -245,6 +266,7 @@ def fold_segments(op: Operator, state: State, offsets: Array) -> State:
     return take(acc, inverse)
 
 
+_CHUNK_SEGMENTS = 1 << 16  # segments per build_arrow / merge_arrow step of the state path
 _MATRIX_CELLS = 1 << 22  # cells of one padded block in sequential_sums (32 MiB of float64)
 
 

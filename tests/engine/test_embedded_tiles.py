@@ -368,3 +368,29 @@ def test_constructs_that_differ_in_duckdb(engines: Any, name: str) -> None:
     """Known differences, asserted so a fix (or a sqlglot upgrade) is noticed."""
     mine, theirs = _compare(engines, DIFFERENT[name])
     assert not _rows_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_a_build_in_key_shares_gives_the_same_tiles(
+    project: Project,
+    query_rows: pa.Table,
+    built: dict[str, tuple[pa.Table, TileCounts]],
+    table: str,
+) -> None:
+    """Large builds go a share of the key buckets at a time (bounded memory): the shares'
+    tiles and counts together are the one-pass build's."""
+    from robusta.engine.embedded.job import added, by_key_share
+
+    plan, group = spec_plan(project), tile_group(project, table)
+    parts = [build_tiles(rows, plan, group) for rows in by_key_share(query_rows, group, 3)]
+    assert len(parts) == 3 and all(p[0].num_rows for p in parts)
+    counts = parts[0][1]
+    for _, more in parts[1:]:
+        counts = added(counts, more)
+    whole, want = built[table]
+    assert counts == want
+    tiles, whole = _ordered(pa.concat_tables([p[0] for p in parts]), group), _ordered(whole, group)
+    kll = {f.ir_column for f in group.features if f.op.name == "approx_quantile"}  # randomized
+    for name in tiles.column_names:
+        if name not in kll:
+            assert tiles.column(name).equals(whole.column(name)), name

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +201,27 @@ def test_quantile_window_values_equal_the_definition(data: st.DataObject, qs: li
     slow = op.finalize(op.merge_segments(op.from_arrow(tiles.take(pa.array(picks))), bounds))
     assert fast.type == slow.type
     assert bits(fast.to_pylist()) == bits(slow.to_pylist())
+
+
+@pytest.mark.parametrize("name", ["sum", "avg", "first", "approx_distinct", "top_k", "last_n"])
+def test_state_path_in_chunks_equals_one_pass(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_arrow / merge_arrow of the state path work a few segments at a time (bounded
+    memory); the stored IRs are those of one pass."""
+    from robusta.ops import base
+
+    rng = np.random.default_rng(5)
+    dtype = DataType.DOUBLE if name in ("sum", "avg") else DataType.STRING
+    op = make_operator(name, dtype, {})
+    lengths = rng.integers(0, 6, 50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    times = rng.integers(0, 4, n).astype(np.int64)
+    if dtype is DataType.DOUBLE:
+        values = pa.array(rng.standard_normal(n))
+    else:
+        values = pa.array([f"v{i}" for i in rng.integers(0, 9, n)])
+    whole = base.Operator.build_arrow(op, times, values, offsets)
+    merged = base.Operator.merge_arrow(op, whole, np.array([0, 7, 7, 30, 50]))
+    monkeypatch.setattr(base, "_CHUNK_SEGMENTS", 3)
+    assert base.Operator.build_arrow(op, times, values, offsets).equals(whole)
+    assert base.Operator.merge_arrow(op, whole, np.array([0, 7, 7, 30, 50])).equals(merged)
