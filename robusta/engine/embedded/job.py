@@ -23,7 +23,7 @@ SHARE_ROWS = 2_000_000  # events per share of key buckets in one build (bounds i
 
 
 def _shares(events: pa.Table, group: TileGroup) -> int:
-    return max(1, min(group.layout.key_buckets, -(-events.num_rows // SHARE_ROWS)))
+    return max(1, min(group.layout.key_buckets, -(-int(events.num_rows) // SHARE_ROWS)))
 
 
 def _bucket_of(table: pa.Table, group: TileGroup) -> np.ndarray:
