@@ -17,6 +17,13 @@ Hooks, in the order data meets them:
   (decode, ``merge_segments``, ``finalize``); operators override it with a scalar fold where
   numpy calls would cost more than their few values, tested bit-identical to the default.
 - ``to_arrow`` / ``from_arrow``: the stored IR format (``ir_type``).
+- ``build_arrow`` / ``merge_arrow``: the tile builders' entry points, stored IRs in and out
+  (``to_arrow`` of ``build`` / ``merge_segments``). Operators whose state is a Python object
+  per row (lists, counters) override them with a columnar computation over Arrow, tested
+  bit-identical to the definition; everything else uses the state path.
+- ``window_values(column, picks, offsets)``: the assembler's entry point for operators with
+  ``columnar_windows``: final values of windows of picked stored IRs, ``finalize`` of
+  ``merge_segments`` over ``from_arrow(column)[picks]``, computed over Arrow.
 - ``spark_build`` / ``spark_merge``: Spark SQL aggregate expressions (text; no pyspark here)
   that build an IR from rows and merge IRs, producing exactly ``ir_type``.
 """
@@ -35,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from robusta.errors import OperatorError
-from robusta.ops.values import Array, primitive_view, to_numpy
+from robusta.ops.values import Array, primitive_view, to_arrow_type, to_numpy
 from robusta.spec.datatypes import DataType
 
 State = tuple[Array, ...]
@@ -67,6 +74,7 @@ class Operator(ABC):
     needs_input: ClassVar[bool] = True
     exact: ClassVar[bool] = True
     param_specs: ClassVar[tuple[Param, ...]] = ()
+    columnar_windows: ClassVar[bool] = False  # the assembler calls ``window_values``
 
     def __init__(
         self, input_type: DataType = DataType.UNKNOWN, params: Mapping[str, Any] | None = None
@@ -163,6 +171,41 @@ class Operator(ABC):
         """IRs of contiguous groups of events (``offsets`` as in ``merge_segments``)."""
         return self.merge_segments(self.lift(ts, values), offsets)
 
+    def build_arrow(self, ts: Array, values: pa.Array | None, offsets: Array) -> pa.Array:
+        """``to_arrow(build(ts, values, offsets))``: the stored IRs of groups of events, built
+        a bounded number of segments at a time (segments are independent), so Python states
+        (sketch objects) never exist for every tile of a large build at once."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        if len(bounds) - 1 <= _CHUNK_SEGMENTS:
+            return self.to_arrow(self.build(ts, values, bounds))
+        if values is not None:
+            self._checked(values, len(ts))
+        parts = []
+        for lo in range(0, len(bounds) - 1, _CHUNK_SEGMENTS):
+            cut = bounds[lo : lo + _CHUNK_SEGMENTS + 1]
+            first, last = int(cut[0]), int(cut[-1])
+            chunk = None if values is None else values.slice(first, last - first)
+            parts.append(self.to_arrow(self.build(ts[first:last], chunk, cut - first)))
+        return pa.concat_arrays(parts)
+
+    def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
+        """``to_arrow(merge_segments(from_arrow(column), offsets))``: stored IRs merged, a
+        bounded number of segments at a time (see :meth:`build_arrow`)."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        parts = []
+        for lo in range(0, max(len(bounds) - 1, 1), _CHUNK_SEGMENTS):
+            cut = bounds[lo : lo + _CHUNK_SEGMENTS + 1]
+            first, last = int(cut[0]), int(cut[-1])
+            state = self.from_arrow(column.slice(first, last - first))
+            parts.append(self.to_arrow(self.merge_segments(state, cut - first)))
+        return pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Final values of windows: window ``i`` merges the stored IRs ``column[picks[j]]``
+        for ``offsets[i] <= j < offsets[i + 1]``, in that (time) order."""
+        state = self.from_arrow(column.take(pa.array(picks, pa.int64())))
+        return self.finalize(self.merge_segments(state, offsets))
+
     # ---- spark hooks ----------------------------------------------------------------------
     @abstractmethod
     def spark_build(self, value: str, ts: str) -> str:
@@ -174,11 +217,18 @@ class Operator(ABC):
 
     # ---- helpers for subclasses -----------------------------------------------------------
     def _values(self, values: pa.Array | None, n: int) -> tuple[Array, Array]:
+        return to_numpy(self._checked(values, n), self.input_type)
+
+    def _arrow_values(self, values: pa.Array | None, n: int) -> pa.Array:
+        """The input as one Arrow array of the input type (what ``to_numpy`` reads)."""
+        return to_arrow_type(self._checked(values, n), self.input_type)
+
+    def _checked(self, values: pa.Array | None, n: int) -> pa.Array:
         if values is None:
             raise OperatorError(f"{self.name} needs an input column")
         if len(values) != n:
             raise OperatorError(f"{self.name}: {len(values)} values for {n} timestamps")
-        return to_numpy(values, self.input_type)
+        return values
 
 
 def take(state: State, index: Array) -> State:
@@ -216,6 +266,7 @@ def fold_segments(op: Operator, state: State, offsets: Array) -> State:
     return take(acc, inverse)
 
 
+_CHUNK_SEGMENTS = 1 << 16  # segments per build_arrow / merge_arrow step of the state path
 _MATRIX_CELLS = 1 << 22  # cells of one padded block in sequential_sums (32 MiB of float64)
 
 
@@ -283,8 +334,8 @@ def reduce_segments(ufunc: np.ufunc, values: Array, offsets: Array, identity: An
     starts, lengths = offsets[:-1], np.diff(offsets)
     out = np.full(len(lengths), identity, dtype=values.dtype)
     filled = lengths > 0
-    if filled.any():
-        out[filled] = ufunc.reduceat(values, starts[filled])
+    if filled.any():  # reduceat's last segment runs to the end: cut the rows after the last
+        out[filled] = ufunc.reduceat(values[: offsets[-1]], starts[filled])
     return out
 
 

@@ -18,15 +18,21 @@ from robusta.ops.base import (
     picked_validity,
     picked_values,
     reduce_segments,
+    take,
 )
 from robusta.ops.params import int_between
 from robusta.ops.values import (
     TS_TYPE,
     Array,
     from_numpy,
+    has_nan,
+    list_items,
     list_of_pairs,
+    lists_of,
     placeholders,
     python_value,
+    rank_in_segments,
+    segment_ids,
     struct_fields,
     to_numpy,
 )
@@ -78,21 +84,31 @@ class _Edge(Operator):
 
     def merge_segments(self, state: State, offsets: Array) -> State:
         """The winner of each segment directly: the tiles of a window cover disjoint times,
-        so the least / greatest timestamp is unique and equals what the fold picks; a
-        segment with a timestamp tie (not from tiles) takes the fold."""
+        so the least / greatest timestamp is unique and equals what the fold picks; the
+        segments with a timestamp tie (events of one tile) take the fold, on their own."""
         valid, ts, _ = state
         offsets = np.asarray(offsets, dtype=np.int64)
         lengths = np.diff(offsets)
         info = np.iinfo(np.int64)
         ufunc, worst = (np.minimum, info.max) if self.want_least else (np.maximum, info.min)
         best = reduce_segments(ufunc, np.where(valid, ts, worst), offsets, worst)
-        segment = np.repeat(np.arange(len(lengths)), lengths)
-        winners = np.flatnonzero(valid & (ts == best[segment]))
-        if len(np.unique(segment[winners])) != len(winners):
-            return fold_segments(self, state, offsets)
+        segment = np.full(len(ts), -1, dtype=np.int64)
+        segment[offsets[0] : offsets[-1]] = np.repeat(np.arange(len(lengths)), lengths)
+        winners = np.flatnonzero(valid & (segment >= 0) & (ts == best[segment]))
+        owners = segment[winners]  # ascending: a tie is a repeated neighbour
+        repeated = np.flatnonzero(owners[1:] == owners[:-1])
+        tied = np.unique(owners[repeated])
+        winners = winners[~np.isin(owners, tied)]
         out = self.empty(len(lengths))
         for column, source in zip(out, state, strict=True):
             column[segment[winners]] = source[winners]
+        if len(tied):
+            sizes = lengths[tied]
+            inner = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            rows = np.repeat(offsets[tied] - inner[:-1], sizes) + np.arange(int(inner[-1]))
+            folded = fold_segments(self, take(state, rows), inner)
+            for column, source in zip(out, folded, strict=True):
+                column[tied] = source
         return out
 
     def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
@@ -241,6 +257,96 @@ class _EdgeN(Operator):
         merged = list(heapq.merge(x, y))
         return tuple(merged[: self.n]) if self.want_least else tuple(merged[-self.n :])
 
+    def build_arrow(self, ts: Array, values: pa.Array | None, offsets: Array) -> pa.Array:
+        """Columnar ``build``: the events of all segments sorted by (segment, ts, value)
+        at once, each segment's first or last n kept (the fold keeps exactly those)."""
+        column = self._arrow_values(values, len(ts))
+        bounds = np.asarray(offsets, dtype=np.int64)
+        if len(bounds) <= 1 or has_nan(column):
+            return super().build_arrow(ts, values, offsets)
+        lo, hi = int(bounds[0]), int(bounds[-1])
+        inside = column.slice(lo, hi - lo)
+        times = np.asarray(ts, dtype=np.int64)[lo:hi]
+        segments = segment_ids(bounds)
+        if inside.null_count:
+            valid = np.asarray(inside.is_valid(), dtype=np.bool_)
+            segments, times = segments[valid], times[valid]
+            inside = inside.filter(pa.array(valid))
+        return self._kept(segments, times, inside, len(bounds) - 1)
+
+    def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
+        """Columnar ``merge_segments``: the items of all segments' IRs sorted at once."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        if len(bounds) <= 1:
+            return super().merge_arrow(column, offsets)
+        rows = column.slice(int(bounds[0]), int(bounds[-1] - bounds[0]))
+        owner, items = list_items(rows)
+        pairs = struct_fields(items)
+        value = pairs["value"].cast(self.input_type.arrow())
+        if has_nan(value) or pairs["ts"].null_count or value.null_count:
+            return super().merge_arrow(column, offsets)
+        times = np.asarray(pairs["ts"].cast(TS_TYPE).cast(pa.int64()), dtype=np.int64)
+        return self._kept(segment_ids(bounds)[owner], times, value, len(bounds) - 1)
+
+    columnar_windows = True
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Columnar ``finalize(merge_segments(...))`` for the assembler. A window's tiles
+        cover disjoint, ascending times, so its first (last) n items lie in its first (last)
+        n non-empty tiles: only those are read. Windows whose tiles are not so ordered (not
+        from a tile table) take the definition."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        picks = np.asarray(picks, dtype=np.int64)
+        n = len(bounds) - 1
+        low, high, filled = _time_range(column)
+        segment = segment_ids(bounds)
+        used = filled[picks]
+        picked, segment = picks[used], segment[used]
+        same = segment[1:] == segment[:-1]
+        if np.any(same & (high[picked[:-1]] >= low[picked[1:]])):
+            return super().window_values(column, picks, offsets)
+        rank, sizes = rank_in_segments(segment, n)
+        near = rank < self.n if self.want_least else rank >= sizes[segment] - self.n
+        owner, items = list_items(column.take(pa.array(picked[near], pa.int64())))
+        pairs = struct_fields(items)
+        value = pairs["value"].cast(self.input_type.arrow())
+        if has_nan(value) or value.null_count or pairs["ts"].null_count:
+            return super().window_values(column, picks, offsets)
+        times = np.asarray(pairs["ts"].cast(TS_TYPE).cast(pa.int64()), dtype=np.int64)
+        return self._final(segment[near][owner], times, value, n)
+
+    def _final(self, segments: Array, times: Array, values: pa.Array, n: int) -> pa.Array:
+        """``finalize`` of the segments' merged IRs from (segment, ts, value) items: first_n
+        oldest first, last_n newest first, null for an empty window."""
+        table = pa.table({"s": pa.array(segments, pa.int64()), "t": times, "v": values})
+        direction = "ascending" if self.want_least else "descending"
+        ordered = table.sort_by([("s", "ascending"), ("t", direction), ("v", direction)])
+        segment = np.asarray(ordered.column("s").to_numpy(), dtype=np.int64)
+        rank, _ = rank_in_segments(segment, n)
+        keep = rank < self.n
+        kept = ordered.column("v").take(pa.array(np.flatnonzero(keep), pa.int64()))
+        per_segment = np.bincount(segment[keep], minlength=n)
+        lists = lists_of(kept.combine_chunks(), per_segment, null_when_empty=True)
+        return lists.cast(self.result_type)
+
+    def _kept(self, segments: Array, times: Array, values: pa.Array, n: int) -> pa.Array:
+        """The ``n`` segments' IRs (as ``to_arrow`` writes them) from (segment, ts, value)."""
+        table = pa.table({"s": pa.array(segments, pa.int64()), "t": times, "v": values})
+        ordered = table.sort_by([("s", "ascending"), ("t", "ascending"), ("v", "ascending")])
+        segment = np.asarray(ordered.column("s").to_numpy(), dtype=np.int64)
+        rank, sizes = rank_in_segments(segment, n)
+        keep = rank < self.n if self.want_least else rank >= sizes[segment] - self.n
+        kept = pa.array(np.flatnonzero(keep), pa.int64())
+        pairs = pa.StructArray.from_arrays(
+            [
+                ordered.column("t").take(kept).combine_chunks().cast(TS_TYPE),
+                ordered.column("v").take(kept).combine_chunks(),
+            ],
+            names=["ts", "value"],
+        )
+        per_segment = np.bincount(segment[keep], minlength=n)
+        return lists_of(pairs, per_segment, null_when_empty=True).cast(self.ir_type)
+
     def finalize(self, state: State) -> pa.Array:
         rows: list[list[Any] | None] = []
         for items in state[0]:
@@ -260,15 +366,11 @@ class _EdgeN(Operator):
     def to_arrow(self, state: State) -> pa.Array:
         """The lists built from flat columns (one cast per column, not per value)."""
         counts = np.fromiter((len(items) for items in state[0]), np.int64, len(state[0]))
-        offsets = np.zeros(len(counts) + 1, np.int32)
-        np.cumsum(counts, out=offsets[1:])
         flat = [pair for items in state[0] for pair in items]
         ts = pa.array([t for t, _ in flat], pa.int64()).cast(TS_TYPE)
         values = _typed_values([v for _, v in flat], self.input_type)
         pairs = pa.StructArray.from_arrays([ts, values], names=["ts", "value"])
-        empty = pa.array(counts == 0, pa.bool_())
-        lists = pa.ListArray.from_arrays(pa.array(offsets), pairs, mask=empty)
-        return lists.cast(self.ir_type)
+        return lists_of(pairs, counts, null_when_empty=True).cast(self.ir_type)
 
     def _value(self, value: Any) -> Any:
         return python_value(value, self.input_type)
@@ -297,6 +399,23 @@ class LastN(_EdgeN):
     name = "last_n"
     summary = "values of the n events with the greatest (ts, value), newest first"
     want_least = False
+
+
+def _time_range(column: pa.Array) -> tuple[Array, Array, Array]:
+    """Per stored first_n / last_n IR: its least and greatest item time and whether it holds
+    any item (null and empty lists hold none)."""
+    owner, items = list_items(column)
+    times = struct_fields(items)["ts"].cast(TS_TYPE).cast(pa.int64()).fill_null(0)
+    times_np = np.asarray(times, dtype=np.int64)
+    counts = np.bincount(owner, minlength=len(column))
+    filled = counts > 0
+    low = np.zeros(len(column), dtype=np.int64)
+    high = np.zeros(len(column), dtype=np.int64)
+    if len(times_np):
+        starts = (np.cumsum(counts) - counts)[filled]  # items are grouped by owner, in order
+        low[filled] = np.minimum.reduceat(times_np, starts)
+        high[filled] = np.maximum.reduceat(times_np, starts)
+    return low, high, filled
 
 
 def _typed_values(values: list[Any], dtype: DataType) -> pa.Array:

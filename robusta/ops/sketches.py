@@ -28,12 +28,29 @@ from robusta.ops.params import int_between, optional, quantile_list
 from robusta.ops.values import (
     Array,
     binary_values,
+    list_items,
     list_of_pairs,
+    lists_of,
     python_value,
+    rank_in_segments,
+    segment_ids,
     struct_fields,
 )
 from robusta.spec.datatypes import DataType
 
+# Input types whose Python ordering and equality Arrow's sort and hash grouping reproduce
+# (floats are not among them: Counter merges -0.0 with 0.0 and keeps NaNs apart).
+_COLUMNAR_TYPES = frozenset(
+    {
+        DataType.BOOLEAN,
+        DataType.INT,
+        DataType.BIGINT,
+        DataType.STRING,
+        DataType.BINARY,
+        DataType.DATE,
+        DataType.TIMESTAMP,
+    }
+)
 EMPTY_STAND_IN = "\x00"  # what "" is counted as (Spark: char(0)); collides only with "\x00"
 
 
@@ -260,6 +277,74 @@ class ApproxQuantile(Operator):
             out.append(float(items[min(i, len(items) - 1)]))
         return out
 
+    columnar_windows = True
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Columnar ``finalize(merge_segments(...))`` for the assembler: the retained items
+        and weights of every picked sketch read from its bytes once, pooled and ranked for
+        all windows at once; a window of one sketch asks it (``get_quantile``), as
+        :meth:`_quantiles` does."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        n = len(bounds) - 1
+        segment = segment_ids(bounds)
+        distinct, inverse = np.unique(np.asarray(picks, dtype=np.int64), return_inverse=True)
+        raw = binary_values(column, distinct.tolist())
+        parsed = [_kll_items(b) for b in raw]
+        present = np.fromiter((p is not None for p in parsed), np.bool_, len(parsed))
+        used = present[inverse.reshape(-1)]
+        tile, segment = inverse.reshape(-1)[used], segment[used]
+        parts = np.bincount(segment, minlength=n)
+        values = np.zeros((n, len(self.quantiles)), dtype=np.float64)
+        # One sketch: its own quantiles.
+        first = np.cumsum(parts) - parts
+        for s in np.flatnonzero(parts == 1).tolist():
+            sketch = ds.kll_doubles_sketch.deserialize(raw[int(tile[first[s]])])
+            values[s] = [float(sketch.get_quantile(q, True)) for q in self.quantiles]
+        # Several: the pooled weighted sample, KLL's inclusive rule.
+        pooled = parts[segment] >= 2
+        if pooled.any():
+            values[:] = self._pooled(parsed, tile[pooled], segment[pooled], values, n)
+        flat = pa.array(values.reshape(-1), pa.float64())
+        width = len(self.quantiles)
+        starts = pa.array(np.arange(0, (n + 1) * width, width), pa.int32())
+        return pa.ListArray.from_arrays(starts, flat, mask=pa.array(parts == 0))
+
+    def _pooled(
+        self,
+        parsed: list[tuple[Array, Array] | None],
+        tile: Array,
+        segment: Array,
+        values: Array,
+        n: int,
+    ) -> Array:
+        sizes = np.fromiter((0 if p is None else len(p[0]) for p in parsed), np.int64, len(parsed))
+        items = np.concatenate([p[0] for p in parsed if p is not None])
+        weights = np.concatenate([p[1] for p in parsed if p is not None])
+        begin = np.cumsum(sizes) - sizes
+        lengths = sizes[tile]
+        owner = np.repeat(segment, lengths)
+        within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(lengths) - lengths, lengths
+        )
+        positions = np.repeat(begin[tile], lengths) + within
+        item, weight = items[positions], weights[positions]
+        order = np.lexsort((item, owner))  # stable: as the pooled argsort of each window
+        item, owner = item[order], owner[order]
+        cumulative = np.cumsum(weight[order])
+        count = np.bincount(owner, minlength=n)
+        end = np.cumsum(count)
+        start = end - count
+        base = np.where(start > 0, cumulative[np.maximum(start - 1, 0)], 0)
+        total = cumulative[np.maximum(end - 1, 0)] - base
+        out = values.copy()
+        windows = np.flatnonzero(count > 0)
+        for j, q in enumerate(self.quantiles):
+            target = base[windows] + np.ceil(q * total[windows]).astype(np.int64)
+            at = np.searchsorted(cumulative, target, side="left")
+            at = np.clip(at, start[windows], end[windows] - 1)
+            out[windows, j] = item[at]
+        return out
+
     def from_arrow(self, array: pa.Array) -> State:
         # Spark writes an empty sketch (not null) for a tile whose values are all null.
         sketches = [
@@ -287,7 +372,49 @@ class ApproxQuantile(Operator):
         return f"kll_merge_agg_double({ir}, {self.k})"
 
 
+def _kll_items(image: bytes | None) -> tuple[Array, Array] | None:
+    """(retained items, their weights) of a compact KLL doubles image, read from its bytes
+    (DataSketches layout: a 20-byte preamble, the level offsets, min and max, the items of
+    level 0 upwards, an item of level h weighing 2**h); None for no image or an empty one.
+    Other layouts are read through the library."""
+    if image is None:
+        return None
+    flags = image[3]
+    if flags & 1:  # empty
+        return None
+    if image[2] != 15 or image[0] != 5 or flags & 4:  # not the full compact layout
+        sketch = ds.kll_doubles_sketch.deserialize(image)
+        pairs = list(sketch)
+        return (
+            np.array([p[0] for p in pairs], dtype=np.float64),
+            np.array([p[1] for p in pairs], dtype=np.int64),
+        )
+    levels = np.frombuffer(image, "<u4", count=image[18], offset=20).astype(np.int64)
+    items = np.frombuffer(image, "<f8", offset=20 + 4 * len(levels) + 16)
+    bounds = np.append(levels - levels[0], len(items))
+    weights = np.repeat(np.left_shift(1, np.arange(len(levels), dtype=np.int64)), np.diff(bounds))
+    return items, weights
+
+
 Counts = tuple[tuple[Any, int], ...]  # (value, count) sorted by count desc, value asc
+
+
+def _ranked_codes(values: pa.Array) -> tuple[pa.Array, Array]:
+    """(the distinct values in ascending order, each value's index among them)."""
+    encoded = pc.dictionary_encode(values)
+    by_rank = pc.sort_indices(encoded.dictionary)
+    rank = np.empty(len(by_rank), dtype=np.int64)
+    rank[np.asarray(by_rank, dtype=np.int64)] = np.arange(len(by_rank), dtype=np.int64)
+    codes = rank[np.asarray(encoded.indices, dtype=np.int64)]
+    return encoded.dictionary.take(by_rank), codes
+
+
+def _order_by(major: Array, minor: Array, minor_size: int) -> Array:
+    """Positions sorting by (``major``, ``minor``), ``0 <= minor < minor_size``: one sort of
+    a combined key when it fits in int64, else a two-key sort."""
+    if len(major) and int(major.max()) < (1 << 62) // max(minor_size, 1):
+        return np.argsort(major * minor_size + minor)
+    return np.lexsort((minor, major))
 
 
 class TopK(Operator):
@@ -355,6 +482,110 @@ class TopK(Operator):
         merged = [self._reduce(rows[lo:hi]) for lo, hi in _segments(offsets)]
         return reduce_segments(np.add, totals, offsets, 0), _objects(merged, len(merged))
 
+    def build_arrow(self, ts: Array, values: pa.Array | None, offsets: Array) -> pa.Array:
+        """Columnar ``build``: every segment's value counts at once, then the cut of
+        :meth:`_reduce`."""
+        if self.input_type not in _COLUMNAR_TYPES:
+            return super().build_arrow(ts, values, offsets)
+        column = self._arrow_values(values, len(ts))
+        bounds = np.asarray(offsets, dtype=np.int64)
+        n = len(bounds) - 1
+        if n <= 0:
+            return self.to_arrow(self.empty(0))
+        inside = column.slice(int(bounds[0]), int(bounds[-1] - bounds[0]))
+        segments = segment_ids(bounds)
+        if inside.null_count:
+            valid = np.asarray(inside.is_valid(), dtype=np.bool_)
+            segments, inside = segments[valid], inside.filter(pa.array(valid))
+        totals = np.bincount(segments, minlength=n).astype(np.int64)
+        ones = np.ones(len(segments), dtype=np.int64)
+        return self._stored(totals, self._cut(segments, inside, ones, n))
+
+    def merge_arrow(self, column: pa.Array, offsets: Array) -> pa.Array:
+        """Columnar ``merge_segments``: every segment's counts summed per value at once,
+        then the cut of :meth:`_reduce`."""
+        if self.input_type not in _COLUMNAR_TYPES:
+            return super().merge_arrow(column, offsets)
+        bounds = np.asarray(offsets, dtype=np.int64)
+        n = len(bounds) - 1
+        if n <= 0:
+            return self.to_arrow(self.empty(0))
+        rows = column.slice(int(bounds[0]), int(bounds[-1] - bounds[0]))
+        fields = struct_fields(rows)
+        totals = np.asarray(pc.fill_null(fields["total"], 0).to_numpy(zero_copy_only=False))
+        totals = reduce_segments(np.add, totals.astype(np.int64), bounds - bounds[0], 0)
+        owner, items = list_items(fields["items"])
+        pairs = struct_fields(items)
+        counts = pc.fill_null(pairs["count"], 0).to_numpy(zero_copy_only=False)
+        value = pairs["value"].cast(self.input_type.arrow())
+        segments = segment_ids(bounds)[owner]
+        return self._stored(totals, self._cut(segments, value, counts.astype(np.int64), n))
+
+    @property
+    def columnar_windows(self) -> bool:  # type: ignore[override]
+        return self.input_type in _COLUMNAR_TYPES
+
+    def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
+        """Columnar ``finalize(merge_segments(...))`` for the assembler: every window's
+        summaries merged at once (:meth:`_cut`), then its k first values."""
+        bounds = np.asarray(offsets, dtype=np.int64)
+        n = len(bounds) - 1
+        merged = self.merge_arrow(column.take(pa.array(picks, pa.int64())), bounds)
+        fields = struct_fields(merged)
+        totals = np.asarray(pc.fill_null(fields["total"], 0), dtype=np.int64)
+        owner, items = list_items(fields["items"])
+        rank, _ = rank_in_segments(owner, n)
+        top = pa.array(np.flatnonzero(rank < self.k), pa.int64())
+        per_segment = np.bincount(owner[rank < self.k], minlength=n)
+        lists = lists_of(items.take(top), per_segment, null_when_empty=False)
+        mask = pa.array(totals == 0)
+        return pa.ListArray.from_arrays(lists.offsets, lists.values, mask=mask).cast(
+            self.result_type
+        )
+
+    def _cut(self, segments: Array, values: pa.Array, counts: Array, n: int) -> pa.Array:
+        """The ``n`` segments' summaries (as ``to_arrow`` writes them) from (segment, value,
+        count) triples: :meth:`_reduce` for all segments at once, on integer codes (a value's
+        code is its rank among the distinct values, so code order is value order)."""
+        distinct, codes = _ranked_codes(values)
+        # Sum the counts of each (segment, value) ...
+        order = _order_by(segments, codes, len(distinct))
+        segment, code, count = segments[order], codes[order], counts[order]
+        first = np.ones(len(order), dtype=np.bool_)
+        first[1:] = (segment[1:] != segment[:-1]) | (code[1:] != code[:-1])
+        starts = np.flatnonzero(first)
+        segment, code = segment[starts], code[starts]
+        count = np.add.reduceat(count, starts) if len(starts) else count[:0]
+        # ... rank them by (count descending, value) within their segment, and cut.
+        most = int(count.max(initial=0))
+        if len(distinct) * (most + 1) < 1 << 62:  # (count descending, value) as one key
+            width = len(distinct) * (most + 1)
+            order = _order_by(segment, (most - count) * len(distinct) + code, width)
+        else:
+            order = np.lexsort((code, -count, segment))
+        segment, code, count = segment[order], code[order], count[order]
+        rank, sizes = rank_in_segments(segment, n)
+        over = np.flatnonzero(sizes > self.capacity)
+        threshold = np.zeros(n, dtype=np.int64)
+        threshold[over] = count[np.cumsum(sizes)[over] - sizes[over] + self.capacity]
+        keep = (rank < self.capacity) & (count > threshold[segment])
+        items = pa.StructArray.from_arrays(
+            [
+                distinct.take(pa.array(code[keep], pa.int64())),
+                pa.array(count[keep] - threshold[segment[keep]], pa.int64()),
+            ],
+            names=["value", "count"],
+        )
+        per_segment = np.bincount(segment[keep], minlength=n)
+        return lists_of(items, per_segment, null_when_empty=False).cast(self.result_type)
+
+    def _stored(self, totals: Array, items: pa.Array) -> pa.Array:
+        return pa.StructArray.from_arrays(
+            [pa.array(totals, pa.int64()), items],
+            names=["total", "items"],
+            mask=pa.array(totals == 0),
+        )
+
     def _reduce(self, summaries: Iterable[Counts]) -> Counts:
         counts: Counter[Any] = Counter()
         for summary in summaries:
@@ -388,11 +619,7 @@ class TopK(Operator):
     def to_arrow(self, state: State) -> pa.Array:
         totals, rows = state
         items = pa.array([self._items(counts) for counts in rows], self.result_type)
-        return pa.StructArray.from_arrays(
-            [pa.array(totals, pa.int64()), items],
-            names=["total", "items"],
-            mask=pa.array(totals == 0),
-        )
+        return self._stored(totals, items)
 
     def spark_build(self, value: str, ts: str) -> str:
         # Exact counts per value in the tile, then the Misra-Gries cut.

@@ -44,8 +44,8 @@ def placeholders(dtype: DataType, n: int) -> Array:
     return out
 
 
-def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> tuple[Array, BoolArray]:
-    """Arrow values of a logical type -> (values, valid mask)."""
+def to_arrow_type(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> pa.Array:
+    """Arrow values as one array of the logical type's Arrow type (``DataType.arrow``)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     target = dtype.arrow()
@@ -56,6 +56,13 @@ def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> tuple[Array
             values = values.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise OperatorError(f"cannot read {values.type} values as {dtype}: {exc}") from exc
+    return values
+
+
+def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: DataType) -> tuple[Array, BoolArray]:
+    """Arrow values of a logical type -> (values, valid mask)."""
+    values = to_arrow_type(values, dtype)
+    target = dtype.arrow()
     if values.null_count:
         valid = np.asarray(values.is_valid(), dtype=np.bool_)
         filled = pc.fill_null(values, _arrow_fill(target))
@@ -190,3 +197,53 @@ def binary_values(array: pa.Array, positions: list[int]) -> list[bytes | None]:
         None if valid is not None and not valid[p] else bytes(body[bounds[p] : bounds[p + 1]])
         for p in positions
     ]
+
+
+# ---- columnar helpers for list-valued IRs (``Operator.build_arrow`` / ``merge_arrow``) ------
+def segment_ids(offsets: Array) -> Array:
+    """The segment of every row in ``[offsets[0], offsets[-1])``: ``i`` for the rows
+    ``offsets[i] .. offsets[i + 1] - 1``."""
+    bounds = np.asarray(offsets, dtype=np.int64)
+    return np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
+
+
+def list_items(array: pa.Array | pa.ChunkedArray) -> tuple[Array, pa.Array]:
+    """The items of a list column and the row of each (null rows hold none), read through
+    the list's own offsets as ``list_of_pairs`` does."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    if array.null_count:
+        lengths = np.where(np.asarray(array.is_valid(), dtype=np.bool_), lengths, 0)
+    rows = np.repeat(np.arange(len(array), dtype=np.int64), lengths)
+    starts = np.repeat(offsets[:-1] - (np.cumsum(lengths) - lengths), lengths)
+    positions = starts + np.arange(len(rows), dtype=np.int64)
+    return rows, array.values.take(pa.array(positions, pa.int64()))
+
+
+def rank_in_segments(segments: Array, n: int) -> tuple[Array, Array]:
+    """For rows sorted by segment: each row's position within its segment, and the size
+    of every one of the ``n`` segments."""
+    sizes = np.bincount(segments, minlength=n).astype(np.int64)
+    first = np.cumsum(sizes) - sizes
+    return np.arange(len(segments), dtype=np.int64) - first[segments], sizes
+
+
+def lists_of(items: pa.Array, counts: Array, null_when_empty: bool) -> pa.ListArray:
+    """A list column whose row ``i`` holds the next ``counts[i]`` of ``items``."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    mask = pa.array(np.asarray(counts) == 0, pa.bool_()) if null_when_empty else None
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items, mask=mask)
+
+
+def has_nan(values: pa.Array) -> bool:
+    """Whether float ``values`` hold a NaN or a -0.0 (whose Python ordering, NaN unordered and
+    -0.0 equal to 0.0 in ties, the columnar paths do not reproduce)."""
+    if not pa.types.is_floating(values.type) or len(values) == 0:
+        return False
+    if pc.any(pc.is_nan(values)).as_py():
+        return True
+    plain = np.asarray(values.fill_null(1.0).to_numpy(zero_copy_only=False))
+    return bool(np.any((plain == 0) & np.signbit(plain)))

@@ -115,8 +115,11 @@ class GroupAssembler:
             if windows not in segments:
                 segments[windows] = index.windows_tiles(codes, ends, windows, rows.ts_valid)
             picks, offsets = segments[windows]
-            merged = feature.op.merge_segments(index.picked(feature, picks), offsets)
-            result = feature.op.finalize(merged)
+            op = feature.op
+            if op.columnar_windows:
+                result = op.window_values(index.column(feature), picks, offsets)
+            else:
+                result = op.finalize(op.merge_segments(index.picked(feature, picks), offsets))
             if not rows.ts_valid.all():
                 valid = pa.array(np.tile(rows.ts_valid, len(windows)))
                 result = pc.if_else(valid, result, pa.nulls(len(result), result.type))
@@ -158,6 +161,7 @@ class TileSet:
     keys: pa.Array  # distinct key texts; a key's code is its position
     tiles: pa.Table
     states: dict[str, State] = field(default_factory=dict)
+    columns: dict[str, pa.Array] = field(default_factory=dict)
     presorted: bool = False  # ``tiles`` already in sorted order (``order`` is the identity)
 
     @classmethod
@@ -228,6 +232,15 @@ class TileSet:
             decoded = feature.op.from_arrow(column.take(pa.array(distinct)).combine_chunks())
             return take(decoded, again.reshape(-1))
         return take(self.state(feature), picks)
+
+    def column(self, feature: BaseFeature) -> pa.Array:
+        """The feature's stored IRs of every tile, in sorted order (one chunk)."""
+        if feature.name not in self.columns:
+            column = self.tiles.column(feature.ir_column).combine_chunks()
+            if not self.presorted:
+                column = column.take(pa.array(self.order, pa.int64()))
+            self.columns[feature.name] = column
+        return self.columns[feature.name]
 
     def state(self, feature: BaseFeature) -> State:
         """The feature's IRs of every tile, in sorted order, decoded once."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -17,6 +18,24 @@ DEFAULT_KEY_BUCKETS = 32
 
 def key_bucket(key: object, buckets: int = DEFAULT_KEY_BUCKETS) -> int:
     return zlib.crc32(_key_text(key).encode("utf-8")) % buckets
+
+
+def key_buckets(keys: pa.Array, buckets: int = DEFAULT_KEY_BUCKETS) -> np.ndarray:
+    """:func:`key_bucket` of every key of an Arrow column (-1 for a null key, as Spark's
+    join has it): CRC-32 once per distinct key."""
+    text = record_keys([keys])
+    distinct = pc.unique(text).drop_null()
+    per_key = np.fromiter(
+        (zlib.crc32(t.encode("utf-8")) % buckets for t in distinct.to_pylist()),
+        np.int64,
+        count=len(distinct),
+    )
+    index = pc.index_in(text, value_set=distinct)
+    out = np.full(len(keys), -1, np.int64)
+    valid = np.asarray(pc.is_valid(index).to_numpy(zero_copy_only=False), np.bool_)
+    positions = np.asarray(index.fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+    out[valid] = per_key[positions[valid]]
+    return out
 
 
 def spark_key_bucket(column_sql: str, buckets: int = DEFAULT_KEY_BUCKETS) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.plan.keys import key_bucket
+from robusta.plan.keys import key_buckets
 from robusta.plan.model import BaseFeature, TileGroup
 from robusta.spec.durations import Duration
 
@@ -92,6 +92,8 @@ def _level(group: TileGroup, stored: pa.Table | None, size: Duration) -> pa.Tabl
 def _merge_finest(group: TileGroup, old: pa.Table, new: pa.Table) -> pa.Table:
     """Finest tiles after the batch, with ``__changed``: merged (stored first), new, or
     carried over."""
+    if old.num_rows == 0:  # a batch build: every tile is new
+        return _flag(new, True)
     on = [*_keys(group), BUCKET]
     pairs = _indexed(new, on, "__n").join(_indexed(old, on, "__o"), keys=on, join_type="left outer")
     n_idx = pairs.column("__n").to_numpy()
@@ -130,17 +132,16 @@ def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration)
     keys = _keys(group)
     parents = pc.subtract(children.column(BUCKET), _floor_mod(children.column(BUCKET), size.micros))
     tagged = children.append_column("__parent", parents)
-    touched = (
-        tagged.filter(tagged.column(CHANGED))
-        .select([*keys, "__parent"])
-        .group_by([*keys, "__parent"])
-        .aggregate([])
-    )
     on = [*keys, "__parent"]
-    chosen = _indexed(tagged.select(on), on, "__c").join(touched, keys=on, join_type="inner")
-    rows = tagged.take(chosen.column("__c")).sort_by(
-        [(k, "ascending") for k in [*keys, "__parent", BUCKET]]
-    )
+    if old.num_rows == 0 and pc.all(tagged.column(CHANGED)).as_py() is not False:
+        rows = _sorted(tagged, [*on, BUCKET])  # a batch build: every parent is rolled up
+        touched = None
+    else:
+        touched = (
+            tagged.filter(tagged.column(CHANGED)).select(on).group_by(on).aggregate([])
+        )
+        chosen = _indexed(tagged.select(on), on, "__c").join(touched, keys=on, join_type="inner")
+        rows = _sorted(tagged.take(chosen.column("__c")), [*on, BUCKET])
     offsets = run_offsets(rows, on)
     starts = offsets[:-1]
     columns = {k: rows.column(k).take(starts) for k in keys}
@@ -152,6 +153,8 @@ def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration)
     for feature in group.features:
         columns[feature.ir_column] = _merged(feature, rows.column(feature.ir_column), offsets)
     redone = pa.table(columns, schema=_schema(group))
+    if touched is None:
+        return _flag(redone, True)
     kept = _indexed(old, [*keys, BUCKET], "__o").join(
         touched.rename_columns([*keys, BUCKET]), keys=[*keys, BUCKET], join_type="left anti"
     )
@@ -161,17 +164,17 @@ def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration)
 def _finish(group: TileGroup, version: str, size: Duration, level: pa.Table) -> pa.Table:
     """Tile-table columns (plus ``__changed``) of one granularity's tiles."""
     layout = group.layout
-    primary = level.column(layout.primary).to_pylist()
-    buckets = pa.array([key_bucket(k, layout.key_buckets) for k in primary], pa.int32())
+    primary = level.column(layout.primary).combine_chunks()
+    buckets = pa.array(key_buckets(primary, layout.key_buckets), pa.int32())
     n = level.num_rows
     columns: dict[str, pa.Array | pa.ChunkedArray] = {k: level.column(k) for k in _keys(group)}
     columns["key_bucket"] = buckets
-    columns["granularity"] = pa.array([size.name] * n, pa.string())
+    columns["granularity"] = pa.nulls(n, pa.string()).fill_null(size.name)
     columns["bucket_start"] = level.column(BUCKET).cast(TS_TYPE)
     columns["events"] = level.column("events")
     for feature in group.features:
         columns[feature.ir_column] = level.column(feature.ir_column)
-    columns["spec_version"] = pa.array([version] * n, pa.string())
+    columns["spec_version"] = pa.nulls(n, pa.string()).fill_null(version)
     columns[CHANGED] = level.column(CHANGED)
     return pa.table(columns)
 
@@ -183,9 +186,16 @@ def _merged(feature: BaseFeature, irs: pa.ChunkedArray | pa.Array, offsets: np.n
     column = irs.combine_chunks() if isinstance(irs, pa.ChunkedArray) else irs
     if len(offsets) <= 1:
         return pa.array([], feature.ir_type)
-    state = op.merge_segments(op.from_arrow(column), offsets)
-    merged: pa.Array = op.to_arrow(state).cast(feature.ir_type)
+    merged: pa.Array = op.merge_arrow(column, offsets).cast(feature.ir_type)
     return merged
+
+
+def _sorted(rows: pa.Table, on: Sequence[str]) -> pa.Table:
+    """``rows`` sorted by ``on``; rows already in order (a batch build's) are not copied."""
+    order = pc.sort_indices(rows.select(list(on)), sort_keys=[(c, "ascending") for c in on])
+    if np.array_equal(order.to_numpy(), np.arange(rows.num_rows)):
+        return rows
+    return rows.take(order)
 
 
 def run_offsets(rows: pa.Table, on: Sequence[str]) -> np.ndarray:
@@ -210,7 +220,7 @@ def _indexed(table: pa.Table, on: Sequence[str], name: str) -> pa.Table:
 
 
 def _flag(table: pa.Table, changed: bool) -> pa.Table:
-    return table.append_column(CHANGED, pa.array([changed] * table.num_rows, pa.bool_()))
+    return table.append_column(CHANGED, pa.array(np.full(table.num_rows, changed), pa.bool_()))
 
 
 def bucket_micros(tiles: pa.Table) -> pa.Array:

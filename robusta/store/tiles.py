@@ -26,7 +26,8 @@ import json
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -310,7 +311,6 @@ def swap_files(
     commit; readers see the old files or the new ones, never a mix. ``relayout``: the
     table's schema becomes this one in the same commit (a rebuild)."""
     from pyiceberg.exceptions import CommitFailedException
-    from pyiceberg.io.pyarrow import parquet_files_to_data_files
     from pyiceberg.table import TableProperties
 
     try:
@@ -325,15 +325,78 @@ def swap_files(
             with tx.update_snapshot(snapshot_properties=summary or {}).overwrite() as overwrite:
                 for data_file in old_files:
                     overwrite.delete_data_file(data_file)
-                for data_file in parquet_files_to_data_files(
-                    table.io, tx.table_metadata, iter(new_paths)
-                ):
+                for data_file in data_files(table.io, tx.table_metadata, new_paths):
                     overwrite.append_data_file(data_file)
     except CommitFailedException as exc:
         raise CommitConflictError(
             f"another writer (a stream or a second run) committed to {table.name()[-1]} while "
             f"this run wrote it; nothing of this run was committed: rerun it ({exc})"
         ) from None
+
+
+def data_files(io: Any, metadata: Any, paths: Sequence[str]) -> list[Any]:
+    """Iceberg data files of Parquet ``paths``, as pyiceberg's ``parquet_files_to_data_files``
+    makes them (footer statistics, partition from the bounds), with what is the same for
+    every file done once: the schema check (per distinct file schema), the statistics plan
+    and the column mapping. A run writes a file per partition, about a thousand small ones
+    per table; pyiceberg's per-file schema conversion cost more than the rest of the commit.
+
+    Value bounds and counts are kept for the columns scans filter on (keys, key bucket,
+    granularity, bucket start, events); IR columns (sketch bytes, lists, structs), which no
+    scan filters on, keep their sizes only: truncating sketch bytes into bounds was most of
+    the statistics' cost."""
+    from pyiceberg.io.pyarrow import (
+        MetricModeTypes,
+        MetricsMode,
+        _check_pyarrow_schema_compatible,
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+
+    schema = metadata.schema()
+    names = [f.name for f in schema.fields]
+    filtered = set(names[: names.index("events") + 1]) if "events" in names else set(names)
+    plan = {
+        field_id: collector
+        if collector.column_name.split(".")[0] in filtered
+        else replace(collector, mode=MetricsMode(MetricModeTypes.NONE))
+        for field_id, collector in compute_statistics_plan(schema, metadata.properties).items()
+    }
+    mapping = parquet_path_to_id_mapping(schema)
+    spec = metadata.spec()
+    checked: set[bytes] = set()
+    out = []
+    for path in paths:
+        input_file = io.new_input(path)
+        with input_file.open() as stream:
+            footer = pq.read_metadata(stream)
+        arrow_schema = footer.schema.to_arrow_schema()
+        shape = arrow_schema.serialize().to_pybytes()
+        if shape not in checked:
+            _check_pyarrow_schema_compatible(
+                schema, arrow_schema, format_version=metadata.format_version
+            )
+            checked.add(shape)
+        statistics = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=footer, stats_columns=plan, parquet_column_mapping=mapping
+        )
+        out.append(
+            DataFile.from_args(
+                content=DataFileContent.DATA,
+                file_path=path,
+                file_format=FileFormat.PARQUET,
+                partition=statistics.partition(spec, schema),
+                file_size_in_bytes=len(input_file),
+                sort_order_id=None,
+                spec_id=metadata.default_spec_id,
+                equality_ids=None,
+                key_metadata=None,
+                **statistics.to_serialized_dict(),
+            )
+        )
+    return out
 
 
 # Never re-created by a rebuild: the partition spec is defined on them.
@@ -397,29 +460,48 @@ def tile_identity(group: TileGroup) -> list[str]:
 
 def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Path]:
     """Tiles (tile-table columns) as Parquet with pyarrow, one file per (granularity,
-    key_bucket, month) like the Spark writer, rows sorted by key and time: how the stream
-    writes the few tiles a micro-batch closes (no Spark job for a handful of rows)."""
+    key_bucket, month) like the Spark writer, rows sorted by key and time: the embedded
+    engine's writer, and how the stream writes the few tiles a micro-batch closes.
+
+    Files are ``granularity=G/key_bucket=B/month=YYYY-MM.parquet`` (Iceberg keeps the paths;
+    the partition comes from the files' bounds); they are written by a few threads, as
+    pyarrow releases the GIL while writing and a run holds about a thousand small files."""
     import pyarrow.compute as pc
 
     schema = tile_schema(group)
     tiles = tiles.select(schema.names).cast(schema)
     if tiles.num_rows == 0:
         return []
-    month = pc.strftime(tiles.column("bucket_start"), format="%Y-%m")
+    starts = tiles.column("bucket_start")
+    month = pc.add(pc.multiply(pc.year(starts), 100), pc.month(starts))  # YYYYMM
     tagged = tiles.append_column("__month", month)
     keys = [k.column for k in group.layout.keys]
     partition = ["granularity", "key_bucket", "__month"]
     # One sort puts every partition's rows together, in key and time order: slices, not masks.
-    tagged = tagged.sort_by([(c, "ascending") for c in [*partition, *keys, "bucket_start"]])
+    order = pc.sort_indices(
+        tagged.select([*partition, *keys, "bucket_start"]),
+        sort_keys=[(c, "ascending") for c in [*partition, *keys, "bucket_start"]],
+    )
+    tagged = tagged.take(order)
     rows = tagged.drop_columns(["__month"])
-    written = []
-    for begin, end in itertools.pairwise(run_offsets(tagged, partition).tolist()):
-        g, b, m = (tagged.column(c)[begin].as_py() for c in partition)
-        path = folder / f"granularity={g}" / f"key_bucket={b}" / f"month={m}" / "tiles.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(rows.slice(begin, end - begin), path)
-        written.append(path)
-    return written
+    bounds = run_offsets(tagged, partition)
+    names = zip(*(tagged.column(c).take(bounds[:-1]).to_pylist() for c in partition), strict=True)
+    jobs: list[tuple[pa.Table, Path]] = []
+    for (begin, end), (g, b, m) in zip(itertools.pairwise(bounds.tolist()), names, strict=True):
+        folder_of = folder / f"granularity={g}" / f"key_bucket={b}"
+        if not jobs or jobs[-1][1].parent != folder_of:
+            folder_of.mkdir(parents=True, exist_ok=True)
+        jobs.append((rows.slice(begin, end - begin), folder_of / f"month={_month(m)}.parquet"))
+    with ThreadPoolExecutor(_WRITERS) as pool:
+        list(pool.map(lambda job: pq.write_table(*job), jobs))
+    return [path for _, path in jobs]
+
+
+_WRITERS = 4  # threads writing tile files (file creation is most of a small file's cost)
+
+
+def _month(code: int) -> str:
+    return f"{code // 100:04d}-{code % 100:02d}"
 
 
 def read_bucket(

@@ -64,3 +64,45 @@ def test_tables_made_before_get_the_setting(tmp_path: Path) -> None:
     assert before is not None
     assert not NO_COMMIT_RETRY.items() <= before.properties.items()
     assert NO_COMMIT_RETRY.items() <= tables.ensure(group, "v1").properties.items()
+
+
+def test_data_files_are_pyiceberg_s_with_ir_bounds_left_out(tmp_path: Path) -> None:
+    """``data_files`` makes what pyiceberg's ``parquet_files_to_data_files`` makes for every
+    file (partition, counts, sizes, offsets, the bounds scans prune on), except bounds and
+    counts of IR columns, which it leaves out."""
+    from pyiceberg.io.pyarrow import parquet_files_to_data_files
+
+    from robusta.store.tiles import data_files
+
+    tables = TileTables(offline(tmp_path))
+    group = group_for("last_n", DataType.STRING, {"n": 2})
+    table = tables.ensure(group, "v1")
+    events: list[tuple[Any, int | None, Any]] = [
+        (key, T0 + step * GMIN + 7, f"v{step}") for key in "abc" for step in range(40)
+    ]
+    tiles = tiles_of(group, events)
+    tiles = tiles.append_column("spec_version", pa.array(["v1"] * tiles.num_rows, pa.string()))
+    paths = [str(p) for p in write_tile_files(tiles, group, tmp_path / "run")]
+    assert len(paths) > 3
+    ours = data_files(table.io, table.metadata, paths)
+    theirs = list(parquet_files_to_data_files(table.io, table.metadata, iter(paths)))
+    schema = table.metadata.schema()
+    pruned = {
+        f.field_id
+        for f in schema.fields
+        if f.name in ("k", "key_bucket", "granularity", "bucket_start", "events")
+    }
+    ir = {schema.find_field(group.features[0].ir_column).field_id}
+    for mine, pyiceberg in zip(ours, theirs, strict=True):
+        assert mine.partition == pyiceberg.partition
+        assert (mine.file_path, mine.record_count, mine.file_size_in_bytes) == (
+            pyiceberg.file_path,
+            pyiceberg.record_count,
+            pyiceberg.file_size_in_bytes,
+        )
+        assert mine.column_sizes == pyiceberg.column_sizes
+        assert mine.split_offsets == pyiceberg.split_offsets
+        for stats in ("lower_bounds", "upper_bounds", "value_counts", "null_value_counts"):
+            got, want = getattr(mine, stats), getattr(pyiceberg, stats)
+            assert {i: got[i] for i in pruned} == {i: want[i] for i in pruned}
+            assert not ir & set(got)

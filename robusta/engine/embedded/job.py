@@ -4,10 +4,12 @@ them in the Spark engine's file layout (``store.tiles.write_tile_files``). No JV
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,6 +28,45 @@ from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.loader import query_location
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.tiles import local_path, read_tile_files, write_tile_files
+
+SHARE_ROWS = 2_000_000  # events per share of key buckets in one build (bounds its memory)
+
+
+def _shares(events: pa.Table, group: TileGroup) -> int:
+    return max(1, min(group.layout.key_buckets, -(-int(events.num_rows) // SHARE_ROWS)))
+
+
+def _bucket_of(table: pa.Table, group: TileGroup) -> np.ndarray:
+    from robusta.plan.keys import key_buckets
+
+    column = table.column(group.layout.primary).combine_chunks()
+    return key_buckets(column, group.layout.key_buckets)
+
+
+def by_key_share(events: pa.Table, group: TileGroup, shares: int) -> Iterator[pa.Table]:
+    """The events in ``shares`` shares of key buckets (bucket mod shares); rows with a null
+    key (bucket -1) go with the first share, which counts them."""
+    if shares == 1:
+        yield events
+        return
+    share = np.maximum(_bucket_of(events, group), 0) % shares
+    for i in range(shares):
+        yield events.filter(pa.array(share == i))
+
+
+def added(a: TileCounts, b: TileCounts) -> TileCounts:
+    """The counts of two shares' builds together."""
+    def latest(x: int | None, y: int | None) -> int | None:
+        return y if x is None else x if y is None else max(x, y)
+
+    return TileCounts(
+        events=a.events + b.events,
+        null_keys=a.null_keys + b.null_keys,
+        null_timestamps=a.null_timestamps + b.null_timestamps,
+        tiles={g: a.tiles.get(g, 0) + b.tiles.get(g, 0) for g in {*a.tiles, *b.tiles}},
+        last_bucket=latest(a.last_bucket, b.last_bucket),
+        last_event=latest(a.last_event, b.last_event),
+    )
 
 
 class EmbeddedTileEngine:
@@ -68,12 +109,21 @@ class EmbeddedTileEngine:
             latest = source_latest(events, ts, group)
             inside = pc.and_(pc.greater_equal(ts, window.start), pc.less(ts, window.end))
             events = events.filter(pc.or_kleene(pc.is_null(ts), inside))
-        tiles, counts = build_tiles(events, plan, group)
+        kept = self._outside(carried, window, group) if carried else None
+        parts: list[TileCounts] = []
+        # Keys never share a tile: a large build goes a share of the key buckets at a time,
+        # so only that share's tiles are in memory (each writes its own partitions' files).
+        shares = _shares(events, group)
+        for share, rows in enumerate(by_key_share(events, group, shares)):
+            tiles, part = build_tiles(rows, plan, group)
+            if kept is not None:
+                mine = kept.column("key_bucket").to_numpy() % shares == share
+                tiles = pa.concat_tables([tiles, kept.filter(pa.array(mine))])
+            write_tile_files(tiles, group, folder)
+            parts.append(part)
+        counts = functools.reduce(added, parts)  # one share at least
         if window.bounded:  # the source's latest event, not the window's (TileCounts)
             counts.last_event = latest
-        if carried:
-            tiles = pa.concat_tables([tiles, self._outside(carried, window, group)])
-        write_tile_files(tiles, group, folder)
         return counts
 
     def _outside(self, files: Sequence[Any], window: Range, group: TileGroup) -> pa.Table:

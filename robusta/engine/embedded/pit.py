@@ -8,7 +8,6 @@ input order.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ import pyarrow.compute as pc
 
 from robusta.engine.embedded.tiles import utc_micros
 from robusta.engine.pit_join import KEY_BUCKET, POINTER, TS, GroupJoin, key_column
-from robusta.plan.keys import record_keys
+from robusta.plan.keys import key_buckets, record_keys
 
 BATCH_ROWS = 65_536  # rows per batch handed to the assembler: bounds memory, not results
 
@@ -57,24 +56,6 @@ def join_group(
     for name in names:
         rows = rows.append_column(name, features.column(name))
     return rows
-
-
-def key_buckets(keys: pa.Array, buckets: int) -> np.ndarray:
-    """``plan.keys.key_bucket`` of every key (-1 for a null key, as Spark's join has it);
-    CRC-32 once per distinct key."""
-    text = record_keys([keys])
-    distinct = pc.unique(text).drop_null()
-    per_key = np.fromiter(
-        (zlib.crc32(t.encode("utf-8")) % buckets for t in distinct.to_pylist()),
-        np.int64,
-        count=len(distinct),
-    )
-    index = pc.index_in(text, value_set=distinct)
-    out = np.full(len(keys), -1, np.int64)
-    valid = np.asarray(pc.is_valid(index).to_numpy(zero_copy_only=False), np.bool_)
-    positions = np.asarray(index.fill_null(0).to_numpy(zero_copy_only=False), np.int64)
-    out[valid] = per_key[positions[valid]]
-    return out
 
 
 def _cast_key(column: pa.Array, target: pa.DataType) -> pa.Array:

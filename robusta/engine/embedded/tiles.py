@@ -81,9 +81,9 @@ def finest_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> Finest:
         values = None
         if feature.input is not None:
             values = events.column(feature.input).take(order).combine_chunks()
-        op = feature.op
-        state = op.build(sorted_ts, values, offsets)
-        partial[feature.ir_column] = op.to_arrow(state).cast(feature.ir_type)
+        partial[feature.ir_column] = feature.op.build_arrow(sorted_ts, values, offsets).cast(
+            feature.ir_type
+        )
     return Finest(
         pa.table(partial),
         null_keys=int(null_key.sum()),
@@ -100,13 +100,7 @@ def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.
     finest = finest_tiles(events, plan, group)
     tiles = advance(group, plan.hash, None, finest.partial).drop_columns([CHANGED])
     schema = tile_schema(group)
-    tiles = tiles.select(schema.names).cast(schema)
-    tiles = tiles.sort_by(
-        [
-            (c, "ascending")
-            for c in ["granularity", *(k.column for k in layout.keys), "bucket_start"]
-        ]
-    )
+    tiles = tiles.select(schema.names).cast(schema)  # in no order: the writer sorts by file
     per = pc.value_counts(tiles.column("granularity")).to_pylist() if tiles.num_rows else []
     found = {str(p["values"]): int(p["counts"]) for p in per}
     counts = TileCounts(
