@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from robusta.errors import RobustaError
-from robusta.spec.model import SourceConfig
+from robusta.spec.model import OfflineConfig, SourceConfig
 
 
 class SourceError(RobustaError, OSError):
@@ -55,3 +55,22 @@ def returned(source: SourceConfig, frame: Any, wanted: str) -> str:
         f'source "{source.name}": loader "{source.loader}" must return {wanted}, got '
         f"{type(frame).__name__}"
     )
+
+
+def iceberg_scan(source: SourceConfig, offline: OfflineConfig) -> tuple[Any, list[Any]]:
+    """An iceberg source's table scan and its planned file tasks (both engines read from
+    these); a missing or empty table is a :class:`SourceError`."""
+    from robusta.store.catalog import open_catalog
+
+    catalog = open_catalog(offline)
+    try:
+        table = catalog.load_table(source.table or "")
+    except Exception as exc:  # pyiceberg raises several types for a missing table
+        raise SourceError(
+            f'source "{source.name}": cannot load Iceberg table "{source.table}" ({exc})'
+        ) from exc
+    scan = table.scan()
+    tasks = list(scan.plan_files())
+    if not tasks:
+        raise SourceError(f'source "{source.name}": Iceberg table "{source.table}" is empty')
+    return scan, tasks

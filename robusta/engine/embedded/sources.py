@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
-from robusta.engine.loaders import SourceError, arrow_of, call_loader, returned
+from robusta.engine.loaders import SourceError, arrow_of, call_loader, iceberg_scan, returned
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.spec.types import Column, DataType
 
@@ -237,20 +237,7 @@ def _arrow_source(source: SourceConfig, config: ProjectConfig | None) -> pa.Tabl
 
 
 def _iceberg_table(source: SourceConfig, config: ProjectConfig) -> pa.Table:
-    from robusta.store.catalog import open_catalog
-
-    catalog = open_catalog(config.offline)
-    try:
-        table = catalog.load_table(source.table or "")
-    except Exception as exc:  # pyiceberg raises several types for a missing table
-        raise EmbeddedSourceError(
-            f'source "{source.name}": cannot load Iceberg table "{source.table}" ({exc})'
-        ) from exc
-    scan = table.scan()
-    if not any(True for _ in scan.plan_files()):
-        raise EmbeddedSourceError(
-            f'source "{source.name}": Iceberg table "{source.table}" is empty'
-        )
+    scan, _ = iceberg_scan(source, config.offline)
     arrow: pa.Table = scan.to_arrow()
     return arrow
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from robusta.engine.loaders import SourceError, arrow_of, call_loader, returned
+from robusta.engine.loaders import SourceError, arrow_of, call_loader, iceberg_scan, returned
 from robusta.spec.model import ProjectConfig, SourceConfig
 
 __all__ = ["SourceError", "read_source", "read_stream", "register_sources"]
@@ -75,19 +75,8 @@ def _declared(source: SourceConfig, frame: Any) -> Any:
 
 
 def _iceberg_source(spark: Any, config: ProjectConfig, source: SourceConfig) -> Any:
-    from robusta.store.catalog import open_catalog
-
-    catalog = open_catalog(config.offline)
-    try:
-        table = catalog.load_table(source.table or "")
-    except Exception as exc:  # pyiceberg raises several types for a missing table
-        raise SourceError(
-            f'source "{source.name}": cannot load Iceberg table "{source.table}" ({exc})'
-        ) from exc
-    files = [task.file.file_path for task in table.scan().plan_files()]
-    if not files:
-        raise SourceError(f'source "{source.name}": Iceberg table "{source.table}" is empty')
-    return spark.read.parquet(*files)
+    _, tasks = iceberg_scan(source, config.offline)
+    return spark.read.parquet(*(task.file.file_path for task in tasks))
 
 
 def read_stream(spark: Any, config: ProjectConfig, name: str) -> Any:
