@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from robusta.store.tiles import TileTables
 from robusta.workspace import Workspace, load_workspace
 
 Step = Callable[[str], None]
+JOIN_THREADS = 2  # tile groups joined at once on the embedded engine
 
 
 class MissingTilesError(RobustaError, LookupError):
@@ -122,15 +124,20 @@ def get_training_frame(
     requests = resolve_features(workspace.plan, features)
     times = [timestamp_column, *([version_column] if version_column else [])]
     staged, kinds = stage_rows(rows, project_config.offline, times)
-    key_columns = check_columns(
-        kinds, requests, timestamp_column, entity_columns, version_column
-    )
+    key_columns = check_columns(kinds, requests, timestamp_column, entity_columns, version_column)
     refuse_stale(TileTables(project_config.offline), requests)
     done = report if report is not None else BackfillReport()
     if staged.spark_frame is None and choose_engine(project_config, engine) == "embedded":
         joined = _embedded_join(
-            workspace, staged, requests, key_columns, timestamp_column, version_column,
-            materialize_missing, step, done,
+            workspace,
+            staged,
+            requests,
+            key_columns,
+            timestamp_column,
+            version_column,
+            materialize_missing,
+            step,
+            done,
         )
         done.seconds = round(time.perf_counter() - started, 2)
         return joined
@@ -151,24 +158,22 @@ def get_training_frame(
         if version_column
         else "max(__robusta_ts)"
     )
-    bounds = prepared.selectExpr(
-        "count(1) AS n", f"{low} AS lo", f"{high} AS hi"
-    ).collect()[0]
+    bounds = prepared.selectExpr("count(1) AS n", f"{low} AS lo", f"{high} AS hi").collect()[0]
     order = row_counts(prepared)  # restores input order without a sampling pass
     joined = prepared
     done.rows = int(bounds["n"])
-    for request in requests:
-        join = _plan_join(
-            workspace,
-            request,
-            bounds["lo"],
-            bounds["hi"],
-            version_column is not None,
-            materialize_missing,
-            step,
-            done,
-            engine="spark",
-        )
+    joins = _plan_joins(
+        workspace,
+        requests,
+        bounds["lo"],
+        bounds["hi"],
+        version_column is not None,
+        materialize_missing,
+        step,
+        done,
+        engine="spark",
+    )
+    for request, join in zip(requests, joins, strict=True):
         step(f"joining {request.group.layout.table}")
         joined = join_group(
             joined,
@@ -195,21 +200,36 @@ def _embedded_join(
     """The PIT join on the embedded engine: Arrow rows, no JVM (``engine.embedded.pit``)."""
     import pyarrow.parquet as pq
 
-    from robusta.engine.embedded.pit import join_group as join_arrow
+    from robusta.engine.embedded.pit import group_features
 
     times = [timestamp_column, *([version_column] if version_column else [])]
     table = staged.table if staged.table is not None else pq.read_table(str(staged.path))
     table = normalize_times(table, times)
     lo, hi = _bounds(table, timestamp_column, version_column)
     done.rows = table.num_rows
-    for request in requests:
-        join = _plan_join(
-            workspace, request, lo, hi, version_column is not None, materialize_missing,
-            step, done, engine="embedded",
-        )
+    joins = _plan_joins(
+        workspace,
+        requests,
+        lo,
+        hi,
+        version_column is not None,
+        materialize_missing,
+        step,
+        done,
+        engine="embedded",
+    )
+
+    def features(request: GroupRequest, join: Any) -> pa.Table:
         step(f"joining {request.group.layout.table}")
         columns = key_columns[request.group.layout.table]
-        table = join_arrow(table, join, columns, timestamp_column, version_column)
+        return group_features(table, join, columns, timestamp_column, version_column)
+
+    # Groups join side by side: Arrow and numpy release the GIL for much of a join.
+    with ThreadPoolExecutor(JOIN_THREADS) as pool:
+        parts = list(pool.map(features, requests, joins))
+    for part in parts:
+        for name in part.column_names:
+            table = table.append_column(name, part.column(name))
     done.features = [o.name for r in requests for o in r.outputs]
     return table
 
@@ -248,20 +268,39 @@ def refuse_stale(tables: TileTables, requests: Sequence[GroupRequest]) -> None:
     for request in requests:
         table = tables.load(request.group.layout.table)
         if table is not None and table_state(table, request.group, request.spec.hash) == STALE:
-            raise _stale(request.spec.name)
+            raise _stale(table, request)
 
 
-def _stale(name: str) -> StaleTilesError:
+def _stale(table: Any, request: GroupRequest) -> StaleTilesError:
+    from robusta.store.tiles import stale_reason
+
+    name = request.spec.name
     return StaleTilesError(
-        f"tiles of spec {name} are stale (the spec changed since they were written): run "
-        f"`robusta materialize --spec {name} --rebuild` first (it swaps the new tiles in with "
-        "one commit), then upload them if they are served"
+        f"the tiles of spec {name} {stale_reason(table, request.group, request.spec.hash)}: "
+        f"run `robusta materialize --spec {name} --rebuild` first (it swaps the new tiles in "
+        "with one commit), then upload them if they are served"
     )
 
 
-def _plan_join(
+@dataclass(frozen=True)
+class _Missing:
+    """Tiles a request needs that its table lacks, and the run that computes them."""
+
+    spec: str
+    ranged: tuple[int, int] | None  # the rows' range alone; None: the whole spec
+    why: str
+
+    @property
+    def command(self) -> str:
+        command = f"robusta materialize --spec {self.spec}"
+        if self.ranged is not None:
+            command += f" --start {_iso(self.ranged[0])} --end {_iso(self.ranged[1])}"
+        return command
+
+
+def _plan_joins(
     workspace: Workspace,
-    request: GroupRequest,
+    requests: Sequence[GroupRequest],
     lo: int | None,
     hi: int | None,
     with_pointer: bool,
@@ -270,39 +309,52 @@ def _plan_join(
     report: BackfillReport,
     *,
     engine: str | None = None,
-) -> Any:
+) -> list[Any]:
+    """One ``GroupJoin`` per request, over tile tables made ready first: tiles missing for
+    the rows' time range (or only lacking added features) are computed, every spec that
+    needs all its tiles in one materialize run (its groups build side by side)."""
     from robusta.engine.pit_join import GroupJoin
     from robusta.store.tiles import TileTables
 
     tables = TileTables(workspace.config.offline)
-    layout = request.group.layout
-    gmin = layout.finest.micros
+    spans = [_needed_span(request, lo, hi) for request in requests]
+    missing = [
+        need
+        for request, span in zip(requests, spans, strict=True)
+        if (need := _missing(tables, request, span, step)) is not None
+    ]
+    _compute_missing(workspace, missing, materialize_missing, step, report, engine)
+    joins = []
+    for request, (since, end) in zip(requests, spans, strict=True):
+        table = tables.load(request.group.layout.table)
+        files = tables.files_by_bucket(table, since, end)
+        joins.append(GroupJoin(request.group, request.outputs, files, since, with_pointer))
+    return joins
+
+
+def _needed_span(
+    request: GroupRequest, lo: int | None, hi: int | None
+) -> tuple[int | None, int | None]:
+    """The tiles the rows' windows read: from the oldest window start (None: lifetime) to
+    the latest window end."""
+    gmin = request.group.layout.finest.micros
     durations = [o.window.duration for o in request.outputs]
     lifetime = any(d is None for d in durations)
     longest = max((d.micros for d in durations if d is not None), default=0)
     end = None if hi is None else floor_to(hi, gmin)  # windows end at floor(t) or earlier
     since = None if lifetime or lo is None else floor_to(lo, gmin) - longest
-    table = _ready_table(
-        tables, workspace, request, (since, end), materialize_missing, step, report, engine
-    )
-    files = tables.files_by_bucket(table, since, end)
-    return GroupJoin(request.group, request.outputs, files, since, with_pointer)
+    return since, end
 
 
-def _ready_table(
+def _missing(
     tables: TileTables,
-    workspace: Workspace,
     request: GroupRequest,
     needed: tuple[int | None, int | None],
-    materialize_missing: bool,
     step: Step,
-    report: BackfillReport,
-    engine: str | None = None,
-) -> Any:
-    """The group's tile table; tiles missing for the rows' time range (or only lacking added
-    features) are computed first. A stale table (the spec changed) is never rebuilt here: a
-    stream and an upload may depend on it, so that is reported with the command to run."""
-    from robusta.jobs.materialize import materialize
+) -> _Missing | None:
+    """What the group's tile table lacks for the rows' time range, or None. A stale table
+    (the spec changed) is never rebuilt here: a stream and an upload may depend on it, so
+    that is reported with the command to run."""
     from robusta.store.tiles import ADD, STALE, coverage, table_state, uncovered
 
     since, end = needed
@@ -310,7 +362,7 @@ def _ready_table(
     table = tables.load(request.group.layout.table)
     state = None if table is None else table_state(table, request.group, request.spec.hash)
     if state == STALE:
-        raise _stale(name)
+        raise _stale(table, request)
     spans = [] if table is None else coverage(table)
     ends = [b for _, b in spans if b is not None]
     if end is not None and ends and end > max(ends):
@@ -322,9 +374,8 @@ def _ready_table(
         )
         end = max(ends)
     added = state == ADD
-    missing = table is None or uncovered(spans, (since, end))
-    if not (added or missing):
-        return table
+    if not (added or table is None or uncovered(spans, (since, end))):
+        return None
     ranged: tuple[int, int] | None = None  # the rows' range, materialized alone
     if table is not None and not added and since is not None and end is not None:
         ranged = (since, end)
@@ -333,19 +384,45 @@ def _ready_table(
         if added
         else "missing for the rows' time range"
     )
-    command = f"robusta materialize --spec {name}"
-    if ranged is not None:
-        command += f" --start {_iso(ranged[0])} --end {_iso(ranged[1])}"
-    if not materialize_missing:
-        raise MissingTilesError(f"tiles of spec {name} are {why}: run `{command}` first")
-    step(f"tiles of {name} are {why}: running `{command}`")
-    if ranged is not None:
-        start, stop = (from_micros(t) for t in ranged)
-        materialize(workspace, [name], start, stop, step=step, engine=engine)
-    else:
-        materialize(workspace, [name], step=step, engine=engine)
-    report.materialized.append(name)
-    return tables.load(request.group.layout.table)
+    return _Missing(name, ranged, why)
+
+
+def _compute_missing(
+    workspace: Workspace,
+    missing: Sequence[_Missing],
+    materialize_missing: bool,
+    step: Step,
+    report: BackfillReport,
+    engine: str | None,
+) -> None:
+    """Materialize what ``missing`` names: one run of every spec needing all its tiles
+    (groups side by side), then one ranged run per other spec over its groups' ranges."""
+    from robusta.jobs.materialize import materialize
+
+    if missing and not materialize_missing:
+        first = missing[0]
+        raise MissingTilesError(
+            f"tiles of spec {first.spec} are {first.why}: run `{first.command}` first"
+        )
+    per_spec: dict[str, _Missing] = {}
+    for need in missing:
+        seen = per_spec.setdefault(need.spec, need)
+        if seen.ranged is not None and (need.ranged is None or need != seen):
+            ranged = (
+                None
+                if need.ranged is None
+                else (min(seen.ranged[0], need.ranged[0]), max(seen.ranged[1], need.ranged[1]))
+            )
+            per_spec[need.spec] = _Missing(need.spec, ranged, seen.why)
+    for need in per_spec.values():
+        step(f"tiles of {need.spec} are {need.why}: running `{need.command}`")
+        if need.ranged is not None:
+            start, stop = (from_micros(t) for t in need.ranged)
+            materialize(workspace, [need.spec], start, stop, step=step, engine=engine)
+    whole = [need.spec for need in per_spec.values() if need.ranged is None]
+    if whole:
+        materialize(workspace, whole, step=step, engine=engine)
+    report.materialized.extend(per_spec)
 
 
 def _iso(micros: int) -> str:

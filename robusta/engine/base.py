@@ -27,6 +27,9 @@ class TileEngine(Protocol):
     """Computes tiles and event counts; the jobs commit what it writes."""
 
     name: str
+    # How many tile groups a job may have this engine build at once (from threads): the
+    # embedded engine's builds and writes leave a core idle; Spark schedules its own tasks.
+    parallel_groups: int
 
     def write_tiles(
         self,
@@ -55,8 +58,7 @@ def choose_engine(config: ProjectConfig, name: str | None = None) -> str:
     chosen = name or config.engine
     if chosen not in ENGINES:
         raise EngineError(
-            f'unknown engine "{chosen}"{did_you_mean(chosen, ENGINES)}; engines: '
-            f"{one_of(ENGINES)}"
+            f'unknown engine "{chosen}"{did_you_mean(chosen, ENGINES)}; engines: {one_of(ENGINES)}'
         )
     return chosen
 

@@ -9,8 +9,11 @@ swap never loses them. Rerunning gives the same table content.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -83,17 +86,56 @@ def materialize(
     tiles = open_engine(config, name)
     tables = TileTables(config.offline)
     _record_volumes(tiles, config, chosen, start, end, step)
-    reports = []
-    for plan in chosen:
+    windows = {plan.name: _aligned(plan, start, end) for plan in chosen}
+
+    def run(plan: SpecPlan, group: TileGroup, stop: threading.Event) -> TableReport:
+        window = windows[plan.name]
+        return _materialize_group(tiles, tables, plan, group, window, rebuild, step, stop)
+
+    return _each_group(tiles, chosen, run)
+
+
+GroupRun = Callable[[SpecPlan, TileGroup, threading.Event], "TableReport"]
+
+
+def _each_group(tiles: TileEngine, chosen: Sequence[SpecPlan], run: GroupRun) -> list[TableReport]:
+    """``run`` for every group of the chosen specs, up to ``tiles.parallel_groups`` at once,
+    reports in spec order. When one fails (or Ctrl-C), the groups after it stop before their
+    commit (``stop`` is set): as in a serial run, what committed before the failure stays."""
+    work = [(plan, group) for plan in chosen for group in plan.groups]
+    left = Counter(plan.name for plan, _ in work)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def one(plan: SpecPlan, group: TileGroup) -> TableReport:
         try:
-            for group in plan.groups:
-                window = _aligned(plan, start, end)
-                reports.append(
-                    _materialize_group(tiles, tables, plan, group, window, rebuild, step)
-                )
+            return run(plan, group, stop)
         finally:
-            tiles.done_with(plan)
-    return reports
+            with lock:
+                left[plan.name] -= 1
+                if not left[plan.name]:  # the spec's events are no longer needed
+                    tiles.done_with(plan)
+
+    if tiles.parallel_groups <= 1 or len(work) <= 1:
+        return [one(plan, group) for plan, group in work]
+    with ThreadPoolExecutor(tiles.parallel_groups) as pool:
+        futures = [pool.submit(one, plan, group) for plan, group in work]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+
+
+class StoppedError(RobustaError, RuntimeError):
+    """A group's run stopped before its commit because another one failed or was stopped."""
+
+
+def _check_going(stop: threading.Event | None, table: str) -> None:
+    if stop is not None and stop.is_set():
+        raise StoppedError(f"{table}: stopped before committing; nothing of it was committed")
 
 
 def _record_volumes(
@@ -137,13 +179,14 @@ def _materialize_group(
     window: Range,
     rebuild: bool,
     step: Step,
+    stop: threading.Event | None = None,
 ) -> TableReport:
     started = time.perf_counter()
     name = group.layout.table
     table = tables.ensure(group, plan.hash, rebuild=rebuild)
     added = [] if rebuild else (new_features(table, group) or [])
     if added and table.current_snapshot() is not None:
-        report = _add_columns(engine, tables, plan, group, table, added, step)
+        report = _add_columns(engine, tables, plan, group, table, added, step, stop)
         if not window.bounded:  # the whole coverage has every column now
             return report
         table = tables.load(name)
@@ -159,6 +202,7 @@ def _materialize_group(
     properties = {VERSION_PROPERTY: plan.hash, "robusta.events": str(counts.events)}
     if latest is not None:
         properties[LATEST_PROPERTY] = str(latest)
+    _check_going(stop, name)
     step(f"{name}: committing")
     if rebuild:  # every old tile out and the new layout in, one commit
         snapshot = tables.rebuild(table, run, properties, covered, group)
@@ -179,6 +223,7 @@ def _add_columns(
     table: object,
     added: Sequence[BaseFeature],
     step: Step,
+    stop: threading.Event | None = None,
 ) -> TableReport:
     """Merge on read: the ``added`` features' IR columns over the table's coverage, written
     as new files beside the existing ones (which are not rewritten), in one commit."""
@@ -198,6 +243,7 @@ def _add_columns(
     run = tables.start_run(table)
     step(f"{group.layout.table}: computing the added features {names} over the coverage")
     counts = engine.write_tiles(plan, subset, window, run.folder)
+    _check_going(stop, group.layout.table)
     step(f"{group.layout.table}: committing the added columns")
     snapshot = tables.add_columns(table, group, plan.hash, run, added)
     report = _table_report(plan, tables.identifier(group.layout.table), counts, snapshot, started)

@@ -157,7 +157,7 @@ class _SpecUpload:
 
     # ---- what to upload ----------------------------------------------------------------
     def _table(self, group: TileGroup) -> Any:
-        from robusta.store.tiles import ADD, STALE, table_state
+        from robusta.store.tiles import ADD, STALE, stale_reason, table_state
 
         table = self.tables.load(group.layout.table)
         name = self.plan.name
@@ -166,7 +166,7 @@ class _SpecUpload:
         state = table_state(table, group, self.plan.hash)
         if state == STALE:
             raise UploadError(
-                f"the tiles of spec {name} were written by another version of it: run "
+                f"the tiles of spec {name} {stale_reason(table, group, self.plan.hash)}: run "
                 f"`robusta materialize --spec {name} --rebuild` first"
             )
         if state == ADD:

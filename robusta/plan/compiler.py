@@ -11,7 +11,6 @@ import sqlglot
 
 from robusta.errors import Location, OperatorError, Problem, UnknownOperatorError
 from robusta.ops import Operator, ParamError, make_operator
-from robusta.plan.keys import DEFAULT_KEY_BUCKETS
 from robusta.plan.model import (
     BaseFeature,
     KeyColumn,
@@ -28,12 +27,14 @@ from robusta.spec.types import DataType
 TILE_COLUMNS = ("key_bucket", "granularity", "bucket_start", "events", "spec_version")
 
 
-def compile_plan(
-    config: ProjectConfig, specs: Iterable[FeatureSpec], key_buckets: int = DEFAULT_KEY_BUCKETS
-) -> tuple[Plan, list[Problem]]:
-    """Compile every spec; problems (unknown ops, bad params, wrong input types) are located."""
+def compile_plan(config: ProjectConfig, specs: Iterable[FeatureSpec]) -> tuple[Plan, list[Problem]]:
+    """Compile every spec; problems (unknown ops, bad params, wrong input types) are located.
+    A spec's tables have its own ``key_buckets``, else the project's ``offline.key_buckets``."""
     problems: list[Problem] = []
-    plans = [_compile_spec(config, spec, key_buckets, problems) for spec in specs]
+    plans = [
+        _compile_spec(config, spec, spec.key_buckets or config.offline.key_buckets, problems)
+        for spec in specs
+    ]
     problems.extend(_table_clashes(plans))
     return Plan(tuple(plans)), problems
 

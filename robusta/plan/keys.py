@@ -13,14 +13,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-DEFAULT_KEY_BUCKETS = 32
 
-
-def key_bucket(key: object, buckets: int = DEFAULT_KEY_BUCKETS) -> int:
+def key_bucket(key: object, buckets: int) -> int:
     return zlib.crc32(_key_text(key).encode("utf-8")) % buckets
 
 
-def key_buckets(keys: pa.Array, buckets: int = DEFAULT_KEY_BUCKETS) -> np.ndarray:
+def key_buckets(keys: pa.Array, buckets: int) -> np.ndarray:
     """:func:`key_bucket` of every key of an Arrow column (-1 for a null key, as Spark's
     join has it): CRC-32 once per distinct key."""
     text = record_keys([keys])
@@ -38,7 +36,7 @@ def key_buckets(keys: pa.Array, buckets: int = DEFAULT_KEY_BUCKETS) -> np.ndarra
     return out
 
 
-def spark_key_bucket(column_sql: str, buckets: int = DEFAULT_KEY_BUCKETS) -> str:
+def spark_key_bucket(column_sql: str, buckets: int) -> str:
     """The same bucket as a Spark SQL expression."""
     return f"CAST(pmod(crc32(CAST({column_sql} AS STRING)), {buckets}) AS INT)"
 

@@ -30,6 +30,9 @@ from robusta.spec.durations import Duration
 
 BUCKET = "__bucket"  # bucket start, epoch micros (int64)
 CHANGED = "__changed"  # state column: the tile was (re)computed by this micro-batch
+# Optional leading sort key of a batch build's finest tiles (its file: key bucket and month),
+# kept through the rollups so the tiles come out in the writer's file order (``file_order``).
+PART = "__part"
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
@@ -51,7 +54,10 @@ def advance(group: TileGroup, version: str, stored: pa.Table | None, partial: pa
     finest tiles as (key columns, ``__bucket``, ``events``, IR columns), keys not null.
     """
     sizes = sorted(group.layout.granularities, key=lambda g: g.micros)  # finest first
+    part = partial.column(PART) if stored is None and PART in partial.column_names else None
     partial = _normalized(group, partial)
+    if part is not None:  # rollups run within each part (no tile spans two: ``file_order``)
+        partial = partial.append_column(PART, part)
     old = {size.name: _level(group, stored, size) for size in sizes}
     level = _merge_finest(group, old[sizes[0].name], partial)
     frames = [_finish(group, version, sizes[0], level)]
@@ -133,13 +139,12 @@ def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration)
     parents = pc.subtract(children.column(BUCKET), _floor_mod(children.column(BUCKET), size.micros))
     tagged = children.append_column("__parent", parents)
     on = [*keys, "__parent"]
+    part = [PART] if PART in tagged.column_names else []
     if old.num_rows == 0 and pc.all(tagged.column(CHANGED)).as_py() is not False:
-        rows = _sorted(tagged, [*on, BUCKET])  # a batch build: every parent is rolled up
+        rows = _sorted(tagged, [*part, *on, BUCKET])  # a batch build: every parent rolled up
         touched = None
     else:
-        touched = (
-            tagged.filter(tagged.column(CHANGED)).select(on).group_by(on).aggregate([])
-        )
+        touched = tagged.filter(tagged.column(CHANGED)).select(on).group_by(on).aggregate([])
         chosen = _indexed(tagged.select(on), on, "__c").join(touched, keys=on, join_type="inner")
         rows = _sorted(tagged.take(chosen.column("__c")), [*on, BUCKET])
     offsets = run_offsets(rows, on)
@@ -154,6 +159,8 @@ def _rollup(group: TileGroup, children: pa.Table, old: pa.Table, size: Duration)
         columns[feature.ir_column] = _merged(feature, rows.column(feature.ir_column), offsets)
     redone = pa.table(columns, schema=_schema(group))
     if touched is None:
+        if part:
+            redone = redone.append_column(PART, rows.column(PART).take(starts))
         return _flag(redone, True)
     kept = _indexed(old, [*keys, BUCKET], "__o").join(
         touched.rename_columns([*keys, BUCKET]), keys=[*keys, BUCKET], join_type="left anti"
@@ -193,9 +200,12 @@ def _merged(feature: BaseFeature, irs: pa.ChunkedArray | pa.Array, offsets: np.n
 def _sorted(rows: pa.Table, on: Sequence[str]) -> pa.Table:
     """``rows`` sorted by ``on``; rows already in order (a batch build's) are not copied."""
     order = pc.sort_indices(rows.select(list(on)), sort_keys=[(c, "ascending") for c in on])
-    if np.array_equal(order.to_numpy(), np.arange(rows.num_rows)):
-        return rows
-    return rows.take(order)
+    return rows if is_identity(order) else rows.take(order)
+
+
+def is_identity(order: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether sort indices leave every row where it is."""
+    return bool(np.array_equal(np.asarray(order), np.arange(len(order))))
 
 
 def run_offsets(rows: pa.Table, on: Sequence[str]) -> np.ndarray:

@@ -74,6 +74,18 @@ class Checker:
             return None
         return str(value)
 
+    def whole(self, path: PathKey, low: int, high: int) -> int | None:
+        """A whole number in ``[low, high]``; None (and a problem) otherwise, or if absent."""
+        value = self.get(path)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.add(
+                path, f'"{path[-1]}" must be a whole number from {low} to {high}, got {value!r}'
+            )
+            return None
+        return value
+
     def mapping(self, path: PathKey) -> dict[str, Any] | None:
         value = self.get(path)
         if value is None:

@@ -11,8 +11,10 @@ from robusta.errors import ConfigNotFoundError, Location, Problem
 from robusta.spec.checks import Checker
 from robusta.spec.durations import Duration
 from robusta.spec.model import (
+    DEFAULT_KEY_BUCKETS,
     DEFAULT_LATENESS,
     ENGINES,
+    MAX_KEY_BUCKETS,
     ONLINE_TYPES,
     SOURCE_FORMATS,
     STREAM_FORMATS,
@@ -290,7 +292,9 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     if check.get(("offline",)) is None:
         return OfflineConfig(default_catalog, root / ".robusta" / "warehouse", "robusta")
     check.section(
-        ("offline",), (), ("catalog", "warehouse", "namespace", "allowed_lateness")
+        ("offline",),
+        (),
+        ("catalog", "warehouse", "namespace", "allowed_lateness", "key_buckets"),
     )
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
     if check.get(("offline", "catalog")) is not None:
@@ -314,7 +318,8 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     warehouse = root / (check.text(("offline", "warehouse")) or ".robusta/warehouse")
     namespace = check.text(("offline", "namespace")) or "robusta"
     lateness = _lateness(check, ("offline", "allowed_lateness"))
-    return OfflineConfig(catalog, warehouse, namespace, lateness)
+    buckets = check.whole(("offline", "key_buckets"), 1, MAX_KEY_BUCKETS)
+    return OfflineConfig(catalog, warehouse, namespace, lateness, buckets or DEFAULT_KEY_BUCKETS)
 
 
 def _lateness(check: Checker, path: tuple[str, ...]) -> Duration:

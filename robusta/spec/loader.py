@@ -11,14 +11,14 @@ from robusta.spec.checks import Checker
 from robusta.spec.config import display_path
 from robusta.spec.durations import Duration, DurationSyntaxError, Window
 from robusta.spec.embedded_sql import embedded_problems
-from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
+from robusta.spec.model import MAX_KEY_BUCKETS, FeatureDef, FeatureSpec, ProjectConfig
 from robusta.spec.sql import QueryProblem, analyze_query
 from robusta.spec.suggest import did_you_mean, one_of
 from robusta.spec.types import Column, DataType
 from robusta.spec.yamldoc import YamlDoc, YamlLoadError, load_yaml
 
 SPEC_REQUIRED = ("name", "query", "timestamp", "features")
-SPEC_OPTIONAL = ("owner", "description", "granularities")
+SPEC_OPTIONAL = ("owner", "description", "granularities", "key_buckets")
 FEATURE_REQUIRED = ("op", "windows", "group_by_selectors")
 FEATURE_OPTIONAL = ("input", "params", "primary_selector", "description")
 DEFAULT_GRANULARITIES = ("1d", "1h", "5m")
@@ -70,6 +70,7 @@ def load_spec(path: Path, config: ProjectConfig) -> tuple[FeatureSpec | None, li
         sources=analysis.sources if analysis is not None else (),
         columns=columns,
         location=Location(doc.file, 1, 1),
+        key_buckets=check.whole(("key_buckets",), 1, MAX_KEY_BUCKETS),
     )
     return spec, check.problems
 

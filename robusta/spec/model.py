@@ -16,6 +16,8 @@ ONLINE_TYPES = ("embedded", "redis", "aerospike")
 ENGINES = ("embedded", "spark")  # the first is the default
 STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
 DEFAULT_LATENESS = Duration(3_600_000_000)  # offline.allowed_lateness: 1h
+DEFAULT_KEY_BUCKETS = 8  # offline.key_buckets
+MAX_KEY_BUCKETS = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class OfflineConfig:
     # A batch run covers whole buckets up to floor(latest event - allowed_lateness, gmin):
     # events landing within it never change a bucket behind a pointer that was served.
     allowed_lateness: Duration = DEFAULT_LATENESS
+    # Key buckets of every tile table unless a spec sets its own (docs/spec.md: sizing).
+    key_buckets: int = DEFAULT_KEY_BUCKETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,7 @@ class FeatureSpec:
     sources: tuple[str, ...]  # source names the query reads
     columns: tuple[Column, ...]  # the query's output columns (types UNKNOWN when not derivable)
     location: Location | None = None
+    key_buckets: int | None = None  # None: the project's offline.key_buckets
 
     @property
     def finest(self) -> Duration:

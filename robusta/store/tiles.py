@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from robusta.errors import RobustaError
 from robusta.plan.model import TileGroup
-from robusta.plan.open_tiles import run_offsets
+from robusta.plan.open_tiles import is_identity, run_offsets
 from robusta.spec.model import OfflineConfig
 from robusta.store.catalog import open_catalog
 
@@ -114,12 +114,11 @@ class TileTables:
             with table.transaction() as tx:
                 tx.set_properties(**NO_COMMIT_RETRY)
             table = self.catalog.load_table(self.identifier(group.layout.table))
-        stored = table.properties.get(VERSION_PROPERTY)
         if not rebuild and table_state(table, group, version) == STALE:
             raise SpecChangedError(
-                f'the tiles in table "{self.identifier(group.layout.table)}" were written by '
-                f"spec version {stored}, the spec is now version {version}: rerun "
-                "`robusta materialize` with --rebuild to recompute every tile of it"
+                f'the tiles in table "{self.identifier(group.layout.table)}" '
+                f"{stale_reason(table, group, version)}: rerun `robusta materialize` with "
+                "--rebuild to recompute every tile of it"
             )
         return table
 
@@ -189,17 +188,20 @@ class TileTables:
         return removed
 
     def overlapping_files(self, table: Any, start: int | None, end: int | None) -> list[Any]:
-        """Data files that may hold tiles with ``start <= bucket_start < end`` (None: open)."""
-        from pyiceberg import expressions
+        """Data files that may hold tiles with ``start <= bucket_start < end`` (None: open),
+        by the files' ``bucket_start`` bounds: the manifests read directly, as evaluating
+        pyiceberg's scan expressions per file cost more than reading the manifests."""
+        field_id = table.schema().find_field("bucket_start").field_id
 
-        condition: Any = expressions.AlwaysTrue()
-        at_least: Any = expressions.GreaterThanOrEqual  # pydantic models: untyped positionals
-        below: Any = expressions.LessThan
-        if start is not None:
-            condition = expressions.And(condition, at_least("bucket_start", start))
-        if end is not None:
-            condition = expressions.And(condition, below("bucket_start", end))
-        return files_where(table, condition)
+        def may_hold(data_file: Any) -> bool:
+            low = data_file.lower_bounds.get(field_id)
+            high = data_file.upper_bounds.get(field_id)
+            if low is None or high is None:
+                return True
+            first, last = (int.from_bytes(b, "little", signed=True) for b in (low, high))
+            return (start is None or last >= start) and (end is None or first < end)
+
+        return [f for f in live_files(table) if may_hold(f)]
 
     def with_partition_mates(self, table: Any, files: Sequence[Any]) -> list[Any]:
         """``files`` and every other file of the same partitions: a run replacing part of a
@@ -287,6 +289,21 @@ class TileTables:
         }
         swap_files(table, old_files, new_paths, summary, labels, relayout=tile_schema(group))
         return self._snapshot_id(table)
+
+
+def live_files(table: Any) -> list[Any]:
+    """Every data file of the table's current snapshot (tile tables hold no delete files)."""
+    from pyiceberg.manifest import ManifestContent
+
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return []
+    return [
+        entry.data_file
+        for manifest in snapshot.manifests(table.io)
+        if manifest.content == ManifestContent.DATA
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+    ]
 
 
 def files_where(table: Any, condition: Any) -> list[Any]:
@@ -435,6 +452,20 @@ def table_state(table: Any, group: TileGroup, version: str) -> str:
     return ADD if missing else FRESH
 
 
+def stale_reason(table: Any, group: TileGroup, version: str) -> str:
+    """Why a STALE table's tiles cannot be read as ``group`` (ends a "the tiles ..." clause):
+    a change of key buckets is a layout migration, anything else a spec change."""
+    buckets = table.properties.get(KEY_BUCKETS_PROPERTY)
+    if buckets is not None and buckets != str(group.layout.key_buckets):
+        return (
+            f"are in {buckets} key buckets and the spec now asks for "
+            f"{group.layout.key_buckets} (key_buckets in the spec or offline.key_buckets; "
+            f"set it back to {buckets} to keep them)"
+        )
+    stored = table.properties.get(VERSION_PROPERTY)
+    return f"were written by spec version {stored}, the spec is now version {version}"
+
+
 def new_features(table: Any, group: TileGroup) -> list[Any] | None:
     """The group's features whose IR columns the table lacks, when every column it has is
     still computed the same way (same feature hash) and the key bucketing is unchanged; None
@@ -476,13 +507,18 @@ def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Pa
     month = pc.add(pc.multiply(pc.year(starts), 100), pc.month(starts))  # YYYYMM
     tagged = tiles.append_column("__month", month)
     keys = [k.column for k in group.layout.keys]
+    # Granularities in order of appearance (a build's blocks), not by name: the order within
+    # a file is the same either way, and a build's tiles then often need no gather at all.
+    tagged = tagged.append_column(
+        "__g", pc.dictionary_encode(tagged.column("granularity").combine_chunks()).indices
+    )
     partition = ["granularity", "key_bucket", "__month"]
     # One sort puts every partition's rows together, in key and time order: slices, not masks.
-    order = pc.sort_indices(
-        tagged.select([*partition, *keys, "bucket_start"]),
-        sort_keys=[(c, "ascending") for c in [*partition, *keys, "bucket_start"]],
-    )
-    tagged = tagged.take(order)
+    by = ["__g", "key_bucket", "__month", *keys, "bucket_start"]
+    order = pc.sort_indices(tagged.select(by), sort_keys=[(c, "ascending") for c in by])
+    if not is_identity(order):
+        tagged = tagged.take(order)
+    tagged = tagged.drop_columns(["__g"])
     rows = tagged.drop_columns(["__month"])
     bounds = run_offsets(tagged, partition)
     names = zip(*(tagged.column(c).take(bounds[:-1]).to_pylist() for c in partition), strict=True)
@@ -493,8 +529,16 @@ def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Pa
             folder_of.mkdir(parents=True, exist_ok=True)
         jobs.append((rows.slice(begin, end - begin), folder_of / f"month={_month(m)}.parquet"))
     with ThreadPoolExecutor(_WRITERS) as pool:
-        list(pool.map(lambda job: pq.write_table(*job), jobs))
+        list(pool.map(lambda job: _write_file(*job), jobs))
     return [path for _, path in jobs]
+
+
+def _write_file(rows: pa.Table, path: Path) -> None:
+    """One Parquet file, built in memory and written with one call: the writer's many
+    small writes and seeks per column chunk cost more than the data in a small file."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(rows, buffer)
+    path.write_bytes(buffer.getvalue().to_pybytes())
 
 
 _WRITERS = 4  # threads writing tile files (file creation is most of a small file's cost)
@@ -545,8 +589,7 @@ def read_tile_files(paths: Sequence[str], group: TileGroup) -> pa.Table:
         return schema.empty_table()
     # Read in the table's own field types: the engines' writers differ in nullability.
     parts = [
-        ds.dataset(files, schema=_file_schema(names, files[0], schema), format="parquet")
-        .to_table()
+        ds.dataset(files, schema=_file_schema(names, files[0], schema), format="parquet").to_table()
         for names, files in groups
     ]
     merged = parts[0] if len(parts) == 1 else merge_tiles(parts, tile_identity(group))

@@ -301,7 +301,7 @@ def test_hot_buckets_split_by_time_give_the_same_frame(
 
 
 def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
-    from robusta.api.training import _plan_join, resolve_features
+    from robusta.api.training import _plan_joins, resolve_features
     from robusta.api.training_rows import check_columns, stage_rows
     from robusta.engine.spark.pit import join_group, prepare_rows
 
@@ -313,8 +313,8 @@ def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
     prepared = prepare_rows(frame, "ts", None)
     times = pc.cast(rows.column("ts"), pa.int64())
     lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
-    join = _plan_join(
-        project.workspace, request, lo, hi, False, False, lambda _: None, BackfillReport()
+    (join,) = _plan_joins(
+        project.workspace, [request], lo, hi, False, False, lambda _: None, BackfillReport()
     )
     buckets = request.group.layout.key_buckets
     assert join_group(prepared, join, keys).rdd.getNumPartitions() == buckets
@@ -407,7 +407,7 @@ def test_the_embedded_join_equals_the_spark_join_bit_for_bit(
 ) -> None:
     """The same rows joined on Arrow (no Spark) from the same tiles: every feature of every
     row, with nulls, pointers, hot and unknown keys, equals the Spark join's to the bit."""
-    from robusta.api.training import _plan_join, resolve_features
+    from robusta.api.training import _plan_joins, resolve_features
     from robusta.api.training_rows import check_columns, normalize_times, stage_rows
     from robusta.engine.embedded.pit import BATCH_ROWS, join_group
 
@@ -425,10 +425,10 @@ def test_the_embedded_join_equals_the_spark_join_bit_for_bit(
     lo = min(pc.min(times).as_py(), pc.min(pointers).as_py())
     hi = pc.max(times).as_py()
     joined = table
-    for request in requests:
-        join = _plan_join(
-            project.workspace, request, lo, hi, True, False, lambda _: None, BackfillReport()
-        )
+    joins = _plan_joins(
+        project.workspace, requests, lo, hi, True, False, lambda _: None, BackfillReport()
+    )
+    for request, join in zip(requests, joins, strict=True):
         joined = join_group(joined, join, keys[request.group.layout.table], "ts", "served_at")
     assert joined.column("label").to_pylist() == rows.column("label").to_pylist()  # order
     for name in report.features:

@@ -29,6 +29,7 @@ import pytest
 from robusta.demo.datagen import EVENT_SCHEMA_DDL, GeneratorConfig, generate_events, write_events
 from robusta.jobs.materialize import TableReport, materialize
 from robusta.ops import Operator, make_operator
+from robusta.plan.keys import key_bucket
 from robusta.plan.model import BaseFeature, TileGroup
 from robusta.spec.types import DataType
 from robusta.store.tiles import SpecChangedError, TileTables
@@ -365,6 +366,37 @@ def test_a_changed_spec_is_refused_until_rebuilt(
         assert all(r.version == project.workspace.plan.specs[0].hash for r in reports)
     finally:
         spec.write_text(original)
+        project.reload()
+        materialize(project.workspace, rebuild=True)
+
+
+def test_changed_key_buckets_are_a_migration(
+    project: Project, first_run: list[TableReport]
+) -> None:
+    """A new key bucket count is refused with what changed and the command that re-tiles; the
+    rebuilt tiles sit in the new buckets and are otherwise the same tiles."""
+    config = project.root / "robusta.yaml"
+    original = config.read_text()
+    exact = ["user_id", "granularity", "bucket_start", "events", "n_events", "clicks"]
+    exact += ["dwell_min", "dwell_max", "first_item", "last_device", "first_items", "top_channels"]
+    before = sorted_rows(table_rows(project, "engagement__by_user_id")).select(exact)
+    config.write_text(
+        original.replace("  warehouse: warehouse\n", "  warehouse: warehouse\n  key_buckets: 3\n")
+    )
+    try:
+        project.reload()
+        with pytest.raises(
+            SpecChangedError, match=r"are in 8 key buckets and the spec now asks for 3.*--rebuild"
+        ):
+            materialize(project.workspace, ["engagement"])
+        materialize(project.workspace, ["engagement"], rebuild=True)
+        rows = sorted_rows(table_rows(project, "engagement__by_user_id"))
+        buckets = rows.column("key_bucket").to_pylist()
+        assert buckets == [key_bucket(u, 3) for u in rows.column("user_id").to_pylist()]
+        assert set(buckets) == {0, 1, 2}
+        assert_same_tiles(rows.select(exact), before)
+    finally:
+        config.write_text(original)
         project.reload()
         materialize(project.workspace, rebuild=True)
 

@@ -151,6 +151,12 @@ SPEC_CASES = [
         '"windows" must be a list like [a, b], got text',
     ),
     ("needs-input", SPEC.replace("    input: amount\n", ""), "9:3", "needs an input column"),
+    (
+        "key-buckets-zero",
+        SPEC.replace("timestamp: ts", "timestamp: ts\nkey_buckets: 0"),
+        "7:14",
+        '"key_buckets" must be a whole number from 1 to 65536, got 0',
+    ),
 ]
 
 
@@ -221,6 +227,12 @@ CONFIG_CASES = [
         CONFIG + "online: {type: redis, on_unavailable: zero}\n",
         "12:39",
         'on_unavailable must be one of "empty", "error"',
+    ),
+    (
+        "key-buckets-not-whole",
+        CONFIG + "offline: {key_buckets: 2.5}\n",
+        "12:24",
+        '"key_buckets" must be a whole number from 1 to 65536, got 2.5',
     ),
 ]
 
@@ -299,7 +311,7 @@ def test_validate_one_file_still_checks_clashes(make_project: MakeProject) -> No
     first = config.parent / "feature_defs" / "purchases.yaml"
     alone = CliRunner().invoke(main, ["validate", str(first), "--config", str(config)])
     assert alone.exit_code == 1
-    [line] = [line for line in alone.output.splitlines() if "spend_1h\" is also" in line]
+    [line] = [line for line in alone.output.splitlines() if 'spend_1h" is also' in line]
     assert "purchases.yaml:" in line and "purchases_copy.yaml;" in line
 
 
@@ -385,3 +397,17 @@ def test_unclosed_quote_is_located(make_project: MakeProject) -> None:
     spec = SPEC.replace("  FROM events", "  FROM events WHERE item_id = 'abc")
     code, output = validate(make_project(purchases=spec))
     assert code == 1 and "purchases.yaml:5:" in output and "unclosed quote" in output
+
+
+def test_key_buckets_come_from_the_spec_else_the_project(make_project: MakeProject) -> None:
+    other = SPEC.replace("name: purchases", "name: views").replace("spend:", "views:")
+    config = make_project(
+        config=CONFIG + "offline: {key_buckets: 4}\n",
+        purchases=SPEC.replace("timestamp: ts", "timestamp: ts\nkey_buckets: 64"),
+        views=other,
+    )
+    plan = load_workspace(config).require_valid().plan
+    buckets = {s.name: s.groups[0].layout.key_buckets for s in plan.specs}
+    assert buckets == {"purchases": 64, "views": 4}
+    default = load_workspace(make_project(config=CONFIG)).require_valid().plan
+    assert {s.groups[0].layout.key_buckets for s in default.specs} == {8}

@@ -5,7 +5,9 @@ them in the Spark engine's file layout (``store.tiles.write_tile_files``). No JV
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,14 @@ from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.tiles import local_path, read_tile_files, write_tile_files
 
 SHARE_ROWS = 2_000_000  # events per share of key buckets in one build (bounds its memory)
+SPLIT_ROWS = 200_000  # from this many events a build goes in two shares, built side by side
+SHARE_THREADS = 2  # shares built at once (two cores; Arrow and numpy release the GIL)
 
 
 def _shares(events: pa.Table, group: TileGroup) -> int:
-    return max(1, min(group.layout.key_buckets, -(-int(events.num_rows) // SHARE_ROWS)))
+    rows = int(events.num_rows)
+    wanted = max(-(-rows // SHARE_ROWS), SHARE_THREADS if rows >= SPLIT_ROWS else 1)
+    return max(1, min(group.layout.key_buckets, wanted))
 
 
 def _bucket_of(table: pa.Table, group: TileGroup) -> np.ndarray:
@@ -56,6 +62,7 @@ def by_key_share(events: pa.Table, group: TileGroup, shares: int) -> Iterator[pa
 
 def added(a: TileCounts, b: TileCounts) -> TileCounts:
     """The counts of two shares' builds together."""
+
     def latest(x: int | None, y: int | None) -> int | None:
         return y if x is None else x if y is None else max(x, y)
 
@@ -71,13 +78,20 @@ def added(a: TileCounts, b: TileCounts) -> TileCounts:
 
 class EmbeddedTileEngine:
     name = "embedded"
+    parallel_groups = 2  # Arrow builds and Parquet writes release the GIL in large part
 
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
         self.con = connect()
         self._events: dict[str, pa.Table] = {}  # per spec: its query's rows, read once
+        # One query at a time on the connection (DuckDB parallelizes each query itself).
+        self._query_lock = threading.Lock()
 
     def events(self, plan: SpecPlan) -> pa.Table:
+        with self._query_lock:
+            return self._read_events(plan)
+
+    def _read_events(self, plan: SpecPlan) -> pa.Table:
         if plan.name not in self._events:
             sources = [self.config.sources[s] for s in plan.spec.sources]
             register_sources(self.con, sources, config=self.config)
@@ -110,17 +124,24 @@ class EmbeddedTileEngine:
             inside = pc.and_(pc.greater_equal(ts, window.start), pc.less(ts, window.end))
             events = events.filter(pc.or_kleene(pc.is_null(ts), inside))
         kept = self._outside(carried, window, group) if carried else None
-        parts: list[TileCounts] = []
-        # Keys never share a tile: a large build goes a share of the key buckets at a time,
-        # so only that share's tiles are in memory (each writes its own partitions' files).
+        # Keys never share a tile: a build goes a share of the key buckets at a time, two
+        # at once, so only those shares' tiles are in memory (each writes its own files).
         shares = _shares(events, group)
-        for share, rows in enumerate(by_key_share(events, group, shares)):
+
+        def build(share: int, rows: pa.Table) -> TileCounts:
             tiles, part = build_tiles(rows, plan, group)
             if kept is not None:
                 mine = kept.column("key_bucket").to_numpy() % shares == share
                 tiles = pa.concat_tables([tiles, kept.filter(pa.array(mine))])
             write_tile_files(tiles, group, folder)
-            parts.append(part)
+            return part
+
+        work = enumerate(by_key_share(events, group, shares))
+        if shares == 1:
+            parts = [build(share, rows) for share, rows in work]
+        else:
+            with ThreadPoolExecutor(SHARE_THREADS) as pool:
+                parts = list(pool.map(lambda job: build(*job), work))
         counts = functools.reduce(added, parts)  # one share at least
         if window.bounded:  # the source's latest event, not the window's (TileCounts)
             counts.last_event = latest

@@ -31,6 +31,20 @@ def join_group(
     """``rows`` with ``join``'s feature columns appended, in input order. Time columns must be
     ``timestamp[us, UTC]`` (``training_rows.normalize_times``); key columns strings or
     integers, cast to the entity types as Spark's join casts them."""
+    features = group_features(rows, join, key_columns, timestamp_column, version_column)
+    for name in features.column_names:
+        rows = rows.append_column(name, features.column(name))
+    return rows
+
+
+def group_features(
+    rows: pa.Table,
+    join: GroupJoin,
+    key_columns: Sequence[str],
+    timestamp_column: str,
+    version_column: str | None = None,
+) -> pa.Table:
+    """Only ``join``'s feature columns of ``rows`` (:func:`join_group`), in input order."""
     layout = join.group.layout
     keyed: dict[str, pa.Array] = {}
     for i, (key, column) in enumerate(zip(layout.keys, key_columns, strict=True)):
@@ -52,10 +66,7 @@ def join_group(
         features = pa.table({o.name: pa.array([], o.type) for o in join.outputs})
     back = np.empty(len(order), np.int64)
     back[order] = np.arange(len(order))
-    features = features.take(pa.array(back))
-    for name in names:
-        rows = rows.append_column(name, features.column(name))
-    return rows
+    return features.take(pa.array(back))
 
 
 def _cast_key(column: pa.Array, target: pa.DataType) -> pa.Array:

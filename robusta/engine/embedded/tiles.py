@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.engine.counts import TileCounts
-from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import BUCKET, CHANGED, advance, run_offsets
+from robusta.plan.keys import key_buckets
+from robusta.plan.model import SpecPlan, TileGroup, TileLayout
+from robusta.plan.open_tiles import BUCKET, CHANGED, PART, advance, run_offsets
 from robusta.spec.types import DataType
 from robusta.store.tiles import tile_schema
 
@@ -42,9 +43,15 @@ class Finest:
     last_event: int | None  # the latest event time with a key
 
 
-def finest_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> Finest:
+def finest_tiles(
+    events: pa.Table, plan: SpecPlan, group: TileGroup, *, file_order: bool = False
+) -> Finest:
     """The finest tiles of ``group`` over ``events`` (steps 1-3 of the module doc), in the
-    columns ``plan.open_tiles.advance`` merges (the stream's micro-batch tiles too)."""
+    columns ``plan.open_tiles.advance`` merges (the stream's micro-batch tiles too).
+
+    ``file_order``: led by their file (key bucket, month: ``plan.open_tiles.PART``) when no
+    granularity spans two months, so a batch build's rollups come out in the order the
+    writer stores them and it need not gather a million nested rows again."""
     layout = group.layout
     keys = [_key_column(events.column(k.column), k.type) for k in layout.keys]
     ts = utc_micros(events.column(plan.spec.timestamp))
@@ -57,16 +64,20 @@ def finest_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> Finest:
     micros = np.asarray(ts.take(kept).to_numpy(zero_copy_only=False), dtype=np.int64)
     size = layout.finest.micros
     buckets = micros - np.mod(micros, size)
-    rows = pa.table(
-        {
-            **{f"__k{i}": key.take(kept) for i, key in enumerate(keys)},
-            BUCKET: pa.array(buckets, pa.int64()),
-            "__ts": pa.array(micros, pa.int64()),
-            "__row": pa.array(kept, pa.int64()),
-        }
-    )
+    columns = {
+        **{f"__k{i}": key.take(kept) for i, key in enumerate(keys)},
+        BUCKET: pa.array(buckets, pa.int64()),
+        "__ts": pa.array(micros, pa.int64()),
+        "__row": pa.array(kept, pa.int64()),
+    }
     grouped = [f"__k{i}" for i in range(len(keys))]
-    rows = rows.sort_by([(c, "ascending") for c in [*grouped, BUCKET, "__ts"]])
+    lead = []
+    if file_order and _within_months(layout):
+        primary = keys[[k.column for k in layout.keys].index(layout.primary)].take(kept)
+        columns[PART] = pa.array(_file_part(primary, buckets, layout.key_buckets), pa.int64())
+        lead = [PART]
+    rows = pa.table(columns)
+    rows = rows.sort_by([(c, "ascending") for c in [*lead, *grouped, BUCKET, "__ts"]])
     offsets = run_offsets(rows, [*grouped, BUCKET])
     starts = offsets[:-1]
     order = rows.column("__row")
@@ -76,6 +87,8 @@ def finest_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> Finest:
         k.column: rows.column(g).take(starts) for k, g in zip(layout.keys, grouped, strict=True)
     }
     partial[BUCKET] = rows.column(BUCKET).take(starts)
+    if lead:
+        partial[PART] = rows.column(PART).take(starts)
     partial["events"] = pa.array(np.diff(offsets), pa.int64())
     for feature in group.features:
         values = None
@@ -93,14 +106,29 @@ def finest_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> Finest:
     )
 
 
+def _within_months(layout: TileLayout) -> bool:
+    """Whether every tile lies in one month: each granularity divides a day (UTC days,
+    epoch-aligned, never straddle months)."""
+    return all(_DAY % g.micros == 0 for g in layout.granularities)
+
+
+_DAY = 86_400_000_000
+
+
+def _file_part(primary: pa.Array, buckets: np.ndarray, key_buckets_: int) -> np.ndarray:
+    """Per row, its tile file's (key bucket, month) as one sortable integer."""
+    months = buckets.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
+    return (key_buckets(primary, key_buckets_) << 32) + (months + (1 << 31))
+
+
 def build_tiles(events: pa.Table, plan: SpecPlan, group: TileGroup) -> tuple[pa.Table, TileCounts]:
     """Every tile of ``group`` over ``events`` (the spec query's rows), in the tile table's
     columns, and what the job reports (as the Spark job's ``TileJob.counts``)."""
     layout = group.layout
-    finest = finest_tiles(events, plan, group)
+    finest = finest_tiles(events, plan, group, file_order=True)
     tiles = advance(group, plan.hash, None, finest.partial).drop_columns([CHANGED])
     schema = tile_schema(group)
-    tiles = tiles.select(schema.names).cast(schema)  # in no order: the writer sorts by file
+    tiles = tiles.select(schema.names).cast(schema)  # the writer keeps an order it can use
     per = pc.value_counts(tiles.column("granularity")).to_pylist() if tiles.num_rows else []
     found = {str(p["values"]): int(p["counts"]) for p in per}
     counts = TileCounts(
@@ -146,5 +174,3 @@ def _nulls(values: pa.Array) -> np.ndarray:
     if not values.null_count:
         return np.zeros(len(values), dtype=np.bool_)
     return np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
-
-

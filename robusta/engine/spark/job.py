@@ -16,6 +16,7 @@ from robusta.spec.model import ProjectConfig, SourceConfig
 
 class SparkTileEngine:
     name = "spark"
+    parallel_groups = 1
 
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
