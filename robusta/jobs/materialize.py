@@ -190,24 +190,26 @@ def _materialize_group(
         if not window.bounded:  # the whole coverage has every column now
             return report
         table = tables.load(name)
-    run = tables.start_run(table)
-    old_files = [] if rebuild else tables.overlapping_files(table, window.start, window.end)
-    if window.bounded:  # every column set of the partitions touched goes together
-        old_files = tables.with_partition_mates(table, old_files)
-    step(f"{name}: reading events, building and writing tiles")
-    carried = old_files if window.bounded else ()
-    counts = engine.write_tiles(plan, group, window, run.folder, carried)
-    latest = _latest(counts.last_event, None if rebuild else latest_event(table))
-    covered = _covered(window, latest, group, tables.offline.allowed_lateness)
-    properties = {VERSION_PROPERTY: plan.hash, "robusta.events": str(counts.events)}
-    if latest is not None:
-        properties[LATEST_PROPERTY] = str(latest)
-    _check_going(stop, name)
-    step(f"{name}: committing")
-    if rebuild:  # every old tile out and the new layout in, one commit
-        snapshot = tables.rebuild(table, run, properties, covered, group)
-    else:
-        snapshot = tables.replace(table, old_files, run, properties, covered=covered, group=group)
+    with tables.start_run(table) as run:  # its lease ends with the run
+        old_files = [] if rebuild else tables.overlapping_files(table, window.start, window.end)
+        if window.bounded:  # every column set of the partitions touched goes together
+            old_files = tables.with_partition_mates(table, old_files)
+        step(f"{name}: reading events, building and writing tiles")
+        carried = old_files if window.bounded else ()
+        counts = engine.write_tiles(plan, group, window, run.folder, carried)
+        latest = _latest(counts.last_event, None if rebuild else latest_event(table))
+        covered = _covered(window, latest, group, tables.offline.allowed_lateness)
+        properties = {VERSION_PROPERTY: plan.hash, "robusta.events": str(counts.events)}
+        if latest is not None:
+            properties[LATEST_PROPERTY] = str(latest)
+        _check_going(stop, name)
+        step(f"{name}: committing")
+        if rebuild:  # every old tile out and the new layout in, one commit
+            snapshot = tables.rebuild(table, run, properties, covered, group)
+        else:
+            snapshot = tables.replace(
+                table, old_files, run, properties, covered=covered, group=group
+            )
     report = _table_report(plan, tables.identifier(name), counts, snapshot, started)
     report.range = _range_text(window)
     report.carried_over_files = len(old_files) if window.bounded else 0
@@ -240,12 +242,12 @@ def _add_columns(
     window = Range(start, end) if end is not None else Range()
     subset = TileGroup(group.layout, tuple(added))
     names = ", ".join(f.name for f in added)
-    run = tables.start_run(table)
-    step(f"{group.layout.table}: computing the added features {names} over the coverage")
-    counts = engine.write_tiles(plan, subset, window, run.folder)
-    _check_going(stop, group.layout.table)
-    step(f"{group.layout.table}: committing the added columns")
-    snapshot = tables.add_columns(table, group, plan.hash, run, added)
+    with tables.start_run(table) as run:  # its lease ends with the run
+        step(f"{group.layout.table}: computing the added features {names} over the coverage")
+        counts = engine.write_tiles(plan, subset, window, run.folder)
+        _check_going(stop, group.layout.table)
+        step(f"{group.layout.table}: committing the added columns")
+        snapshot = tables.add_columns(table, group, plan.hash, run, added)
     report = _table_report(plan, tables.identifier(group.layout.table), counts, snapshot, started)
     report.range = _range_text(window) if spans and spans[0][0] is not None else (None, None)
     report.added_columns = [f.ir_column for f in added]
@@ -345,9 +347,9 @@ def compact(
                 continue
             step(f"{group.layout.table}: compacting {len(files)} files")
             tiles = tiles or open_engine(config, name)
-            run = tables.start_run(table)
-            tiles.rewrite(files, group, run.folder)
-            snapshot = tables.replace(table, files, run, {"robusta.compacted": "true"})
-            after = len(list(run.folder.rglob("*.parquet")))
+            with tables.start_run(table) as run:  # its lease ends with the run
+                tiles.rewrite(files, group, run.folder)
+                snapshot = tables.replace(table, files, run, {"robusta.compacted": "true"})
+                after = len(list(run.folder.rglob("*.parquet")))
             reports.append(CompactReport(plan.name, identifier, len(files), after, snapshot))
     return reports

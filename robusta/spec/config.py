@@ -11,6 +11,7 @@ from robusta.errors import ConfigNotFoundError, Location, Problem
 from robusta.spec.checks import Checker
 from robusta.spec.durations import Duration
 from robusta.spec.model import (
+    CATALOG_TYPES,
     DEFAULT_KEY_BUCKETS,
     DEFAULT_LATENESS,
     ENGINES,
@@ -298,20 +299,7 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     )
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
     if check.get(("offline", "catalog")) is not None:
-        check.section(("offline", "catalog"), ("type", "uri"), ("warehouse", "properties"))
-        uri = str(catalog.get("uri", ""))
-        if uri and not uri.startswith(("sqlite:///", "postgresql")):
-            check.add(
-                ("offline", "catalog", "uri"),
-                f'catalog uri "{uri}" must start with '
-                "sqlite:/// or postgresql:// (or postgresql+psycopg2://)",
-            )
-        if catalog.get("type", "sql") != "sql":
-            check.add(
-                ("offline", "catalog", "type"),
-                "only the SQL catalog is supported: type: sql "
-                "(uri: sqlite:///... or postgresql+psycopg2://...)",
-            )
+        _catalog(check, catalog)
     uri = str(catalog.get("uri", ""))
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         catalog["uri"] = f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
@@ -320,6 +308,36 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     lateness = _lateness(check, ("offline", "allowed_lateness"))
     buckets = check.whole(("offline", "key_buckets"), 1, MAX_KEY_BUCKETS)
     return OfflineConfig(catalog, warehouse, namespace, lateness, buckets or DEFAULT_KEY_BUCKETS)
+
+
+def _catalog(check: Checker, catalog: dict[str, Any]) -> None:
+    """``offline.catalog``: pyiceberg catalog properties, handed to ``load_catalog`` as they
+    are (``properties``, a nested mapping, is merged into them); checked here: a known
+    ``type`` (or ``py-catalog-impl``), scalar values, and a SQL catalog's ``uri``."""
+    path = ("offline", "catalog")
+    kind = str(catalog.get("type", "" if "py-catalog-impl" in catalog else "sql")).lower()
+    if kind and kind not in CATALOG_TYPES:
+        check.add(
+            (*path, "type"),
+            f'unknown catalog type "{kind}"{did_you_mean(kind, CATALOG_TYPES)}; '
+            f"types: {one_of(CATALOG_TYPES)}",
+        )
+    for key, value in catalog.items():
+        if key == "properties":
+            check.mapping((*path, "properties"))
+        elif isinstance(value, dict | list):
+            check.add((*path, key), f'catalog property "{key}" must be text or a number')
+    if kind != "sql":
+        return
+    uri = str(catalog.get("uri", ""))
+    if not uri:
+        check.add(path, 'a SQL catalog needs a "uri": sqlite:///... or postgresql+psycopg2://...')
+    elif not uri.startswith(("sqlite:///", "postgresql")):
+        check.add(
+            (*path, "uri"),
+            f'catalog uri "{uri}" must start with '
+            "sqlite:/// or postgresql:// (or postgresql+psycopg2://)",
+        )
 
 
 def _lateness(check: Checker, path: tuple[str, ...]) -> Duration:

@@ -17,6 +17,9 @@ ENGINES = ("embedded", "spark")  # the first is the default
 STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
 DEFAULT_LATENESS = Duration(3_600_000_000)  # offline.allowed_lateness: 1h
 DEFAULT_KEY_BUCKETS = 8  # offline.key_buckets
+# offline.catalog.type: pyiceberg's catalog types, minus "in-memory" (it keeps nothing
+# between two opens, and every job opens the catalog anew).
+CATALOG_TYPES = ("sql", "rest", "hive", "glue", "dynamodb", "bigquery")
 MAX_KEY_BUCKETS = 65_536
 
 

@@ -13,25 +13,48 @@ class CatalogError(RobustaError, OSError):
 
 
 def open_catalog(offline: OfflineConfig) -> Any:
-    """Open (creating on first use) the SQL catalog: SQLite by default, or PostgreSQL."""
+    """The catalog of ``offline.catalog``, handed to pyiceberg's ``load_catalog`` as written
+    (``properties`` merged in; ``warehouse`` defaulting to ``offline.warehouse``), with the
+    namespace created on first use. SQL catalogs default to SQLite in the project."""
     try:
-        from pyiceberg.catalog.sql import SqlCatalog
+        from pyiceberg.catalog import load_catalog
     except ImportError as exc:
-        raise CatalogError('pyiceberg is not installed: pip install "robusta[spark]"') from exc
-    uri = str(offline.catalog.get("uri", ""))
+        raise CatalogError("pyiceberg is not installed: pip install robusta") from exc
+    properties = catalog_properties(offline)
+    uri = properties.get("uri", "")
     if uri.startswith("sqlite:///"):
         from pathlib import Path
 
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     offline.warehouse.mkdir(parents=True, exist_ok=True)
-    properties = {str(k): str(v) for k, v in dict(offline.catalog.get("properties") or {}).items()}
-    warehouse = str(offline.catalog.get("warehouse") or offline.warehouse.resolve().as_uri())
+    kind = properties.get("type", "py-catalog-impl")
     try:
-        catalog = SqlCatalog("robusta", uri=uri, warehouse=warehouse, **properties)
+        catalog = load_catalog("robusta", **properties)
         catalog.create_namespace_if_not_exists(offline.namespace)
-    except Exception as exc:  # SQLAlchemy raises many types for an unreachable database
+    except Exception as exc:  # SQLAlchemy, HTTP and cloud clients raise many types
+        hint = (
+            "check offline.catalog.uri in robusta.yaml and that the database is running"
+            if kind == "sql"
+            else f"check offline.catalog in robusta.yaml (a {kind} catalog; its client may "
+            f'need an extra: pip install "pyiceberg[{kind}]")'
+        )
+        where = uri or kind
         raise CatalogError(
-            f"cannot open the Iceberg catalog at {uri} ({type(exc).__name__}: {exc}); check "
-            "offline.catalog.uri in robusta.yaml and that the database is running"
+            f"cannot open the Iceberg catalog at {where} ({type(exc).__name__}: {exc}); {hint}"
         ) from exc
     return catalog
+
+
+def catalog_properties(offline: OfflineConfig) -> dict[str, str]:
+    """``offline.catalog`` as pyiceberg properties (text values)."""
+    raw = dict(offline.catalog)
+    nested = dict(raw.pop("properties", None) or {})
+    properties = {str(k): _text(v) for k, v in {**raw, **nested}.items()}
+    if "py-catalog-impl" not in properties:
+        properties.setdefault("type", "sql")
+    properties.setdefault("warehouse", offline.warehouse.resolve().as_uri())
+    return properties
+
+
+def _text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -8,7 +8,8 @@ column per base feature (typed by its operator), and ``spec_version``. Partition
 Spark writes the Parquet files into a run folder of the table; one Iceberg *overwrite*
 snapshot then removes the files a run replaces and adds the new ones, so readers see the old
 tiles or the new ones, never a mix. Runs that die before committing leave only their run
-folder, which the next run deletes (nothing references it).
+folder, which a later run deletes (nothing references it) once its lease has expired: a
+live run's folder is leased (:class:`Lease`), so concurrent writers never delete it.
 
 Merge on read: a base feature added to a materialized spec gets its IR column computed over
 the table's coverage into new files holding only the tile identity (keys, granularity,
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +53,7 @@ RUN_PROPERTY = "robusta.run-id"
 LATEST_PROPERTY = "robusta.latest-event"  # epoch micros of the latest event a run tiled
 _TABLE_LABELS = (VERSION_PROPERTY, LATEST_PROPERTY)  # run properties also set on the table
 RUNS_FOLDER = "runs"
+LEASE_SUFFIX = ".lease"
 TS_TYPE = pa.timestamp("us", tz="UTC")
 # A commit that finds the table changed must fail, not be replayed by pyiceberg on the new
 # state: what a run replaces (its files, its coverage) was decided on the old one. The
@@ -77,12 +82,62 @@ def tile_schema(group: TileGroup) -> pa.Schema:
     return pa.schema([*keys, *fixed, *irs, pa.field("spec_version", pa.string())])
 
 
+LEASE_SECONDS = 600.0  # a run folder whose lease is older than this is an orphan
+BEAT_SECONDS = 20.0  # how often a live run renews its lease
+
+
+class Lease:
+    """A run folder's claim, so that another writer's cleanup never deletes a run still
+    being written: a file beside the folder, renewed (touched) by a daemon thread while the
+    run lives, removed when it ends. A writer killed outright leaves a lease that expires
+    after :data:`LEASE_SECONDS`; its folder is an orphan from then on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self._ended = threading.Event()
+        threading.Thread(target=self._beat, name=f"lease {path.name}", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._ended.wait(BEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return  # the folder is gone: nothing left to claim
+
+    def release(self) -> None:
+        self._ended.set()
+        self.path.unlink(missing_ok=True)
+
+
+def lease_alive(path: Path, now: float | None = None) -> bool:
+    """Whether the lease file ``path`` exists and was renewed within :data:`LEASE_SECONDS`."""
+    try:
+        renewed = path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return (now if now is not None else time.time()) - renewed < LEASE_SECONDS
+
+
 @dataclass(frozen=True)
 class Run:
-    """One materialization of one table: where its files go, and its id."""
+    """One materialization of one table: where its files go, its id, and its lease (release
+    it when the run has committed or failed: :meth:`end`)."""
 
     id: str
     folder: Path
+    lease: Lease | None = None
+
+    def end(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.end()
 
 
 class TileTables:
@@ -160,15 +215,17 @@ class TileTables:
 
     # ---- runs -------------------------------------------------------------------------------
     def start_run(self, table: Any) -> Run:
-        """A fresh folder for a run's files; deletes folders of runs that never committed."""
+        """A fresh, leased folder for a run's files; deletes folders of runs that never
+        committed and whose lease expired (their writer died)."""
         self.clean_orphans(table)
         run_id = uuid.uuid4().hex[:12]
         folder = _local_path(table.location()) / RUNS_FOLDER / run_id
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        return Run(run_id, folder)
+        lease = Lease(folder.parent / f"{run_id}{LEASE_SUFFIX}")  # claimed before it exists
+        return Run(run_id, folder, lease)
 
     def clean_orphans(self, table: Any) -> list[Path]:
-        """Delete run folders that no snapshot mentions (a run died before its commit)."""
+        """Delete run folders that no snapshot mentions and no live lease claims: a run
+        that died before its commit. A folder another writer is still filling is leased."""
         runs = _local_path(table.location()) / RUNS_FOLDER
         if not runs.is_dir():
             return []
@@ -177,14 +234,23 @@ class TileTables:
             for s in table.snapshots()
             if s.summary is not None
         }
+        now = time.time()
         # A stream's run is committed by the stream itself (its replay finds the folder).
         removed = [
             f
             for f in runs.iterdir()
-            if f.is_dir() and f.name not in committed and not f.name.startswith("stream-")
+            if f.is_dir()
+            and f.name not in committed
+            and not f.name.startswith("stream-")
+            and not lease_alive(runs / f"{f.name}{LEASE_SUFFIX}", now)
         ]
         for folder in removed:
             shutil.rmtree(folder)
+        for lease in runs.glob(f"*{LEASE_SUFFIX}"):  # of writers killed after their commit
+            if not lease_alive(lease, now) and (
+                lease.stem in committed or not (runs / lease.stem).is_dir()
+            ):
+                lease.unlink(missing_ok=True)
         return removed
 
     def overlapping_files(self, table: Any, start: int | None, end: int | None) -> list[Any]:

@@ -229,6 +229,19 @@ CONFIG_CASES = [
         'on_unavailable must be one of "empty", "error"',
     ),
     (
+        "unknown-catalog-type",
+        CONFIG + "offline: {catalog: {type: rst, uri: x}}\n",
+        "12:27",
+        'unknown catalog type "rst" (did you mean "rest"?); types: "bigquery", "dynamodb", '
+        '"glue", "hive", "rest", "sql"',
+    ),
+    (
+        "sql-catalog-needs-uri",
+        CONFIG + "offline: {catalog: {type: sql}}\n",
+        "12:20",
+        'a SQL catalog needs a "uri"',
+    ),
+    (
         "key-buckets-not-whole",
         CONFIG + "offline: {key_buckets: 2.5}\n",
         "12:24",
