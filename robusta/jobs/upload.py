@@ -49,6 +49,9 @@ Step = Callable[[str], None]
 DEFAULT_MARGIN = Duration.parse("1d")
 
 
+_COMMIT_TRIES = 5  # compare-and-set attempts while a stream moves the live state
+
+
 class UploadError(RobustaError, ValueError):
     """The tiles cannot be uploaded as asked (not materialized, stale, out of range)."""
 
@@ -127,8 +130,7 @@ class _SpecUpload:
         for group, table in loaded:
             self._check_coverage(group, table, horizon, pointer)
         live = self.store.state(self.plan.name)
-        generation = (live.generation if live else 0) + 1
-        self.store.drop(self.plan.name, generation)  # leftovers of a crashed upload
+        generation = self.store.claim_generation(self.plan.name, live.generation if live else 0)
         done = SpecUpload(self.plan.name, self.mode, _iso(pointer), _iso(horizon))
         for group, table in loaded:
             records = self._records(group, table, horizon, pointer, done)
@@ -149,11 +151,34 @@ class _SpecUpload:
             uploaded_at=to_micros(datetime.now().astimezone()),
         )
         self.step(f"{self.plan.name}: advancing the version pointer to {_iso(pointer)}")
-        self.store.commit(self.plan.name, state)
-        if live is not None:
-            done.dropped = self.store.drop(self.plan.name, live.generation)
+        self._commit(state, live)
+        if live is not None:  # and what uploads that never committed left in between
+            for old in range(live.generation, generation):
+                done.dropped += self.store.drop(self.plan.name, old)
         done.seconds = round(time.perf_counter() - started, 2)
         return done
+
+    def _commit(self, state: SpecState, live: SpecState | None) -> None:
+        """Make ``state`` live if the live generation is still ``live``'s (compare and set):
+        another upload committing meanwhile makes this one fail with nothing of it live.
+        A stream advancing the live state in between is not a conflict: retried."""
+        from robusta.store.online.base import OnlineConflictError
+
+        spec = self.plan.name
+        for _ in range(_COMMIT_TRIES):
+            now = self.store.state(spec)
+            if (now.generation if now else None) != (live.generation if live else None):
+                break
+            try:
+                self.store.apply(spec, state.generation, [], state, expected=now)
+                return
+            except OnlineConflictError:
+                continue  # the state moved between the read and the write: look again
+        self.store.drop(spec, state.generation)
+        raise UploadError(
+            f"another upload of spec {spec} committed while this one wrote its records; "
+            f"nothing of this one is live: rerun `robusta upload --spec {spec}`"
+        )
 
     # ---- what to upload ----------------------------------------------------------------
     def _table(self, group: TileGroup) -> Any:

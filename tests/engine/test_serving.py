@@ -16,6 +16,7 @@ import random
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -218,6 +219,56 @@ class CrashingStore:
                 yield record
 
         return self.inner.write(spec, generation, until_crash())
+
+
+class RacingStore(CrashingStore):
+    """Wraps a store; every upload's first write waits until both racers are writing."""
+
+    def __init__(self, inner: OnlineStore, barrier: threading.Barrier) -> None:
+        super().__init__(inner, limit=-1)
+        self.barrier = barrier
+
+    def write(self, spec: str, generation: int, records: Any) -> int:
+        self.barrier.wait(timeout=60)
+        return self.inner.write(spec, generation, records)
+
+
+def test_two_uploads_at_once_leave_one_whole_generation_live(
+    served: Served, store: OnlineStore
+) -> None:
+    """Two uploads of one spec write at the same moment: they write different generations,
+    one commits (compare and set) and the other is refused with nothing of it live; the
+    lookups then equal those of one upload alone."""
+    from robusta.jobs.upload import UploadError
+
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def racer(at: int) -> None:
+        try:
+            racing: Any = RacingStore(store, barrier)
+            outcomes.append(upload(served.workspace, at=from_micros(at), store=racing))
+        except UploadError as exc:
+            outcomes.append(exc)
+
+    earlier = served.at - DAY // 2
+    threads = [threading.Thread(target=racer, args=(t,)) for t in (earlier, served.at)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    refused = [o for o in outcomes if isinstance(o, UploadError)]
+    assert len(outcomes) == 2 and len(refused) == 1, outcomes
+    assert all("another upload of spec engagement" in str(e) for e in refused)
+    client = FeatureClient(served.workspace, store)
+    entities = [e for e, _ in lookups(served, 12)]
+    raced = client.get_features(entities, None)
+    live = store.state("engagement")
+    assert live is not None
+    upload(served.workspace, at=from_micros(live.pointer), store=store)  # the same, alone
+    alone = client.get_features(entities, None)
+    assert [v.pointer for v in raced] == [v.pointer for v in alone]
+    assert [bits(v.values) for v in raced] == [bits(v.values) for v in alone]
 
 
 def test_a_crash_during_upload_keeps_the_previous_pointer_and_values(

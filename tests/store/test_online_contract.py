@@ -163,3 +163,16 @@ def test_redis_apply_catches_a_commit_made_while_it_writes(tmp_path: Path) -> No
         finally:
             for generation in (1, 2):
                 streamer.drop("s", generation)
+
+
+def test_claimed_generations_are_unique_and_above_the_live_one(store: OnlineStore) -> None:
+    """Two writers claiming at once never get the same generation (so two uploads never
+    write the same records), and every claim is above the live generation it names."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        claims = list(pool.map(lambda i: store.claim_generation("s", 5 if i % 2 else 0), range(40)))
+    assert len(set(claims)) == len(claims)
+    assert min(claims) >= 1
+    assert store.claim_generation("s", 1_000) == 1_001  # a counter behind jumps past it
+    assert store.claim_generation("s", 0) == 1_002

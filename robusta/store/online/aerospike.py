@@ -107,6 +107,17 @@ class AerospikeStore(OnlineStore):
             written += 1
         return written
 
+    def claim_generation(self, spec: str, above: int) -> int:
+        from aerospike_helpers.operations import operations
+
+        key = self._key(b"claimed\0" + spec.encode())
+        ops = [operations.increment("n", 1), operations.read("n")]
+        claimed = int(self._call(self.client.operate, key, ops)[2]["n"])
+        if claimed <= above:  # a counter behind the live generation (a store from before)
+            ops = [operations.increment("n", above - claimed + 1), operations.read("n")]
+            claimed = int(self._call(self.client.operate, key, ops)[2]["n"])
+        return claimed
+
     def commit(self, spec: str, state: SpecState) -> None:
         self._call(self.client.put, self._state_key(spec), {"v": bytearray(state.to_bytes())})
 

@@ -121,6 +121,11 @@ class OnlineStore(ABC):
     def commit(self, spec: str, state: SpecState) -> None:
         """Make ``state`` (and its generation's records) live, atomically."""
 
+    @abstractmethod
+    def claim_generation(self, spec: str, above: int) -> int:
+        """A generation number above ``above`` that no other writer of the spec has been or
+        will be given (an atomic counter): concurrent uploads never write the same records."""
+
     def apply(
         self,
         spec: str,

@@ -86,6 +86,14 @@ class EmbeddedStore(OnlineStore):
             written += len(batch)
         return written
 
+    def claim_generation(self, spec: str, above: int) -> int:
+        counter = spec.encode() + b"\0claimed"  # in the states db; no spec name holds a NUL
+        with self.env.begin(write=True, db=self.states) as txn:
+            raw = txn.get(counter)
+            claimed = max(above, int(raw) if raw is not None else 0) + 1
+            txn.put(counter, str(claimed).encode())
+        return claimed
+
     def commit(self, spec: str, state: SpecState) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(spec.encode(), state.to_bytes(), db=self.states)

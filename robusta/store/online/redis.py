@@ -100,6 +100,13 @@ class RedisStore(OnlineStore):
             written += len(batch)
         return written
 
+    def claim_generation(self, spec: str, above: int) -> int:
+        counter = self.prefix + b"claimed\0" + spec.encode()
+        claimed = int(self._call(self.client.incr, counter))
+        if claimed <= above:  # a counter behind the live generation (a store from before)
+            claimed = int(self._call(self.client.incrby, counter, above - claimed + 1))
+        return claimed  # every INCR / INCRBY returns a value no other call gets
+
     def commit(self, spec: str, state: SpecState) -> None:
         self._call(self.client.set, self._state_key(spec), state.to_bytes())
 
