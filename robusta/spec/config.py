@@ -18,6 +18,7 @@ from robusta.spec.model import (
     MAX_KEY_BUCKETS,
     ONLINE_TYPES,
     SOURCE_FORMATS,
+    SPARK_ENVIRONMENTS,
     STREAM_FORMATS,
     EntityConfig,
     MonitorConfig,
@@ -408,10 +409,18 @@ def _log_options(check: Checker) -> dict[str, Any]:
 def _spark(check: Checker) -> SparkConfig:
     if check.get(("spark",)) is None:
         return SparkConfig("local[2]", {})
-    check.section(("spark",), (), ("master", "conf"))
+    check.section(("spark",), (), ("master", "conf", "environment"))
     master = check.text(("spark", "master")) or "local[2]"
     conf = {str(k): _option_text(v) for k, v in (check.mapping(("spark", "conf")) or {}).items()}
-    return SparkConfig(master, conf)
+    environment = check.text(("spark", "environment")) or SPARK_ENVIRONMENTS[0]
+    if environment not in SPARK_ENVIRONMENTS:
+        check.add(
+            ("spark", "environment"),
+            f'unknown spark environment "{environment}"'
+            f"{did_you_mean(environment, SPARK_ENVIRONMENTS)}; one of {one_of(SPARK_ENVIRONMENTS)}",
+        )
+        environment = SPARK_ENVIRONMENTS[0]
+    return SparkConfig(master, conf, environment)
 
 
 def _streaming(check: Checker, root: Path, sources: dict[str, SourceConfig]) -> StreamingConfig:

