@@ -162,6 +162,7 @@ def _robusta(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "robusta.cli.main", *args]
     command += ["--config", str(project.root / "robusta.yaml")]
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("PYSPARK_PYTHON", None)  # set by this process's local session: not the workers'
     return subprocess.run(
         command, capture_output=True, text=True, timeout=900, env=env, check=False
     )
@@ -218,5 +219,6 @@ def test_preinstalled_on_a_bare_cluster_says_what_the_workers_lack(
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "Traceback" not in output, output
-    assert "Spark executors (Python" in output and "cannot import pyarrow" in output, output
+    assert "Spark executors (Python" in output and "cannot import numpy" in output, output
+    assert "pyarrow (ModuleNotFoundError" in output and "robusta.plan.assembly" in output, output
     assert "spark.environment: preinstalled" in output, output

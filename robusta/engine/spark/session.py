@@ -93,6 +93,10 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
     settings = {**(defaults if _is_local(config.master) else {}), **config.conf}
     settings.update(REQUIRED_CONF)
     cluster = not _is_local(config.master)
+    if cluster and "spark.pyspark.python" in settings:
+        # pyspark tells executors which Python to run from PYSPARK_PYTHON alone (only
+        # spark-submit turns the setting into it), so the setting becomes the variable.
+        os.environ["PYSPARK_PYTHON"] = settings["spark.pyspark.python"]
     if cluster and config.environment == "packed":  # executors get what they need with us
         from robusta.engine.spark.environment import executor_settings
 
