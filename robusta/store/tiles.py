@@ -604,7 +604,7 @@ def _write_file(rows: pa.Table, path: Path) -> None:
     small writes and seeks per column chunk cost more than the data in a small file."""
     buffer = pa.BufferOutputStream()
     pq.write_table(rows, buffer)
-    path.write_bytes(buffer.getvalue().to_pybytes())
+    path.write_bytes(memoryview(buffer.getvalue()))
 
 
 _WRITERS = 4  # threads writing tile files (file creation is most of a small file's cost)

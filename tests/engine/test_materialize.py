@@ -401,17 +401,24 @@ def test_changed_key_buckets_are_a_migration(
         materialize(project.workspace, rebuild=True)
 
 
-def test_postgres_catalog(spark: Any, tmp_path: Path) -> None:
-    uri = "postgresql+psycopg2://root@127.0.0.1:5432/test"
+POSTGRES = "postgresql+psycopg2://root@127.0.0.1:5432/test"
+
+
+def postgres_or_skip() -> None:
+    """PostgreSQL on 127.0.0.1:5432: a failure in CI when it is not reachable, else a skip."""
     try:
         import sqlalchemy
 
-        sqlalchemy.create_engine(uri).connect().close()
+        sqlalchemy.create_engine(POSTGRES).connect().close()
     except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL must be running on 127.0.0.1:5432 in CI: {exc}")
         pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    proj = make_project(tmp_path, uri)
+
+
+def test_postgres_catalog(spark: Any, tmp_path: Path) -> None:
+    postgres_or_skip()
+    proj = make_project(tmp_path, POSTGRES)
     (report, _) = materialize(proj.workspace)
     assert report.events == proj.events.num_rows
     rows = table_rows(proj, "engagement__by_user_id")

@@ -4,10 +4,8 @@ opened is one message, never a traceback."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from pyiceberg.catalog import CatalogType
 
@@ -16,9 +14,7 @@ from robusta.jobs.materialize import materialize
 from robusta.spec.model import CATALOG_TYPES, OfflineConfig
 from robusta.store.catalog import catalog_properties
 from robusta.store.tiles import TileTables
-from tests.engine.test_materialize import make_project, sorted_rows
-
-POSTGRES = "postgresql+psycopg2://root@127.0.0.1:5432/test"
+from tests.engine.test_materialize import POSTGRES, make_project, postgres_or_skip, sorted_rows
 
 
 def test_catalog_types_are_pyiceberg_s() -> None:
@@ -56,20 +52,9 @@ def test_an_unreachable_catalog_is_one_message(tmp_path: Path) -> None:
     assert "a rest catalog" in result.output
 
 
-def _postgres_or_skip() -> None:
-    try:
-        import sqlalchemy
-
-        sqlalchemy.create_engine(POSTGRES).connect().close()
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL must be running on 127.0.0.1:5432 in CI: {exc}")
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-
-
 def test_postgres_and_sqlite_catalogs_hold_the_same_tiles(tmp_path: Path) -> None:
     """The embedded engine on a PostgreSQL catalog: the same tiles as on SQLite."""
-    _postgres_or_skip()
+    postgres_or_skip()
     tables = {}
     for name, uri in (("sqlite", None), ("postgres", POSTGRES)):
         root = tmp_path / name
