@@ -152,7 +152,7 @@ def duckdb_tiles(workspace: Workspace, out: Path) -> dict[str, dict[str, int]]:
         query = transpile(plan.spec.query, view_schemas(con, plan.spec.sources))
         ts = f'"{plan.spec.timestamp}"'
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW events AS SELECT *, epoch_us({ts}) AS __us "
+            f"CREATE OR REPLACE TEMP VIEW __events AS SELECT *, epoch_us({ts}) AS __us "
             f"FROM ({query}) WHERE {ts} IS NOT NULL"
         )
         for group in plan.groups:
@@ -165,7 +165,7 @@ def duckdb_tiles(workspace: Workspace, out: Path) -> dict[str, dict[str, int]]:
                 path = out / f"{group.layout.table}__{size.name}.parquet"
                 con.execute(
                     f"COPY (SELECT {keys}, {bucket} AS bucket, count(*) AS events, {irs} "
-                    f"FROM events WHERE {present} GROUP BY {keys}, bucket) "
+                    f"FROM __events WHERE {present} GROUP BY {keys}, bucket) "
                     f"TO '{path}' (FORMAT parquet)"
                 )
                 counts[group.layout.table][size.name] = pq.read_metadata(path).num_rows

@@ -62,7 +62,7 @@ def test_streamed_batches_add_up_once(tmp_path: Path) -> None:
     from robusta.store.catalog import open_catalog
     from robusta.store.volumes import VOLUMES_SCHEMA, VOLUMES_TABLE, add_volumes, volume_rows
 
-    offline = OfflineConfig({"uri": f"sqlite:///{tmp_path / 'c.db'}"}, tmp_path / "w", "m")
+    offline = OfflineConfig({"uri": f"sqlite:///{tmp_path / 'c.db'}"}, str(tmp_path / "w"), "m")
 
     def batch(counts: list[tuple[int, str, str | None, int]]) -> pa.Table:
         table = pa.table(

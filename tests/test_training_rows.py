@@ -20,7 +20,7 @@ from robusta.api.training_rows import (
 )
 from robusta.spec.model import OfflineConfig
 
-OFFLINE = OfflineConfig({}, Path("unused"), "robusta")
+OFFLINE = OfflineConfig({}, "unused", "robusta")
 TIMES = [
     datetime(2024, 1, 14, 10, 0, 0, 123456, tzinfo=UTC),
     datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # before the epoch: floors

@@ -7,7 +7,6 @@ with the same schema; a different schema is refused, so nothing stored is damage
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,10 @@ from robusta.api.training import (
     get_training_frame,
 )
 from robusta.errors import RobustaError
+from robusta.spec.config import location
 from robusta.spec.model import OfflineConfig
+from robusta.store.catalog import storage_of
+from robusta.store.files import is_local, join
 from robusta.workspace import Workspace
 
 
@@ -58,7 +60,8 @@ def backfill(
     """Join ``rows`` with ``features`` and write the result to ``output`` (Parquet: a folder
     on Spark, a file on the embedded engine; or ``iceberg:<table>``)."""
     is_table = output.startswith(ICEBERG_PREFIX)
-    if not is_table and Path(output).exists() and not overwrite:
+    storage = storage_of(workspace.config.offline)
+    if not is_table and storage.exists(output) and not overwrite:
         raise OutputExistsError(f"{output} already exists: pass --overwrite or another path")
     if is_table and not overwrite:  # known before any engine starts
         _refuse_existing_table(workspace.config.offline, output[len(ICEBERG_PREFIX) :])
@@ -79,23 +82,48 @@ def backfill(
     if isinstance(frame, pa.Table):
         offline = workspace.config.offline
         return _write_arrow(offline, frame, output, is_table, overwrite, report, step)
+    return _write_spark(workspace.config.offline, frame, output, is_table, overwrite, report, step)
+
+
+def _write_spark(
+    offline: OfflineConfig,
+    frame: Any,
+    output: str,
+    is_table: bool,
+    overwrite: bool,
+    report: BackfillReport,
+    step: Step,
+) -> BackfillResult:
+    """The Spark engine's frame to a Parquet folder or an Iceberg table, written by the
+    tasks (``engine.spark.files``): the output may be on an object store."""
+    from robusta.engine.spark.files import read_files, write_parts
+    from robusta.engine.spark.session import on_this_host
+
+    storage = storage_of(offline)
     if is_table:
         identifier = output[len(ICEBERG_PREFIX) :]
-        written = _write_table(
-            workspace.config.offline,
-            lambda f: frame.write.parquet(str(f)),
-            identifier,
-            overwrite,
-            step,
+        folder = _write_table(
+            offline, lambda f: write_parts(frame, storage, f), identifier, overwrite, step
         )
     else:
-        written = str(Path(output).absolute())  # not the JVM's cwd: this process's
-        frame.write.mode("overwrite").parquet(written)
+        folder = location(Path.cwd(), output)  # not the JVM's cwd: this process's
+        if storage.modified(folder) is not None:
+            storage.delete(folder)  # an embedded run's output file, replaced (--overwrite)
+        if is_local(folder) and not on_this_host(frame.sparkSession):
+            # Executors elsewhere would write to their own disks: this host writes it.
+            step(f"collecting the frame to write {folder} here")
+            storage.write_parquet(frame.toArrow(), join(folder, "part-00000.parquet"))
+        else:
+            write_parts(frame, storage, folder)
     step("counting feature values")
-    spark = frame.sparkSession
-    stored = spark.read.parquet(written)
-    counts = stored.selectExpr(*[f"count(`{f}`) AS `{f}`" for f in report.features]).collect()[0]
-    return BackfillResult(report, output, {f: int(counts[f]) for f in report.features})
+    paths = storage.files(folder, ".parquet")
+    counts: dict[str, int] = dict.fromkeys(report.features, 0)
+    if paths:
+        schema = storage.read_schema(paths[0])
+        stored = read_files(frame.sparkSession, storage, paths, schema)
+        row = stored.selectExpr(*[f"count(`{f}`) AS `{f}`" for f in report.features]).collect()
+        counts = {f: int(row[0][f]) for f in report.features}
+    return BackfillResult(report, output, counts)
 
 
 def _write_arrow(
@@ -109,21 +137,18 @@ def _write_arrow(
 ) -> BackfillResult:
     """The embedded engine's frame (Arrow) to a Parquet file or an Iceberg table."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
+    storage = storage_of(offline)
     if is_table:
 
-        def write(folder: Path) -> None:
-            folder.mkdir(parents=True)
-            pq.write_table(frame, folder / "part-00000.parquet")
+        def write(folder: str) -> None:
+            storage.write_parquet(frame, join(folder, "part-00000.parquet"))
 
         _write_table(offline, write, output[len(ICEBERG_PREFIX) :], overwrite, step)
     else:
-        path = Path(output)
-        if path.is_dir():
-            shutil.rmtree(path)  # a Spark run's output folder, replaced (--overwrite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(frame, path)
+        path = location(Path.cwd(), output)
+        storage.delete_folder(path)  # a Spark run's output folder, replaced (--overwrite)
+        storage.write_parquet(frame, path)
     counts = {f: int(pc.count(frame.column(f)).as_py()) for f in report.features}
     return BackfillResult(report, output, counts)
 
@@ -150,28 +175,28 @@ def _refuse_existing_table(offline: OfflineConfig, identifier: str) -> None:
 
 def _write_table(
     offline: OfflineConfig,
-    write: Callable[[Path], None],
+    write: Callable[[str], object],
     identifier: str,
     overwrite: bool,
     step: Step,
 ) -> str:
     """``write`` Parquet into a new folder under the warehouse and commit it to Iceberg table
     ``identifier``."""
-    import pyarrow.parquet as pq
     from pyiceberg.exceptions import NoSuchTableError
 
     from robusta.store.catalog import open_catalog
     from robusta.store.tiles import swap_files
 
     identifier = _qualified(offline, identifier)
-    folder = Path(offline.warehouse) / "training" / identifier / uuid.uuid4().hex[:12]
+    storage = storage_of(offline)
+    folder = join(offline.warehouse, "training", identifier, uuid.uuid4().hex[:12])
     write(folder)
-    paths = sorted(str(p) for p in folder.glob("*.parquet"))
+    paths = storage.files(folder, ".parquet")
     catalog = open_catalog(offline)
     try:
         if not paths:
             raise OutputExistsError("the training frame has no rows: nothing to commit")
-        schema = pq.read_schema(paths[0]).remove_metadata()
+        schema = storage.read_schema(paths[0]).remove_metadata()
         try:
             table = catalog.load_table(identifier)
         except NoSuchTableError:
@@ -191,7 +216,7 @@ def _write_table(
         step(f"committing {identifier}")
         swap_files(table, [task.file for task in table.scan().plan_files()], paths)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # nothing references it
+        storage.delete_folder(folder)  # nothing references it
         raise
     return str(folder)
 

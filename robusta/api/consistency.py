@@ -33,6 +33,7 @@ from robusta.api.logged import (
 from robusta.api.training import get_training_frame
 from robusta.engine.base import choose_engine
 from robusta.plan.model import SpecPlan
+from robusta.store.catalog import storage_of
 from robusta.store.feature_log import REQUESTED, TS, VERSION_POINTER, entity_types
 from robusta.workspace import Workspace
 
@@ -100,14 +101,16 @@ def consistency(
     if chosen_engine == "embedded":
         for spec, files in logged:
             step(f"reading the log of {spec.name}")
-            _compare_arrow(workspace, spec, read_log_table(files, since), report, step)
+            rows = read_log_table(storage_of(config.offline), files, since)
+            _compare_arrow(workspace, spec, rows, report, step)
     else:
         from robusta.engine.spark.session import spark_session
 
         spark = spark_session(config.spark)
         for spec, files in logged:
             step(f"reading the log of {spec.name}")
-            _compare_spark(workspace, spec, read_log(spark, files, since), report, step)
+            rows = read_log(spark, storage_of(config.offline), spec, files, since)
+            _compare_spark(workspace, spec, rows, report, step)
     if not report.features:
         raise NoLogError(f"no logged lookups{since_text(since)}: {how_to_log(config.online)}")
     return report

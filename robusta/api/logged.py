@@ -24,14 +24,17 @@ from robusta.plan.model import SpecPlan
 from robusta.plan.selection import resolve_features
 from robusta.spec.durations import to_micros
 from robusta.spec.model import OfflineConfig, OnlineConfig
+from robusta.store.catalog import storage_of
 from robusta.store.feature_log import (
     REQUEST_ID,
     REQUESTED,
     TS,
     VERSION_POINTER,
     entity_types,
+    log_schema,
     log_table,
 )
+from robusta.store.files import Storage
 from robusta.workspace import Workspace
 
 
@@ -61,6 +64,7 @@ class SpecLog:
     spec: SpecPlan
     outputs: list[str]
     files: list[str]
+    storage: Storage  # opens the files
 
 
 def require_logs(
@@ -79,7 +83,7 @@ def require_logs(
         if not files:
             why = how_to_log(config.online)
             raise NoLogError(f"nothing of spec {name} is logged{since_text(since)}: {why}")
-        logs.append(SpecLog(spec, outputs, files))
+        logs.append(SpecLog(spec, outputs, files, storage_of(config.offline)))
     return logs
 
 
@@ -101,15 +105,11 @@ def since_text(since: datetime | None) -> str:
 
 
 # ---- Arrow (the embedded engine) --------------------------------------------------------
-def read_log_table(files: Sequence[str], since: datetime | None) -> pa.Table:
+def read_log_table(storage: Storage, files: Sequence[str], since: datetime | None) -> pa.Table:
     """Logged rows of ``files`` (optionally from ``since``) as one Arrow table. Columns are
     matched by name and a file written before an output was added gets nulls for it, as
     Spark's ``mergeSchema`` reads them."""
-    import pyarrow.parquet as pq
-
-    from robusta.store.tiles import local_path
-
-    parts = [pq.read_table(local_path(f)) for f in files]
+    parts = [storage.read_table(f) for f in files]
     rows = pa.concat_tables(parts, promote_options="default")
     if since is not None:
         micros = pc.cast(rows.column(TS), pa.int64())
@@ -124,7 +124,7 @@ def logged_table(logs: Sequence[SpecLog], since: datetime | None) -> pa.Table:
     _require_some(logs)
     frame: pa.Table | None = None
     for log in logs:
-        rows = read_log_table(log.files, since)
+        rows = read_log_table(log.storage, log.files, since)
         served = rows.filter(pa.array(requested_any(rows.column(REQUESTED), log.outputs)))
         merged = _merge_requests(served, log)
         if frame is None:
@@ -183,9 +183,15 @@ def _first_where(group: np.ndarray, mask: np.ndarray, groups: int) -> pa.Array:
 
 
 # ---- Spark ------------------------------------------------------------------------------
-def read_log(spark: Any, files: Sequence[str], since: datetime | None) -> Any:
-    """Logged rows of ``files`` (optionally from ``since``) as a Spark DataFrame."""
-    rows = spark.read.option("mergeSchema", "true").parquet(*files)
+def read_log(
+    spark: Any, storage: Storage, spec: SpecPlan, files: Sequence[str], since: datetime | None
+) -> Any:
+    """Logged rows of ``files`` (optionally from ``since``) as a Spark DataFrame in the log's
+    columns (a file written before an output was added has nulls for it); the tasks read
+    the files (``engine.spark.files``)."""
+    from robusta.engine.spark.files import read_files
+
+    rows = read_files(spark, storage, files, log_schema(spec))
     if since is not None:
         rows = rows.where(f"unix_micros({TS}) >= {to_micros(since)}")
     return rows
@@ -198,7 +204,7 @@ def logged_frame(spark: Any, logs: Sequence[SpecLog], since: datetime | None) ->
     _require_some(logs)
     frame = None
     for log in logs:
-        rows = read_log(spark, log.files, since)
+        rows = read_log(spark, log.storage, log.spec, log.files, since)
         outputs = log.outputs
         served = rows.where(F.arrays_overlap(F.col(REQUESTED), F.array(*map(F.lit, outputs))))
         keys = list(entity_types(log.spec))

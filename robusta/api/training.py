@@ -251,12 +251,18 @@ def _bounds(
 
 def spark_rows(spark: Any, staged: StagedRows) -> Any:
     """Staged training rows as a Spark DataFrame."""
+    import pyarrow.parquet as pq
+
+    from robusta.engine.spark.session import on_this_host
+
     if staged.spark_frame is not None:
         return staged.spark_frame
     if staged.table is not None:
         return spark.createDataFrame(staged.table)
     if staged.path is None:
         raise TrainingInputError("the staged training rows hold no frame, table or path")
+    if not on_this_host(spark):  # executors elsewhere cannot open this host's files
+        return spark.createDataFrame(pq.read_table(staged.path))
     return spark.read.parquet(staged.path)
 
 
@@ -313,7 +319,7 @@ def _plan_joins(
     """One ``GroupJoin`` per request, over tile tables made ready first: tiles missing for
     the rows' time range (or only lacking added features) are computed, every spec that
     needs all its tiles in one materialize run (its groups build side by side)."""
-    from robusta.engine.pit_join import GroupJoin
+    from robusta.engine.pit_join import GroupJoin, split_buckets
     from robusta.store.tiles import TileTables
 
     tables = TileTables(workspace.config.offline)
@@ -327,8 +333,17 @@ def _plan_joins(
     joins = []
     for request, (since, end) in zip(requests, spans, strict=True):
         table = tables.load(request.group.layout.table)
-        files = tables.files_by_bucket(table, since, end)
-        joins.append(GroupJoin(request.group, request.outputs, files, since, with_pointer))
+        files, sizes = tables.bucket_files(table, since, end)
+        parts = split_buckets(sizes, workspace.config.offline.join_memory)
+        if parts:
+            step(
+                f"{request.group.layout.table}: {len(parts)} key buckets split in "
+                f"{sum(parts.values())} parts to fit offline.join_memory"
+            )
+        join = GroupJoin(
+            request.group, request.outputs, files, since, with_pointer, tables.storage, parts
+        )
+        joins.append(join)
     return joins
 
 

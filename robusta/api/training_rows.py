@@ -28,6 +28,7 @@ from robusta.plan.selection import GroupRequest
 from robusta.spec.durations import to_micros
 from robusta.spec.model import OfflineConfig
 from robusta.spec.suggest import did_you_mean
+from robusta.store.files import is_local
 
 ICEBERG_PREFIX = "iceberg:"
 TIME_TYPE = pa.timestamp("us", tz="UTC")
@@ -59,6 +60,8 @@ def stage_rows(
         return StagedRows(spark_frame=rows), kinds
     if isinstance(rows, str) and rows.startswith(ICEBERG_PREFIX):
         table = _read_iceberg(rows[len(ICEBERG_PREFIX) :], offline)
+    elif isinstance(rows, str) and not is_local(rows):
+        table = _read_uri(rows, offline)
     elif isinstance(rows, str | Path):
         staged = _stage_path(Path(rows), time_columns)
         if staged is not None:
@@ -120,6 +123,22 @@ def _read_file(path: Path) -> pa.Table:
         return ds.dataset(str(path), format="parquet").to_table()
     except (OSError, pa.ArrowInvalid) as exc:
         raise TrainingInputError(f"cannot read training rows {path}: {exc}") from None
+
+
+def _read_uri(uri: str, offline: OfflineConfig) -> pa.Table:
+    """Parquet rows at a URI (a file, or a folder of files) on the offline store's
+    filesystems (the catalog's ``s3.*``, ``gcs.*``, ... properties), read here whole."""
+    from robusta.store.catalog import storage_of
+
+    storage = storage_of(offline)
+    try:
+        files = storage.files(uri, ".parquet") or [uri]
+        return storage.dataset(files).to_table()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise TrainingInputError(
+            f"cannot read training rows {uri}: {exc} (a Parquet file or folder; check the "
+            "catalog's storage properties in robusta.yaml, e.g. s3.endpoint)"
+        ) from None
 
 
 def _read_iceberg(identifier: str, offline: OfflineConfig) -> pa.Table:

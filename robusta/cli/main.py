@@ -521,16 +521,24 @@ def backfill(
     help="Serve windows as of this TIME (ISO, naive = UTC; default: now, or the end of the "
     "tiles).",
 )
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
-def upload(config: Path | None, specs: tuple[str, ...], at: datetime | None, as_json: bool) -> None:
+def upload(
+    config: Path | None,
+    specs: tuple[str, ...],
+    at: datetime | None,
+    engine: str | None,
+    as_json: bool,
+) -> None:
     """Copy the tiles serving needs from Iceberg to the online store, then advance the
-    version pointer atomically."""
+    version pointer atomically (on the Spark engine, Redis and Aerospike are written from
+    the executors)."""
     from robusta.jobs.upload import upload as run
 
     workspace = load_workspace(config).require_valid()
     with progress(quiet=as_json) as step:
-        report = run(workspace, list(specs) or None, _utc(at), step=step)
+        report = run(workspace, list(specs) or None, _utc(at), step=step, engine=engine)
     _report(report, as_json, upload_table)
 
 

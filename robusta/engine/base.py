@@ -9,7 +9,6 @@ written by one engine is read, extended and compacted by the other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from robusta.engine.counts import Range, TileCounts
@@ -36,14 +35,14 @@ class TileEngine(Protocol):
         plan: SpecPlan,
         group: TileGroup,
         window: Range,
-        folder: Path,
+        folder: str,
         carried: Sequence[Any] = (),
     ) -> TileCounts:
         """The group's tiles of the spec's events in ``window`` (every granularity), plus the
         tiles outside it held by the data files ``carried`` (which a commit will replace),
         written as Parquet into ``folder``."""
 
-    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: Path) -> None:
+    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: str) -> None:
         """The tiles of data ``files`` (column sets merged) as whole files into ``folder``."""
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:

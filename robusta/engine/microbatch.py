@@ -13,12 +13,12 @@ On time: at or after it, or no time at all (counted as dropped by the tiling).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 
 from robusta.plan.model import TileGroup
+from robusta.store.files import Storage
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class MicroBatch(Protocol):
     def stats(self) -> BatchStats:
         """Counts and the newest event time of the batch's rows."""
 
-    def write_late(self, folder: Path) -> None:
+    def write_late(self, storage: Storage, folder: str) -> None:
         """The late rows as Parquet into ``folder`` (replacing what a replay wrote)."""
 
     def finest_tiles(self, group: TileGroup) -> pa.Table:

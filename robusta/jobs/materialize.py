@@ -321,7 +321,7 @@ def compact(
 ) -> list[CompactReport]:
     """Fold every tile table's added-column files into whole files, one commit per table;
     the tiles (and so every value served or backfilled) stay the same."""
-    from robusta.store.tiles import files_by_columns, local_path
+    from robusta.store.tiles import files_by_columns
 
     config = workspace.config
     chosen = choose_specs(workspace.plan, specs)
@@ -340,9 +340,9 @@ def compact(
                     f"version: run `robusta materialize --spec {plan.name}` first"
                 )
             files = tables.overlapping_files(table, None, None)
-            paths = [str(local_path(f.file_path)) for f in files]
+            paths = [f.file_path for f in files]
             identifier = tables.identifier(group.layout.table)
-            if len(files_by_columns(paths)) <= 1:
+            if len(files_by_columns(tables.storage, paths)) <= 1:
                 reports.append(CompactReport(plan.name, identifier, len(files), len(files), None))
                 continue
             step(f"{group.layout.table}: compacting {len(files)} files")
@@ -350,6 +350,6 @@ def compact(
             with tables.start_run(table) as run:  # its lease ends with the run
                 tiles.rewrite(files, group, run.folder)
                 snapshot = tables.replace(table, files, run, {"robusta.compacted": "true"})
-                after = len(list(run.folder.rglob("*.parquet")))
+                after = len(tables.storage.files(run.folder, ".parquet"))
             reports.append(CompactReport(plan.name, identifier, len(files), after, snapshot))
     return reports

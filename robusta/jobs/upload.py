@@ -20,8 +20,8 @@ generation is dropped, so a crash mid-upload leaves the previous pointer and val
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,9 @@ from robusta.plan.keys import record_keys
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.selection import choose_specs
 from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
-from robusta.store.online import OnlineStore, SpecState, open_online_store
+from robusta.spec.model import OnlineConfig, ProjectConfig
+from robusta.store.files import Storage
+from robusta.store.online import OnlineStore, Record, SpecState, open_online_store
 from robusta.store.online.records import (
     key_runs,
     tile_records,
@@ -67,6 +69,7 @@ class SpecUpload:
     dropped: int = 0
     seconds: float = 0.0
     note: str = ""  # why nothing was served, when records is 0
+    executor_tasks: int = 0  # Spark tasks that wrote the records (0: written by this process)
 
 
 @dataclass
@@ -85,8 +88,13 @@ def upload(
     *,
     step: Step = lambda _: None,
     store: OnlineStore | None = None,
+    engine: str | None = None,
 ) -> UploadReport:
-    """Upload the tiles of ``specs`` (default: all) to the configured online store."""
+    """Upload the tiles of ``specs`` (default: all) to the configured online store.
+
+    On the Spark engine with Redis or Aerospike, the executors write the records, a task per
+    key bucket; the embedded store (a folder on this host) and a given ``store`` are written
+    from this process."""
     from robusta.store.tiles import TileTables
 
     started = time.perf_counter()
@@ -94,18 +102,38 @@ def upload(
     plans = choose_specs(workspace.plan, specs)
     tables = TileTables(config.offline)
     report = UploadReport()
+    writers, note = _writers(config, engine or config.engine, given=store is not None)
     online = store or open_online_store(config.online, config.project, create=True)
     try:
         for plan in plans:
             mode = str((config.online.options.get("modes") or {}).get(plan.name, "assemble"))
             margin = Duration.parse(config.online.options.get("margin", DEFAULT_MARGIN.name))
-            job = _SpecUpload(plan, mode, margin.micros, tables, online, step)
+            job = _SpecUpload(plan, mode, margin.micros, tables, online, step, writers)
+            if note:
+                job.notes.append(note)
             report.specs.append(job.run(None if at is None else to_micros(at)))
     finally:
         if store is None:
             online.close()
     report.seconds = round(time.perf_counter() - started, 2)
     return report
+
+
+def _writers(config: ProjectConfig, engine: str, given: bool) -> tuple[_Executors | None, str]:
+    """The executors that write the records (None: this process), and a note when a cluster
+    cannot write them."""
+    if engine != "spark" or given:
+        return None, ""
+    from robusta.engine.spark.session import is_cluster, spark_session
+
+    if config.online.type == "embedded":
+        if not is_cluster(config.spark):
+            return None, ""
+        return None, (
+            "the embedded online store is a folder on this host, so this process wrote the "
+            "records, not the executors (use Redis or Aerospike to write from the cluster)"
+        )
+    return _Executors(spark_session(config.spark), config.online, config.project), ""
 
 
 class _SpecUpload:
@@ -117,9 +145,12 @@ class _SpecUpload:
         tables: Any,
         store: OnlineStore,
         step: Step,
+        writers: _Executors | None = None,
     ) -> None:
         self.plan, self.mode, self.margin = plan, mode, margin
         self.tables, self.store, self.step = tables, store, step
+        self.writers = writers  # None: records are written from this process
+        self.tasks = 0  # executor tasks that wrote records
         self.notes: list[str] = []  # what the report should say about this upload
 
     def run(self, at: int | None) -> SpecUpload:
@@ -133,8 +164,10 @@ class _SpecUpload:
         generation = self.store.claim_generation(self.plan.name, live.generation if live else 0)
         done = SpecUpload(self.plan.name, self.mode, _iso(pointer), _iso(horizon))
         for group, table in loaded:
-            records = self._records(group, table, horizon, pointer, done)
-            done.records += self.store.write(self.plan.name, generation, records)
+            keys, records = self._write(group, table, horizon, pointer, generation)
+            done.keys += keys
+            done.records += records
+        done.executor_tasks = self.tasks
         if done.records == 0:
             self.notes.append(
                 f"no key has tiles between the horizon {_iso(horizon)} and the pointer "
@@ -246,22 +279,100 @@ class _SpecUpload:
                 f"{_iso(pointer)}: run `robusta materialize --spec {self.plan.name}` first"
             )
 
-    def _records(
-        self, group: TileGroup, table: Any, horizon: int, pointer: int, done: SpecUpload
-    ) -> Iterator[tuple[str, str, bytes]]:
+    def _write(
+        self, group: TileGroup, table: Any, horizon: int, pointer: int, generation: int
+    ) -> tuple[int, int]:
+        """Write the group's records into ``generation``; returns (keys, records)."""
         lifetime = _has_lifetime(group)
         files = self.tables.files_by_bucket(table, None if lifetime else horizon, pointer)
-        name = group.layout.table
+        records = BucketRecords(group, self.tables.storage, self.mode, horizon, pointer)
+        if self.writers is not None:  # on the executors, a task per key bucket
+            write = BucketWrite(records, self.writers.online, self.writers.project)
+            work = write.into(self.plan.name, generation)
+            self.step(f"{group.layout.table}: {len(files)} key buckets on the executors")
+            counts = self.writers.run(work, files)
+            self.tasks += len(counts)
+            return sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
+        keys = written = 0
         for i, bucket in enumerate(sorted(files)):
-            self.step(f"{name}: key bucket {i + 1}/{len(files)}, {done.keys:,} keys so far")
-            tiles = read_bucket(files[bucket], bucket, end=pointer, identity=tile_identity(group))
-            if self.mode == "preassembled":
-                pairs = _value_records(group, tiles, pointer)
-            else:
-                pairs = _tile_records(group, tiles, horizon, lifetime)
-            for key, record in pairs:
-                done.keys += 1
-                yield name, key, record
+            self.step(
+                f"{group.layout.table}: key bucket {i + 1}/{len(files)}, {keys:,} keys so far"
+            )
+            counted = _Counted(records(bucket, files[bucket]))
+            written += self.store.write(self.plan.name, generation, counted)
+            keys += counted.keys
+        return keys, written
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRecords:
+    """How one key bucket's tiles become online records: its tile records from the horizon
+    on (with lifetime prefixes), or its final values at the pointer (picklable: executors
+    run it)."""
+
+    group: TileGroup
+    storage: Storage
+    mode: str
+    horizon: int
+    pointer: int
+
+    def __call__(self, bucket: int, paths: Sequence[str]) -> Iterator[Record]:
+        tiles = read_bucket(
+            self.storage, paths, bucket, end=self.pointer, identity=tile_identity(self.group)
+        )
+        if self.mode == "preassembled":
+            pairs = _value_records(self.group, tiles, self.pointer)
+        else:
+            pairs = _tile_records(self.group, tiles, self.horizon, _has_lifetime(self.group))
+        table = self.group.layout.table
+        return ((table, key, record) for key, record in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketWrite:
+    """A key bucket's records written into a generation from the task that computes them:
+    the task opens the online store itself (picklable: executors run it)."""
+
+    records: BucketRecords
+    online: OnlineConfig
+    project: str
+    spec: str = ""
+    generation: int = 0
+
+    def into(self, spec: str, generation: int) -> BucketWrite:
+        return replace(self, spec=spec, generation=generation)
+
+    def __call__(self, bucket: int, paths: Sequence[str]) -> tuple[int, int]:
+        counted = _Counted(self.records(bucket, paths))
+        with open_online_store(self.online, self.project) as store:
+            written = store.write(self.spec, self.generation, counted)
+        return counted.keys, written
+
+
+class _Counted:
+    """The records of an iterator, counted as they are consumed (one per key)."""
+
+    def __init__(self, records: Iterator[Record]) -> None:
+        self.records, self.keys = records, 0
+
+    def __iter__(self) -> Iterator[Record]:
+        for record in self.records:
+            self.keys += 1
+            yield record
+
+
+@dataclass(frozen=True, slots=True)
+class _Executors:
+    """Where an upload's buckets are written from: Spark tasks opening ``online`` themselves."""
+
+    spark: Any
+    online: OnlineConfig
+    project: str
+
+    def run(self, work: BucketWrite, files: dict[int, list[str]]) -> dict[int, tuple[int, ...]]:
+        from robusta.engine.spark.tasks import run_tasks
+
+        return run_tasks(self.spark, work, files, ("keys", "records"))
 
 
 def _has_lifetime(group: TileGroup) -> bool:

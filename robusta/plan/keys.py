@@ -8,6 +8,7 @@ every engine computes the same bucket without a UDF. Integer keys hash their dec
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,13 +19,12 @@ def key_bucket(key: object, buckets: int) -> int:
     return zlib.crc32(_key_text(key).encode("utf-8")) % buckets
 
 
-def key_buckets(keys: pa.Array, buckets: int) -> np.ndarray:
-    """:func:`key_bucket` of every key of an Arrow column (-1 for a null key, as Spark's
-    join has it): CRC-32 once per distinct key."""
+def key_hashes(keys: pa.Array) -> np.ndarray:
+    """The CRC-32 of every key of an Arrow column (-1 for a null key): once per distinct key."""
     text = record_keys([keys])
     distinct = pc.unique(text).drop_null()
     per_key = np.fromiter(
-        (zlib.crc32(t.encode("utf-8")) % buckets for t in distinct.to_pylist()),
+        (zlib.crc32(t.encode("utf-8")) for t in distinct.to_pylist()),
         np.int64,
         count=len(distinct),
     )
@@ -36,9 +36,27 @@ def key_buckets(keys: pa.Array, buckets: int) -> np.ndarray:
     return out
 
 
+def key_buckets(keys: pa.Array, buckets: int) -> np.ndarray:
+    """:func:`key_bucket` of every key of an Arrow column (-1 for a null key, as Spark's
+    join has it)."""
+    hashes = key_hashes(keys)
+    return np.where(hashes < 0, -1, hashes % buckets)
+
+
+def key_parts(hashes: np.ndarray, buckets: int, parts: int) -> np.ndarray:
+    """Which of ``parts`` slices of its key bucket each key (by :func:`key_hashes`) falls in:
+    ``(crc32 div buckets) mod parts``, independent of the bucket itself (0 for a null key)."""
+    return np.where(hashes < 0, 0, (hashes // buckets) % parts)
+
+
 def spark_key_bucket(column_sql: str, buckets: int) -> str:
     """The same bucket as a Spark SQL expression."""
     return f"CAST(pmod(crc32(CAST({column_sql} AS STRING)), {buckets}) AS INT)"
+
+
+def spark_key_part(column_sql: str, buckets: int, parts: int) -> str:
+    """:func:`key_parts` as a Spark SQL expression."""
+    return f"CAST(pmod(crc32(CAST({column_sql} AS STRING)) DIV {buckets}, {parts}) AS INT)"
 
 
 def _key_text(key: object) -> str:
@@ -75,3 +93,21 @@ def record_key(parts: list[object]) -> str:
     if len(texts) == 1:
         return texts[0]
     return "".join(f"{len(t)}:{t}|" for t in texts)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPart:
+    """Slice ``index`` of ``count`` of a key bucket (of ``buckets``): the keys of the
+    ``column`` whose :func:`key_parts` is ``index``. The point-in-time join splits a bucket
+    whose tiles exceed its memory budget this way, rows and tiles alike."""
+
+    column: str
+    index: int
+    count: int
+    buckets: int
+
+    def holds(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Which of ``keys`` fall in this slice."""
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        return np.asarray(key_parts(key_hashes(keys), self.buckets, self.count) == self.index)

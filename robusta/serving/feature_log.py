@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from robusta.plan.model import SpecPlan
 from robusta.spec.model import OfflineConfig
+from robusta.store.catalog import storage_of
 from robusta.store.feature_log import (
     LOG_TIME,
     LOGGED_AT,
@@ -44,6 +45,7 @@ from robusta.store.feature_log import (
     log_schema,
     open_log_table,
 )
+from robusta.store.files import join
 
 
 @dataclass
@@ -84,6 +86,7 @@ class FeatureLog:
         batch_rows: int = 10_000,
     ) -> None:
         self.offline = offline
+        self.storage = storage_of(offline)
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
         self.batch_rows = batch_rows
@@ -191,21 +194,15 @@ class FeatureLog:
     def _append(self, spec: SpecPlan, rows: pa.Table) -> None:
         """One Parquet file written by pyarrow, committed with ``add_files`` (pyiceberg's own
         writer stores a null list as an empty one, which would change logged values)."""
-        import pyarrow.parquet as pq
-
-        from robusta.store.tiles import local_path
-
         table = self._tables.get(spec.name)
         if table is None:
             table = self._tables[spec.name] = open_log_table(self.offline, spec)
-        folder = local_path(table.location()) / "data"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{uuid.uuid4().hex}.parquet"
-        pq.write_table(rows, path)
+        path = join(table.location(), "data", f"{uuid.uuid4().hex}.parquet")
+        self.storage.write_parquet(rows, path)
         try:
-            table.add_files([path.resolve().as_uri()])
+            table.add_files([path])
         except Exception:
-            path.unlink(missing_ok=True)  # nothing committed points at it
+            self.storage.delete(path)  # nothing committed points at it
             raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,22 @@ class Checker:
             return None
         return value
 
+    def size(self, path: PathKey, low: int, high: int) -> int | None:
+        """A number of bytes, as a whole number or with a unit (``512MiB``, ``2GiB``, ``1.5GB``),
+        in ``[low, high]``; None (and a problem) otherwise, or if absent."""
+        value = self.get(path)
+        if value is None:
+            return None
+        found = parse_size(value)
+        if found is None or not low <= found <= high:
+            self.add(
+                path,
+                f'"{path[-1]}" must be a size from {show_size(low)} to {show_size(high)} '
+                f"(bytes, or a number with KiB, MiB, GiB, KB, MB or GB), got {value!r}",
+            )
+            return None
+        return found
+
     def mapping(self, path: PathKey) -> dict[str, Any] | None:
         value = self.get(path)
         if value is None:
@@ -119,3 +136,28 @@ def _describe(value: Any) -> str:
         if isinstance(value, kind):
             return name
     return repr(value)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40})
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from ``1048576``, ``"512MiB"``, ``"1.5 GB"``; None when it is not a size."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*", str(value), re.IGNORECASE)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def show_size(size: int) -> str:
+    """``size`` bytes in the largest binary unit that divides it (``1 GiB``, ``64 KiB``)."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        scale = _UNITS[unit.lower()]
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"

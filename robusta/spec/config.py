@@ -6,16 +6,20 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from robusta.errors import ConfigNotFoundError, Location, Problem
 from robusta.spec.checks import Checker
 from robusta.spec.durations import Duration
 from robusta.spec.model import (
     CATALOG_TYPES,
+    DEFAULT_JOIN_MEMORY,
     DEFAULT_KEY_BUCKETS,
     DEFAULT_LATENESS,
     ENGINES,
+    MAX_JOIN_MEMORY,
     MAX_KEY_BUCKETS,
+    MIN_JOIN_MEMORY,
     ONLINE_TYPES,
     SOURCE_FORMATS,
     SPARK_ENVIRONMENTS,
@@ -292,11 +296,11 @@ def _entities(check: Checker) -> dict[str, EntityConfig]:
 def _offline(check: Checker, root: Path) -> OfflineConfig:
     default_catalog = {"type": "sql", "uri": f"sqlite:///{root / '.robusta' / 'catalog.db'}"}
     if check.get(("offline",)) is None:
-        return OfflineConfig(default_catalog, root / ".robusta" / "warehouse", "robusta")
+        return OfflineConfig(default_catalog, location(root, ".robusta/warehouse"), "robusta")
     check.section(
         ("offline",),
         (),
-        ("catalog", "warehouse", "namespace", "allowed_lateness", "key_buckets"),
+        ("catalog", "warehouse", "namespace", "allowed_lateness", "key_buckets", "join_memory"),
     )
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
     if check.get(("offline", "catalog")) is not None:
@@ -304,11 +308,19 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     uri = str(catalog.get("uri", ""))
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         catalog["uri"] = f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
-    warehouse = root / (check.text(("offline", "warehouse")) or ".robusta/warehouse")
+    warehouse = location(root, check.text(("offline", "warehouse")) or ".robusta/warehouse")
     namespace = check.text(("offline", "namespace")) or "robusta"
     lateness = _lateness(check, ("offline", "allowed_lateness"))
     buckets = check.whole(("offline", "key_buckets"), 1, MAX_KEY_BUCKETS)
-    return OfflineConfig(catalog, warehouse, namespace, lateness, buckets or DEFAULT_KEY_BUCKETS)
+    memory = check.size(("offline", "join_memory"), MIN_JOIN_MEMORY, MAX_JOIN_MEMORY)
+    return OfflineConfig(
+        catalog,
+        warehouse,
+        namespace,
+        lateness,
+        buckets or DEFAULT_KEY_BUCKETS,
+        memory or DEFAULT_JOIN_MEMORY,
+    )
 
 
 def _catalog(check: Checker, catalog: dict[str, Any]) -> None:
@@ -409,8 +421,21 @@ def _log_options(check: Checker) -> dict[str, Any]:
 def _spark(check: Checker) -> SparkConfig:
     if check.get(("spark",)) is None:
         return SparkConfig("local[2]", {})
-    check.section(("spark",), (), ("master", "conf", "environment"))
+    check.section(("spark",), (), ("master", "conf", "environment", "remote"))
     master = check.text(("spark", "master")) or "local[2]"
+    remote = check.text(("spark", "remote"))
+    if remote is not None and not remote.startswith("sc://"):
+        check.add(
+            ("spark", "remote"),
+            f'spark.remote "{remote}" must be a Spark Connect URL: sc://host:port',
+        )
+        remote = None
+    if remote is not None and check.get(("spark", "master")) is not None:
+        check.add(
+            ("spark", "master"),
+            "give spark.master or spark.remote, not both: a Spark Connect server has its own "
+            "master",
+        )
     conf = {str(k): _option_text(v) for k, v in (check.mapping(("spark", "conf")) or {}).items()}
     environment = check.text(("spark", "environment")) or SPARK_ENVIRONMENTS[0]
     if environment not in SPARK_ENVIRONMENTS:
@@ -420,7 +445,7 @@ def _spark(check: Checker) -> SparkConfig:
             f"{did_you_mean(environment, SPARK_ENVIRONMENTS)}; one of {one_of(SPARK_ENVIRONMENTS)}",
         )
         environment = SPARK_ENVIRONMENTS[0]
-    return SparkConfig(master, conf, environment)
+    return SparkConfig(master, conf, environment, remote)
 
 
 def _streaming(check: Checker, root: Path, sources: dict[str, SourceConfig]) -> StreamingConfig:
@@ -512,3 +537,14 @@ def _stream_source(
         options={**(base.options if fmt == base.format else {}), **options},
         value_format=value_format,
     )
+
+
+def location(root: Path, text: str) -> str:
+    """A configured location as Robusta stores it: URIs (``s3://...``) as written, local
+    paths and ``file:`` URIs as absolute paths, relative ones against ``root``."""
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return str(Path(parsed.path))
+    if parsed.scheme and "://" in text:
+        return text
+    return str((root / text).resolve())

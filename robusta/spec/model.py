@@ -22,6 +22,9 @@ DEFAULT_KEY_BUCKETS = 8  # offline.key_buckets
 # between two opens, and every job opens the catalog anew).
 CATALOG_TYPES = ("sql", "rest", "hive", "glue", "dynamodb", "bigquery")
 MAX_KEY_BUCKETS = 65_536
+# offline.join_memory: the tiles one point-in-time join task holds at a time
+DEFAULT_JOIN_MEMORY = 1 << 30
+MIN_JOIN_MEMORY, MAX_JOIN_MEMORY = 1 << 10, 1 << 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +59,17 @@ class EntityConfig:
 @dataclass(frozen=True, slots=True)
 class OfflineConfig:
     catalog: Mapping[str, Any]
-    warehouse: Path
+    # A URI (s3://bucket/path, gs://..., abfs://..., hdfs://...) or an absolute local path.
+    warehouse: str
     namespace: str
     # A batch run covers whole buckets up to floor(latest event - allowed_lateness, gmin):
     # events landing within it never change a bucket behind a pointer that was served.
     allowed_lateness: Duration = DEFAULT_LATENESS
     # Key buckets of every tile table unless a spec sets its own (docs/spec.md: sizing).
     key_buckets: int = DEFAULT_KEY_BUCKETS
+    # Bytes of tiles a point-in-time join task holds at once: a key bucket whose tiles would
+    # exceed it is split by key hash into parts that fit (docs/training.md).
+    join_memory: int = DEFAULT_JOIN_MEMORY
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,8 @@ class SparkConfig:
     # On a cluster: "packed" ships Robusta and its dependencies with every session;
     # "preinstalled" trusts the workers' image to hold them.
     environment: str = "packed"
+    # Spark Connect: "sc://host:port" of a Connect server; then ``master`` is the server's.
+    remote: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from robusta.errors import RobustaError
 from robusta.spec.model import OfflineConfig
+from robusta.store.files import Storage, is_local
 
 
 class CatalogError(RobustaError, OSError):
@@ -23,10 +25,9 @@ def open_catalog(offline: OfflineConfig) -> Any:
     properties = catalog_properties(offline)
     uri = properties.get("uri", "")
     if uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    offline.warehouse.mkdir(parents=True, exist_ok=True)
+    if is_local(offline.warehouse):
+        Path(offline.warehouse).mkdir(parents=True, exist_ok=True)
     kind = properties.get("type", "py-catalog-impl")
     try:
         catalog = load_catalog("robusta", **properties)
@@ -52,8 +53,16 @@ def catalog_properties(offline: OfflineConfig) -> dict[str, str]:
     properties = {str(k): _text(v) for k, v in {**raw, **nested}.items()}
     if "py-catalog-impl" not in properties:
         properties.setdefault("type", "sql")
-    properties.setdefault("warehouse", offline.warehouse.resolve().as_uri())
+    warehouse = offline.warehouse
+    local = is_local(warehouse)
+    properties.setdefault("warehouse", Path(warehouse).as_uri() if local else warehouse)
     return properties
+
+
+def storage_of(offline: OfflineConfig) -> Storage:
+    """The storage of the offline store's files: its filesystems are configured from the
+    catalog properties (pyiceberg's ``s3.*``, ``gcs.*``, ``adls.*``, ``hdfs.*`` names)."""
+    return Storage.of(catalog_properties(offline))
 
 
 def _text(value: object) -> str:

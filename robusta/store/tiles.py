@@ -24,26 +24,24 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from robusta.errors import RobustaError
+from robusta.plan.keys import KeyPart
 from robusta.plan.model import TileGroup
 from robusta.plan.open_tiles import is_identity, run_offsets
 from robusta.spec.model import OfflineConfig
-from robusta.store.catalog import open_catalog
+from robusta.store.catalog import open_catalog, storage_of
+from robusta.store.files import Storage, join, normal
 
 VERSION_PROPERTY = "robusta.spec-version"
 COLUMNS_PROPERTY = "robusta.ir-columns"  # JSON {ir column: feature hash} of the stored tiles
@@ -88,34 +86,35 @@ BEAT_SECONDS = 20.0  # how often a live run renews its lease
 
 class Lease:
     """A run folder's claim, so that another writer's cleanup never deletes a run still
-    being written: a file beside the folder, renewed (touched) by a daemon thread while the
-    run lives, removed when it ends. A writer killed outright leaves a lease that expires
-    after :data:`LEASE_SECONDS`; its folder is an orphan from then on."""
+    being written: a file beside the folder, rewritten by a daemon thread while the run
+    lives (its modification time is the heartbeat, on local disks and object stores alike),
+    removed when it ends. A writer killed outright leaves a lease that expires after
+    :data:`LEASE_SECONDS`; its folder is an orphan from then on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str, storage: Storage) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        self.storage = storage
+        storage.write_bytes(path, b"")
         self._ended = threading.Event()
-        threading.Thread(target=self._beat, name=f"lease {path.name}", daemon=True).start()
+        name = path.rsplit("/", 1)[-1]
+        threading.Thread(target=self._beat, name=f"lease {name}", daemon=True).start()
 
     def _beat(self) -> None:
         while not self._ended.wait(BEAT_SECONDS):
             try:
-                os.utime(self.path)
+                self.storage.write_bytes(self.path, b"")
             except OSError:
-                return  # the folder is gone: nothing left to claim
+                return  # the storage is gone: nothing left to claim
 
     def release(self) -> None:
         self._ended.set()
-        self.path.unlink(missing_ok=True)
+        self.storage.delete(self.path)
 
 
-def lease_alive(path: Path, now: float | None = None) -> bool:
+def lease_alive(storage: Storage, path: str, now: float | None = None) -> bool:
     """Whether the lease file ``path`` exists and was renewed within :data:`LEASE_SECONDS`."""
-    try:
-        renewed = path.stat().st_mtime
-    except FileNotFoundError:
+    renewed = storage.modified(path)
+    if renewed is None:
         return False
     return (now if now is not None else time.time()) - renewed < LEASE_SECONDS
 
@@ -126,7 +125,7 @@ class Run:
     it when the run has committed or failed: :meth:`end`)."""
 
     id: str
-    folder: Path
+    folder: str  # a URI (a plain path on local disks)
     lease: Lease | None = None
 
     def end(self) -> None:
@@ -146,6 +145,7 @@ class TileTables:
     def __init__(self, offline: OfflineConfig) -> None:
         self.offline = offline
         self.catalog = open_catalog(offline)
+        self.storage = storage_of(offline)
 
     def identifier(self, table: str) -> str:
         return f"{self.offline.namespace}.{table}"
@@ -187,7 +187,7 @@ class TileTables:
         table = self.catalog.load_table(self.identifier(group.layout.table))
         stored = json.loads(table.properties.get(COLUMNS_PROPERTY) or "{}")
         stored.update({f.ir_column: f.hash for f in features})
-        new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
+        new_paths = self.storage.files(run.folder, ".parquet")
         added = ",".join(f.ir_column for f in features)
         summary = {VERSION_PROPERTY: version, RUN_PROPERTY: run.id, "robusta.added": added}
         properties = {COLUMNS_PROPERTY: json.dumps(stored, sort_keys=True)}
@@ -219,16 +219,19 @@ class TileTables:
         committed and whose lease expired (their writer died)."""
         self.clean_orphans(table)
         run_id = uuid.uuid4().hex[:12]
-        folder = _local_path(table.location()) / RUNS_FOLDER / run_id
-        lease = Lease(folder.parent / f"{run_id}{LEASE_SUFFIX}")  # claimed before it exists
-        return Run(run_id, folder, lease)
+        runs = join(table.location(), RUNS_FOLDER)
+        lease = Lease(join(runs, f"{run_id}{LEASE_SUFFIX}"), self.storage)  # claimed first
+        return Run(run_id, join(runs, run_id), lease)
 
-    def clean_orphans(self, table: Any) -> list[Path]:
+    def clean_orphans(self, table: Any) -> list[str]:
         """Delete run folders that no snapshot mentions and no live lease claims: a run
         that died before its commit. A folder another writer is still filling is leased."""
-        runs = _local_path(table.location()) / RUNS_FOLDER
-        if not runs.is_dir():
+        storage = self.storage
+        runs = join(table.location(), RUNS_FOLDER)
+        held = storage.children(runs)
+        if not held:
             return []
+        folders = {name for name, is_folder in held if is_folder}
         committed = {
             s.summary.additional_properties.get(RUN_PROPERTY)
             for s in table.snapshots()
@@ -237,20 +240,25 @@ class TileTables:
         now = time.time()
         # A stream's run is committed by the stream itself (its replay finds the folder).
         removed = [
-            f
-            for f in runs.iterdir()
-            if f.is_dir()
-            and f.name not in committed
-            and not f.name.startswith("stream-")
-            and not lease_alive(runs / f"{f.name}{LEASE_SUFFIX}", now)
+            join(runs, name)
+            for name in sorted(folders)
+            if name not in committed
+            and not name.startswith("stream-")
+            and not lease_alive(storage, join(runs, f"{name}{LEASE_SUFFIX}"), now)
         ]
         for folder in removed:
-            shutil.rmtree(folder)
-        for lease in runs.glob(f"*{LEASE_SUFFIX}"):  # of writers killed after their commit
-            if not lease_alive(lease, now) and (
-                lease.stem in committed or not (runs / lease.stem).is_dir()
+            storage.delete_folder(folder)
+        folders -= {folder.rsplit("/", 1)[-1] for folder in removed}
+        for name, is_folder in held:  # leases of writers killed after their commit
+            run_id = name.removesuffix(LEASE_SUFFIX)
+            lease = join(runs, name)
+            if (
+                not is_folder
+                and name.endswith(LEASE_SUFFIX)
+                and (run_id in committed or run_id not in folders)
+                and not lease_alive(storage, lease, now)
             ):
-                lease.unlink(missing_ok=True)
+                storage.delete(lease)
         return removed
 
     def overlapping_files(self, table: Any, start: int | None, end: int | None) -> list[Any]:
@@ -289,15 +297,23 @@ class TileTables:
     def files_by_bucket(
         self, table: Any, start: int | None, end: int | None
     ) -> dict[int, list[str]]:
-        """Local paths of :meth:`overlapping_files`, by the ``key_bucket`` they hold."""
+        """URIs of :meth:`overlapping_files`, by the ``key_bucket`` they hold."""
+        return self.bucket_files(table, start, end)[0]
+
+    def bucket_files(
+        self, table: Any, start: int | None, end: int | None
+    ) -> tuple[dict[int, list[str]], dict[int, int]]:
+        """:meth:`files_by_bucket`, and the bytes of each bucket's files."""
         files: dict[int, list[str]] = {}
+        sizes: dict[int, int] = {}
         spec, schema = table.spec(), table.schema()
         source = schema.find_field("key_bucket").field_id
         position = next(i for i, f in enumerate(spec.fields) if f.source_id == source)
         for data_file in self.overlapping_files(table, start, end):
             bucket = int(data_file.partition[position])
-            files.setdefault(bucket, []).append(str(_local_path(data_file.file_path)))
-        return files
+            files.setdefault(bucket, []).append(normal(data_file.file_path))
+            sizes[bucket] = sizes.get(bucket, 0) + int(data_file.file_size_in_bytes)
+        return files, sizes
 
     def replace(
         self,
@@ -314,7 +330,7 @@ class TileTables:
         same commit; with ``group`` (a run writing all of its columns) the table is labelled
         with the run's spec version and exactly the group's column hashes.
         """
-        new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
+        new_paths = self.storage.files(run.folder, ".parquet")
         summary = {**properties, RUN_PROPERTY: run.id}
         extra = {}
         if group is not None:
@@ -345,7 +361,7 @@ class TileTables:
         Until it lands, readers see the previous tiles, complete; a run stopped before it
         leaves only an orphan run folder (see :meth:`clean_orphans`)."""
         old_files = self.overlapping_files(table, None, None)
-        new_paths = sorted(str(p) for p in run.folder.rglob("*.parquet"))
+        new_paths = self.storage.files(run.folder, ".parquet")
         summary = {**properties, RUN_PROPERTY: run.id, "robusta.rebuild": "true"}
         labels = {
             **{k: v for k, v in properties.items() if k in _TABLE_LABELS},
@@ -555,7 +571,7 @@ def tile_identity(group: TileGroup) -> list[str]:
     return [*(k.column for k in group.layout.keys), "granularity", "bucket_start"]
 
 
-def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Path]:
+def write_tile_files(tiles: pa.Table, group: TileGroup, folder: str, storage: Storage) -> list[str]:
     """Tiles (tile-table columns) as Parquet with pyarrow, one file per (granularity,
     key_bucket, month) like the Spark writer, rows sorted by key and time: the embedded
     engine's writer, and how the stream writes the few tiles a micro-batch closes.
@@ -588,23 +604,13 @@ def write_tile_files(tiles: pa.Table, group: TileGroup, folder: Path) -> list[Pa
     rows = tagged.drop_columns(["__month"])
     bounds = run_offsets(tagged, partition)
     names = zip(*(tagged.column(c).take(bounds[:-1]).to_pylist() for c in partition), strict=True)
-    jobs: list[tuple[pa.Table, Path]] = []
+    jobs: list[tuple[pa.Table, str]] = []
     for (begin, end), (g, b, m) in zip(itertools.pairwise(bounds.tolist()), names, strict=True):
-        folder_of = folder / f"granularity={g}" / f"key_bucket={b}"
-        if not jobs or jobs[-1][1].parent != folder_of:
-            folder_of.mkdir(parents=True, exist_ok=True)
-        jobs.append((rows.slice(begin, end - begin), folder_of / f"month={_month(m)}.parquet"))
+        path = join(folder, f"granularity={g}", f"key_bucket={b}", f"month={_month(m)}.parquet")
+        jobs.append((rows.slice(begin, end - begin), path))
     with ThreadPoolExecutor(_WRITERS) as pool:
-        list(pool.map(lambda job: _write_file(*job), jobs))
+        list(pool.map(lambda job: storage.write_parquet(*job), jobs))
     return [path for _, path in jobs]
-
-
-def _write_file(rows: pa.Table, path: Path) -> None:
-    """One Parquet file, built in memory and written with one call: the writer's many
-    small writes and seeks per column chunk cost more than the data in a small file."""
-    buffer = pa.BufferOutputStream()
-    pq.write_table(rows, buffer)
-    path.write_bytes(memoryview(buffer.getvalue()))
 
 
 _WRITERS = 4  # threads writing tile files (file creation is most of a small file's cost)
@@ -615,16 +621,20 @@ def _month(code: int) -> str:
 
 
 def read_bucket(
+    storage: Storage,
     paths: Sequence[str],
     bucket: int,
     since: int | None = None,
     end: int | None = None,
     columns: list[str] | None = None,
     identity: Sequence[str] = (),
+    part: KeyPart | None = None,
 ) -> pa.Table:
     """The tiles of one key bucket in ``paths`` with ``since <= bucket_start < end``
-    (None: open), as the PIT join and the upload read them. Files holding different column
-    sets (added features) are merged on the tile ``identity`` (:func:`tile_identity`)."""
+    (None: open), as the PIT join and the upload read them; with ``part``, only its slice of
+    the bucket's keys, read batch by batch so that memory holds the slice, not the bucket.
+    Files holding different column sets (added features) are merged on the tile
+    ``identity`` (:func:`tile_identity`)."""
     import pyarrow.dataset as ds
 
     condition = ds.field("key_bucket") == bucket
@@ -632,30 +642,41 @@ def read_bucket(
         condition = condition & (ds.field("bucket_start") >= pa.scalar(since, TS_TYPE))
     if end is not None:
         condition = condition & (ds.field("bucket_start") < pa.scalar(end, TS_TYPE))
-    groups = files_by_columns(paths)
+    groups = files_by_columns(storage, paths)
     if len(groups) <= 1:
-        return ds.dataset(list(paths), format="parquet").to_table(columns=columns, filter=condition)
+        return _read_part(storage.dataset(paths), columns, condition, part)
     if not identity:
         raise ValueError("tile files of several column sets need the tile identity to merge")
     parts = []
     for names, files in groups:
         keep = [c for c in (columns or names) if c in names]
-        parts.append(ds.dataset(files, format="parquet").to_table(columns=keep, filter=condition))
+        parts.append(_read_part(storage.dataset(files), keep, condition, part))
     return merge_tiles(parts, identity, columns)
 
 
-def read_tile_files(paths: Sequence[str], group: TileGroup) -> pa.Table:
+def _read_part(
+    dataset: Any, columns: list[str] | None, condition: Any, part: KeyPart | None
+) -> pa.Table:
+    if part is None or part.count == 1:
+        return dataset.to_table(columns=columns, filter=condition)
+    scanner = dataset.scanner(columns=columns, filter=condition)
+    kept = [
+        batch.filter(pa.array(part.holds(batch.column(part.column))))
+        for batch in scanner.to_batches()
+    ]
+    return pa.Table.from_batches(kept, schema=scanner.projected_schema)
+
+
+def read_tile_files(storage: Storage, paths: Sequence[str], group: TileGroup) -> pa.Table:
     """Every tile in ``paths`` in the table's columns (``tile_schema``), files of added
     columns merged on the tile identity; columns no file holds are null."""
-    import pyarrow.dataset as ds
-
     schema = tile_schema(group)
-    groups = files_by_columns(paths)
+    groups = files_by_columns(storage, paths)
     if not groups:
         return schema.empty_table()
     # Read in the table's own field types: the engines' writers differ in nullability.
     parts = [
-        ds.dataset(files, schema=_file_schema(names, files[0], schema), format="parquet").to_table()
+        storage.dataset(files, schema=file_schema(storage, names, files[0], schema)).to_table()
         for names, files in groups
     ]
     merged = parts[0] if len(parts) == 1 else merge_tiles(parts, tile_identity(group))
@@ -668,22 +689,18 @@ def read_tile_files(paths: Sequence[str], group: TileGroup) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def _file_schema(names: Sequence[str], path: str, schema: pa.Schema) -> pa.Schema:
+def file_schema(storage: Storage, names: Sequence[str], path: str, schema: pa.Schema) -> pa.Schema:
     """The columns ``names`` of a tile file, typed as ``schema`` has them (others as in
     the file at ``path``)."""
-    import pyarrow.parquet as pq
-
-    own = pq.read_schema(path)
+    own = storage.read_schema(path)
     return pa.schema([schema.field(n) if n in schema.names else own.field(n) for n in names])
 
 
-def files_by_columns(paths: Sequence[str]) -> list[tuple[list[str], list[str]]]:
+def files_by_columns(storage: Storage, paths: Sequence[str]) -> list[tuple[list[str], list[str]]]:
     """``paths`` grouped by the set of columns their files hold (one footer read each)."""
-    import pyarrow.parquet as pq
-
     groups: dict[frozenset[str], tuple[list[str], list[str]]] = {}
     for path in paths:
-        names = pq.read_schema(path).names
+        names = storage.read_schema(path).names
         groups.setdefault(frozenset(names), (names, []))[1].append(path)
     return list(groups.values())
 
@@ -731,11 +748,6 @@ def merge_tiles(
     return pa.table(out)
 
 
-def local_path(location: str) -> Path:
-    """A file URI or path as a local path (tile tables live on local or mounted storage)."""
-    return _local_path(location)
-
-
 Span = tuple[int | None, int | None]  # [start, end) in epoch micros; None = unbounded
 
 
@@ -776,10 +788,3 @@ def uncovered(spans: Sequence[Span], wanted: Span) -> bool:
         if (low if start is None else start) <= a and b <= (high if end is None else end):
             return False
     return True
-
-
-def _local_path(location: str) -> Path:
-    parsed = urlparse(location)
-    if parsed.scheme not in ("", "file"):
-        raise RobustaError(f"tile tables must live on a local or mounted path, got {location}")
-    return Path(parsed.path)

@@ -8,6 +8,7 @@ with version pointers (some inside a bucket, floored to it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Collection, Iterator
@@ -27,7 +28,7 @@ from robusta.spec.durations import Window
 from robusta.store.catalog import open_catalog
 from robusta.testing.compare import assert_matches_reference, bits
 from robusta.testing.reference import window_bounds
-from robusta.workspace import load_workspace
+from robusta.workspace import Workspace, load_workspace
 from tests.engine.test_materialize import SPEC, Project, config_text, events_by_key
 
 pytestmark = pytest.mark.spark
@@ -280,7 +281,7 @@ def test_cli_bad_input_gets_one_clear_message(
 def test_hot_buckets_split_by_time_give_the_same_frame(
     project: Project, backfilled: tuple[pa.Table, pa.Table, BackfillReport], spark: Any
 ) -> None:
-    from robusta.engine.spark.pit import KEY_BUCKET, TS, _time_chunks
+    from robusta.engine.spark.pit import KEY_BUCKET, KEY_PART, TS, _time_chunks
 
     rows, whole, _ = backfilled
     split = get_training_frame(
@@ -292,12 +293,41 @@ def test_hot_buckets_split_by_time_give_the_same_frame(
     ).toArrow()
     assert split.to_pylist() == whole.to_pylist()
     keyed = spark.createDataFrame(
-        [(1, t) for t in range(30)] + [(2, 5)], f"{KEY_BUCKET} INT, {TS} BIGINT"
+        [(1, 0, t) for t in range(30)] + [(2, 0, 5)],
+        f"{KEY_BUCKET} INT, {KEY_PART} INT, {TS} BIGINT",
     )
     sql, extra = _time_chunks(keyed, 10)
     assert extra == 2  # bucket 1: 30 rows -> 3 chunks; bucket 2 stays whole
     chunks = keyed.selectExpr(f"{sql} AS c").groupBy("c").count().collect()
     assert sorted(r["count"] for r in chunks) == [10, 10, 11]
+
+
+def test_a_join_memory_budget_splits_buckets_into_tasks_with_the_same_frame(
+    project: Project, backfilled: tuple[pa.Table, pa.Table, BackfillReport], spark: Any
+) -> None:
+    """On Spark, a budget below the buckets' tiles makes a task per key part (rows hashed
+    as the tiles are) and the same frame, bit for bit."""
+    from robusta.api.training import _plan_joins, resolve_features
+    from robusta.engine.spark.pit import join_group, prepare_rows
+
+    rows, whole, _ = backfilled
+    small = with_join_memory(project.workspace, 4 << 10)
+    split = get_training_frame(
+        rows.to_pandas(), None, workspace=small, version_column="served_at"
+    ).toArrow()
+    for name in whole.column_names:
+        got = [bits(v) for v in split.column(name).to_pylist()]
+        assert got == [bits(v) for v in whole.column(name).to_pylist()], name
+    (request,) = resolve_features(small.plan, ["n_events_1h"])
+    frame = prepare_rows(
+        spark.createDataFrame(rows.select(["USER_ID", "ts"]).to_pandas()), "ts", None
+    )
+    times = pc.cast(rows.column("ts"), pa.int64())
+    lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
+    (join,) = _plan_joins(small, [request], lo, hi, False, False, lambda _: None, BackfillReport())
+    assert sum(join.parts.values()) > request.group.layout.key_buckets
+    tasks = join_group(frame, join, ["USER_ID"]).rdd.getNumPartitions()
+    assert tasks == request.group.layout.key_buckets + sum(n - 1 for n in join.parts.values())
 
 
 def test_a_hot_bucket_gets_more_tasks(project: Project, spark: Any) -> None:
@@ -434,3 +464,13 @@ def test_the_embedded_join_equals_the_spark_join_bit_for_bit(
     for name in report.features:
         got = [bits(v) for v in joined.column(name).to_pylist()]
         assert got == [bits(v) for v in spark_frame.column(name).to_pylist()], name
+
+
+def with_join_memory(workspace: Workspace, budget: int) -> Workspace:
+    """``workspace`` with ``offline.join_memory`` set to ``budget`` bytes."""
+    config = workspace.config
+    offline = dataclasses.replace(config.offline, join_memory=budget)
+    project = dataclasses.replace(
+        workspace.project, config=dataclasses.replace(config, offline=offline)
+    )
+    return dataclasses.replace(workspace, project=project)

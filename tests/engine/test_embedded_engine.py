@@ -28,6 +28,7 @@ from tests.engine.test_backfill import (
     assert_frame_matches_reference,
     backfill_project,
     training_rows,
+    with_join_memory,
 )
 from tests.engine.test_embedded_tiles import assert_same_tiles
 from tests.engine.test_materialize import Project
@@ -60,6 +61,53 @@ def test_backfill_from_raw_events_equals_the_reference(embedded: Project) -> Non
     assert report.materialized == ["engagement"]
     assert got.column("label").to_pylist() == rows.column("label").to_pylist()
     assert_frame_matches_reference(embedded, rows, got)
+
+
+def tile_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(distinct keys, Arrow bytes) of every tile table the point-in-time join loads from
+    now on."""
+    from robusta.engine.pit_join import GroupJoin
+
+    loads: list[tuple[int, int]] = []
+    real = GroupJoin._tiles
+
+    def recorded(self: GroupJoin, bucket: int, part: int, assembler: Any) -> pa.Table:
+        tiles = real(self, bucket, part, assembler)
+        keys = tiles.column(self.group.layout.primary).unique()
+        loads.append((len(keys), tiles.nbytes))
+        return tiles
+
+    monkeypatch.setattr(GroupJoin, "_tiles", recorded)
+    return loads
+
+
+def test_a_join_memory_budget_splits_buckets_and_keeps_every_value(
+    embedded: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget far below a key bucket's tiles splits every bucket by key hash: a task reads
+    the tiles of a few of the bucket's keys at a time (a single key's tiles are the floor),
+    only the slices its rows need, and every feature of every row is bit-identical."""
+    rows = training_rows(embedded.events)
+    loads = tile_loads(monkeypatch)
+    whole = get_training_frame(rows, None, workspace=embedded.workspace, version_column="served_at")
+    bucket_loads = list(loads)
+    loads.clear()
+    steps: list[str] = []
+    split = get_training_frame(
+        rows,
+        None,
+        workspace=with_join_memory(embedded.workspace, 4 << 10),
+        version_column="served_at",
+        step=steps.append,
+    )
+    assert isinstance(whole, pa.Table) and isinstance(split, pa.Table)
+    assert any("split in" in s for s in steps), steps
+    assert max(k for k, _ in loads) * 3 <= max(k for k, _ in bucket_loads)
+    assert sum(b for _, b in loads) < sum(b for _, b in bucket_loads)
+    for name in whole.column_names:
+        got = [bits(v) for v in split.column(name).to_pylist()]
+        assert got == [bits(v) for v in whole.column(name).to_pylist()], name
+    assert_frame_matches_reference(embedded, rows, split)
 
 
 def test_the_command_line_path_never_starts_a_jvm(embedded: Project, tmp_path: Path) -> None:
@@ -111,8 +159,12 @@ def test_tables_cross_engines(spark: Any, tmp_path: Path) -> None:
         materialize(project.workspace)
         for reader in ("embedded", "spark"):
             frame = get_training_frame(
-                rows, None, workspace=project.workspace, version_column="served_at",
-                materialize_missing=False, engine=reader,
+                rows,
+                None,
+                workspace=project.workspace,
+                version_column="served_at",
+                materialize_missing=False,
+                engine=reader,
             )
             table = frame if isinstance(frame, pa.Table) else frame.toArrow()
             frames[(writer, reader)] = [bits(v) for v in table.to_pylist()]
@@ -176,8 +228,12 @@ def test_one_table_written_by_both_engines(spark: Any, tmp_path: Path) -> None:
     )
     for engine in ("embedded", "spark"):
         frame = get_training_frame(
-            rows, names, workspace=mixed.workspace, version_column="served_at",
-            materialize_missing=False, engine=engine,
+            rows,
+            names,
+            workspace=mixed.workspace,
+            version_column="served_at",
+            materialize_missing=False,
+            engine=engine,
         )
         for vector, row in zip(vectors, to_arrow(frame).to_pylist(), strict=True):
             for name in names:

@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +35,8 @@ from robusta.serving import FeatureClient, FeatureVector
 from robusta.serving.feature_log import FeatureLog
 from robusta.spec.durations import from_micros
 from robusta.store.feature_log import REQUEST_ID, REQUESTED
+from robusta.store.files import normal
 from robusta.store.online import open_online_store
-from robusta.store.tiles import local_path
 from robusta.testing.compare import bits
 from tests.engine.test_serving import Served, lookups, serving_project
 from tests.store.test_online_contract import online_config
@@ -184,7 +185,8 @@ class Corruption:
 @contextlib.contextmanager
 def corrupted(logged: Logged) -> Iterator[Corruption]:
     """One logged float value moved by one ulp in its Parquet file, restored afterwards."""
-    files = [local_path(f) for f in log_files(logged.served.workspace.config.offline, logged.spec)]
+    offline = logged.served.workspace.config.offline
+    files = [Path(normal(f)) for f in log_files(offline, logged.spec)]
     for path in files:
         table = pq.read_table(path)
         values = table.column(CORRUPTED).to_pylist()

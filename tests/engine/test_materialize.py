@@ -346,7 +346,7 @@ def test_a_crash_before_commit_leaves_the_table_as_it_was(
     assert table.current_snapshot().snapshot_id == snapshot
     runs = Path(table.location().removeprefix("file://")) / "runs"
     orphans = tables.clean_orphans(table)
-    assert len(orphans) == 1 and not orphans[0].exists()
+    assert len(orphans) == 1 and not Path(orphans[0]).exists()
     assert all(p.is_dir() for p in runs.iterdir())
 
 

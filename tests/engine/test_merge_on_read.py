@@ -20,8 +20,9 @@ from robusta.jobs.materialize import compact, materialize
 from robusta.jobs.upload import upload
 from robusta.serving import FeatureClient
 from robusta.spec.durations import from_micros
+from robusta.store.files import normal
 from robusta.store.online import open_online_store
-from robusta.store.tiles import TileTables, local_path
+from robusta.store.tiles import TileTables
 from robusta.testing.compare import assert_matches_reference, bits
 from robusta.workspace import load_workspace
 from tests.engine.test_backfill import reference_cases, training_rows
@@ -52,7 +53,7 @@ ADDED = """\
 def data_files(tables: TileTables, name: str) -> dict[str, list[str]]:
     table = tables.load(name)
     assert table is not None
-    paths = [str(local_path(f.file_path)) for f in tables.overlapping_files(table, None, None)]
+    paths = [normal(f.file_path) for f in tables.overlapping_files(table, None, None)]
     return {p: pq.read_schema(p).names for p in paths}
 
 

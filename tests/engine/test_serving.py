@@ -11,6 +11,7 @@ the reference evaluator in test_backfill.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -36,6 +37,7 @@ from robusta.serving import FeatureClient, FeatureVector, LookupRequestError
 from robusta.spec.durations import floor_to, from_micros
 from robusta.spec.model import OnlineConfig
 from robusta.store.online import OnlineStore, OnlineStoreError, open_online_store
+from robusta.store.online.base import generation_prefix
 from robusta.testing.compare import bits
 from robusta.workspace import Workspace, load_workspace
 from tests.engine.test_materialize import SPEC, config_text
@@ -423,3 +425,46 @@ def test_uploads_say_why_they_serve_nothing_or_less(served: Served, store: Onlin
     covered = floor_to(last - 60 * MIN, 5 * MIN)  # the latest event - allowed lateness (1h)
     assert late.pointer == from_micros(covered).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert late.records > 0 and "is after the complete tiles" in late.note
+
+
+def _with_online(workspace: Workspace, online: OnlineConfig) -> Workspace:
+    config = workspace.config
+    project = dataclasses.replace(
+        workspace.project, config=dataclasses.replace(config, online=online)
+    )
+    return dataclasses.replace(workspace, project=project)
+
+
+def _live_records(online: OnlineConfig, spec: str) -> dict[bytes, bytes]:
+    """The records of the spec's live generation, by store key without the generation."""
+    import redis
+
+    with open_online_store(online, "test") as store:
+        state = store.state(spec)
+    assert state is not None
+    prefix = str(online.options["key_prefix"]).encode() + generation_prefix(spec, state.generation)
+    client = redis.Redis.from_url(str(online.options["url"]))
+    keys = sorted(client.scan_iter(match=prefix + b"*", count=1_000))
+    values = client.mget(keys) if keys else []
+    return {k[len(prefix) :]: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
+
+
+def test_an_upload_from_the_executors_writes_the_records_this_process_writes(
+    served: Served, tmp_path: Path
+) -> None:
+    online = online_config("redis", tmp_path)
+    workspace = _with_online(served.workspace, online)
+    spec = workspace.plan.specs[0].name
+    here = upload(workspace, at=from_micros(served.at), engine="embedded")
+    assert here.specs[0].executor_tasks == 0
+    written_here = _live_records(online, spec)
+    there = upload(workspace, at=from_micros(served.at), engine="spark")
+    buckets = workspace.config.offline.key_buckets
+    assert 1 < there.specs[0].executor_tasks <= buckets * len(workspace.plan.specs[0].groups)
+    assert (there.specs[0].keys, there.specs[0].records) == (
+        here.specs[0].keys,
+        here.specs[0].records,
+    )
+    assert here.specs[0].records > 0
+    assert _live_records(online, spec) == written_here  # the same bytes under the same keys
+    assert len(written_here) == here.specs[0].records

@@ -253,6 +253,13 @@ CONFIG_CASES = [
         "12:24",
         '"key_buckets" must be a whole number from 1 to 65536, got 2.5',
     ),
+    (
+        "join-memory-not-a-size",
+        CONFIG + "offline: {join_memory: lots}\n",
+        "12:24",
+        '"join_memory" must be a size from 1 KiB to 1 TiB (bytes, or a number with KiB, '
+        "MiB, GiB, KB, MB or GB), got 'lots'",
+    ),
 ]
 
 
@@ -430,3 +437,14 @@ def test_key_buckets_come_from_the_spec_else_the_project(make_project: MakeProje
     assert buckets == {"purchases": 64, "views": 4}
     default = load_workspace(make_project(config=CONFIG)).require_valid().plan
     assert {s.groups[0].layout.key_buckets for s in default.specs} == {8}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512MiB", 512 << 20), ("2 GiB", 2 << 30), ("1.5GB", 1_500_000_000), ("65536", 65536)],
+)
+def test_join_memory_takes_bytes_or_units(make_project: MakeProject, text: str, size: int) -> None:
+    config = make_project(config=CONFIG + f'offline: {{join_memory: "{text}"}}\n')
+    assert load_workspace(config).require_valid().config.offline.join_memory == size
+    default = load_workspace(make_project(config=CONFIG)).require_valid()
+    assert default.config.offline.join_memory == 1 << 30

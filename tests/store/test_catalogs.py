@@ -28,7 +28,7 @@ def test_properties_are_handed_over_as_written(tmp_path: Path) -> None:
         "rest.sigv4-enabled": False,
         "properties": {"s3.endpoint": "http://127.0.0.1:9000", "retries": 3},
     }
-    got = catalog_properties(OfflineConfig(catalog, tmp_path / "wh", "ns"))
+    got = catalog_properties(OfflineConfig(catalog, str(tmp_path / "wh"), "ns"))
     assert got == {
         "type": "rest",
         "uri": "http://127.0.0.1:8181",

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def offline(tmp_path: Path, uri: str | None = None) -> OfflineConfig:
     catalog = {"type": "sql", "uri": uri or f"sqlite:///{tmp_path / 'catalog.db'}"}
-    return OfflineConfig(catalog, tmp_path / "warehouse", "logs")
+    return OfflineConfig(catalog, str(tmp_path / "warehouse"), "logs")
 
 
 def spec_and_outputs() -> tuple[object, list[str]]:

@@ -29,14 +29,15 @@ def test_a_leased_run_survives_another_writers_cleanup(project: Project) -> None
     tables = TileTables(project.workspace.config.offline)
     table = tables.load(TABLE)
     with tables.start_run(table) as run:
-        run.folder.mkdir(parents=True)
-        (run.folder / "part.parquet").write_bytes(b"being written")
-        assert run.lease is not None and lease_alive(run.lease.path)
+        folder = Path(run.folder)
+        folder.mkdir(parents=True)
+        (folder / "part.parquet").write_bytes(b"being written")
+        assert run.lease is not None and lease_alive(tables.storage, run.lease.path)
         other = tables.start_run(table)  # another writer starts: its cleanup runs
         other.end()
-        assert run.folder.is_dir()
-    assert not run.lease.path.exists()  # the run ended (here without a commit)
-    assert tables.clean_orphans(table) == [run.folder] and not run.folder.exists()
+        assert folder.is_dir()
+    assert not Path(run.lease.path).exists()  # the run ended (here without a commit)
+    assert tables.clean_orphans(table) == [run.folder] and not folder.exists()
 
 
 def test_a_killed_writers_run_is_cleaned_once_its_lease_expires(project: Project) -> None:
@@ -44,14 +45,14 @@ def test_a_killed_writers_run_is_cleaned_once_its_lease_expires(project: Project
     tables = TileTables(project.workspace.config.offline)
     table = tables.load(TABLE)
     run = tables.start_run(table)
-    run.folder.mkdir(parents=True)
+    Path(run.folder).mkdir(parents=True)
     assert run.lease is not None
     run.lease._ended.set()  # the writer is killed: nobody renews the lease from now on
     assert tables.clean_orphans(table) == []
     expired = time.time() - LEASE_SECONDS - 1
     os.utime(run.lease.path, (expired, expired))
     assert tables.clean_orphans(table) == [run.folder]
-    assert not run.folder.exists() and not run.lease.path.exists()
+    assert not Path(run.folder).exists() and not Path(run.lease.path).exists()
 
 
 def test_two_materializes_at_once_lose_nothing_and_double_nothing(project: Project) -> None:

@@ -13,6 +13,7 @@ import pytest
 from robusta.plan.model import TileGroup
 from robusta.spec.model import OfflineConfig
 from robusta.spec.types import DataType
+from robusta.store.files import LOCAL
 from robusta.store.tiles import (
     NO_COMMIT_RETRY,
     CommitConflictError,
@@ -25,7 +26,7 @@ from tests.plan.test_assembly import GMIN, T0, group_for, tiles_of
 
 
 def offline(root: Path) -> OfflineConfig:
-    return OfflineConfig({"uri": f"sqlite:///{root / 'catalog.db'}"}, root / "warehouse", "t")
+    return OfflineConfig({"uri": f"sqlite:///{root / 'catalog.db'}"}, str(root / "warehouse"), "t")
 
 
 def run_of(tables: TileTables, table: Any, group: TileGroup, key: str, step: int) -> Run:
@@ -33,7 +34,7 @@ def run_of(tables: TileTables, table: Any, group: TileGroup, key: str, step: int
     tiles = tiles_of(group, [(key, T0 + step * GMIN, f"v{step}")])
     tiles = tiles.append_column("spec_version", pa.array(["v1"] * tiles.num_rows, pa.string()))
     run = tables.start_run(table)
-    write_tile_files(tiles, group, run.folder)
+    write_tile_files(tiles, group, run.folder, tables.storage)
     return run
 
 
@@ -82,7 +83,7 @@ def test_data_files_are_pyiceberg_s_with_ir_bounds_left_out(tmp_path: Path) -> N
     ]
     tiles = tiles_of(group, events)
     tiles = tiles.append_column("spec_version", pa.array(["v1"] * tiles.num_rows, pa.string()))
-    paths = [str(p) for p in write_tile_files(tiles, group, tmp_path / "run")]
+    paths = write_tile_files(tiles, group, str(tmp_path / "run"), LOCAL)
     assert len(paths) > 3
     ours = data_files(table.io, table.metadata, paths)
     theirs = list(parquet_files_to_data_files(table.io, table.metadata, iter(paths)))

@@ -8,7 +8,6 @@ import functools
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,8 @@ from robusta.errors import Problem, ValidationError
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.loader import query_location
 from robusta.spec.model import ProjectConfig, SourceConfig
-from robusta.store.tiles import local_path, read_tile_files, write_tile_files
+from robusta.store.catalog import storage_of
+from robusta.store.tiles import read_tile_files, write_tile_files
 
 SHARE_ROWS = 2_000_000  # events per share of key buckets in one build (bounds its memory)
 SPLIT_ROWS = 200_000  # from this many events a build goes in two shares, built side by side
@@ -82,6 +82,7 @@ class EmbeddedTileEngine:
 
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
+        self.storage = storage_of(config.offline)
         self.con = connect()
         self._events: dict[str, pa.Table] = {}  # per spec: its query's rows, read once
         # One query at a time on the connection (DuckDB parallelizes each query itself).
@@ -113,7 +114,7 @@ class EmbeddedTileEngine:
         plan: SpecPlan,
         group: TileGroup,
         window: Range,
-        folder: Path,
+        folder: str,
         carried: Sequence[Any] = (),
     ) -> TileCounts:
         events = self.events(plan)
@@ -133,7 +134,7 @@ class EmbeddedTileEngine:
             if kept is not None:
                 mine = kept.column("key_bucket").to_numpy() % shares == share
                 tiles = pa.concat_tables([tiles, kept.filter(pa.array(mine))])
-            write_tile_files(tiles, group, folder)
+            write_tile_files(tiles, group, folder, self.storage)
             return part
 
         work = enumerate(by_key_share(events, group, shares))
@@ -148,14 +149,15 @@ class EmbeddedTileEngine:
         return counts
 
     def _outside(self, files: Sequence[Any], window: Range, group: TileGroup) -> pa.Table:
-        old = read_tile_files([str(local_path(f.file_path)) for f in files], group)
+        old = read_tile_files(self.storage, [f.file_path for f in files], group)
         starts = pc.cast(old.column("bucket_start"), pa.int64())
         inside = pc.and_(pc.greater_equal(starts, window.start), pc.less(starts, window.end))
         return old.filter(pc.invert(inside))
 
-    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: Path) -> None:
-        paths = [str(local_path(f.file_path)) for f in files]
-        write_tile_files(read_tile_files(paths, group), group, folder)
+    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: str) -> None:
+        paths = [f.file_path for f in files]
+        tiles = read_tile_files(self.storage, paths, group)
+        write_tile_files(tiles, group, folder, self.storage)
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
         from robusta.engine.embedded.volumes import count_events

@@ -15,7 +15,6 @@ its on-time rows with the batch engine's own builder (``engine.embedded.tiles``)
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from robusta.engine.embedded.sql import (
     EmbeddedSourceError,
@@ -39,6 +37,7 @@ from robusta.engine.embedded.tiles import finest_tiles, utc_micros
 from robusta.engine.microbatch import BatchStats
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.model import ProjectConfig, SourceConfig
+from robusta.store.files import Storage, join
 
 MAX_FILES = "maxfilespertrigger"  # Spark's file source option, honoured here too
 STREAM_ONLY_OPTIONS = {MAX_FILES, "recursivefilelookup"}
@@ -198,13 +197,9 @@ class EmbeddedMicroBatch:
             max_ts=None if newest is None else int(newest),
         )
 
-    def write_late(self, folder: Path) -> None:
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pq.write_table(self.rows.filter(self.late), tmp / "part-00000.parquet")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+    def write_late(self, storage: Storage, folder: str) -> None:
+        # One file of one name: a replay of the batch writes it again, whole.
+        storage.write_parquet(self.rows.filter(self.late), join(folder, "part-00000.parquet"))
 
     def finest_tiles(self, group: TileGroup) -> pa.Table:
         on_time = self.rows.filter(pc.invert(self.late))

@@ -34,7 +34,8 @@ from robusta.errors import RobustaError
 ARCHIVE_ALIAS = "robusta_deps"  # the folder executors unpack the dependencies into
 NEVER_SHIPPED = {"pyspark", "py4j"}  # the workers' own Spark provides these
 EXTRAS = ("redis",)  # optional dependencies executors use when installed (uploads)
-REQUIRED = ("numpy", "pyarrow", "datasketches", "robusta.plan.assembly")  # what tasks import
+# What tasks import: the assembler, and the filesystems they open the warehouse through.
+REQUIRED = ("numpy", "pyarrow", "datasketches", "pyiceberg.io.pyarrow", "robusta.plan.assembly")
 
 
 class ExecutorEnvironmentError(RobustaError, RuntimeError):
@@ -166,7 +167,7 @@ def check(_):
 """
 
 
-def check_executors(session: Any, preinstalled: bool) -> None:
+def check_executors(session: Any, preinstalled: bool, remote: bool = False) -> None:
     """Import on an executor what Robusta's tasks import; raise one message saying what is
     missing and what to do. The check is a plain Python UDF (it needs no pyarrow to run),
     built from source so that it reaches the executor by value, not as a reference into a
@@ -184,6 +185,15 @@ def check_executors(session: Any, preinstalled: bool) -> None:
     if not missing:
         return
     mine = ".".join(platform.python_version_tuple()[:2])
+    if remote:
+        raise ExecutorEnvironmentError(
+            f"the Spark Connect server's executors (Python {python}) cannot import "
+            f"{missing}: start the server with Robusta's dependencies, e.g. `--conf "
+            f"spark.archives=<archive>#{ARCHIVE_ALIAS} --conf "
+            f"spark.executorEnv.PYTHONPATH={ARCHIVE_ALIAS}`, where `python -m "
+            "robusta.engine.spark.environment` builds the archive and prints its path "
+            f"(it needs Python {mine} on the workers)"
+        )
     fix = (
         "install Robusta and its dependencies on the workers (spark.environment: "
         "preinstalled), or remove that setting to ship them with the job"
@@ -201,3 +211,7 @@ def _cause(error: str) -> str:
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
     told = [line for line in lines if re.match(r"^[\w.]*(Error|Exception): ", line)]
     return (told or lines or ["no message"])[-1]
+
+
+if __name__ == "__main__":  # the archive a Spark Connect server's executors need
+    print(dependency_archive())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from robusta.engine.counts import Range, TileCounts
@@ -12,6 +11,7 @@ from robusta.engine.spark.sources import register_sources
 from robusta.engine.spark.tiles import TileJob, read_tiles, write_tiles
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.model import ProjectConfig, SourceConfig
+from robusta.store.catalog import storage_of
 
 
 class SparkTileEngine:
@@ -21,6 +21,7 @@ class SparkTileEngine:
     def __init__(self, config: ProjectConfig) -> None:
         self.config = config
         self.spark = spark_session(config.spark)
+        self.storage = storage_of(config.offline)
         self._registered: set[str] = set()
 
     def write_tiles(
@@ -28,7 +29,7 @@ class SparkTileEngine:
         plan: SpecPlan,
         group: TileGroup,
         window: Range,
-        folder: Path,
+        folder: str,
         carried: Sequence[Any] = (),
     ) -> TileCounts:
         if plan.name not in self._registered:
@@ -39,22 +40,23 @@ class SparkTileEngine:
             tiles = job.tiles()
             if carried:
                 tiles = tiles.unionByName(self._outside(carried, window, group))
-            write_tiles(tiles, str(folder))
+            write_tiles(tiles, group, self.storage, folder)
             return job.counts(job.tiles())  # the cached tiles: no recomputation
         finally:
             job.release()
 
     def _outside(self, files: Sequence[Any], window: Range, group: TileGroup) -> Any:
         """Tiles outside ``window`` in data ``files`` (column sets merged)."""
-        frame = read_tiles(self.spark, [f.file_path for f in files], group)
+        frame = read_tiles(self.spark, self.storage, [f.file_path for f in files], group)
         inside = (
             f"unix_micros(bucket_start) >= {window.start} "
             f"AND unix_micros(bucket_start) < {window.end}"
         )
         return frame.where(f"NOT ({inside})")
 
-    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: Path) -> None:
-        write_tiles(read_tiles(self.spark, [f.file_path for f in files], group), str(folder))
+    def rewrite(self, files: Sequence[Any], group: TileGroup, folder: str) -> None:
+        tiles = read_tiles(self.spark, self.storage, [f.file_path for f in files], group)
+        write_tiles(tiles, group, self.storage, folder)
 
     def record_volumes(self, source: SourceConfig, start: int | None, end: int | None) -> None:
         from robusta.engine.spark.volumes import record_volumes

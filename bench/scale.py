@@ -1,0 +1,175 @@
+"""Benchmark: how materialize and the point-in-time join grow with the data, and what one
+join task holds in memory, with and without a memory budget.
+
+For each ``--sizes`` (events), the PIT benchmark's generated data (``bench/pit.py``: keys
+Zipf-skewed, one key per 100 events, 120 days) and its full spec (every operator, windows
+1h .. 90d and lifetime), on the embedded engine:
+
+- materialize, beside the hand-written DuckDB tiles query (``bench/materialize.py``) on the
+  same events, as a ratio;
+- the point-in-time join of ``--rows`` training rows from those tiles, with the default
+  ``offline.join_memory`` and with ``--budget``: seconds, and the largest tile table one task
+  loaded (Arrow bytes: what a Spark task would hold);
+- peak RSS of this process for each step (``VmHWM``, reset before each).
+
+Growth is linear when seconds per event (and the unbudgeted task's tiles per key) stay flat
+from the smallest size to the largest; the budgeted task's tiles stay under the budget
+whatever the size (a single key's tiles are the floor).
+
+    .venv/bin/python bench/scale.py --sizes 10000000,30000000 --rows 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+import materialize as materialize_bench
+import pit as pit_bench
+
+from robusta.spec.checks import parse_size, show_size
+from robusta.workspace import Workspace, load_workspace
+
+
+@dataclasses.dataclass
+class Step:
+    seconds: float
+    peak_mib: int
+    task_tiles: int = 0  # largest tile table one join task loaded (bytes)
+
+
+def timed(job: Callable[[], Any]) -> Step:
+    pit_bench.reset_own_peak()
+    started = time.perf_counter()
+    job()
+    return Step(round(time.perf_counter() - started, 1), pit_bench.own_peak())
+
+
+def with_budget(workspace: Workspace, budget: int) -> Workspace:
+    config = workspace.config
+    offline = dataclasses.replace(config.offline, join_memory=budget)
+    project = dataclasses.replace(
+        workspace.project, config=dataclasses.replace(config, offline=offline)
+    )
+    return dataclasses.replace(workspace, project=project)
+
+
+def join(workspace: Workspace, rows: Path) -> Step:
+    """The PIT join from tiles, recording the largest tile table a task loads."""
+    from robusta.engine.pit_join import GroupJoin
+    from robusta.training import get_training_frame
+
+    largest = [0]
+    real = GroupJoin._tiles
+
+    def recorded(self: GroupJoin, bucket: int, part: int, assembler: Any) -> pa.Table:
+        tiles = real(self, bucket, part, assembler)
+        largest[0] = max(largest[0], tiles.nbytes)
+        return tiles
+
+    GroupJoin._tiles = recorded  # type: ignore[method-assign]
+    try:
+        step = timed(
+            lambda: get_training_frame(
+                str(rows), None, workspace=workspace, engine="embedded", materialize_missing=False
+            )
+        )
+    finally:
+        GroupJoin._tiles = real  # type: ignore[method-assign]
+    step.task_tiles = largest[0]
+    return step
+
+
+def run_size(root: Path, events: int, rows: int, days: int, budget: int) -> dict[str, Step]:
+    from robusta.jobs.materialize import materialize
+
+    pit_bench.generate(root, events, rows, max(1, events // 100), days, "full")
+    workspace = load_workspace(root / "robusta.yaml").require_valid()
+    out = root / "duckdb"
+    return {
+        "materialize": timed(lambda: materialize(workspace, engine="embedded")),
+        "duckdb": timed(lambda: materialize_bench.duckdb_tiles(workspace, out)),
+        "join": join(workspace, root / "rows.parquet"),
+        "join budget": join(with_budget(workspace, budget), root / "rows.parquet"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="scaling benchmark")
+    parser.add_argument("--sizes", default="10000000,30000000", help="events, comma-separated")
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument(
+        "--budget", default="256MiB", help="offline.join_memory of the budgeted run"
+    )
+    args = parser.parse_args()
+    budget = parse_size(args.budget)
+    if budget is None:
+        parser.error(f"--budget {args.budget!r} is not a size")
+    console = Console()
+    results: dict[int, dict[str, Step]] = {}
+    for size in (int(s) for s in args.sizes.split(",")):
+        root = Path(tempfile.mkdtemp(prefix=f"robusta-scale-{size}-"))
+        try:
+            console.print(f"[bold]{size:,} events[/] (load {pit_bench.load_average()})")
+            results[size] = run_size(root, size, args.rows, args.days, budget)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    console.print(table(results, args.rows, budget))
+
+
+def table(results: dict[int, dict[str, Step]], rows: int, budget: int) -> Table:
+    out = Table(title=f"Scaling: embedded engine, full spec, {rows:,} training rows")
+    for column in (
+        "events",
+        "materialize s",
+        "us/event",
+        "DuckDB tiles s",
+        "ours vs DuckDB",
+        "peak MiB",
+        "join s",
+        "task tiles",
+        f"join s ({show_size(budget)})",
+        f"task tiles ({show_size(budget)})",
+        "join peak MiB",
+    ):
+        out.add_column(column, justify="right")
+    for size, steps in results.items():
+        mat, duck, whole, split = (
+            steps[k] for k in ("materialize", "duckdb", "join", "join budget")
+        )
+        ratio = duck.seconds / mat.seconds
+        out.add_row(
+            f"{size:,}",
+            f"{mat.seconds:.1f}",
+            f"{mat.seconds / size * 1e6:.2f}",
+            f"{duck.seconds:.1f}",
+            f"{ratio:.2f}x {'faster' if ratio >= 1 else 'slower'}",
+            f"{mat.peak_mib:,} / {duck.peak_mib:,}",
+            f"{whole.seconds:.1f}",
+            show_mib(whole.task_tiles),
+            f"{split.seconds:.1f}",
+            show_mib(split.task_tiles),
+            f"{whole.peak_mib:,} / {split.peak_mib:,}",
+        )
+    return out
+
+
+def show_mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
+
+
+if __name__ == "__main__":
+    main()
