@@ -92,14 +92,33 @@ def join(workspace: Workspace, rows: Path) -> Step:
     return step
 
 
-def run_size(root: Path, events: int, rows: int, days: int, budget: int) -> dict[str, Step]:
+@dataclasses.dataclass
+class Tiles:
+    tiles: int = 0
+    files: int = 0
+    bytes: int = 0  # of the tile files
+    cells: int = 0  # feature IRs stored: tiles x features of their group
+
+
+def run_size(
+    root: Path, events: int, rows: int, days: int, budget: int, tiles: Tiles
+) -> dict[str, Step]:
     from robusta.jobs.materialize import materialize
 
     pit_bench.generate(root, events, rows, max(1, events // 100), days, "full")
     workspace = load_workspace(root / "robusta.yaml").require_valid()
     out = root / "duckdb"
+
+    def build() -> None:
+        reports = materialize(workspace, engine="embedded")
+        tiles.tiles = sum(sum(r.tiles.values()) for r in reports)
+        files = list((root / ".robusta" / "warehouse").rglob("*.parquet"))
+        tiles.files, tiles.bytes = len(files), sum(f.stat().st_size for f in files)
+        width = {g.layout.table: len(g.features) for s in workspace.plan.specs for g in s.groups}
+        tiles.cells = sum(sum(r.tiles.values()) * width[r.table.split(".")[-1]] for r in reports)
+
     return {
-        "materialize": timed(lambda: materialize(workspace, engine="embedded")),
+        "materialize": timed(build),
         "duckdb": timed(lambda: materialize_bench.duckdb_tiles(workspace, out)),
         "join": join(workspace, root / "rows.parquet"),
         "join budget": join(with_budget(workspace, budget), root / "rows.parquet"),
@@ -120,14 +139,35 @@ def main() -> None:
         parser.error(f"--budget {args.budget!r} is not a size")
     console = Console()
     results: dict[int, dict[str, Step]] = {}
+    stored: dict[int, Tiles] = {}
     for size in (int(s) for s in args.sizes.split(",")):
         root = Path(tempfile.mkdtemp(prefix=f"robusta-scale-{size}-"))
         try:
             console.print(f"[bold]{size:,} events[/] (load {pit_bench.load_average()})")
-            results[size] = run_size(root, size, args.rows, args.days, budget)
+            stored[size] = Tiles()
+            results[size] = run_size(root, size, args.rows, args.days, budget, stored[size])
+            console.print(f"  done (load {pit_bench.load_average()})")
         finally:
             shutil.rmtree(root, ignore_errors=True)
     console.print(table(results, args.rows, budget))
+    console.print(tiles_table(stored))
+
+
+def tiles_table(stored: dict[int, Tiles]) -> Table:
+    out = Table(title="Tiles written (every granularity, both tile groups)")
+    for column in ("events", "tiles", "files", "MiB", "bytes/tile", "bytes/tile/feature IR"):
+        out.add_column(column, justify="right")
+    for size, t in stored.items():
+        per_tile = t.bytes / max(1, t.tiles)
+        out.add_row(
+            f"{size:,}",
+            f"{t.tiles:,}",
+            f"{t.files:,}",
+            f"{t.bytes / (1 << 20):,.1f}",
+            f"{per_tile:.1f}",
+            f"{t.bytes / max(1, t.cells):.2f}",
+        )
+    return out
 
 
 def table(results: dict[int, dict[str, Step]], rows: int, budget: int) -> Table:

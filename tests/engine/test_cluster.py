@@ -206,17 +206,8 @@ def test_materialize_and_backfill_on_a_bare_cluster_equal_the_embedded_engine(
 
     materialize(local.workspace)
     want: pa.Table = get_training_frame(rows, None, workspace=local.workspace)
-    got = pq.read_table(out).sort_by("label")
-    want = want.sort_by("label")
     features = [c for c in want.column_names if c not in rows.column_names]
-    assert features and got.num_rows == want.num_rows
-    for name in features:
-        if name.startswith("dwell_q_"):
-            continue  # KLL's compaction draws random bits: equal within its error only
-        for ours, theirs in zip(
-            got.column(name).to_pylist(), want.column(name).to_pylist(), strict=True
-        ):
-            _agree(name, ours, theirs)
+    _all_agree(pq.read_table(out).sort_by("label"), want.sort_by("label"), features)
 
 
 def _agree(name: str, ours: object, theirs: object) -> None:
@@ -292,22 +283,30 @@ def test_jobs_on_a_bare_cluster_with_the_warehouse_on_s3_equal_the_embedded_engi
         )
 
         upload(local.workspace)
-        pairs = rows.select(["USER_ID", "CHANNEL_ID"]).drop_null().to_pylist()
-        entities = [dict(p) for p in sorted({tuple(p.items()) for p in pairs})]
         features = [f for f in want.column_names if f not in rows.column_names]
-        at = datetime.now(UTC)
-        served = []
-        for project in (remote, local):
-            with FeatureClient.from_config(project.root / "robusta.yaml") as client:
-                served.append(client.get_features(entities, features, at))
-        assert [v.pointer for v in served[0]] == [v.pointer for v in served[1]]
-        for ours, theirs in zip(*served, strict=True):
-            for name in features:
-                if not name.startswith("dwell_q_"):
-                    _agree(name, ours.values[name], theirs.values[name])
+        assert_served_alike(remote, local, rows, features)
         keys = s3.keys("remote/warehouse/")
         assert any("/runs/" in k and k.endswith(".parquet") for k in keys), keys[:5]
         assert local_warehouse_files(remote.root) == []
+
+
+def assert_served_alike(
+    remote: Project, local: Project, rows: pa.Table, features: list[str]
+) -> None:
+    """Lookups of every (user, channel) of ``rows`` from both projects' online stores agree:
+    the same pointers, and the features as :func:`_agree` has it (KLL quantiles aside)."""
+    pairs = rows.select(["USER_ID", "CHANNEL_ID"]).drop_null().to_pylist()
+    entities = [dict(p) for p in sorted({tuple(p.items()) for p in pairs})]
+    at = datetime.now(UTC)
+    served = []
+    for project in (remote, local):
+        with FeatureClient.from_config(project.root / "robusta.yaml") as client:
+            served.append(client.get_features(entities, features, at))
+    assert [v.pointer for v in served[0]] == [v.pointer for v in served[1]]
+    for ours, theirs in zip(*served, strict=True):
+        for name in features:
+            if not name.startswith("dwell_q_"):
+                _agree(name, ours.values[name], theirs.values[name])
 
 
 def _all_agree(got: pa.Table, want: pa.Table, features: list[str]) -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,16 +24,15 @@ import pytest
 from robusta.api.training import get_training_frame
 from robusta.jobs.materialize import materialize
 from robusta.jobs.upload import upload
-from robusta.serving import FeatureClient
 from tests.engine.test_backfill import training_rows
 from tests.engine.test_cluster import (
-    _agree,
     _all_agree,
     _free_port,
     _java_home,
     _robusta,
     _wait_for,
     _with_redis,
+    assert_served_alike,
 )
 from tests.engine.test_materialize import Project, make_project
 
@@ -118,18 +116,7 @@ def test_jobs_through_spark_connect_equal_the_embedded_engine(
     _all_agree(got.sort_by("label"), want.sort_by("label"), features)
 
     upload(local.workspace)
-    pairs = rows.select(["USER_ID", "CHANNEL_ID"]).drop_null().to_pylist()
-    entities = [dict(p) for p in sorted({tuple(p.items()) for p in pairs})]
-    at = datetime.now(UTC)
-    served = []
-    for project in (remote, local):
-        with FeatureClient.from_config(project.root / "robusta.yaml") as client:
-            served.append(client.get_features(entities, features, at))
-    assert [v.pointer for v in served[0]] == [v.pointer for v in served[1]]
-    for ours, theirs in zip(*served, strict=True):
-        for name in features:
-            if not name.startswith("dwell_q_"):  # KLL: equal within its error only
-                _agree(name, ours.values[name], theirs.values[name])
+    assert_served_alike(remote, local, rows, features)
 
 
 def test_a_stream_through_spark_connect_says_what_to_do(
