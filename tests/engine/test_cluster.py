@@ -10,6 +10,7 @@ preinstalled`` the session's executor check says what the workers lack, in one m
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -268,10 +269,12 @@ def test_jobs_on_a_bare_cluster_with_the_warehouse_on_s3_equal_the_embedded_engi
         for args in (
             ("materialize",),
             ("backfill", "--input", str(tmp_path / "rows.parquet"), "--output", out),
-            ("upload",),
+            ("upload", "--json"),
         ):
             done = _robusta(remote, *args)
             assert done.returncode == 0, done.stdout + done.stderr
+        uploaded = json.loads(done.stdout)  # written by the workers' tasks, not the driver
+        assert all(s["executor_tasks"] > 0 for s in uploaded["specs"]), uploaded
 
         materialize(local.workspace)
         want: pa.Table = get_training_frame(rows, None, workspace=local.workspace)
