@@ -147,6 +147,9 @@ def main() -> None:
             stored[size] = Tiles()
             results[size] = run_size(root, size, args.rows, args.days, budget, stored[size])
             console.print(f"  done (load {pit_bench.load_average()})")
+            # Each size as soon as it is done: the largest may not finish in the time at hand.
+            console.print(table({size: results[size]}, args.rows, budget))
+            console.print(tiles_table({size: stored[size]}))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     console.print(table(results, args.rows, budget))

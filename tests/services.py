@@ -73,8 +73,11 @@ def s3_server() -> Iterator[S3]:
     server.start()
     try:
         host, port = server.get_host_and_port()
-        s3 = S3(f"http://{host}:{port}", BUCKET)
-        s3._fs().create_dir(BUCKET)
+        # moto keeps one in-memory store per process, whatever the server: a bucket of
+        # this server's own starts empty even after other tests' servers wrote theirs.
+        s3 = S3(f"http://{host}:{port}", f"{BUCKET}-{uuid.uuid4().hex[:8]}")
+        s3._fs().create_dir(s3.bucket)
+        assert s3.keys() == []
         yield s3
     finally:
         server.stop()
