@@ -112,7 +112,7 @@ def run_size(
     def build() -> None:
         reports = materialize(workspace, engine="embedded")
         tiles.tiles = sum(sum(r.tiles.values()) for r in reports)
-        files = list((root / ".robusta" / "warehouse").rglob("*.parquet"))
+        files = list((root / "warehouse").rglob("*.parquet"))
         tiles.files, tiles.bytes = len(files), sum(f.stat().st_size for f in files)
         width = {g.layout.table: len(g.features) for s in workspace.plan.specs for g in s.groups}
         tiles.cells = sum(sum(r.tiles.values()) * width[r.table.split(".")[-1]] for r in reports)
@@ -137,7 +137,7 @@ def main() -> None:
     budget = parse_size(args.budget)
     if budget is None:
         parser.error(f"--budget {args.budget!r} is not a size")
-    console = Console()
+    console = Console(width=220)
     results: dict[int, dict[str, Step]] = {}
     stored: dict[int, Tiles] = {}
     for size in (int(s) for s in args.sizes.split(",")):
@@ -157,7 +157,7 @@ def main() -> None:
 
 
 def tiles_table(stored: dict[int, Tiles]) -> Table:
-    out = Table(title="Tiles written (every granularity, both tile groups)")
+    out = Table(title="Tiles written (every granularity and tile group)")
     for column in ("events", "tiles", "files", "MiB", "bytes/tile", "bytes/tile/feature IR"):
         out.add_column(column, justify="right")
     for size, t in stored.items():

@@ -33,9 +33,8 @@ TS = "__robusta_ts"  # row time, epoch microseconds
 POINTER = "__robusta_pointer"  # version pointer, epoch microseconds
 KEY_BUCKET = "__robusta_key_bucket"
 KEY_PART = "__robusta_key_part"  # slice of the key bucket (0 when it is not split)
-# Memory per byte of tile files, what the budget's split assumes: decoded Arrow tiles measured
-# 1.8x their Parquet bytes (every operator, docs/benchmarks.md), plus the assembler's sorted
-# copy and index.
+# Memory per byte of tile files, what the budget's split assumes: the Arrow tiles a join task
+# loads measured 3.1x their Parquet bytes (every operator, docs/benchmarks.md "Scaling").
 MEMORY_PER_FILE_BYTE = 3
 _PART_BITS = 20  # (bucket, part) packed in one int64 while a batch is grouped
 
