@@ -110,11 +110,14 @@ def _write_spark(
         if storage.modified(folder) is not None:
             storage.delete(folder)  # an embedded run's output file, replaced (--overwrite)
         if is_local(folder) and not on_this_host(frame.sparkSession):
-            # Executors elsewhere would write to their own disks: this host writes it.
+            # Executors elsewhere would write to their own disks (and could not read the
+            # file back to count it): this host writes it and counts from what it holds.
             step(f"collecting the frame to write {folder} here")
-            storage.write_parquet(frame.toArrow(), join(folder, "part-00000.parquet"))
-        else:
-            write_parts(frame, storage, folder)
+            table = frame.toArrow()
+            storage.write_parquet(table, join(folder, "part-00000.parquet"))
+            held = {f: table.num_rows - table.column(f).null_count for f in report.features}
+            return BackfillResult(report, output, held)
+        write_parts(frame, storage, folder)
     step("counting feature values")
     paths = storage.files(folder, ".parquet")
     counts: dict[str, int] = dict.fromkeys(report.features, 0)

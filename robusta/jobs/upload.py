@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -287,8 +287,8 @@ class _SpecUpload:
         files = self.tables.files_by_bucket(table, None if lifetime else horizon, pointer)
         records = BucketRecords(group, self.tables.storage, self.mode, horizon, pointer)
         if self.writers is not None:  # on the executors, a task per key bucket
-            write = BucketWrite(records, self.writers.online, self.writers.project)
-            work = write.into(self.plan.name, generation)
+            online, project = self.writers.online, self.writers.project
+            work = BucketWrite(records, online, project, self.plan.name, generation)
             self.step(f"{group.layout.table}: {len(files)} key buckets on the executors")
             counts = self.writers.run(work, files)
             self.tasks += len(counts)
@@ -336,11 +336,8 @@ class BucketWrite:
     records: BucketRecords
     online: OnlineConfig
     project: str
-    spec: str = ""
-    generation: int = 0
-
-    def into(self, spec: str, generation: int) -> BucketWrite:
-        return replace(self, spec=spec, generation=generation)
+    spec: str
+    generation: int
 
     def __call__(self, bucket: int, paths: Sequence[str]) -> tuple[int, int]:
         counted = _Counted(self.records(bucket, paths))
