@@ -48,13 +48,17 @@ lint: dev  ## ruff + mypy --strict
 	$(VENV)/bin/ruff check robusta tests bench
 	$(VENV)/bin/mypy
 
+# Two workers (the machine's cores), each test file whole in one (its module fixtures: Spark
+# sessions, clusters, servers). Most files wait on JVMs and subprocesses half the time.
+PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile
+
 pytest: dev
-	$(JAVA_ENV) $(VENV)/bin/pytest -q
+	$(JAVA_ENV) $(PYTEST)
 
 test: lint pytest  ## lint, then the whole test suite
 
 test-fast: lint  ## lint, then the tests that need no JVM (the embedded engine and all pure layers)
-	$(VENV)/bin/pytest -q -m "not spark"
+	$(PYTEST) -m "not spark"
 
 clean:  ## remove generated data and caches (keeps .venv)
 	rm -rf .robusta .pytest_cache .mypy_cache .ruff_cache

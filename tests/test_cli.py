@@ -34,7 +34,8 @@ def test_demo_generates_data_and_materializes(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = demo_project(tmp_path)
-    monkeypatch.setenv("COLUMNS", "120")
+    # The console reads COLUMNS when robusta.cli.main is first imported (by any test).
+    monkeypatch.setattr(cli.out, "width", 120)
     result = CliRunner().invoke(cli.main, ["demo", "--days", "1", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "Validated 4 specs" in result.output

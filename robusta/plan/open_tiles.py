@@ -241,3 +241,28 @@ def bucket_micros(tiles: pa.Table) -> pa.Array:
 def _floor_mod(values: pa.ChunkedArray | pa.Array, size: int) -> pa.Array:
     """``values mod size``, never negative (Spark's ``pmod``; times before 1970 too)."""
     return pa.array(np.mod(np.asarray(values.to_numpy(), dtype=np.int64), size), pa.int64())
+
+
+# ---- closing ----------------------------------------------------------------------------------
+def closing_mask(tiles: pa.Table, group: TileGroup, before: int | None, after: int) -> pa.Array:
+    """Whether each tile closes between the pointers: ``before < end <= after``."""
+    ends = pc.add(bucket_micros(tiles), sizes(tiles, group))
+    closing = pc.less_equal(ends, after)
+    return closing if before is None else pc.and_(closing, pc.greater(ends, before))
+
+
+def closed_between(
+    tiles: pa.Table, group: TileGroup, before: int | None, after: int | None
+) -> pa.Table:
+    """The tiles that close between the pointers (none when the pointer did not move)."""
+    if after is None or after == before:
+        return tiles.slice(0, 0)
+    return tiles.filter(closing_mask(tiles, group, before, after))
+
+
+def sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
+    """Each tile's granularity in microseconds."""
+    names = [g.name for g in group.layout.granularities]
+    index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
+    micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
+    return pc.take(micros, index)

@@ -311,7 +311,7 @@ def test_a_join_memory_budget_splits_buckets_into_tasks_with_the_same_frame(
     from robusta.engine.spark.pit import join_group, prepare_rows
 
     rows, whole, _ = backfilled
-    small = with_join_memory(project.workspace, 4 << 10)
+    small = with_join_memory(project.workspace, 64 << 10)  # ~40 parts of 8 buckets
     split = get_training_frame(
         rows.to_pandas(), None, workspace=small, version_column="served_at"
     ).toArrow()

@@ -2,9 +2,10 @@
 
 A master and two workers from the pyspark package run on loopback, each worker with its own
 work folder and the interpreter's base Python (no numpy, no pyarrow, no Robusta). With only
-``spark.master`` (and that Python) in robusta.yaml, ``robusta materialize`` and ``robusta
-backfill`` run there, as fresh processes, and give exactly the embedded engine's features
-on this machine: the session ships Robusta and its dependencies. With ``spark.environment:
+``spark.master`` (and that Python) in robusta.yaml, ``robusta materialize``, ``backfill``,
+``upload`` and ``stream`` run there, as fresh processes, with the warehouse on an S3 server
+and the catalog on PostgreSQL, and give exactly the embedded engine's features on this
+machine: the session ships Robusta and its dependencies. With ``spark.environment:
 preinstalled`` the session's executor check says what the workers lack, in one message.
 """
 
@@ -187,30 +188,6 @@ def _robusta(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_materialize_and_backfill_on_a_bare_cluster_equal_the_embedded_engine(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    remote = make_project(tmp_path / "cluster", engine="spark")
-    _on_cluster(remote, cluster)
-    local = make_project(tmp_path / "local", engine="embedded")
-    rows = training_rows(local.events, 120)
-    rows = rows.filter(pc.is_valid(rows.column("ts")))
-    pq.write_table(rows, tmp_path / "rows.parquet")
-
-    done = _robusta(remote, "materialize")
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = tmp_path / "features.parquet"
-    done = _robusta(
-        remote, "backfill", "--input", str(tmp_path / "rows.parquet"), "--output", str(out)
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    materialize(local.workspace)
-    want: pa.Table = get_training_frame(rows, None, workspace=local.workspace)
-    features = [c for c in want.column_names if c not in rows.column_names]
-    _all_agree(pq.read_table(out).sort_by("label"), want.sort_by("label"), features)
-
-
 def _agree(name: str, ours: object, theirs: object) -> None:
     """Exact values equal; floats (float sums are not bit-stable across engines) within
     1e-9 relative."""
@@ -329,7 +306,12 @@ def test_a_stream_on_a_bare_cluster_commits_its_tiles_and_late_events_to_s3(
     with postgres_database() as catalog_uri:
         root = tmp_path / "stream"
         root.mkdir()
-        streaming_project(root, SMALL_SPEC, engine="spark")
+        # streaming.sources (the column-0 comment keeps the indent through dedent)
+        one_file = (
+            "# one file per batch: the second file's early events come after the pointer\n"
+            "  sources:\n    events: {options: {maxFilesPerTrigger: 1}}\n"
+        )
+        streaming_project(root, SMALL_SPEC, engine="spark", extra=one_file)
         warehouse = on_object_storage(root, s3, catalog_uri)
         project = Project(root, load_workspace(root / "robusta.yaml"), pa.table({}))
         _on_cluster(project, cluster)
@@ -342,8 +324,8 @@ def test_a_stream_on_a_bare_cluster_commits_its_tiles_and_late_events_to_s3(
         on_time = pa.concat_tables([early.slice(40), middle])
         for i, part in enumerate((on_time, pa.concat_tables([late, recent]))):
             land(root / "data", part, f"part-{i}", order=i)
-            done = _robusta(project, "stream", "--available-now")
-            assert done.returncode == 0, done.stdout + done.stderr
+        done = _robusta(project, "stream", "--available-now")
+        assert done.returncode == 0, done.stdout + done.stderr
         (status,) = stream_status(workspace)
         valid_late = pc.sum(pc.is_valid(late.column("event_ts"))).as_py()
         assert status.late == valid_late > 0

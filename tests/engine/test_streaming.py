@@ -553,3 +553,77 @@ def test_a_stream_starts_after_a_batch_run_inside_its_day(engine: str, tmp_path:
     (group,) = plan.groups
     assert_iceberg_tiles_equal_reference(workspace, events, group)
     assert_lookups_equal_reference(workspace, tmp_path, events, group)
+
+
+# ---- keyed state ------------------------------------------------------------------------------
+def test_a_batch_reads_and_writes_only_the_keys_it_touches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a first file with many users, a batch with one user's event reads the keyed
+    state of that user's day alone, publishes that user's tiles alone, and leaves every other
+    user's tiles in the state as they were."""
+    from robusta.jobs.stream.checkpoint import Checkpoint
+    from robusta.jobs.stream.keyed import KeyedState
+
+    one_file = "  sources:\n    events: {options: {maxFilesPerTrigger: 1}}\n"
+    workspace = streaming_project(
+        tmp_path, SMALL_SPEC, extra="# one file per batch\n" + one_file, engine="embedded"
+    )
+    events = generate_events(
+        GeneratorConfig(seed=5, days=1, events_per_day=1500, users=300, items=40, channels=3)
+    )
+    events = events.filter(pc.is_valid(events.column("user_id")))
+    land(tmp_path / "data", events, "part-0", order=0)
+    stream(workspace, available_now=True, engine="embedded")
+    (plan,) = workspace.plan.specs
+    (group,) = plan.groups
+    folder = tmp_path / "checkpoints" / plan.name
+    state = KeyedState(folder / "keyed", plan)
+    users = pc.unique(events.column("user_id")).to_pylist()
+    everyone = state.day_keys(group, _tiles_of(state, group, users, events))
+    before = state.read(group, everyone)
+    assert before is not None and len(everyone) > 50
+    assert len(pc.unique(before.column("user_id"))) == len(everyone)  # one day: every user
+
+    newest = pc.max(events.column("event_ts"))  # no bucket closes: the pointer stays
+    one = events.slice(0, 1).set_column(
+        events.column_names.index("event_ts"), "event_ts", pa.array([newest.as_py()], newest.type)
+    )
+    land(tmp_path / "data", one, "part-1", order=1)
+    read: list[tuple[int, bytes]] = []
+    real = KeyedState.read
+
+    def recorded(self: KeyedState, group: Any, pairs: Any) -> Any:
+        read.extend(pairs)
+        return real(self, group, pairs)
+
+    monkeypatch.setattr(KeyedState, "read", recorded)
+    stream(workspace, available_now=True, engine="embedded")
+    mine = state.day_keys(group, _tiles_of(state, group, [one.column("user_id")[0].as_py()], one))
+    assert read == mine and len(mine) == 1
+    checkpoint = Checkpoint(folder, "embedded")
+    touched = checkpoint.touched(checkpoint.state_ids()[-1], group)
+    assert touched is not None
+    assert pc.unique(touched.column("user_id")).to_pylist() == [one.column("user_id")[0].as_py()]
+    monkeypatch.undo()
+    after = state.read(group, [p for p in everyone if p not in mine])
+    kept = before.filter(pc.invert(pc.is_in(before.column("user_id"), touched.column("user_id"))))
+    assert after is not None and after.sort_by(
+        [("user_id", "ascending"), ("granularity", "ascending"), ("bucket_start", "ascending")]
+    ).equals(
+        kept.sort_by(
+            [("user_id", "ascending"), ("granularity", "ascending"), ("bucket_start", "ascending")]
+        )
+    )
+
+
+def _tiles_of(state: Any, group: Any, users: list[Any], events: pa.Table) -> pa.Table:
+    """One row per (user, day) of ``events``, shaped as tiles (``user_id``, ``bucket_start``)."""
+    rows = events.filter(pc.is_in(events.column("user_id"), pa.array(users)))
+    rows = rows.filter(pc.is_valid(rows.column("event_ts")))
+    return pa.table(
+        {
+            "user_id": rows.column("user_id"),
+            "bucket_start": pc.cast(rows.column("event_ts"), pa.timestamp("us", tz="UTC")),
+        }
+    )

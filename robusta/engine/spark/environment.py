@@ -33,6 +33,9 @@ from robusta.errors import RobustaError
 
 ARCHIVE_ALIAS = "robusta_deps"  # the folder executors unpack the dependencies into
 NEVER_SHIPPED = {"pyspark", "py4j"}  # the workers' own Spark provides these
+# Imported by the driver alone (the embedded engine, catalogs' database drivers, the CLI's
+# console): a quarter of the archive's bytes that every executor would unpack for nothing.
+DRIVER_ONLY = {"duckdb", "sqlalchemy", "psycopg2-binary", "greenlet", "rich", "pygments"}
 EXTRAS = ("redis",)  # optional dependencies executors use when installed (uploads)
 # What tasks import: the assembler, and the filesystems they open the warehouse through.
 REQUIRED = ("numpy", "pyarrow", "datasketches", "pyiceberg.io.pyarrow", "robusta.plan.assembly")
@@ -67,13 +70,15 @@ def _wanted(requirement: str, extras: Iterable[str]) -> bool:
 
 def runtime_distributions() -> list[metadata.Distribution]:
     """Installed distributions Robusta's tasks may import: the closure of its requirements
-    (with :data:`EXTRAS` where installed), minus :data:`NEVER_SHIPPED`."""
+    (with :data:`EXTRAS` where installed), minus :data:`NEVER_SHIPPED` and
+    :data:`DRIVER_ONLY`."""
     seen: dict[str, metadata.Distribution] = {}
     todo = [(r, EXTRAS) for r in metadata.requires("robusta") or []]
     while todo:
         requirement, extras = todo.pop()
         name = _name(requirement)
-        if name in seen or name in NEVER_SHIPPED or not _wanted(requirement, extras):
+        skipped = name in NEVER_SHIPPED or name in DRIVER_ONLY
+        if name in seen or skipped or not _wanted(requirement, extras):
             continue
         try:
             dist = metadata.distribution(name)

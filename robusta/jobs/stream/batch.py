@@ -2,11 +2,14 @@
 
 The batch's rows are split at the version pointer (late rows go to the late-events table, as
 Parquet under ``<warehouse>/late_events/<spec>/query=<id>/batch=N``); the engine tiles the
-on-time ones at the finest granularity (``engine.microbatch.MicroBatch``), and those tiles
-are merged into the full values of every open tile (:func:`~robusta.plan.open_tiles.advance`,
-Arrow, the same for both engines). A stream that starts inside a largest bucket a batch run
-began is seeded from that run's Iceberg tiles, so it continues the bucket instead of
-starting it empty. The version and its ``meta.json`` appear at once (a rename).
+on-time ones at the finest granularity (``engine.microbatch.MicroBatch``); the stored tiles
+of the (day, key) pairs they fall in are read from the keyed state (``keyed.KeyedState``)
+and merged with them (:func:`~robusta.plan.open_tiles.advance`, Arrow, the same for both
+engines), so a batch costs what it touches. The version holds those pairs' full tiles and
+the tiles whose bucket the pointer passed (from the index of the keyed state); it appears at
+once (a rename), and is then applied to the keyed state (:meth:`BatchTiles.settle`). A stream
+that starts inside a largest bucket a batch run began is seeded from that run's Iceberg
+tiles, so it continues the bucket instead of starting it empty.
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from robusta.engine.microbatch import MicroBatch
-from robusta.jobs.stream.checkpoint import Checkpoint, write_json
+from robusta.jobs.stream.checkpoint import CLOSING, TOUCHED, Checkpoint, write_json
 from robusta.jobs.stream.errors import fault
+from robusta.jobs.stream.keyed import KeyedState, without_changed
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, open_only
+from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, closed_between, open_only
 from robusta.spec.durations import floor_to, to_micros
 from robusta.store.files import join
 from robusta.store.tiles import read_bucket, tile_identity
@@ -53,6 +56,7 @@ class BatchTiles:
         self.late_folder = late_folder
         self.gmin = plan.spec.finest.micros
         self.largest = plan.spec.granularities[0].micros
+        self.state = KeyedState(checkpoint.folder / "keyed", plan)
 
     def compute(self, rows: Rows, batch_id: int) -> None:
         checkpoint = self.checkpoint
@@ -77,12 +81,20 @@ class BatchTiles:
                 after = _max(pointer, floor_to(newest - self.delay, self.gmin))
             tmp = checkpoint.state(batch_id).with_name(f"{batch_id}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            tiles_from = batch_id
-            if stats.rows - stats.late > 0:
-                self._write_tiles(before, batch, pointer, tmp)
-            else:
-                tiles_from = before["tiles_from"]  # nothing on time: the tiles stay as they were
-                tmp.mkdir(parents=True)
+            tmp.mkdir(parents=True)
+            self.catch_up()
+            on_time = stats.rows - stats.late > 0
+            tiles_from = batch_id if on_time else before["tiles_from"]
+            for group in self.plan.groups:
+                seed = (
+                    on_time
+                    and before["tiles_from"] is None
+                    and self.checkpoint.seeded(self.largest)
+                )
+                touched = self._touched(group, batch if on_time else None, pointer, seed)
+                closing = self._closing(group, touched, pointer, after)
+                _write(touched, tmp / TOUCHED, group)
+                _write(closing, tmp / CLOSING, group)
             meta = {
                 "batch": batch_id,
                 "query": checkpoint.query_id(),
@@ -103,24 +115,64 @@ class BatchTiles:
         finally:
             batch.release()
 
-    def _write_tiles(
-        self, before: dict[str, Any], batch: MicroBatch, pointer: int | None, tmp: Path
-    ) -> None:
-        """The new open-tile state of every group: the batch's finest tiles (the engine's)
-        merged into the previous state (Arrow, :func:`~robusta.plan.open_tiles.advance`)."""
+    def catch_up(self) -> None:
+        """Apply to the keyed state the published versions it lacks (a crash after a
+        publish), in order."""
+        applied = self.state.version()
+        for version in self.checkpoint.state_ids():
+            if applied is None or version > applied:
+                self.settle(version)
+
+    def settle(self, batch_id: int) -> None:
+        """Version ``batch_id`` applied to the keyed state (once: a replay finds it there)."""
+        applied = self.state.version()
+        if applied is not None and applied >= batch_id:
+            return
+        touched = {}
         for group in self.plan.groups:
-            stored = None
-            if before["tiles_from"] is not None:
-                stored = open_only(
-                    self.checkpoint.tiles(before["tiles_from"], group), group, pointer
-                )
-            elif self.checkpoint.seeded(self.largest):
-                stored = self._seed(group, pointer)
-            partial = batch.finest_tiles(group)
-            tiles = advance(group, self.plan.hash, stored, partial)
-            folder = tmp / group.layout.table
-            folder.mkdir(parents=True)
-            pq.write_table(tiles, folder / "tiles.parquet")
+            tiles = self.checkpoint.touched(batch_id, group)
+            if tiles is not None:
+                touched[group.layout.table] = tiles
+        self.state.apply(batch_id, touched, self.checkpoint.meta(batch_id)["pointer"])
+
+    def _touched(
+        self, group: TileGroup, batch: MicroBatch | None, pointer: int | None, seed: bool
+    ) -> pa.Table | None:
+        """The full tiles, after the batch, of every (day, key) its on-time rows fall in:
+        the stored ones (keyed state; the batch run's, for a stream seeded from one) merged
+        with the batch's finest tiles."""
+        if batch is None:
+            return None
+        partial = batch.finest_tiles(group)
+        stored = self._seed(group, pointer) if seed else None
+        if stored is None:
+            partial_starts = partial.append_column("bucket_start", _as_time(partial))
+            stored = self.state.read(group, self.state.day_keys(group, partial_starts))
+        if stored is not None:
+            stored = open_only(stored, group, pointer)
+        return advance(group, self.plan.hash, stored, partial)
+
+    def _closing(
+        self, group: TileGroup, touched: pa.Table | None, before: int | None, after: int | None
+    ) -> pa.Table | None:
+        """The tiles whose bucket ends in ``(before, after]``, as of after this batch: the
+        touched ones, and the stored ones of the other keys the index names."""
+        if after is None or after == before:
+            return None
+        pairs = self.state.closing_keys(group, before, after)
+        parts = []
+        if touched is not None and touched.num_rows:
+            parts.append(without_changed(touched))
+            mine = set(self.state.day_keys(group, touched))
+            pairs = [p for p in pairs if p not in mine]
+        stored = self.state.read(group, pairs)
+        if stored is not None:
+            parts.append(stored)
+        if not parts:
+            return None
+        return closed_between(
+            pa.concat_tables(parts, promote_options="default"), group, before, after
+        )
 
     def _seed(self, group: TileGroup, pointer: int | None) -> pa.Table | None:
         """The open tiles of the largest bucket the stream starts in, from the batch run's
@@ -142,8 +194,19 @@ class BatchTiles:
             return None
         finest = tiles.filter(pc.equal(tiles.column("granularity"), group.layout.finest.name))
         partial = finest.append_column(BUCKET, bucket_micros(finest))
-        return open_only(advance(group, self.plan.hash, None, partial), group, pointer)
+        return without_changed(advance(group, self.plan.hash, None, partial))
 
 
 def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
+
+
+def _write(tiles: pa.Table | None, folder: Path, group: TileGroup) -> None:
+    if tiles is not None and tiles.num_rows:
+        folder.mkdir(exist_ok=True)
+        pq.write_table(tiles, folder / f"{group.layout.table}.parquet")
+
+
+def _as_time(partial: pa.Table) -> pa.Array:
+    """A batch's finest tiles' ``__bucket`` (epoch micros) as ``bucket_start``."""
+    return pc.cast(partial.column(BUCKET), pa.timestamp("us", tz="UTC"))

@@ -2,14 +2,19 @@
 
 - ``start.json``: the pointer the stream starts from and when it was fixed (once a batch was
   computed from it, it stays: replays of the first batch must see the same one);
-- ``state/<N>/``: state version ``N``, written by batch ``N`` atomically (a rename): its
-  ``meta.json`` (pointers, counts, the version whose tiles are current: ``tiles_from``) and
-  the full values of every open tile per group (``<table>/tiles.parquet``);
+- ``state/<N>/``: state version ``N``, published by batch ``N`` atomically (a rename): its
+  ``meta.json`` (pointers, counts, the last batch that tiled anything: ``tiles_from``), and per
+  group the full tiles of the (day, key) pairs the batch touched (``touched/<table>.parquet``,
+  with ``__changed``) and the tiles it closed (``closing/<table>.parquet``);
+- ``keyed/``: every open tile, keyed by day and key (``keyed.KeyedState``), the versions
+  applied in order;
 - ``online.json``: the online generation the stream writes to;
 - ``spark/`` or ``embedded/``: the engine's own batch log (which input each batch holds).
 
 Versions no replay can need are dropped (:meth:`Checkpoint.clean`); the progress shown by
-``robusta stream --status`` is read from the latest one (:meth:`Checkpoint.status`).
+``robusta stream --status`` is read from the latest one (:meth:`Checkpoint.status`). A version
+written before the keyed state (``<table>/tiles.parquet``: every open tile) reads as one that
+touched every key.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from robusta.plan.model import TileGroup
+from robusta.plan.open_tiles import closed_between
 from robusta.spec.durations import floor_to, from_micros, to_micros
 
 KEEP_STATES = 3
+TOUCHED = "touched"
+CLOSING = "closing"
 
 
 @dataclass
@@ -57,7 +65,7 @@ class Checkpoint:
     def __init__(self, folder: Path, engine: str) -> None:
         self.folder = folder
         self.engine = engine
-        self._read: dict[tuple[int, str], pa.Table] = {}  # state versions read (immutable)
+        self._read: dict[tuple[int, str, str], pa.Table | None] = {}  # versions: immutable
 
     # ---- the start ------------------------------------------------------------------------
     def fix_start(self, ends: Callable[[], Iterable[int | None]], gmin: int) -> None:
@@ -122,26 +130,44 @@ class Checkpoint:
             "dropped": 0,
         }
 
-    def tiles(self, batch_id: int, group: TileGroup) -> pa.Table:
-        """A state version's tiles of one group (read with pyarrow: a few thousand rows),
-        read once: the offline and online steps, then the next batch, use the same one."""
-        key = (batch_id, group.layout.table)
+    def touched(self, batch_id: int, group: TileGroup) -> pa.Table | None:
+        """A version's full tiles of the (day, key) pairs its batch touched, with
+        ``__changed`` (None when it touched none)."""
+        return self._table(batch_id, group, TOUCHED)
+
+    def closing(self, batch_id: int, group: TileGroup) -> pa.Table | None:
+        """The tiles a version's batch closed (None when it closed none)."""
+        return self._table(batch_id, group, CLOSING)
+
+    def _table(self, batch_id: int, group: TileGroup, kind: str) -> pa.Table | None:
+        """Read once: the state, offline and online steps use the same one."""
+        key = (batch_id, group.layout.table, kind)
         if key not in self._read:
-            self._read[key] = pq.read_table(self.state(batch_id) / group.layout.table)
+            version = self.state(batch_id)
+            path = version / kind / f"{group.layout.table}.parquet"
+            legacy = version / group.layout.table  # every open tile: as if all were touched
+            table = None
+            if path.is_file():
+                table = pq.read_table(path)
+            elif legacy.is_dir():
+                table = pq.read_table(legacy)
+                if kind == CLOSING:
+                    meta = self.meta(batch_id)
+                    table = closed_between(table, group, meta["pointer_before"], meta["pointer"])
+            self._read[key] = table
         return self._read[key]
 
     def forget_all_but(self, batch_id: int) -> None:
-        """Only this version can be read again (the next batch merges into it)."""
+        """Only this version can be read again."""
         self._read = {k: v for k, v in self._read.items() if k[0] == batch_id}
 
-    def clean(self, batch_id: int) -> None:
-        """Drop state versions no replay can need (the last few, and the one tiles_from
-        points at, stay)."""
+    def clean(self, batch_id: int, applied: int | None) -> None:
+        """Drop state versions no replay can need: the last few, and those not yet
+        ``applied`` to the keyed state, stay."""
         ids = self.state_ids()
-        meta = self.meta(batch_id)
-        keep = set(ids[-KEEP_STATES:]) | {meta["tiles_from"]}
+        keep = set(ids[-KEEP_STATES:])
         for i in ids:
-            if i not in keep and i < batch_id:
+            if i not in keep and i < batch_id and applied is not None and i <= applied:
                 shutil.rmtree(self.state(i), ignore_errors=True)
 
     # ---- the engine's log and the online generation --------------------------------------

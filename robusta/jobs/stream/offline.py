@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from robusta.jobs.stream.checkpoint import Checkpoint
+from robusta.jobs.stream.keyed import without_changed
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import bucket_micros
+from robusta.plan.open_tiles import closing_mask
 from robusta.store.files import Storage, join
 from robusta.store.tiles import (
     CommitConflictError,
@@ -63,18 +63,17 @@ class OfflineCommit:
         self, group: TileGroup, meta: dict[str, Any], covered: tuple[int | None, int]
     ) -> None:
         """The group's tiles closed by this batch, in one snapshot naming the batch."""
-        before, after = meta["pointer_before"], meta["pointer"]
         tables = self.stores.tables
         table = tables.ensure(group, self.plan.hash)
         if _committed(table, meta["query"], meta["batch"]):
             return
-        tiles = self.checkpoint.tiles(meta["tiles_from"], group)
-        closing = _closing(tiles, group, before, after)
+        closing = self.checkpoint.closing(meta["batch"], group)
         run_id = f"stream-{meta['query'][:8]}-{meta['batch']}"
         run = Run(run_id, join(table.location(), "runs", run_id))
         storage = tables.storage
         storage.delete_folder(run.folder)  # of an attempt that did not commit
-        write_tile_files(tiles.filter(closing), group, run.folder, storage)
+        if closing is not None and closing.num_rows:
+            write_tile_files(without_changed(closing), group, run.folder, storage)
         displaced = self._displaced(table, group, meta, storage, join(run.folder, "kept"))
         summary = {
             "robusta.spec-version": self.plan.hash,
@@ -103,7 +102,7 @@ class OfflineCommit:
         displaced: list[Any] = []
         for data_file in _closing_files(table, group, before, after):
             rows = storage.read_table(data_file.file_path)
-            hit = _closing(rows, group, before, after)
+            hit = closing_mask(rows, group, before, after)
             if not pc.any(hit).as_py():
                 continue
             kept = rows.filter(pc.invert(hit))
@@ -126,13 +125,6 @@ def _committed(table: Any, query: str, batch: int) -> bool:
     )
 
 
-def _closing(tiles: pa.Table, group: TileGroup, before: int | None, after: int) -> pa.Array:
-    """Whether each tile closes between the pointers: ``before < end <= after``."""
-    ends = pc.add(bucket_micros(tiles), _sizes(tiles, group))
-    closing = pc.less_equal(ends, after)
-    return closing if before is None else pc.and_(closing, pc.greater(ends, before))
-
-
 def _closing_files(table: Any, group: TileGroup, before: int | None, after: int) -> list[Any]:
     """Data files that may hold tiles closing between the pointers (partition and column
     statistics prune the rest): per granularity, ``before - size < start <= after - size``."""
@@ -150,11 +142,3 @@ def _closing_files(table: Any, group: TileGroup, before: int | None, after: int)
             one = ex.And(one, above("bucket_start", before - size.micros))
         condition = ex.Or(condition, one)
     return files_where(table, condition)
-
-
-def _sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
-    """Each tile's granularity in microseconds."""
-    names = [g.name for g in group.layout.granularities]
-    index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
-    micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
-    return pc.take(micros, index)

@@ -44,11 +44,12 @@ class OnlineApply:
         records = []
         oldest = None
         for group in self.plan.groups:
-            tiles = self.checkpoint.tiles(meta["tiles_from"], group)
-            if meta["tiles_from"] == meta["batch"]:
-                changed = tiles.filter(tiles.column(CHANGED))
-                records += merge_tile_records(store, self.plan.name, generation, group, changed)
-            if live is None and tiles.num_rows:
+            tiles = self.checkpoint.touched(meta["batch"], group)
+            if tiles is None or tiles.num_rows == 0:
+                continue
+            changed = tiles.filter(tiles.column(CHANGED))
+            records += merge_tile_records(store, self.plan.name, generation, group, changed)
+            if live is None:
                 oldest = _min(oldest, int(pc.min(bucket_micros(tiles)).as_py()))
         pointer = max(meta["pointer"], live.pointer if live is not None else meta["pointer"])
         state = SpecState(

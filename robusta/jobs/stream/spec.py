@@ -2,7 +2,8 @@
 
 :meth:`SpecStream.run_batch` takes batch ``N`` (its rows from either engine) through:
 
-1. **tiles** (``batch.BatchTiles``): state version ``N`` of the open tiles, computed once;
+1. **tiles** (``batch.BatchTiles``): state version ``N`` of the open tiles, computed once,
+   then applied to the keyed state (``keyed.KeyedState``) once;
 2. **offline** (``offline.OfflineCommit``): the tiles it closed, committed to Iceberg once;
 3. **online** (``online.OnlineApply``): the touched keys' records and the pointer, one write;
 
@@ -115,12 +116,13 @@ class SpecStream:
             self.tiles.compute(rows, batch_id)
         meta = checkpoint.meta(batch_id)
         fault("computed", batch_id)
+        self.tiles.settle(batch_id)
         self.offline.commit(meta)
         fault("offline", batch_id)
         self.online.apply(meta)
         fault("online", batch_id)
-        checkpoint.clean(batch_id)
-        checkpoint.forget_all_but(meta["tiles_from"])
+        checkpoint.clean(batch_id, self.tiles.state.version())
+        checkpoint.forget_all_but(batch_id)
 
     def status(self, *, active: bool = False) -> SpecStatus:
         return self.checkpoint.status(self.plan.name, active=active)
