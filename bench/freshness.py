@@ -14,27 +14,38 @@ returns ``n_events_lifetime == i + 1``: the file's bucket is behind the version 
 its events are in the values. Latency = visible time - landing time (polled every 10 ms);
 p50/p95 over the files after ``--warmup`` (the first micro-batches compile Spark code).
 
+``--active-keys N`` sets how many keys the open day holds: the first file (not timed) adds
+one event of each of N users, and every later file's events are of users among them. A
+micro-batch must cost what it touches, not what the open day holds: per-batch time (each
+``run_batch``) and the driver's resident memory before and after the timed files are printed
+per engine. ``--engines`` runs the stream on each engine in turn, each in a process of its
+own (its memory its own), in the same run.
+
 The competitor is the same platform without a stream, what a batch-only feature store
 offers: after each file lands, ``robusta materialize`` over its day and ``robusta upload``
 (in the same process and Spark session, after the stream stopped), timed the same way over
 ``--batch-files`` files. Peak memory: the driver's peak RSS and the Spark JVM's (VmHWM).
 
     PYTHONPATH=. .venv/bin/python bench/freshness.py --files 40 --interval 1.5
+    PYTHONPATH=. .venv/bin/python bench/freshness.py --active-keys 1000000 --batch-files 0
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,9 +69,10 @@ features:
 """
 
 
-def config(trigger: str) -> str:
+def config(trigger: str, engine: str) -> str:
     return textwrap.dedent(f"""\
         project: freshness
+        engine: {engine}
         sources:
           events:
             format: parquet
@@ -76,16 +88,21 @@ def config(trigger: str) -> str:
         """)
 
 
-def file_events(i: int, n: int, users: int, rng: np.random.Generator) -> pa.Table:
+def file_events(
+    i: int, n: int, users: int, rng: np.random.Generator, every_user: bool = False
+) -> pa.Table:
+    """File ``i``: ``n`` events of random users among ``users`` (with ``every_user``, one
+    event of each of them instead), the probe's, and the next bucket's first events."""
     start = T0 + i * 5 * MIN
+    picked = np.arange(users) if every_user else rng.integers(0, users, n)
     ts = np.concatenate(
         [
-            start + rng.integers(0, 5 * MIN, n),
+            start + rng.integers(0, 5 * MIN, len(picked)),
             [start + 60_000_000],  # the probe
             start + 5 * MIN + rng.integers(2_000_000, 3_000_000, 3),  # the next bucket began
         ]
     )
-    names = [f"u{k}" for k in rng.integers(0, users, n)] + ["probe"] + ["tick"] * 3
+    names = [f"u{k}" for k in picked.tolist()] + ["probe"] + ["tick"] * 3
     return pa.table(
         {
             "user_id": pa.array(names, pa.string()),
@@ -106,70 +123,118 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--interval", type=float, default=1.5, help="seconds between files")
     parser.add_argument("--events", type=int, default=2000, help="events per file")
-    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--active-keys", type=int, default=5000, help="keys in the open day")
+    parser.add_argument("--engines", default="embedded,spark")
     parser.add_argument("--trigger", default="1s")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-files", type=int, default=6, help="files for the batch path")
+    parser.add_argument("--one-engine", help=argparse.SUPPRESS)  # a child process's engine
     args = parser.parse_args()
+    if args.one_engine:
+        print(json.dumps(stream_path(args, args.one_engine)))
+        return
 
-    streamed = timed_files(stream_path(args), args.warmup)
-    batched = timed_files(batch_path(args), 1)
-    print(f"{'path':<28}{'files':>6}{'p50 s':>9}{'p95 s':>9}{'max s':>9}")
-    for name, latencies in (("robusta stream", streamed), ("materialize + upload", batched)):
-        p50, p95, worst = percentiles(latencies)
-        print(f"{name:<28}{len(latencies):>6}{p50:>9.2f}{p95:>9.2f}{worst:>9.2f}")
-    ratio = percentiles(batched)[0] / percentiles(streamed)[0]
+    results = {engine: child(engine) for engine in args.engines.split(",")}
+    batched = timed_files(batch_path(args), 1) if args.batch_files else []
     print(
-        f"files of {args.events} events, one every {args.interval}s, trigger {args.trigger}: "
-        f"the stream is {ratio:.1f}x fresher than batch at p50"
+        f"{args.active_keys:,} keys in the open day, files of {args.events} events, one every "
+        f"{args.interval}s, trigger {args.trigger}"
     )
-    print(f"peak RSS: driver {peak_driver_mib():.0f} MiB, Spark JVM {peak_jvm_mib():.0f} MiB")
+    print(
+        f"{'path':<30}{'files':>6}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'batch p50 s':>13}"
+        f"{'RSS MiB before':>16}{'after':>7}{'peak':>7}{'JVM peak':>10}"
+    )
+    for engine, r in results.items():
+        p50, p95, worst = percentiles(timed_files(r["latencies"], args.warmup))
+        batch = statistics.median(r["batch_seconds"][args.warmup :])
+        print(
+            f"{'robusta stream (' + engine + ')':<30}{len(r['latencies']) - args.warmup:>6}"
+            f"{p50:>8.2f}{p95:>8.2f}{worst:>8.2f}{batch:>13.2f}"
+            f"{r['rss_before']:>16.0f}{r['rss_after']:>7.0f}{r['peak']:>7.0f}"
+            f"{r['jvm_peak']:>10.0f}"
+        )
+    if batched:
+        p50, p95, worst = percentiles(batched)
+        print(f"{'materialize + upload':<30}{len(batched):>6}{p50:>8.2f}{p95:>8.2f}{worst:>8.2f}")
+        for engine, r in results.items():
+            ratio = p50 / percentiles(timed_files(r["latencies"], args.warmup))[0]
+            print(f"the stream ({engine}) is {ratio:.1f}x fresher than batch at p50")
 
 
-def project(trigger: str) -> tuple[Path, Workspace]:
+def child(engine: str) -> dict[str, Any]:
+    """The stream path on ``engine`` in a process of its own (this script, ``--one-engine``)."""
+    command = [sys.executable, *sys.argv, "--one-engine", engine]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the {engine} stream failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def project(trigger: str, engine: str = "embedded") -> tuple[Path, Workspace]:
     from robusta.workspace import load_workspace
 
     root = Path(tempfile.mkdtemp(prefix="robusta-freshness-"))
     (root / "feature_defs").mkdir()
     (root / "landing").mkdir()
     (root / "feature_defs" / "activity.yaml").write_text(SPEC)
-    (root / "robusta.yaml").write_text(config(trigger))
+    (root / "robusta.yaml").write_text(config(trigger, engine))
     return root, load_workspace(root / "robusta.yaml").require_valid()
 
 
-def stream_path(args: argparse.Namespace) -> list[float]:
-    """Landing -> visible through `robusta stream`, per file."""
+def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
+    """Landing -> visible through `robusta stream` on ``engine``, per file; each batch's
+    time; the driver's resident memory before and after the timed files, and its peak."""
     from robusta.jobs.stream import stream
+    from robusta.jobs.stream.spec import SpecStream
     from robusta.serving import FeatureClient
 
-    root, workspace = project(args.trigger)
+    batch_seconds: list[float] = []
+    run_batch = SpecStream.run_batch
+
+    def timed_batch(self: SpecStream, rows: Any, batch_id: int) -> None:
+        started = time.perf_counter()
+        run_batch(self, rows, batch_id)
+        batch_seconds.append(time.perf_counter() - started)
+
+    SpecStream.run_batch = timed_batch  # type: ignore[method-assign]
+    root, workspace = project(args.trigger, engine)
     try:
         rng = np.random.default_rng(1)
         stop = threading.Event()
-        runner = threading.Thread(
-            target=lambda: stream(workspace, stop=stop),
-            daemon=True,
-        )
-        # The first file starts Spark and the query; it is not timed.
-        land(root / "landing", file_events(0, args.events, args.users, rng), "f0000")
+        runner = threading.Thread(target=lambda: stream(workspace, stop=stop), daemon=True)
+        # The first file starts the engine and fills the open day; it is not timed.
+        first = file_events(0, args.events, args.active_keys, rng, every_user=True)
+        land(root / "landing", first, "f0000")
         runner.start()
-        deadline = time.perf_counter() + 300
+        deadline = time.perf_counter() + 1800
         while not (root / ".robusta" / "online" / "data.mdb").exists():
             if time.perf_counter() > deadline or not runner.is_alive():
                 raise SystemExit("the stream did not start; run with ROBUSTA_DEBUG=1")
             time.sleep(0.2)
         client = FeatureClient.from_config(root / "robusta.yaml")
-        wait_visible(client, 1, 300)
+        wait_visible(client, 1, 1800)
+        batch_seconds.clear()
+        rss_before = rss_mib()
         latencies = []
         for i in range(1, args.files + 1):
             landed = time.perf_counter()
-            land(root / "landing", file_events(i, args.events, args.users, rng), f"f{i:04d}")
-            wait_visible(client, i + 1, 60)
+            events = file_events(i, args.events, args.active_keys, rng)
+            land(root / "landing", events, f"f{i:04d}")
+            wait_visible(client, i + 1, 120)
             latencies.append(time.perf_counter() - landed)
             time.sleep(max(0.0, args.interval - (time.perf_counter() - landed)))
+        rss_after = rss_mib()
         stop.set()
-        runner.join(timeout=60)
-        return latencies
+        runner.join(timeout=120)
+        return {
+            "latencies": latencies,
+            "batch_seconds": batch_seconds,
+            "rss_before": rss_before,
+            "rss_after": rss_after,
+            "peak": peak_driver_mib(),
+            "jvm_peak": peak_jvm_mib() if engine == "spark" else 0.0,
+        }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -188,7 +253,8 @@ def batch_path(args: argparse.Namespace) -> list[float]:
         client = None
         for i in range(args.batch_files + 1):
             landed = time.perf_counter()
-            land(root / "landing", file_events(i, args.events, args.users, rng), f"f{i:04d}")
+            events = file_events(i, args.events, args.active_keys, rng, every_user=i == 0)
+            land(root / "landing", events, f"f{i:04d}")
             if i == 0:  # lifetime windows: the first upload needs tiles of all time
                 materialize(workspace)
             else:  # then the file's day (the smallest range batch rewrites)
@@ -214,6 +280,14 @@ def percentiles(timed: list[float]) -> tuple[float, float, float]:
 
 def peak_driver_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def peak_jvm_mib() -> float:

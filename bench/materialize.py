@@ -135,8 +135,11 @@ def duckdb_ir(feature: BaseFeature, ts: str) -> str:
     raise ValueError(f"no DuckDB equivalent for {name}")
 
 
-def duckdb_tiles(workspace: Workspace, out: Path) -> dict[str, dict[str, int]]:
-    """Every granularity of every tile group aggregated straight from the events."""
+def duckdb_tiles(
+    workspace: Workspace, out: Path, memory_limit: str | None = None
+) -> dict[str, dict[str, int]]:
+    """Every granularity of every tile group aggregated straight from the events
+    (``memory_limit``: DuckDB's, e.g. ``12GB``; beyond it DuckDB spills to disk)."""
     import duckdb
 
     from robusta.engine.embedded.sql import register_sources, transpile, view_schemas
@@ -144,6 +147,8 @@ def duckdb_tiles(workspace: Workspace, out: Path) -> dict[str, dict[str, int]]:
     config = workspace.config
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if memory_limit is not None:
+        con.execute("SET memory_limit = ?", [memory_limit])
     counts: dict[str, dict[str, int]] = {}
     out.mkdir(parents=True)
     for plan in workspace.plan.specs:

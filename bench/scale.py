@@ -101,7 +101,13 @@ class Tiles:
 
 
 def run_size(
-    root: Path, events: int, rows: int, days: int, budget: int, tiles: Tiles
+    root: Path,
+    events: int,
+    rows: int,
+    days: int,
+    budget: int,
+    tiles: Tiles,
+    duckdb_memory: str | None = None,
 ) -> dict[str, Step]:
     from robusta.jobs.materialize import materialize
 
@@ -119,7 +125,7 @@ def run_size(
 
     return {
         "materialize": timed(build),
-        "duckdb": timed(lambda: materialize_bench.duckdb_tiles(workspace, out)),
+        "duckdb": timed(lambda: materialize_bench.duckdb_tiles(workspace, out, duckdb_memory)),
         "join": join(workspace, root / "rows.parquet"),
         "join budget": join(with_budget(workspace, budget), root / "rows.parquet"),
     }
@@ -133,6 +139,11 @@ def main() -> None:
     parser.add_argument(
         "--budget", default="256MiB", help="offline.join_memory of the budgeted run"
     )
+    parser.add_argument(
+        "--duckdb-memory",
+        default=None,
+        help="the competitor's memory_limit (DuckDB's default: 80%% of RAM); it spills beyond",
+    )
     args = parser.parse_args()
     budget = parse_size(args.budget)
     if budget is None:
@@ -145,7 +156,9 @@ def main() -> None:
         try:
             console.print(f"[bold]{size:,} events[/] (load {pit_bench.load_average()})")
             stored[size] = Tiles()
-            results[size] = run_size(root, size, args.rows, args.days, budget, stored[size])
+            results[size] = run_size(
+                root, size, args.rows, args.days, budget, stored[size], args.duckdb_memory
+            )
             console.print(f"  done (load {pit_bench.load_average()})")
             # Each size as soon as it is done: the largest may not finish in the time at hand.
             console.print(table({size: results[size]}, args.rows, budget))

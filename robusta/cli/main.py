@@ -518,8 +518,7 @@ def backfill(
 @click.option(
     "--at",
     type=UTC_TIME,
-    help="Serve windows as of this TIME (ISO, naive = UTC; default: now, or the end of the "
-    "tiles).",
+    help="Serve windows as of this TIME (ISO, naive = UTC; default: now, or the end of the tiles).",
 )
 @engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
@@ -690,12 +689,27 @@ def consistency(
 @config_option
 @click.option("--source", "sources", multiple=True, help="Only this source (repeatable).")
 @click.option("--at", type=UTC_TIME, help="Check the bucket holding this TIME (ISO, naive = UTC).")
-@click.option("--drop", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
-              help="Flag a segment below this share of its recent level.")
-@click.option("--baseline", default=7, show_default=True, type=click.IntRange(1, 1000),
-              help="Buckets before the checked one whose median is the recent level.")
-@click.option("--min-events", default=20, show_default=True, type=click.IntRange(0),
-              help="Ignore segments whose recent level is below this.")
+@click.option(
+    "--drop",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Flag a segment below this share of its recent level.",
+)
+@click.option(
+    "--baseline",
+    default=7,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Buckets before the checked one whose median is the recent level.",
+)
+@click.option(
+    "--min-events",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Ignore segments whose recent level is below this.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
 def monitor(
@@ -730,9 +744,7 @@ def monitor(
 @engine_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @handle_errors
-def compact(
-    config: Path | None, specs: tuple[str, ...], engine: str | None, as_json: bool
-) -> None:
+def compact(config: Path | None, specs: tuple[str, ...], engine: str | None, as_json: bool) -> None:
     """Fold added-feature files of tile tables into whole files (one commit per table)."""
     from robusta.jobs.materialize import compact as run
 
@@ -748,6 +760,45 @@ def compact(
     for r in reports:
         snapshot = "already compact" if r.snapshot_id is None else str(r.snapshot_id)
         table.add_row(r.spec, r.table, str(r.files_before), str(r.files_after), snapshot)
+    out.print(table)
+
+
+@main.command()
+@config_option
+@click.option("--spec", "specs", multiple=True, help="Spec to maintain (repeatable; default all).")
+@click.option(
+    "--retention", default=None, help="Keep snapshots this recent, e.g. 7d (default: config)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@handle_errors
+def maintain(
+    config: Path | None, specs: tuple[str, ...], retention: str | None, as_json: bool
+) -> None:
+    """Compact small files, expire old snapshots and delete unneeded files of the tile,
+    volume and feature-log tables (what streams keep adding)."""
+    from robusta.jobs.maintain import maintain as run
+
+    keep = None
+    if retention is not None:
+        try:
+            keep = Duration.parse(retention)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--retention") from None
+    workspace = load_workspace(config).require_valid()
+    with progress(quiet=as_json) as step:
+        reports = run(workspace, specs, retention=keep, step=step)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2))
+        return
+    table = Table(title="Maintained tables", header_style="bold")
+    for column in ("table", "files", "snapshots expired", "kept", "files deleted", "MiB freed"):
+        table.add_column(column)
+    for r in reports:
+        files = f"{r.files_before} -> {r.files_after}"
+        if r.conflict:
+            files += " (not compacted: a writer committed meanwhile; run again)"
+        freed = f"{r.deleted_bytes / (1 << 20):.1f}"
+        table.add_row(r.table, files, str(r.expired), str(r.kept), str(r.deleted_files), freed)
     out.print(table)
 
 

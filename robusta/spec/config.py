@@ -16,6 +16,8 @@ from robusta.spec.model import (
     DEFAULT_JOIN_MEMORY,
     DEFAULT_KEY_BUCKETS,
     DEFAULT_LATENESS,
+    DEFAULT_RETENTION,
+    DEFAULT_STREAM_MAINTAIN,
     ENGINES,
     MAX_JOIN_MEMORY,
     MAX_KEY_BUCKETS,
@@ -57,7 +59,7 @@ _TOP_OPTIONAL = (
     "streaming",
     "engine",
 )
-_STREAMING_KEYS = ("checkpoint", "trigger", "watermark", "sources")
+_STREAMING_KEYS = ("checkpoint", "trigger", "watermark", "sources", "maintain")
 _STREAM_SOURCE_KEYS = ("format", "path", "options", "value_format")
 DEFAULT_CHECKPOINT = ".robusta/checkpoints"
 DEFAULT_TRIGGER = "1s"
@@ -300,7 +302,15 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     check.section(
         ("offline",),
         (),
-        ("catalog", "warehouse", "namespace", "allowed_lateness", "key_buckets", "join_memory"),
+        (
+            "catalog",
+            "warehouse",
+            "namespace",
+            "allowed_lateness",
+            "key_buckets",
+            "join_memory",
+            "retention",
+        ),
     )
     catalog = dict(check.mapping(("offline", "catalog")) or default_catalog)
     if check.get(("offline", "catalog")) is not None:
@@ -313,6 +323,7 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
     lateness = _lateness(check, ("offline", "allowed_lateness"))
     buckets = check.whole(("offline", "key_buckets"), 1, MAX_KEY_BUCKETS)
     memory = check.size(("offline", "join_memory"), MIN_JOIN_MEMORY, MAX_JOIN_MEMORY)
+    retention = _duration(check, ("offline", "retention"), DEFAULT_RETENTION.name)
     return OfflineConfig(
         catalog,
         warehouse,
@@ -320,6 +331,7 @@ def _offline(check: Checker, root: Path) -> OfflineConfig:
         lateness,
         buckets or DEFAULT_KEY_BUCKETS,
         memory or DEFAULT_JOIN_MEMORY,
+        retention,
     )
 
 
@@ -473,7 +485,21 @@ def _streaming(check: Checker, root: Path, sources: dict[str, SourceConfig]) -> 
         override = _stream_source(check, root, str(name), sources)
         if override is not None:
             overrides[override.name] = override
-    return StreamingConfig(checkpoint, trigger, watermark, per_spec, overrides)
+    return StreamingConfig(
+        checkpoint, trigger, watermark, per_spec, overrides, _stream_maintain(check)
+    )
+
+
+def _stream_maintain(check: Checker) -> Duration | None:
+    """``streaming.maintain``: how often a running stream maintains its tables; ``off``
+    (YAML may read it as false) never."""
+    path = ("streaming", "maintain")
+    raw = check.get(path)
+    if raw is False or (isinstance(raw, str) and raw.strip().lower() == "off"):
+        return None
+    if raw is None:
+        return DEFAULT_STREAM_MAINTAIN
+    return _duration(check, path, DEFAULT_STREAM_MAINTAIN.name)
 
 
 def _duration(check: Checker, path: tuple[str, ...], default: str) -> Duration:

@@ -18,6 +18,8 @@ SPARK_ENVIRONMENTS = ("packed", "preinstalled")  # spark.environment; the first 
 STREAM_FORMATS = ("csv", "json", "parquet", "kafka")
 DEFAULT_LATENESS = Duration(3_600_000_000)  # offline.allowed_lateness: 1h
 DEFAULT_KEY_BUCKETS = 8  # offline.key_buckets
+DEFAULT_RETENTION = Duration(7 * 86_400_000_000)  # offline.retention: 7d
+DEFAULT_STREAM_MAINTAIN = Duration(3_600_000_000)  # streaming.maintain: 1h
 # offline.catalog.type: pyiceberg's catalog types, minus "in-memory" (it keeps nothing
 # between two opens, and every job opens the catalog anew).
 CATALOG_TYPES = ("sql", "rest", "hive", "glue", "dynamodb", "bigquery")
@@ -70,6 +72,8 @@ class OfflineConfig:
     # Bytes of tiles a point-in-time join task holds at once: a key bucket whose tiles would
     # exceed it is split by key hash into parts that fit (docs/training.md).
     join_memory: int = DEFAULT_JOIN_MEMORY
+    # Snapshots younger than this are kept by `robusta maintain` (time travel within it).
+    retention: Duration = DEFAULT_RETENTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class StreamingConfig:
     watermark: Duration  # default lateness allowed before a bucket is final
     watermarks: Mapping[str, Duration] = field(default_factory=dict)  # per spec
     sources: Mapping[str, StreamSourceConfig] = field(default_factory=dict)
+    # A running stream maintains its tables (`robusta maintain`) this often; None: never.
+    maintain: Duration | None = DEFAULT_STREAM_MAINTAIN
 
     def watermark_of(self, spec: str) -> Duration:
         return self.watermarks.get(spec, self.watermark)

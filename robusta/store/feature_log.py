@@ -25,8 +25,11 @@ REQUESTED = "requested"
 LOG_TIME = pa.timestamp("us", tz="UTC")
 
 
+LOG_PREFIX = "feature_log__"
+
+
 def log_table(spec: str) -> str:
-    return f"feature_log__{spec}"
+    return f"{LOG_PREFIX}{spec}"
 
 
 def entity_types(spec: SpecPlan) -> dict[str, pa.DataType]:

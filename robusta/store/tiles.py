@@ -51,6 +51,7 @@ RUN_PROPERTY = "robusta.run-id"
 LATEST_PROPERTY = "robusta.latest-event"  # epoch micros of the latest event a run tiled
 _TABLE_LABELS = (VERSION_PROPERTY, LATEST_PROPERTY)  # run properties also set on the table
 RUNS_FOLDER = "runs"
+WRITTEN_PROPERTY = "robusta.batch-written-ms"
 LEASE_SUFFIX = ".lease"
 TS_TYPE = pa.timestamp("us", tz="UTC")
 # A commit that finds the table changed must fail, not be replayed by pyiceberg on the new
@@ -191,7 +192,8 @@ class TileTables:
         added = ",".join(f.ir_column for f in features)
         summary = {VERSION_PROPERTY: version, RUN_PROPERTY: run.id, "robusta.added": added}
         properties = {COLUMNS_PROPERTY: json.dumps(stored, sort_keys=True)}
-        swap_files(table, [], new_paths, summary, {**properties, VERSION_PROPERTY: version})
+        labels = {**properties, VERSION_PROPERTY: version, **_written()}
+        swap_files(table, [], new_paths, summary, labels)
         return self._snapshot_id(table)
 
     def _create(self, group: TileGroup, version: str) -> Any:
@@ -246,6 +248,10 @@ class TileTables:
             and not name.startswith("stream-")
             and not lease_alive(storage, join(runs, f"{name}{LEASE_SUFFIX}"), now)
         ]
+        if removed:  # a run whose snapshot expired (robusta maintain) may still hold files
+            held_files = _runs_of(referenced_data_files(table), runs)
+            committed |= held_files
+            removed = [f for f in removed if f.rsplit("/", 1)[-1] not in held_files]
         for folder in removed:
             storage.delete_folder(folder)
         folders -= {folder.rsplit("/", 1)[-1] for folder in removed}
@@ -323,12 +329,14 @@ class TileTables:
         properties: dict[str, str],
         covered: Span | None = None,
         group: TileGroup | None = None,
+        marks: dict[str, str] | None = None,
     ) -> int:
         """One overwrite snapshot: ``old_files`` out, every Parquet file of ``run`` in.
 
         ``covered`` (the time range the run made complete) joins the table's coverage in the
         same commit; with ``group`` (a run writing all of its columns) the table is labelled
-        with the run's spec version and exactly the group's column hashes.
+        with the run's spec version and exactly the group's column hashes; ``marks`` are
+        table properties set in the same commit (what a stream has committed).
         """
         new_paths = self.storage.files(run.folder, ".parquet")
         summary = {**properties, RUN_PROPERTY: run.id}
@@ -340,6 +348,7 @@ class TileTables:
         extra.update({k: v for k, v in properties.items() if k == LATEST_PROPERTY})
         if covered is not None:
             extra[COVERAGE_PROPERTY] = json.dumps(merge_spans([*coverage(table), covered]))
+        extra.update(marks if marks is not None else _written())
         swap_files(table, old_files, new_paths, summary, extra)
         return self._snapshot_id(table)
 
@@ -368,9 +377,47 @@ class TileTables:
             COLUMNS_PROPERTY: json.dumps(column_hashes(group), sort_keys=True),
             KEY_BUCKETS_PROPERTY: str(group.layout.key_buckets),
             COVERAGE_PROPERTY: json.dumps(merge_spans([covered] if covered else [])),
+            **_written(),
         }
         swap_files(table, old_files, new_paths, summary, labels, relayout=tile_schema(group))
         return self._snapshot_id(table)
+
+
+def _written() -> dict[str, str]:
+    """The table property a batch writer's commit sets: when (a stream that started before it
+    must look for its tiles in the buckets it closes), kept whatever snapshots expire."""
+    return {WRITTEN_PROPERTY: str(int(time.time() * 1000))}
+
+
+def written_ms(table: Any) -> int | None:
+    """When a batch writer (not a stream) last committed to ``table`` (epoch ms), if known."""
+    raw = table.properties.get(WRITTEN_PROPERTY)
+    return None if raw is None else int(raw)
+
+
+def referenced_data_files(table: Any) -> set[str]:
+    """The data files any retained snapshot names (each manifest read once)."""
+    io = table.io
+    manifests: set[str] = set()
+    named: set[str] = set()
+    for snapshot in table.snapshots():
+        for manifest in snapshot.manifests(io):
+            if manifest.manifest_path in manifests:
+                continue
+            manifests.add(manifest.manifest_path)
+            named.update(
+                entry.data_file.file_path
+                for entry in manifest.fetch_manifest_entry(io, discard_deleted=False)
+            )
+    return named
+
+
+def _runs_of(paths: set[str], runs: str) -> set[str]:
+    """The run folders (names under ``runs``) holding any of ``paths``."""
+    prefix = normal(runs).rstrip("/") + "/"
+    return {
+        normal(p)[len(prefix) :].split("/", 1)[0] for p in paths if normal(p).startswith(prefix)
+    }
 
 
 def live_files(table: Any) -> list[Any]:

@@ -2,13 +2,15 @@
 
 ``<namespace>.event_volumes`` holds one row per (source, segment, value, bucket): a
 materialize of a range replaces that range's buckets (:func:`store_counts`), a stream adds
-each micro-batch's counts once (:func:`add_volumes`: the batch is recorded in the commit's
-snapshot summary and checked before adding). ``robusta monitor`` reads it
+each micro-batch's counts once (:func:`add_volumes`: the batch is recorded in the commit, as a
+table property per stream checked in O(1) before adding, and in the snapshot summary).
+``robusta monitor`` reads it
 (``api.monitor``); the engines count (``engine.embedded.volumes``, ``engine.spark.volumes``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +36,8 @@ VOLUMES_SCHEMA = pa.schema(
     ]
 )
 BATCH_PROPERTY = "robusta.volumes-batch"  # snapshot summary: "<stream id>:<batch id>"
+# Table property per stream: the last batch added, checked in O(1) by a replay.
+ADDED_PREFIX = "robusta.volumes-added."
 
 
 class NotMonitoredError(RobustaError, ValueError):
@@ -125,13 +129,13 @@ def add_volumes(offline: OfflineConfig, source: str, rows: pa.Table, batch: str)
     from pyiceberg import expressions
 
     table = volumes_table(offline, create=True)
-    if any(
-        s.summary is not None and s.summary.additional_properties.get(BATCH_PROPERTY) == batch
-        for s in table.snapshots()
-    ):
+    if _added(table, batch):
         return False
+    stream, _, number = batch.rpartition(":")
+    marker = {BATCH_PROPERTY: batch}
+    mark = {_mark(stream): number}
     if rows.num_rows == 0:
-        return True
+        return True  # nothing to add (nor to double on a replay): no commit
     buckets = sorted(set(rows.column("bucket_start").cast(pa.int64()).to_pylist()))
     equal: Any = expressions.EqualTo  # pydantic models: untyped positionals
     among: Any = expressions.In
@@ -140,12 +144,31 @@ def add_volumes(offline: OfflineConfig, source: str, rows: pa.Table, batch: str)
     )
     stored = table.scan(row_filter=scope).to_arrow() if table.current_snapshot() else None
     merged = _summed(rows if stored is None else pa.concat_tables([stored, rows]))
-    marker = {BATCH_PROPERTY: batch}
-    if stored is None or stored.num_rows == 0:
-        table.append(merged, snapshot_properties=marker)
-    else:
-        table.overwrite(merged, overwrite_filter=scope, snapshot_properties=marker)
+    with table.transaction() as tx:  # the counts and the mark in one commit
+        tx.set_properties(**mark)
+        if stored is None or stored.num_rows == 0:
+            tx.append(merged, snapshot_properties=marker)
+        else:
+            tx.overwrite(merged, overwrite_filter=scope, snapshot_properties=marker)
     return True
+
+
+def _mark(stream: str) -> str:
+    """The table property holding a stream's last batch (its id is a checkpoint path)."""
+    return ADDED_PREFIX + hashlib.sha256(stream.encode()).hexdigest()[:16]
+
+
+def _added(table: Any, batch: str) -> bool:
+    """Whether ``batch`` ("<stream id>:<batch id>") was added: the stream's mark (its last
+    batch added; batches are added in order), or, before marks, a snapshot naming it."""
+    stream, _, number = batch.rpartition(":")
+    last = table.properties.get(_mark(stream))
+    if last is not None and number.isdigit():
+        return int(last) >= int(number)
+    return any(
+        s.summary is not None and s.summary.additional_properties.get(BATCH_PROPERTY) == batch
+        for s in table.snapshots()
+    )
 
 
 def _summed(rows: pa.Table) -> pa.Table:
@@ -158,8 +181,10 @@ def _summed(rows: pa.Table) -> pa.Table:
     value = pc.if_else(pc.equal(total.column("value"), "\0"), None, total.column("value"))
     total = total.set_column(total.schema.get_field_index("value"), "value", value)
     total = total.rename_columns(
-        ["events" if c == "events_sum" else "recorded_at" if c == "recorded_at_max" else c
-         for c in total.column_names]
+        [
+            "events" if c == "events_sum" else "recorded_at" if c == "recorded_at_max" else c
+            for c in total.column_names
+        ]
     )
     return total.select(VOLUMES_SCHEMA.names).cast(VOLUMES_SCHEMA)
 

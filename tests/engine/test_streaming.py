@@ -627,3 +627,34 @@ def _tiles_of(state: Any, group: Any, users: list[Any], events: pa.Table) -> pa.
             "bucket_start": pc.cast(rows.column("event_ts"), pa.timestamp("us", tz="UTC")),
         }
     )
+
+
+def test_a_replayed_commit_is_known_from_the_tables_mark(tmp_path: Path) -> None:
+    """Each commit marks the table with its query's last batch, so a replayed batch is
+    skipped without listing snapshots (old ones may be expired)."""
+    from robusta.jobs.stream.offline import COMMITTED_PREFIX
+    from robusta.jobs.stream.spec import SpecStream
+
+    one_file = "# one file per batch\n  sources:\n    events: {options: {maxFilesPerTrigger: 1}}\n"
+    workspace = streaming_project(tmp_path, SMALL_SPEC, extra=one_file, engine="embedded")
+    events = generate_events(
+        GeneratorConfig(seed=9, days=1, events_per_day=600, users=20, items=30, channels=3)
+    )
+    for i, part in enumerate(by_time(events, 3)):
+        land(tmp_path / "data", part, f"part-{i}", order=i)
+    stream(workspace, available_now=True, engine="embedded")
+    (plan,) = workspace.plan.specs
+    (group,) = plan.groups
+    spec = SpecStream(workspace.config, plan, "embedded")
+    last = spec.checkpoint.state_ids()[-1]
+    meta = spec.checkpoint.meta(last)
+    table = spec.stores.tables.load(group.layout.table)
+    assert table is not None
+    assert table.properties[COMMITTED_PREFIX + meta["query"]] == str(last)
+    snapshots = len(table.snapshots())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(table), "snapshots", lambda _: pytest.fail("snapshots listed"))
+        spec.offline.commit(meta)
+    table = spec.stores.tables.load(group.layout.table)
+    assert table is not None and len(table.snapshots()) == snapshots
+    spec.close()

@@ -260,6 +260,12 @@ CONFIG_CASES = [
         '"join_memory" must be a size from 1 KiB to 1 TiB (bytes, or a number with KiB, '
         "MiB, GiB, KB, MB or GB), got 'lots'",
     ),
+    (
+        "retention-not-a-duration",
+        CONFIG + "offline: {retention: forever}\n",
+        "12:22",
+        "retention: ",
+    ),
 ]
 
 
@@ -448,3 +454,16 @@ def test_join_memory_takes_bytes_or_units(make_project: MakeProject, text: str, 
     assert load_workspace(config).require_valid().config.offline.join_memory == size
     default = load_workspace(make_project(config=CONFIG)).require_valid()
     assert default.config.offline.join_memory == 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("text", "every"),
+    [(None, 3_600_000_000), ("30m", 1_800_000_000), ("off", None), ("false", None)],
+)
+def test_streaming_maintain_takes_a_duration_or_off(
+    make_project: MakeProject, text: str | None, every: int | None
+) -> None:
+    extra = "" if text is None else f"streaming: {{maintain: {text}}}\n"
+    config = make_project(config=CONFIG + extra)
+    maintain = load_workspace(config).require_valid().config.streaming.maintain
+    assert (None if maintain is None else maintain.micros) == every

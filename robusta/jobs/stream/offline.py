@@ -27,10 +27,14 @@ from robusta.store.tiles import (
     Run,
     files_where,
     write_tile_files,
+    written_ms,
 )
 
 QUERY_PROPERTY = "robusta.stream-query"
 BATCH_PROPERTY = "robusta.stream-batch"
+# Table property per query: its last batch committed (batches commit in order), so a replay
+# is recognised in O(1) whatever the number of snapshots, and after old ones expire.
+COMMITTED_PREFIX = "robusta.stream-committed."
 COMMIT_ATTEMPTS = 5
 
 
@@ -82,7 +86,8 @@ class OfflineCommit:
         }
         # One snapshot even without tiles (no events in the closed buckets): it records the
         # batch and the coverage, and fails if anyone committed since the table was read.
-        tables.replace(table, displaced, run, summary, covered=covered)
+        mark = {COMMITTED_PREFIX + meta["query"]: str(meta["batch"])}
+        tables.replace(table, displaced, run, summary, covered=covered, marks=mark)
 
     def _displaced(
         self, table: Any, group: TileGroup, meta: dict[str, Any], storage: Storage, folder: str
@@ -93,9 +98,8 @@ class OfflineCommit:
         runs covered no bucket it holds open), or when it continues a batch run's bucket."""
         since = self.checkpoint.started_ms()
         # A stream seeded from a batch run's open bucket replaces that run's tiles too.
-        if not self.checkpoint.seeded(self.largest) and not any(
-            snapshot.timestamp_ms >= since and summary.get(QUERY_PROPERTY) != meta["query"]
-            for snapshot, summary in _summaries(table)
+        if not self.checkpoint.seeded(self.largest) and not self._written_since(
+            table, since, meta["query"]
         ):
             return []
         before, after = meta["pointer_before"], meta["pointer"]
@@ -111,6 +115,17 @@ class OfflineCommit:
             displaced.append(data_file)
         return displaced
 
+    def _written_since(self, table: Any, since: int, query: str) -> bool:
+        """Whether another writer committed since ``since`` (epoch ms): a batch writer's
+        mark, or for tables written before marks, a snapshot of another writer."""
+        written = written_ms(table)
+        if written is not None:
+            return written >= since
+        return any(
+            snapshot.timestamp_ms >= since and summary.get(QUERY_PROPERTY) != query
+            for snapshot, summary in _summaries(table)
+        )
+
 
 def _summaries(table: Any) -> Iterator[tuple[Any, dict[str, str]]]:
     """Every snapshot of ``table`` with its summary's properties."""
@@ -119,6 +134,11 @@ def _summaries(table: Any) -> Iterator[tuple[Any, dict[str, str]]]:
 
 
 def _committed(table: Any, query: str, batch: int) -> bool:
+    """Whether the table holds batch ``batch`` of stream ``query``: its mark, or (tables a
+    stream committed to before marks) a snapshot naming it."""
+    last = table.properties.get(COMMITTED_PREFIX + query)
+    if last is not None:
+        return int(last) >= batch
     return any(
         summary.get(QUERY_PROPERTY) == query and summary.get(BATCH_PROPERTY) == str(batch)
         for _, summary in _summaries(table)

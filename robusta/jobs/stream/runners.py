@@ -51,15 +51,39 @@ def stream(
         s.check()
     every_trigger = trigger or config.streaming.trigger
     stop = stop or threading.Event()
+    upkeep = Upkeep(workspace, [p.name for p in plans], config.streaming.maintain)
     try:
         if name == "embedded":
-            _stream_embedded(config, streams, every_trigger, available_now, stop, report, every)
+            _stream_embedded(
+                config, streams, every_trigger, available_now, stop, report, every, upkeep
+            )
         else:
-            _stream_spark(config, streams, every_trigger, available_now, stop, report, every)
+            _stream_spark(
+                config, streams, every_trigger, available_now, stop, report, every, upkeep
+            )
     finally:
         for s in streams:
             s.close()
     return [s.status() for s in streams]
+
+
+class Upkeep:
+    """A long-running stream's table maintenance (``jobs.maintain``), every
+    ``streaming.maintain`` (from the stream's start), between micro-batches."""
+
+    def __init__(self, workspace: Workspace, specs: list[str], every: Duration | None) -> None:
+        self.workspace = workspace
+        self.specs = specs
+        self.every = None if every is None else every.micros / 1e6
+        self.last = time.monotonic()
+
+    def run_if_due(self) -> None:
+        if self.every is None or time.monotonic() - self.last < self.every:
+            return
+        from robusta.jobs.maintain import maintain
+
+        maintain(self.workspace, self.specs)  # a conflict with a commit is retried next time
+        self.last = time.monotonic()
 
 
 def stream_status(workspace: Workspace, specs: Sequence[str] = ()) -> list[SpecStatus]:
@@ -116,6 +140,7 @@ def _stream_spark(
     stop: threading.Event,
     report: Report,
     every: float,
+    upkeep: Upkeep,
 ) -> None:
     """The streams as Spark Structured Streaming queries (``foreachBatch``)."""
     from robusta.engine.spark.session import spark_session
@@ -142,6 +167,7 @@ def _stream_spark(
             if time.monotonic() - reported >= every:
                 reported = time.monotonic()
                 report([s.status(active=True) for s in streams])
+            upkeep.run_if_due()
         _raise_failed(specs, queries)
     finally:
         for query in queries:
@@ -242,6 +268,7 @@ def _stream_embedded(
     stop: threading.Event,
     report: Report,
     every: float,
+    upkeep: Upkeep,
 ) -> None:
     """The streams polled in this process (``engine.embedded.streaming``): every trigger,
     one micro-batch per spec and monitored source that has new files. ``available_now``
@@ -267,4 +294,5 @@ def _stream_embedded(
             report([s.status(active=True) for s in streams])
         if available_now and not worked:
             return
+        upkeep.run_if_due()
         stop.wait(max(0.0, trigger.micros / 1e6 - (time.monotonic() - started)))
