@@ -149,6 +149,8 @@ def duckdb_tiles(
     con.execute("SET TimeZone = 'UTC'")
     if memory_limit is not None:
         con.execute("SET memory_limit = ?", [memory_limit])
+    # Spill beside the output (DuckDB's default is ./.tmp: the repository when run from it).
+    con.execute("SET temp_directory = ?", [str(out.parent / "duckdb-spill")])
     counts: dict[str, dict[str, int]] = {}
     out.mkdir(parents=True)
     for plan in workspace.plan.specs:
