@@ -192,7 +192,7 @@ class KeyedState:
         for db in (tiles_db, index):
             cursor = txn.cursor(db=db)
             ok = cursor.set_range(prefix)
-            while ok and bytes(cursor.key()) < end:
+            while ok and b"" < bytes(cursor.key()) < end:  # b"": past the last entry
                 ok = cursor.delete()
 
     def _days(self, tiles: pa.Table) -> np.ndarray:
