@@ -29,7 +29,7 @@ from tests.engine.test_streaming import (
 )
 
 ONE_FILE = "# one file per batch\n  sources:\n    events: {options: {maxFilesPerTrigger: 1}}\n"
-BATCHES = 24
+BATCHES = 16
 
 
 def _frame(workspace: object, rows: pa.Table) -> pa.Table:
