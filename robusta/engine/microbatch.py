@@ -1,10 +1,11 @@
-"""What the streaming job asks of an engine for one micro-batch, whichever engine runs it.
+"""What the streaming job asks of the embedded engine for one micro-batch.
 
-A micro-batch is the spec query's rows over the files (or messages) that arrived since the
-last one. The job (``robusta.jobs.stream``) needs three things of it: its counts and newest
-event time (:class:`BatchStats`), its late rows written aside, and the finest tiles of its
-on-time rows per tile group. Merging those tiles into the stream's open-tile state is pure
-Arrow work (``plan.open_tiles``) and the same for both engines.
+A micro-batch is the spec query's rows over the files that arrived since the last one. The
+job (``robusta.jobs.stream.batch``) needs three things of it: its counts and newest event
+time (:class:`BatchStats`), its late rows written aside, and the finest tiles of its on-time
+rows per tile group, which it merges into the open tiles of its keyed state on disk
+(``plan.open_tiles``). On Spark the open tiles live in Spark's state store and one operator
+does all three on the executors (``engine.spark.stream_state``).
 
 Late: a time before the version pointer (the end of the last finest bucket already served).
 On time: at or after it, or no time at all (counted as dropped by the tiling).

@@ -79,10 +79,11 @@ def maintain(
             if table is None:
                 continue
             step(group.layout.table)
-            before = len(live_files(table))
+            files = live_files(table)
+            before = len(files)
             conflict = None
             try:
-                table = _compact_partitions(tables, table, group)
+                table = _compact_partitions(tables, table, group, files)
             except CommitConflictError as exc:
                 conflict = str(exc)
                 table = tables.load(group.layout.table)
@@ -119,21 +120,22 @@ def _upkeep(
     )
 
 
-def _compact_partitions(tables: TileTables, table: Any, group: TileGroup) -> Any:
-    """Each partition with several files rewritten as one, in one commit; the table after."""
+def _compact_partitions(tables: TileTables, table: Any, group: TileGroup, files: list[Any]) -> Any:
+    """Each partition with several of ``files`` (the table's live ones) rewritten as one, in
+    one commit; the table after."""
     by_partition: dict[str, list[Any]] = defaultdict(list)
-    for data_file in live_files(table):
+    for data_file in files:
         by_partition[_partition(data_file.file_path)].append(data_file)
-    crowded = [files for files in by_partition.values() if len(files) > 1]
+    crowded = [held for held in by_partition.values() if len(held) > 1]
     if not crowded:
         return table
     storage = tables.storage
     with tables.start_run(table) as run:
         old = []
-        for i, files in enumerate(crowded):  # a folder each: no two can write the same path
-            tiles = read_tile_files(storage, [f.file_path for f in files], group)
+        for i, part in enumerate(crowded):  # a folder each: no two can write the same path
+            tiles = read_tile_files(storage, [f.file_path for f in part], group)
             write_tile_files(tiles, group, join(run.folder, f"p{i:05d}"), storage)
-            old += files
+            old += part
         tables.replace(table, old, run, {"robusta.maintain": "compact"})
     return tables.load(group.layout.table)
 

@@ -18,15 +18,16 @@ Spark job (each costs a second of scheduling on a small machine).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.plan.keys import key_buckets
+from robusta.plan.keys import key_buckets, record_keys
 from robusta.plan.model import BaseFeature, TileGroup
-from robusta.spec.durations import Duration
+from robusta.spec.durations import Duration, floor_to
 
 BUCKET = "__bucket"  # bucket start, epoch micros (int64)
 CHANGED = "__changed"  # state column: the tile was (re)computed by this micro-batch
@@ -34,6 +35,7 @@ CHANGED = "__changed"  # state column: the tile was (re)computed by this micro-b
 # kept through the rollups so the tiles come out in the writer's file order (``file_order``).
 PART = "__part"
 TS_TYPE = pa.timestamp("us", tz="UTC")
+_MAX_KEY_TEXT = 400  # state keys stay short (LMDB takes 511 bytes): longer texts by digest
 
 
 def open_only(state: pa.Table, group: TileGroup, pointer: int | None) -> pa.Table:
@@ -260,9 +262,37 @@ def closed_between(
     return tiles.filter(closing_mask(tiles, group, before, after))
 
 
+def closing_from(
+    granularities: Sequence[Duration], before: int | None, after: int
+) -> tuple[bool, int | None]:
+    """Whether any tile can close in ``(before, after]``, and the earliest finest bucket
+    a closing tile may hold: the start of the earliest bucket (any granularity) ending in
+    that range (None: any, when ``before`` is None)."""
+    if before is None:
+        return True, None
+    starts = [
+        floor_to(before, g.micros)
+        for g in granularities
+        if floor_to(before, g.micros) + g.micros <= after
+    ]
+    return (True, min(starts)) if starts else (False, None)
+
+
 def sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
     """Each tile's granularity in microseconds."""
     names = [g.name for g in group.layout.granularities]
     index = pc.index_in(tiles.column("granularity"), value_set=pa.array(names))
     micros = pa.array([g.micros for g in group.layout.granularities], pa.int64())
     return pc.take(micros, index)
+
+
+# ---- state keys -------------------------------------------------------------------------------
+def key_ids(group: TileGroup, tiles: pa.Table) -> list[bytes]:
+    """Each row's key as the bytes a stream's state is keyed by (its online text, or a
+    digest of a long one)."""
+    texts = record_keys([tiles.column(k.column).combine_chunks() for k in group.layout.keys])
+    out = []
+    for text in texts.to_pylist():
+        raw = str(text).encode()
+        out.append(raw if len(raw) <= _MAX_KEY_TEXT else b"#" + hashlib.sha256(raw).digest())
+    return out

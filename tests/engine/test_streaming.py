@@ -247,9 +247,12 @@ def run_stream(root: Path, fault: str | None = None, kill_after: float | None = 
     return code
 
 
-def stop_when_caught_up(root: Path, workspace: Workspace, rows: int) -> int:
-    """`robusta stream` (continuous) until its checkpoint counts ``rows`` and it has reported
-    progress (so it runs its loop, not still starting); then SIGTERM."""
+def stop_when_caught_up(root: Path, workspace: Workspace, rows: int, pointer: int) -> int:
+    """`robusta stream` (continuous) until its checkpoint counts ``rows``, its pointer is at
+    ``pointer`` (on Spark buckets close in the micro-batch after the one whose events passed
+    them) and it has reported progress (so it runs its loop, not still starting); then
+    SIGTERM."""
+    at = from_micros(pointer).strftime("%Y-%m-%dT%H:%M:%SZ")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     env.pop(FAULT_ENV, None)
     command = [sys.executable, "-m", "robusta.cli.main", "stream", "--trigger", "1s"]
@@ -265,7 +268,9 @@ def stop_when_caught_up(root: Path, workspace: Workspace, rows: int) -> int:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (
-            stream_status(workspace)[0].rows < rows or b": batch " not in log.read_bytes()
+            stream_status(workspace)[0].rows < rows
+            or (stream_status(workspace)[0].pointer or "") < at
+            or b": batch " not in log.read_bytes()
         ):
             assert process.poll() is None, "the stream stopped by itself"
             time.sleep(0.5)
@@ -320,7 +325,11 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(engine: str, tmp_path: P
         assert code == -signal.SIGKILL, f"the fault {phase}:{batch} was not reached"
         fresh = batch if phase == "tiles" else batch + 1
     # The final restart runs until it has caught up, then stops gracefully on SIGTERM.
-    assert stop_when_caught_up(tmp_path, workspace, events.num_rows) == 128 + signal.SIGTERM
+    last = int(pc.max(pc.cast(events.column("event_ts"), pa.int64())).as_py())
+    caught_up = stop_when_caught_up(
+        tmp_path, workspace, events.num_rows, floor_to(last - 10 * MIN, GMIN)
+    )
+    assert caught_up == 128 + signal.SIGTERM
     (status,) = stream_status(workspace)
     assert status.rows == events.num_rows  # each row counted once in the job's own totals
     (plan,) = workspace.plan.specs
@@ -617,6 +626,42 @@ def test_a_batch_reads_and_writes_only_the_keys_it_touches(
     )
 
 
+@pytest.mark.spark
+def test_a_spark_batch_reads_and_writes_only_the_keys_it_touches(tmp_path: Path) -> None:
+    """On Spark the open tiles live in Spark's state store: after a first file with many
+    users, a batch with one user's event reads and writes that user's tiles alone in the
+    store (the operator counts its reads and writes) and hands back that user's alone."""
+    from robusta.jobs.stream.checkpoint import Checkpoint
+
+    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    events = generate_events(
+        GeneratorConfig(seed=5, days=1, events_per_day=1500, users=300, items=40, channels=3)
+    )
+    events = events.filter(pc.is_valid(events.column("user_id")))
+    land(tmp_path / "data", events, "part-0", order=0)
+    stream(workspace, available_now=True)
+    (plan,) = workspace.plan.specs
+    (group,) = plan.groups
+    checkpoint = Checkpoint(tmp_path / "checkpoints" / plan.name, "spark")
+    first = [checkpoint.meta(i) for i in checkpoint.state_ids()]
+    users = len(pc.unique(events.column("user_id")))
+    assert max(m["state_writes"] for m in first) == users > 50
+
+    newest = pc.max(events.column("event_ts"))  # no bucket closes: the pointer stays
+    one = events.slice(0, 1).set_column(
+        events.column_names.index("event_ts"), "event_ts", pa.array([newest.as_py()], newest.type)
+    )
+    land(tmp_path / "data", one, "part-1", order=1)
+    stream(workspace, available_now=True)
+    (batch,) = [i for i in checkpoint.state_ids() if checkpoint.meta(i)["batch_rows"] == 1]
+    meta = checkpoint.meta(batch)
+    assert (meta["state_reads"], meta["state_writes"]) == (1, 1)
+    touched = checkpoint.touched(batch, group)
+    assert touched is not None
+    assert pc.unique(touched.column("user_id")).to_pylist() == [one.column("user_id")[0].as_py()]
+    assert_lookups_equal_reference(workspace, tmp_path, pa.concat_tables([events, one]), group)
+
+
 def _tiles_of(state: Any, group: Any, users: list[Any], events: pa.Table) -> pa.Table:
     """One row per (user, day) of ``events``, shaped as tiles (``user_id``, ``bucket_start``)."""
     rows = events.filter(pc.is_in(events.column("user_id"), pa.array(users)))
@@ -658,3 +703,14 @@ def test_a_replayed_commit_is_known_from_the_tables_mark(tmp_path: Path) -> None
     table = spec.stores.tables.load(group.layout.table)
     assert table is not None and len(table.snapshots()) == snapshots
     spec.close()
+
+
+def test_a_spark_checkpoint_with_driver_state_is_refused(tmp_path: Path) -> None:
+    """A Spark checkpoint from before the open tiles moved into Spark's state store (its
+    keyed state beside the batch log) is refused before Spark starts, with what to do."""
+    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    folder = tmp_path / "checkpoints" / "engagement"
+    (folder / "keyed").mkdir(parents=True)
+    (folder / "spark").mkdir()
+    with pytest.raises(StreamingError, match="fresh checkpoint"):
+        stream(workspace, available_now=True, engine="spark")

@@ -45,7 +45,7 @@ SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[Healt
 
 
 def finest(group: TileGroup, events: Sequence[Event]) -> pa.Table:
-    """A micro-batch's finest tiles, in the columns Spark's ``batch_tiles`` returns."""
+    """A micro-batch's finest tiles, in the columns ``engine.embedded.tiles.finest_tiles`` gives."""
     tiles = tiles_of(group, list(events))
     name = min(group.layout.granularities, key=lambda g: g.micros).name
     tiles = tiles.filter(pc.equal(tiles.column("granularity"), name))

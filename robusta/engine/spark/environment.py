@@ -36,13 +36,37 @@ NEVER_SHIPPED = {"pyspark", "py4j"}  # the workers' own Spark provides these
 # Imported by the driver alone (the embedded engine, catalogs' database drivers, the CLI's
 # console): a quarter of the archive's bytes that every executor would unpack for nothing.
 DRIVER_ONLY = {"duckdb", "sqlalchemy", "psycopg2-binary", "greenlet", "rich", "pygments"}
-EXTRAS = ("redis",)  # optional dependencies executors use when installed (uploads)
-# What tasks import: the assembler, and the filesystems they open the warehouse through.
-REQUIRED = ("numpy", "pyarrow", "datasketches", "pyiceberg.io.pyarrow", "robusta.plan.assembly")
+# Optional dependencies executors use when installed: uploads (redis); the stream's state
+# operator (spark: pandas and protobuf, which pyspark's Python workers need for it).
+EXTRAS = ("redis", "spark")
+# What tasks import: the assembler, the filesystems they open the warehouse through, and what
+# the stream's state operator runs on.
+REQUIRED = (
+    "numpy",
+    "pyarrow",
+    "datasketches",
+    "pyiceberg.io.pyarrow",
+    "robusta.plan.assembly",
+    "pandas",
+    "google.protobuf",
+)
 
 
 class ExecutorEnvironmentError(RobustaError, RuntimeError):
     """Executors cannot import what Robusta's tasks need."""
+
+
+def driver_python_path(current: str | None) -> str:
+    """``PYTHONPATH`` for the Python processes Spark starts on the driver host with the
+    workers' interpreter (a stream's state operator is first run there to learn its state
+    schema): Robusta's code and this process's site-packages, then ``current``."""
+    import site
+
+    root = str(Path(robusta.__file__).resolve().parents[1])
+    paths = [root, *site.getsitepackages()]
+    if current:
+        paths += [p for p in current.split(os.pathsep) if p and p not in paths]
+    return os.pathsep.join(paths)
 
 
 def cache_folder() -> Path:

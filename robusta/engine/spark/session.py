@@ -102,9 +102,12 @@ def spark_session(config: SparkConfig, app_name: str = "robusta") -> Any:
         # spark-submit turns the setting into it), so the setting becomes the variable.
         os.environ["PYSPARK_PYTHON"] = settings["spark.pyspark.python"]
     if cluster and config.environment == "packed":  # executors get what they need with us
-        from robusta.engine.spark.environment import executor_settings
+        from robusta.engine.spark.environment import driver_python_path, executor_settings
 
         settings.update(executor_settings(settings))
+        # Spark runs a stream's state operator once on the driver host too (to learn its
+        # state's schema), with the workers' Python: it imports what this process has.
+        os.environ["PYTHONPATH"] = driver_python_path(os.environ.get("PYTHONPATH"))
     for key, value in settings.items():
         builder = builder.config(key, value)
     log = spark_log_file()

@@ -144,7 +144,7 @@ class BatchTiles:
         if batch is None:
             return None
         partial = batch.finest_tiles(group)
-        stored = self._seed(group, pointer) if seed else None
+        stored = seed_tiles(self.stores, self.plan, group, pointer) if seed else None
         if stored is None:
             partial_starts = partial.append_column("bucket_start", _as_time(partial))
             stored = self.state.read(group, self.state.day_keys(group, partial_starts))
@@ -174,27 +174,30 @@ class BatchTiles:
             pa.concat_tables(parts, promote_options="default"), group, before, after
         )
 
-    def _seed(self, group: TileGroup, pointer: int | None) -> pa.Table | None:
-        """The open tiles of the largest bucket the stream starts in, from the batch run's
-        Iceberg tiles before ``pointer`` (its finest tiles, rolled up as the stream rolls up):
-        the stream continues that bucket instead of starting it empty."""
-        tables = self.stores.tables
-        table = tables.load(group.layout.table)
-        if table is None or pointer is None:
-            return None
-        opened = floor_to(pointer, self.largest)
-        files = tables.files_by_bucket(table, opened, pointer)
-        identity = tile_identity(group)
-        storage = tables.storage
-        parts = [
-            read_bucket(storage, p, b, opened, pointer, identity=identity) for b, p in files.items()
-        ]
-        tiles = pa.concat_tables(parts, promote_options="default") if parts else None
-        if tiles is None or tiles.num_rows == 0:
-            return None
-        finest = tiles.filter(pc.equal(tiles.column("granularity"), group.layout.finest.name))
-        partial = finest.append_column(BUCKET, bucket_micros(finest))
-        return without_changed(advance(group, self.plan.hash, None, partial))
+
+def seed_tiles(
+    stores: StreamStores, plan: SpecPlan, group: TileGroup, pointer: int | None
+) -> pa.Table | None:
+    """The open tiles of the largest bucket a stream starts in, from the batch run's
+    Iceberg tiles before ``pointer`` (its finest tiles, rolled up as the stream rolls up):
+    the stream continues that bucket instead of starting it empty."""
+    tables = stores.tables
+    table = tables.load(group.layout.table)
+    if table is None or pointer is None:
+        return None
+    opened = floor_to(pointer, plan.spec.granularities[0].micros)
+    files = tables.files_by_bucket(table, opened, pointer)
+    identity = tile_identity(group)
+    storage = tables.storage
+    parts = [
+        read_bucket(storage, p, b, opened, pointer, identity=identity) for b, p in files.items()
+    ]
+    tiles = pa.concat_tables(parts, promote_options="default") if parts else None
+    if tiles is None or tiles.num_rows == 0:
+        return None
+    finest = tiles.filter(pc.equal(tiles.column("granularity"), group.layout.finest.name))
+    partial = finest.append_column(BUCKET, bucket_micros(finest))
+    return without_changed(advance(group, plan.hash, None, partial))
 
 
 def _max(a: int | None, b: int | None) -> int | None:

@@ -19,7 +19,6 @@ commit).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.plan.keys import record_keys
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import CHANGED, bucket_micros, run_offsets
+from robusta.plan.open_tiles import CHANGED, bucket_micros, closing_from, key_ids, run_offsets
 from robusta.spec.durations import floor_to
 from robusta.store.online.records import decode, encode
 from robusta.store.tiles import tile_schema
 
 _MAP_SIZE = 1 << 40  # address space only: LMDB files grow with what they hold
 _VERSION = b"version"
-_MAX_KEY_TEXT = 400  # LMDB keys are at most 511 bytes: longer key texts go by their digest
 _OFFSET = 1 << 63  # epoch micros (signed) to big-endian bytes that sort in time order
 _ENVS: dict[Path, Any] = {}  # LMDB allows one open environment per file per process
 _LOCK = threading.Lock()
@@ -58,16 +55,6 @@ def _environment(path: Path) -> Any:
 
 def _time(micros: int) -> bytes:
     return (micros + _OFFSET).to_bytes(8, "big")
-
-
-def key_ids(group: TileGroup, tiles: pa.Table) -> list[bytes]:
-    """Each row's key as the bytes the state is keyed by (its online text, or a digest)."""
-    texts = record_keys([tiles.column(k.column).combine_chunks() for k in group.layout.keys])
-    out = []
-    for text in texts.to_pylist():
-        raw = str(text).encode()
-        out.append(raw if len(raw) <= _MAX_KEY_TEXT else b"#" + hashlib.sha256(raw).digest())
-    return out
 
 
 class KeyedState:
@@ -118,16 +105,9 @@ class KeyedState:
         """(day, key) of every key with a tile that may close in ``(before, after]``: those
         with finest tiles from the start of the earliest bucket (any granularity) that ends
         in that range up to ``after``, read from the index."""
-        low: int | None = None  # before is None: every stored tile may close
-        if before is not None:
-            starts = [
-                floor_to(before, g.micros)
-                for g in self.plan.spec.granularities
-                if floor_to(before, g.micros) + g.micros <= after
-            ]
-            if not starts:
-                return []
-            low = min(starts)
+        closes, low = closing_from(self.plan.spec.granularities, before, after)
+        if not closes:
+            return []
         env, _, index, _ = self._open()
         prefix = _prefix(group)
         end = prefix + _time(after)

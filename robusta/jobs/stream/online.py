@@ -35,7 +35,7 @@ class OnlineApply:
         self.largest = plan.spec.granularities[0].micros
 
     def apply(self, meta: dict[str, Any]) -> None:
-        if meta["pointer"] is None or meta["tiles_from"] is None:
+        if meta["tiles_from"] is None:
             return
         store = self.stores.store
         live = store.state(self.plan.name)
@@ -51,13 +51,23 @@ class OnlineApply:
             records += merge_tile_records(store, self.plan.name, generation, group, changed)
             if live is None:
                 oldest = _min(oldest, int(pc.min(bucket_micros(tiles)).as_py()))
-        pointer = max(meta["pointer"], live.pointer if live is not None else meta["pointer"])
+        served: int | None = meta["pointer"]
+        if live is None:
+            if oldest is None and served is None:
+                return  # nothing to write, nor a pointer
+            horizon = self._fresh_horizon(oldest, served)
+            # No pointer yet (a Spark stream's first batch: its watermark follows the batches
+            # before): its tiles are written, served as of the horizon, before which nothing is.
+            pointer = horizon if served is None else served
+        else:
+            horizon = live.horizon
+            pointer = live.pointer if served is None else max(served, live.pointer)
         state = SpecState(
             generation=generation,
             pointer=pointer,
             plan_hash=self.plan.hash,
             mode="assemble",
-            horizon=live.horizon if live is not None else self._fresh_horizon(oldest, pointer),
+            horizon=horizon,
             uploaded_at=to_micros(datetime.now(UTC)),
         )
         try:
@@ -91,14 +101,17 @@ class OnlineApply:
             "was streamed; restart the stream with a fresh checkpoint (streaming.checkpoint)"
         )
 
-    def _fresh_horizon(self, oldest: int | None, pointer: int) -> int:
+    def _fresh_horizon(self, oldest: int | None, pointer: int | None) -> int:
         """A fresh stream holds every event from its first one on; nothing earlier exists
         for it, so lookups are exact from that day on, whatever their window."""
         longest = max(
             (w.duration.micros for f in self.plan.features for w in f.windows if w.duration),
             default=0,
         )
-        first_day = floor_to(oldest if oldest is not None else pointer, self.largest)
+        first = oldest if oldest is not None else pointer
+        if first is None:
+            raise ValueError("a fresh horizon needs a tile or a pointer")
+        first_day = floor_to(first, self.largest)
         return floor_to(first_day - longest, self.largest)
 
 

@@ -101,16 +101,34 @@ class SparkQuery:
         self.failure: BaseException | None = None  # what stopped the last micro-batch
 
     def start(self, spark: Any, trigger: Duration, available_now: bool) -> Any:
-        """The streaming query (after :meth:`SpecStream.check`)."""
+        """The streaming query (after :meth:`SpecStream.check`): the spec query's rows
+        through the state operator that holds the open tiles (``engine.spark.stream_state``),
+        into :meth:`handle`."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
         from robusta.engine.spark.sources import read_stream
+        from robusta.engine.spark.stream_state import (
+            STATE_PROVIDER,
+            StateLayout,
+            stateful_rows,
+            tile_state,
+        )
 
         spec = self.spec
         spec.begin()
         for name in spec.plan.spec.sources:
             read_stream(spark, spec.config, name).createOrReplaceTempView(name)
         events = spark.sql(spec.plan.spec.query)
+        spark.conf.set("spark.sql.streaming.stateStore.providerClass", STATE_PROVIDER)
+        layout = StateLayout(
+            spec.plan,
+            to_arrow_schema(events.schema, timezone="UTC"),
+            spec.checkpoint.start["pointer"],
+        )
+        delay = spec.config.streaming.watermark_of(spec.plan.name).micros
+        output = tile_state(stateful_rows(events, spec.plan, delay), layout, self._seed(spark))
         writer = (
-            events.writeStream.queryName(f"robusta_{spec.plan.name}")
+            output.writeStream.queryName(f"robusta_{spec.plan.name}")
             .option("checkpointLocation", str(spec.folder / "spark"))
             .foreachBatch(self.handle)
         )
@@ -120,13 +138,32 @@ class SparkQuery:
             writer = writer.trigger(processingTime=f"{trigger.micros // 1000} milliseconds")
         return writer.start()
 
-    def handle(self, frame: Any, batch_id: int) -> None:
-        """Spark's ``foreachBatch``: tiles, then offline, then online; each step idempotent."""
-        from robusta.engine.spark.streaming import SparkMicroBatch
+    def _seed(self, spark: Any) -> Any:
+        """The operator's initial state: the open tiles of the day a batch run began, when
+        the stream starts inside it (its first start only: then Spark reads it)."""
+        from robusta.engine.spark.stream_state import seed_frame
+        from robusta.jobs.stream.batch import seed_tiles
 
-        plan = self.spec.plan
+        spec = self.spec
+        plan = spec.plan
+        tiles = {}
+        commits = spec.folder / "spark" / "commits"
+        fresh = not commits.is_dir() or not any(p.name.isdigit() for p in commits.iterdir())
+        if fresh and spec.checkpoint.seeded(plan.spec.granularities[0].micros):
+            start = spec.checkpoint.start["pointer"]
+            for index, group in enumerate(plan.groups):
+                seed = seed_tiles(spec.stores, plan, group, start)
+                if seed is not None and seed.num_rows:
+                    tiles[index] = seed
+        return seed_frame(spark, plan, tiles)
+
+    def handle(self, frame: Any, batch_id: int) -> None:
+        """Spark's ``foreachBatch``: the state operator's output, then offline, then online;
+        each step idempotent."""
+        from robusta.engine.spark.stream_state import collect_output
+
         try:
-            self.spec.run_batch(lambda pointer: SparkMicroBatch(frame, plan, pointer), batch_id)
+            self.spec.run_state_batch(collect_output(frame), batch_id)
         except BaseException as exc:  # kept for the caller: Spark reports it as Java text
             self.failure = exc
             raise

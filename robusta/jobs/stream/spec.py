@@ -3,7 +3,9 @@
 :meth:`SpecStream.run_batch` takes batch ``N`` (its rows from either engine) through:
 
 1. **tiles** (``batch.BatchTiles``): state version ``N`` of the open tiles, computed once,
-   then applied to the keyed state (``keyed.KeyedState``) once;
+   then applied to the keyed state (``keyed.KeyedState``) once; on Spark
+   (:meth:`SpecStream.run_state_batch`) the open tiles live in Spark's state store and
+   version ``N`` is what its state operator handed back (``stateful.StatefulTiles``);
 2. **offline** (``offline.OfflineCommit``): the tiles it closed, committed to Iceberg once;
 3. **online** (``online.OnlineApply``): the touched keys' records and the pointer, one write;
 
@@ -17,17 +19,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robusta.jobs.stream.batch import BatchTiles, Rows
 from robusta.jobs.stream.checkpoint import Checkpoint, SpecStatus
 from robusta.jobs.stream.errors import StreamingError, fault
 from robusta.jobs.stream.offline import OfflineCommit
 from robusta.jobs.stream.online import OnlineApply
+from robusta.jobs.stream.stateful import StatefulTiles
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan
 from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.files import join
 from robusta.store.tiles import coverage
+
+if TYPE_CHECKING:
+    from robusta.engine.spark.stream_state import StateOutput
 
 
 class SpecStream:
@@ -39,12 +46,13 @@ class SpecStream:
         self.engine = engine or config.engine
         self.checkpoint = Checkpoint(config.streaming.checkpoint / plan.name, self.engine)
         self.stores = StreamStores(config.offline, config.online, config.project)
+        delay = config.streaming.watermark_of(plan.name).micros
+        late_folder = join(config.offline.warehouse, "late_events", plan.name)
         self.tiles = BatchTiles(
-            plan,
-            self.checkpoint,
-            self.stores,
-            delay=config.streaming.watermark_of(plan.name).micros,
-            late_folder=join(config.offline.warehouse, "late_events", plan.name),
+            plan, self.checkpoint, self.stores, delay=delay, late_folder=late_folder
+        )
+        self.stateful = StatefulTiles(
+            plan, self.checkpoint, self.stores, delay=delay, late_folder=late_folder
         )
         self.offline = OfflineCommit(plan, self.checkpoint, self.stores)
         self.online = OnlineApply(plan, self.checkpoint, self.stores)
@@ -87,6 +95,13 @@ class SpecStream:
                 f"{other}: stream it with --engine {other}, or start a fresh checkpoint "
                 "(streaming.checkpoint) to switch engines"
             )
+        if self.engine == "spark" and (self.folder / "keyed").exists():
+            raise StreamingError(
+                f"the checkpoint of spec {self.plan.name} ({self.folder}) keeps its open tiles "
+                "on the driver, as Robusta did before they moved into Spark's state store; "
+                "start a fresh checkpoint (streaming.checkpoint), or stream it with --engine "
+                "embedded"
+            )
 
     def _check_mode(self) -> None:
         modes = self.config.online.options.get("modes") or {}
@@ -122,6 +137,22 @@ class SpecStream:
         self.online.apply(meta)
         fault("online", batch_id)
         checkpoint.clean(batch_id, self.tiles.state.version())
+        checkpoint.forget_all_but(batch_id)
+
+    def run_state_batch(self, output: StateOutput, batch_id: int) -> None:
+        """Batch ``batch_id`` of a Spark stream, whose open tiles Spark's state store holds:
+        what its state operator handed back (``stateful.StatefulTiles``), then the same
+        offline and online steps."""
+        checkpoint = self.checkpoint
+        if not checkpoint.computed(batch_id):
+            self.stateful.compute(output, batch_id)
+        meta = checkpoint.meta(batch_id)
+        fault("computed", batch_id)
+        self.offline.commit(meta)
+        fault("offline", batch_id)
+        self.online.apply(meta)
+        fault("online", batch_id)
+        checkpoint.clean(batch_id, batch_id)
         checkpoint.forget_all_but(batch_id)
 
     def status(self, *, active: bool = False) -> SpecStatus:

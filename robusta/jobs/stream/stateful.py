@@ -1,0 +1,113 @@
+"""State version ``N`` of a Spark stream, from what its state operator handed back.
+
+On Spark the open tiles live in Spark's state store on the executors
+(``engine.spark.stream_state``); a micro-batch's operator hands the driver only what the batch
+holds: the full tiles of the keys it touched, the tiles that closed, its late rows and counts.
+:class:`StatefulTiles` writes them as state version ``N`` (the layout ``checkpoint`` documents,
+published by a rename), which the offline and online steps read as on the embedded engine.
+
+The pointer of version ``N`` is the one the operator used: Spark's watermark, which follows
+the batches before ``N`` (``max(least(event time, batch time)) - watermark``, floored to the
+finest granularity, never before the stream's start). The driver computes it from the counts
+of those batches, the same way, and checks it against the operator's.
+
+A version, once published, is what batch ``N`` served: a replay of the batch (Spark reruns
+it after a crash) recomputes the operator's state, and the version is kept as it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from robusta.jobs.stream.checkpoint import CLOSING, TOUCHED, Checkpoint, write_json
+from robusta.jobs.stream.errors import StreamingError, fault
+from robusta.jobs.stream.stores import StreamStores
+from robusta.plan.model import SpecPlan
+from robusta.spec.durations import floor_to, to_micros
+from robusta.store.files import join
+
+if TYPE_CHECKING:
+    from robusta.engine.spark.stream_state import StateOutput
+
+
+class StatefulTiles:
+    """Publishes state version ``N`` of one spec's Spark stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        plan: SpecPlan,
+        checkpoint: Checkpoint,
+        stores: StreamStores,
+        *,
+        delay: int,
+        late_folder: str,
+    ) -> None:
+        self.plan = plan
+        self.checkpoint = checkpoint
+        self.stores = stores
+        self.delay = delay
+        self.late_folder = late_folder
+        self.gmin = plan.spec.finest.micros
+
+    def pointer(self, before: dict[str, Any]) -> int | None:
+        """The pointer of the batch after the one ``before`` describes."""
+        pointer: int | None = before["pointer"]
+        capped = before.get("capped")
+        if capped is None:
+            return pointer
+        moved = floor_to(capped - self.delay, self.gmin)
+        return moved if pointer is None else max(pointer, moved)
+
+    def compute(self, output: StateOutput, batch_id: int) -> None:
+        checkpoint = self.checkpoint
+        before = checkpoint.previous(batch_id)
+        pointer = self.pointer(before)
+        if output.pointer is not None and output.pointer != pointer:
+            raise StreamingError(
+                f"stream robusta_{self.plan.name}: Spark's state operator closed tiles up to "
+                f"{output.pointer}, the stream's checkpoint says {pointer}; the checkpoint "
+                "does not belong to this query: restart it with a fresh checkpoint"
+            )
+        if output.late_rows is not None and output.late_rows.num_rows:
+            query, batch_at = f"query={checkpoint.query_id()}", f"batch={batch_id}"
+            self.stores.tables.storage.write_parquet(
+                output.late_rows, join(self.late_folder, query, batch_at, "part-00000.parquet")
+            )
+        tmp = checkpoint.state(batch_id).with_name(f"{batch_id}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for index, group in enumerate(self.plan.groups):
+            for kind, tables in ((TOUCHED, output.touched), (CLOSING, output.closing)):
+                tiles = tables.get(index)
+                if tiles is not None and tiles.num_rows:
+                    (tmp / kind).mkdir(exist_ok=True)
+                    pq.write_table(tiles, tmp / kind / f"{group.layout.table}.parquet")
+        on_time = output.rows - output.late > 0
+        meta = {
+            "batch": batch_id,
+            "query": checkpoint.query_id(),
+            "tiles_from": batch_id if on_time else before["tiles_from"],
+            "pointer_before": before["pointer"],
+            "pointer": pointer,
+            "max_ts": _latest(before["max_ts"], output.max_ts),
+            "capped": _latest(before.get("capped"), output.max_capped),
+            "rows": before["rows"] + output.rows,
+            "late": before["late"] + output.late,
+            "dropped": before["dropped"] + output.null_keys + output.null_timestamps,
+            "batch_rows": output.rows,
+            "state_reads": output.state_reads,  # keys' tiles read from Spark's state store
+            "state_writes": output.state_writes,
+            "first_batch": before["batch"] is None,
+            "written": to_micros(datetime.now(UTC)),
+        }
+        write_json(tmp / "meta.json", meta)
+        fault("tiles", batch_id)
+        tmp.rename(checkpoint.state(batch_id))
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
