@@ -142,14 +142,17 @@ def main() -> None:
     )
     print(
         f"{'path':<30}{'files':>6}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'batch p50 s':>13}"
-        f"{'RSS MiB before':>16}{'after':>7}{'peak':>7}{'JVM peak':>10}"
+        f"{'events/s':>10}{'RSS MiB before':>16}{'after':>7}{'peak':>7}{'JVM peak':>10}"
     )
     for engine, r in results.items():
         p50, p95, worst = percentiles(timed_files(r["latencies"], args.warmup))
         batch = statistics.median(r["batch_seconds"][args.warmup :])
+        # Sustained: the timed files' events over the time every batch took (those without
+        # data included: on Spark a bucket closes in the batch after its events').
+        rate = (args.events + 4) * args.files / max(sum(r["batch_seconds"]), 1e-9)
         print(
             f"{'robusta stream (' + engine + ')':<30}{len(r['latencies']) - args.warmup:>6}"
-            f"{p50:>8.2f}{p95:>8.2f}{worst:>8.2f}{batch:>13.2f}"
+            f"{p50:>8.2f}{p95:>8.2f}{worst:>8.2f}{batch:>13.2f}{rate:>10.0f}"
             f"{r['rss_before']:>16.0f}{r['rss_after']:>7.0f}{r['peak']:>7.0f}"
             f"{r['jvm_peak']:>10.0f}"
         )

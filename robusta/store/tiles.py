@@ -234,20 +234,25 @@ class TileTables:
         if not held:
             return []
         folders = {name for name, is_folder in held if is_folder}
-        committed = {
-            s.summary.additional_properties.get(RUN_PROPERTY)
-            for s in table.snapshots()
-            if s.summary is not None
-        }
         now = time.time()
         # A stream's run is committed by the stream itself (its replay finds the folder).
-        removed = [
-            join(runs, name)
+        unleased = [
+            name
             for name in sorted(folders)
-            if name not in committed
-            and not name.startswith("stream-")
+            if not name.startswith("stream-")
             and not lease_alive(storage, join(runs, f"{name}{LEASE_SUFFIX}"), now)
         ]
+        # The snapshots are read after the leases, from the catalog afresh: a writer commits,
+        # then ends its lease, so a run whose lease was seen ended is named by what is read
+        # now (``table`` may predate that commit, and is left as its caller read it).
+        fresh = self.catalog.load_table(table.name()) if unleased else table
+        committed = {
+            s.summary.additional_properties.get(RUN_PROPERTY)
+            for s in fresh.snapshots()
+            if s.summary is not None
+        }
+        removed = [join(runs, name) for name in unleased if name not in committed]
+        table = fresh
         if removed:  # a run whose snapshot expired (robusta maintain) may still hold files
             held_files = _runs_of(referenced_data_files(table), runs)
             committed |= held_files

@@ -85,3 +85,18 @@ def test_two_materializes_at_once_lose_nothing_and_double_nothing(project: Proje
     assert got.num_rows == want.num_rows
     keys = ["user_id", "granularity", "bucket_start", "events", "n_events", "clicks"]
     assert got.select(keys).equals(want.select(keys))
+
+
+def test_a_run_committed_after_the_table_was_read_is_not_an_orphan(project: Project) -> None:
+    """The race two materializes ran into: a cleanup holding the table as it was before
+    another writer committed (and then ended its lease) must not take that writer's run for
+    an orphan: the snapshots are read after the leases."""
+    materialize(project.workspace)
+    tables = TileTables(project.workspace.config.offline)
+    stale = tables.load(TABLE)
+    assert stale is not None
+    materialize(project.workspace, rebuild=True)  # commits a new run, then ends its lease
+    assert tables.clean_orphans(stale) == []
+    table = tables.load(TABLE)
+    assert table is not None
+    assert sorted_rows(table.scan().to_arrow()).num_rows > 0  # every file it names is there

@@ -83,6 +83,7 @@ STATS_SCHEMA = pa.schema(
         ("state_writes", pa.int64()),  # keys' tiles written to it
     ]
 )
+BULK_SHARE = 4  # read a map whole when the keys wanted are at least a quarter of it
 STATE_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
 
@@ -273,6 +274,7 @@ class _Processor:
         self.tiles = handle.getMapState("tiles", "id BINARY", "data BINARY")
         self.finest = handle.getMapState("finest", "bucket LONG", "ids BINARY")
         self.closed = handle.getValueState("closed", "upto LONG")
+        self.count = handle.getValueState("count", "keys LONG")
         self.reads = self.writes = 0  # per call, handed back with its counts
 
     def close(self) -> None:
@@ -339,13 +341,9 @@ class _Processor:
         their full tiles of the day (with ``__changed``), which are also stored back."""
         schema = tile_schema(group)
         ids = sorted(set(key_ids(group, partial)))
-        stored = []
-        for key in ids:
-            value = self.tiles.getValue((key,))
-            self.reads += 1
-            if value is not None:
-                stored.append(decode(value[0], schema))
-        before = pa.Table.from_batches(stored, schema) if stored else None
+        before = self._read(group, ids)
+        found = 0 if before is None else len(set(key_ids(group, before)))
+        self.count.update((self._count() + len(ids) - found,))
         touched = advance(group, self.plan.hash, before, partial)
         self._store(group, touched.drop_columns([CHANGED]).select(schema.names).cast(schema))
         self._index(group, partial)
@@ -406,6 +404,7 @@ class _Processor:
             self.tiles.clear()
             self.finest.clear()
             self.closed.clear()
+            self.count.clear()
         else:
             self.closed.update((pointer,))
         out.append((index, STATS, _ipc(self._stats(None))))
@@ -419,14 +418,31 @@ class _Processor:
         return sorted(found)
 
     def _read(self, group: TileGroup, ids: list[bytes]) -> pa.Table | None:
+        """The stored tiles of the keys ``ids``: one read each, or, when they are a large
+        share of the keys stored (a day's close, a first file), all entries in bulk (the
+        state server sends them in batches) and those kept; none when nothing is stored."""
+        if not ids or not self.tiles.exists():
+            return None
         schema = tile_schema(group)
         batches = []
-        for key in ids:
-            value = self.tiles.getValue((key,))
-            self.reads += 1
-            if value is not None:
-                batches.append(decode(value[0], schema))
+        if len(ids) * BULK_SHARE >= self._count():
+            wanted = set(ids)
+            for (key,), (value,) in self.tiles.iterator():
+                self.reads += 1
+                if key in wanted:
+                    batches.append(decode(value, schema))
+        else:
+            for key in ids:
+                found = self.tiles.getValue((key,))
+                self.reads += 1
+                if found is not None:
+                    batches.append(decode(found[0], schema))
         return pa.Table.from_batches(batches, schema) if batches else None
+
+    def _count(self) -> int:
+        """How many keys the grouping key's map holds."""
+        known = self.count.get()
+        return 0 if known is None else int(known[0])
 
     # ---- the seed -------------------------------------------------------------------------
     def handleInitialState(self, key: tuple[Any, ...], initialState: Any, timerValues: Any) -> None:
@@ -434,7 +450,9 @@ class _Processor:
         timed as if streamed; closed up to the start (the batch run committed those)."""
         group = self.plan.groups[int(key[0])]
         schema = tile_schema(group)
-        for raw in initialState["data"].tolist():
+        seeds = initialState["data"].tolist()  # one key's tiles each
+        self.count.update((self._count() + len(seeds),))
+        for raw in seeds:
             tiles = pa.ipc.open_stream(raw).read_all().select(schema.names).cast(schema)
             self._store(group, tiles)
             finest = tiles.filter(pc.equal(tiles.column("granularity"), group.layout.finest.name))
