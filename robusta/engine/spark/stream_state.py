@@ -83,6 +83,7 @@ STATS_SCHEMA = pa.schema(
         ("state_writes", pa.int64()),  # keys' tiles written to it
     ]
 )
+PIECE_ROWS = 50_000  # tiles per value handed back (tens of MB at most)
 BULK_SHARE = 4  # read a map whole when the keys wanted are at least a quarter of it
 STATE_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
@@ -110,6 +111,8 @@ def stateful_rows(events: Any, plan: SpecPlan, delay: int) -> Any:
         null_key = null_key | F.col(q(key)).isNull()
     largest = plan.spec.granularities[0].micros
     micros = F.unix_micros(ts)
+    for name in _exact_as_text(events):
+        events = events.withColumn(name, F.col(q(name)).cast("string"))
     rows = (
         events.withColumn(CAPPED, F.unix_micros(capped))
         .withColumn(NULL_KEY, null_key)
@@ -130,6 +133,15 @@ def stateful_rows(events: Any, plan: SpecPlan, delay: int) -> Any:
     # Never null: pyspark hands a batch's grouping keys over through pandas, where a null
     # turns a column into floats, and the state is then keyed by a key it cannot encode.
     return rows.withColumn(KEY_BUCKET, F.coalesce(bucket, F.lit(-1)))
+
+
+def _exact_as_text(events: Any) -> list[str]:
+    """The query's BIGINT columns: pyspark hands the operator pandas frames in which an
+    integer column with a null turns to float64 (exact only up to 2^53), so they travel as
+    text and are cast back (``_Processor._arrow``)."""
+    from pyspark.sql.types import LongType
+
+    return [f.name for f in events.schema.fields if isinstance(f.dataType, LongType)]
 
 
 def key_bucket(group: TileGroup) -> Any:
@@ -242,6 +254,12 @@ def _latest(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
 
+def _pieces(table: pa.Table, rows: int = PIECE_ROWS) -> list[bytes]:
+    """``table`` as Arrow IPC values of at most ``rows`` rows each (a day's close of many
+    keys must not make one cell past what Arrow and Spark hold in one)."""
+    return [_ipc(table.slice(at, rows)) for at in range(0, table.num_rows, rows)]
+
+
 def _ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -296,13 +314,15 @@ class _Processor:
         self.reads = self.writes = 0
         out: list[tuple[int, str, bytes]] = []
         if index == 0 and pc.any(late).as_py():  # every row reaches group 0 once: kept there
-            out.append((index, LATE, _ipc(table.filter(late).select(self.layout.rows.names))))
+            kept = table.filter(late).select(self.layout.rows.names)
+            out += [(index, LATE, piece) for piece in _pieces(kept)]
         on_time = table.filter(pc.invert(late))
         if day != NO_DAY and on_time.num_rows:
             group = self.plan.groups[index]
             partial = finest_tiles(on_time, self.plan, group).partial
             if partial.num_rows:
-                out.append((index, TOUCHED, _ipc(self._advance(group, day, partial))))
+                touched = self._advance(group, day, partial)
+                out += [(index, TOUCHED, piece) for piece in _pieces(touched)]
         counted = (table, ts, late) if index == 0 else None  # rows are counted in group 0
         out.append((index, STATS, _ipc(self._stats(counted))))
         yield _frame(out, pointer)
@@ -314,10 +334,7 @@ class _Processor:
         frame = pd.concat(list(frames), ignore_index=True)
         # By position: Spark names the operator's extra columns by position in the frames.
         fields = list(self.layout.rows)
-        columns = {
-            f.name: pa.array(frame.iloc[:, i], type=f.type, from_pandas=True)
-            for i, f in enumerate(fields)
-        }
+        columns = {f.name: _column(frame.iloc[:, i], f.type) for i, f in enumerate(fields)}
         columns[CAPPED] = pa.array(frame.iloc[:, len(fields)], pa.int64(), from_pandas=True)
         columns[NULL_KEY] = pa.array(frame.iloc[:, len(fields) + 1], pa.bool_(), from_pandas=True)
         return pa.table(columns)
@@ -388,6 +405,8 @@ class _Processor:
         before = int(mark[0]) if mark is not None else self.layout.start
         if pointer is None or (before is not None and pointer <= before):
             return
+        if mark is None and not self.tiles.exists():
+            return  # the day's other timers, after its close dropped the state
         group = self.plan.groups[index]
         closes, low = closing_from(group.layout.granularities, before, pointer)
         self.reads = self.writes = 0
@@ -396,8 +415,7 @@ class _Processor:
             tiles = self._read(group, self._keys_between(low, pointer))
             if tiles is not None:
                 closing = closed_between(tiles, group, before, pointer)
-                if closing.num_rows:
-                    out.append((index, CLOSING, _ipc(closing)))
+                out += [(index, CLOSING, piece) for piece in _pieces(closing)]
         if pointer >= day + self.largest:
             # The day closed: nothing of it is needed again. Its other timers (all due) find
             # the state empty.
@@ -411,10 +429,17 @@ class _Processor:
         yield _frame(out, pointer)
 
     def _keys_between(self, low: int | None, high: int) -> list[bytes]:
+        """The keys with finest tiles in ``[low, high)`` (any, when ``low`` is None), from
+        the index: one read per finest bucket of the range."""
         found: set[bytes] = set()
-        for (bucket,), (packed,) in self.finest.iterator():
-            if (low is None or bucket >= low) and bucket < high:
+        if low is None:
+            for _, (packed,) in self.finest.iterator():
                 found.update(_unpack(packed))
+            return sorted(found)
+        for bucket in range(low, high, self.gmin):
+            entry = self.finest.getValue((bucket,))
+            if entry is not None:
+                found.update(_unpack(entry[0]))
         return sorted(found)
 
     def _read(self, group: TileGroup, ids: list[bytes]) -> pa.Table | None:
@@ -469,6 +494,13 @@ class _Processor:
         floored = floor_to(watermark * 1000, self.gmin) if watermark > 0 else None
         start = self.layout.start
         return start if floored is None else floored if start is None else max(start, floored)
+
+
+def _column(values: Any, dtype: pa.DataType) -> pa.Array:
+    """A pandas column as Arrow of the query's type (BIGINT ones come as text)."""
+    if pa.types.is_int64(dtype):
+        return pc.cast(pa.array(values.astype(object), pa.string(), from_pandas=True), dtype)
+    return pa.array(values, type=dtype, from_pandas=True)
 
 
 def _frame(out: list[tuple[int, str, bytes]], pointer: int | None) -> Any:

@@ -157,6 +157,10 @@ class Checkpoint:
             self._read[key] = table
         return self._read[key]
 
+    def forget(self, batch_id: int) -> None:
+        """A version's files are read again (they were rewritten)."""
+        self._read = {k: v for k, v in self._read.items() if k[0] != batch_id}
+
     def forget_all_but(self, batch_id: int) -> None:
         """Only this version can be read again."""
         self._read = {k: v for k, v in self._read.items() if k[0] == batch_id}

@@ -146,6 +146,8 @@ class SpecStream:
         checkpoint = self.checkpoint
         if not checkpoint.computed(batch_id):
             self.stateful.compute(output, batch_id)
+        else:  # a replay: the state store holds this run's values of the touched tiles
+            self.stateful.replay(output, batch_id)
         meta = checkpoint.meta(batch_id)
         fault("computed", batch_id)
         self.offline.commit(meta)

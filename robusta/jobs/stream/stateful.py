@@ -11,8 +11,12 @@ the batches before ``N`` (``max(least(event time, batch time)) - watermark``, fl
 finest granularity, never before the stream's start). The driver computes it from the counts
 of those batches, the same way, and checks it against the operator's.
 
-A version, once published, is what batch ``N`` served: a replay of the batch (Spark reruns
-it after a crash) recomputes the operator's state, and the version is kept as it is.
+A version, once published, keeps its pointer, counts and closed tiles when Spark replays
+its batch after a crash (the closed tiles come from the previous state, so the replay
+hands back the same). Its touched tiles are rewritten from the replay's (:meth:`replay`):
+the state store now holds those (a KLL merge compacts with a random bit, rows tied in time
+may fold in another order), and the online step, which writes full values, then serves the
+same bytes the state will close with.
 """
 
 from __future__ import annotations
@@ -107,6 +111,19 @@ class StatefulTiles:
         write_json(tmp / "meta.json", meta)
         fault("tiles", batch_id)
         tmp.rename(checkpoint.state(batch_id))
+
+    def replay(self, output: StateOutput, batch_id: int) -> None:
+        """Batch ``batch_id`` ran again after its version was published: its touched tiles
+        rewritten from this run's (each file replaced atomically), the rest kept."""
+        version = self.checkpoint.state(batch_id)
+        for index, group in enumerate(self.plan.groups):
+            tiles = output.touched.get(index)
+            path = version / TOUCHED / f"{group.layout.table}.parquet"
+            if tiles is not None and tiles.num_rows and path.is_file():
+                partial = path.with_name(path.name + ".tmp")
+                pq.write_table(tiles, partial)
+                partial.replace(path)
+        self.checkpoint.forget(batch_id)
 
 
 def _latest(a: int | None, b: int | None) -> int | None:
