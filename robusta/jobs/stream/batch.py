@@ -14,6 +14,7 @@ tiles, so it continues the bucket instead of starting it empty.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,8 +38,10 @@ from robusta.store.tiles import read_bucket, tile_identity
 Rows = Callable[[int | None], MicroBatch]  # the batch's rows, split at the pointer given
 
 
-class BatchTiles:
-    """Computes state version ``N`` of one spec's stream from batch ``N``."""
+class StateVersions:
+    """What the two ways of computing a stream's state versions share (embedded:
+    :class:`BatchTiles`; Spark: ``stateful.StatefulTiles``): the spec, its checkpoint and
+    stores, the watermark, the late-events folder, and publishing a version atomically."""
 
     def __init__(
         self,
@@ -56,7 +59,34 @@ class BatchTiles:
         self.late_folder = late_folder
         self.gmin = plan.spec.finest.micros
         self.largest = plan.spec.granularities[0].micros
-        self.state = KeyedState(checkpoint.folder / "keyed", plan)
+
+    def late_folder_of(self, batch_id: int) -> str:
+        """Where a batch's late rows go: per query too, as a fresh checkpoint restarts
+        batch ids and must not overwrite."""
+        query, batch_at = f"query={self.checkpoint.query_id()}", f"batch={batch_id}"
+        return join(self.late_folder, query, batch_at)
+
+    def begin_version(self, batch_id: int) -> Path:
+        """The folder version ``batch_id`` is written in before it is published."""
+        tmp = self.checkpoint.state(batch_id).with_name(f"{batch_id}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def publish_version(self, tmp: Path, batch_id: int, meta: dict[str, object]) -> None:
+        """Version ``batch_id`` with its ``meta``, published at once (a rename)."""
+        write_json(tmp / "meta.json", meta)
+        fault("tiles", batch_id)
+        tmp.rename(self.checkpoint.state(batch_id))
+
+
+class BatchTiles(StateVersions):
+    """Computes state version ``N`` of one spec's stream from batch ``N`` (embedded)."""
+
+    @functools.cached_property
+    def state(self) -> KeyedState:
+        """The open tiles, keyed (opened when first read)."""
+        return KeyedState(self.checkpoint.folder / "keyed", self.plan)
 
     def compute(self, rows: Rows, batch_id: int) -> None:
         checkpoint = self.checkpoint
@@ -66,11 +96,7 @@ class BatchTiles:
         try:
             stats = batch.stats()
             if stats.late:
-                # Per query: a fresh checkpoint restarts batch ids and must not overwrite.
-                query, batch_at = f"query={checkpoint.query_id()}", f"batch={batch_id}"
-                batch.write_late(
-                    self.stores.tables.storage, join(self.late_folder, query, batch_at)
-                )
+                batch.write_late(self.stores.tables.storage, self.late_folder_of(batch_id))
             max_ts = _max(before["max_ts"], stats.max_ts)
             after = pointer
             if max_ts is not None:
@@ -79,9 +105,7 @@ class BatchTiles:
                 now = to_micros(datetime.now(UTC))
                 newest = min(max_ts, now)
                 after = _max(pointer, floor_to(newest - self.delay, self.gmin))
-            tmp = checkpoint.state(batch_id).with_name(f"{batch_id}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp = self.begin_version(batch_id)
             self.catch_up()
             on_time = stats.rows - stats.late > 0
             tiles_from = batch_id if on_time else before["tiles_from"]
@@ -93,8 +117,8 @@ class BatchTiles:
                 )
                 touched = self._touched(group, batch if on_time else None, pointer, seed)
                 closing = self._closing(group, touched, pointer, after)
-                _write(touched, tmp / TOUCHED, group)
-                _write(closing, tmp / CLOSING, group)
+                write_version_tiles(touched, tmp / TOUCHED, group)
+                write_version_tiles(closing, tmp / CLOSING, group)
             meta = {
                 "batch": batch_id,
                 "query": checkpoint.query_id(),
@@ -109,9 +133,7 @@ class BatchTiles:
                 "first_batch": before["batch"] is None,
                 "written": to_micros(datetime.now(UTC)),
             }
-            write_json(tmp / "meta.json", meta)
-            fault("tiles", batch_id)
-            tmp.rename(checkpoint.state(batch_id))  # the version is complete, atomically
+            self.publish_version(tmp, batch_id, meta)
         finally:
             batch.release()
 
@@ -204,7 +226,8 @@ def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def _write(tiles: pa.Table | None, folder: Path, group: TileGroup) -> None:
+def write_version_tiles(tiles: pa.Table | None, folder: Path, group: TileGroup) -> None:
+    """A version's tiles of one kind (touched, closing) for ``group``, when there are any."""
     if tiles is not None and tiles.num_rows:
         folder.mkdir(exist_ok=True)
         pq.write_table(tiles, folder / f"{group.layout.table}.parquet")

@@ -21,16 +21,14 @@ same bytes the state will close with.
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from robusta.jobs.stream.checkpoint import CLOSING, TOUCHED, Checkpoint, write_json
-from robusta.jobs.stream.errors import StreamingError, fault
-from robusta.jobs.stream.stores import StreamStores
-from robusta.plan.model import SpecPlan
+from robusta.jobs.stream.batch import StateVersions, write_version_tiles
+from robusta.jobs.stream.checkpoint import CLOSING, TOUCHED
+from robusta.jobs.stream.errors import StreamingError
 from robusta.spec.durations import floor_to, to_micros
 from robusta.store.files import join
 
@@ -38,24 +36,8 @@ if TYPE_CHECKING:
     from robusta.engine.spark.stream_state import StateOutput
 
 
-class StatefulTiles:
+class StatefulTiles(StateVersions):
     """Publishes state version ``N`` of one spec's Spark stream (see the module docstring)."""
-
-    def __init__(
-        self,
-        plan: SpecPlan,
-        checkpoint: Checkpoint,
-        stores: StreamStores,
-        *,
-        delay: int,
-        late_folder: str,
-    ) -> None:
-        self.plan = plan
-        self.checkpoint = checkpoint
-        self.stores = stores
-        self.delay = delay
-        self.late_folder = late_folder
-        self.gmin = plan.spec.finest.micros
 
     def pointer(self, before: dict[str, Any]) -> int | None:
         """The pointer of the batch after the one ``before`` describes."""
@@ -77,19 +59,13 @@ class StatefulTiles:
                 "does not belong to this query: restart it with a fresh checkpoint"
             )
         if output.late_rows is not None and output.late_rows.num_rows:
-            query, batch_at = f"query={checkpoint.query_id()}", f"batch={batch_id}"
             self.stores.tables.storage.write_parquet(
-                output.late_rows, join(self.late_folder, query, batch_at, "part-00000.parquet")
+                output.late_rows, join(self.late_folder_of(batch_id), "part-00000.parquet")
             )
-        tmp = checkpoint.state(batch_id).with_name(f"{batch_id}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = self.begin_version(batch_id)
         for index, group in enumerate(self.plan.groups):
-            for kind, tables in ((TOUCHED, output.touched), (CLOSING, output.closing)):
-                tiles = tables.get(index)
-                if tiles is not None and tiles.num_rows:
-                    (tmp / kind).mkdir(exist_ok=True)
-                    pq.write_table(tiles, tmp / kind / f"{group.layout.table}.parquet")
+            write_version_tiles(output.touched.get(index), tmp / TOUCHED, group)
+            write_version_tiles(output.closing.get(index), tmp / CLOSING, group)
         on_time = output.rows - output.late > 0
         meta = {
             "batch": batch_id,
@@ -108,9 +84,7 @@ class StatefulTiles:
             "first_batch": before["batch"] is None,
             "written": to_micros(datetime.now(UTC)),
         }
-        write_json(tmp / "meta.json", meta)
-        fault("tiles", batch_id)
-        tmp.rename(checkpoint.state(batch_id))
+        self.publish_version(tmp, batch_id, meta)
 
     def replay(self, output: StateOutput, batch_id: int) -> None:
         """Batch ``batch_id`` ran again after its version was published: its touched tiles
