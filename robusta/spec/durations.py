@@ -84,6 +84,11 @@ class Window:
         return self.name
 
 
+def latest(a: int | None, b: int | None) -> int | None:
+    """The later of two optional times (None: unknown)."""
+    return b if a is None else a if b is None else max(a, b)
+
+
 def floor_to(t: int, size: int) -> int:
     """Largest multiple of ``size`` that is <= ``t`` (epoch-aligned, works for negatives)."""
     return t - (t % size)

@@ -57,7 +57,7 @@ from robusta.plan.open_tiles import (
     key_ids,
     run_offsets,
 )
-from robusta.spec.durations import floor_to
+from robusta.spec.durations import floor_to, latest
 from robusta.store.online.records import decode, encode
 from robusta.store.tiles import tile_schema
 
@@ -170,24 +170,25 @@ def seed_frame(spark: Any, plan: SpecPlan, tiles: dict[int, pa.Table]) -> Any:
     reads an initial state in its first batch only)."""
     largest = plan.spec.granularities[0].micros
     rows = []
-    for index, unsorted in tiles.items():
+    for index, table in tiles.items():
         group = plan.groups[index]
-        marks = pa.table({"id": pa.array(key_ids(group, unsorted), pa.binary())})
-        order = pc.sort_indices(marks, sort_keys=[("id", "ascending")])
-        table, marks = unsorted.take(order), marks.take(order)
-        offsets = run_offsets(marks, ["id"])
-        days = floor_to_array(bucket_micros(table), largest)
-        buckets = key_buckets(
-            table.column(group.layout.primary).combine_chunks(), group.layout.key_buckets
-        )
-        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-            rows.append((index, int(days[a]), int(buckets[a]), _ipc(table.slice(a, b - a))))
+        for _, tiles_of_key in by_key(group, table):
+            start = int(bucket_micros(tiles_of_key)[0].as_py())
+            primary = tiles_of_key.column(group.layout.primary).combine_chunks()
+            bucket = int(key_buckets(primary, group.layout.key_buckets)[0])
+            rows.append((index, floor_to(start, largest), bucket, _ipc(tiles_of_key)))
     return spark.createDataFrame(rows, SEED_SCHEMA)
 
 
-def floor_to_array(micros: pa.Array, size: int) -> np.ndarray:
-    values = np.asarray(micros.to_numpy(), np.int64)
-    return values - np.mod(values, size)
+def by_key(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[bytes, pa.Table]]:
+    """``tiles`` split by key: (its state id, its tiles)."""
+    marks = pa.table({"id": pa.array(key_ids(group, tiles), pa.binary())})
+    order = pc.sort_indices(marks, sort_keys=[("id", "ascending")])
+    tiles, marks = tiles.take(order), marks.take(order)
+    offsets = run_offsets(marks, ["id"])
+    ids = marks.column("id").to_pylist()
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        yield ids[a], tiles.slice(a, b - a)
 
 
 # ---- what the driver gets back ----------------------------------------------------------------
@@ -244,14 +245,10 @@ def _add_stats(out: StateOutput, stats: pa.Table) -> None:
         out.late += row["late"]
         out.null_keys += row["null_keys"]
         out.null_timestamps += row["null_timestamps"]
-        out.max_ts = _latest(out.max_ts, row["max_ts"])
-        out.max_capped = _latest(out.max_capped, row["max_capped"])
+        out.max_ts = latest(out.max_ts, row["max_ts"])
+        out.max_capped = latest(out.max_capped, row["max_capped"])
         out.state_reads += row["state_reads"]
         out.state_writes += row["state_writes"]
-
-
-def _latest(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 def _pieces(table: pa.Table, rows: int = PIECE_ROWS) -> list[bytes]:
@@ -367,14 +364,9 @@ class _Processor:
         return touched
 
     def _store(self, group: TileGroup, tiles: pa.Table) -> None:
-        marks = pa.table({"id": pa.array(key_ids(group, tiles), pa.binary())})
-        order = pc.sort_indices(marks, sort_keys=[("id", "ascending")])
-        tiles, marks = tiles.take(order), marks.take(order)
-        offsets = run_offsets(marks, ["id"])
-        ids = marks.column("id").to_pylist()
-        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-            batch = tiles.slice(a, b - a).combine_chunks().to_batches()[0]
-            self.tiles.updateValue((ids[a],), (encode(batch),))
+        for key, tiles_of_key in by_key(group, tiles):
+            batch = tiles_of_key.combine_chunks().to_batches()[0]
+            self.tiles.updateValue((key,), (encode(batch),))
             self.writes += 1
 
     def _index(self, group: TileGroup, partial: pa.Table) -> None:

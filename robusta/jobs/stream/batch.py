@@ -31,7 +31,7 @@ from robusta.jobs.stream.keyed import KeyedState, without_changed
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
 from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, closed_between, open_only
-from robusta.spec.durations import floor_to, to_micros
+from robusta.spec.durations import floor_to, latest, to_micros
 from robusta.store.files import join
 from robusta.store.tiles import read_bucket, tile_identity
 
@@ -97,14 +97,14 @@ class BatchTiles(StateVersions):
             stats = batch.stats()
             if stats.late:
                 batch.write_late(self.stores.tables.storage, self.late_folder_of(batch_id))
-            max_ts = _max(before["max_ts"], stats.max_ts)
+            max_ts = latest(before["max_ts"], stats.max_ts)
             after = pointer
             if max_ts is not None:
                 # Capped at now: one event stamped in the future must not close buckets
                 # (and turn every later event late) before their time.
                 now = to_micros(datetime.now(UTC))
                 newest = min(max_ts, now)
-                after = _max(pointer, floor_to(newest - self.delay, self.gmin))
+                after = latest(pointer, floor_to(newest - self.delay, self.gmin))
             tmp = self.begin_version(batch_id)
             self.catch_up()
             on_time = stats.rows - stats.late > 0
@@ -220,10 +220,6 @@ def seed_tiles(
     finest = tiles.filter(pc.equal(tiles.column("granularity"), group.layout.finest.name))
     partial = finest.append_column(BUCKET, bucket_micros(finest))
     return without_changed(advance(group, plan.hash, None, partial))
-
-
-def _max(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
 
 
 def write_version_tiles(tiles: pa.Table | None, folder: Path, group: TileGroup) -> None:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from robusta.jobs.stream.batch import StateVersions, write_version_tiles
 from robusta.jobs.stream.checkpoint import CLOSING, TOUCHED
 from robusta.jobs.stream.errors import StreamingError
-from robusta.spec.durations import floor_to, to_micros
+from robusta.spec.durations import floor_to, latest, to_micros
 from robusta.store.files import join
 
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ class StatefulTiles(StateVersions):
             "tiles_from": batch_id if on_time else before["tiles_from"],
             "pointer_before": before["pointer"],
             "pointer": pointer,
-            "max_ts": _latest(before["max_ts"], output.max_ts),
-            "capped": _latest(before.get("capped"), output.max_capped),
+            "max_ts": latest(before["max_ts"], output.max_ts),
+            "capped": latest(before.get("capped"), output.max_capped),
             "rows": before["rows"] + output.rows,
             "late": before["late"] + output.late,
             "dropped": before["dropped"] + output.null_keys + output.null_timestamps,
@@ -98,7 +98,3 @@ class StatefulTiles(StateVersions):
                 pq.write_table(tiles, partial)
                 partial.replace(path)
         self.checkpoint.forget(batch_id)
-
-
-def _latest(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
