@@ -55,6 +55,6 @@ def load_workspace(config: Path | None = None, specs: Sequence[Path] = ()) -> Wo
     project = load_project(path, specs)
     if project.config is None:
         return Workspace(project, Plan(()), list(project.problems))
-    plan, problems = compile_plan(project.config, project.specs)
+    plan, problems = compile_plan(project.config, project.specs, project.services)
     everything = sorted([*project.problems, *problems], key=lambda p: p.location)
     return Workspace(project, plan, everything)

@@ -12,6 +12,7 @@ Rows are checked (columns, types, feature names) before any Spark job starts.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,9 @@ from robusta.api.training_rows import (
 )
 from robusta.engine.base import choose_engine
 from robusta.errors import RobustaError
-from robusta.plan.selection import GroupRequest, resolve_features
+from robusta.plan.model import ServicePlan
+from robusta.plan.selection import GroupRequest, resolve_features, services_in
+from robusta.plan.services import derived_columns, service_versions
 from robusta.spec.durations import floor_to, from_micros
 from robusta.store.tiles import TileTables
 from robusta.workspace import Workspace, load_workspace
@@ -57,6 +60,7 @@ class BackfillReport:
 
     rows: int = 0
     features: list[str] = field(default_factory=list)
+    services: dict[str, str] = field(default_factory=dict)  # service -> version
     materialized: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -97,6 +101,7 @@ def get_training_frame(
     maps it. A key bucket with more than ``rows_per_task`` rows (hot keys) is split by time
     over tasks (Spark).
     """
+    from robusta.engine.spark.derived import with_derived
     from robusta.engine.spark.pit import (
         DEFAULT_ROWS_PER_TASK,
         finish,
@@ -122,11 +127,15 @@ def get_training_frame(
         return logged_frame(spark_session(project_config.spark), logs, since)
     # Everything that can be wrong with the request is found before Spark starts.
     requests = resolve_features(workspace.plan, features)
+    services = services_in(workspace.plan, features)
+    entity_columns = service_entity_columns(services, entity_columns)
     times = [timestamp_column, *([version_column] if version_column else [])]
     staged, kinds = stage_rows(rows, project_config.offline, times)
     key_columns = check_columns(kinds, requests, timestamp_column, entity_columns, version_column)
+    check_request_columns(kinds, services)
     refuse_stale(TileTables(project_config.offline), requests)
     done = report if report is not None else BackfillReport()
+    done.services = service_versions(services)
     if staged.spark_frame is None and choose_engine(project_config, engine) == "embedded":
         joined = _embedded_join(
             workspace,
@@ -139,6 +148,8 @@ def get_training_frame(
             step,
             done,
         )
+        joined = with_derived_table(joined, services)
+        done.features += [d.name for s in services for d in s.derived]
         done.seconds = round(time.perf_counter() - started, 2)
         return joined
     step("starting Spark")
@@ -182,8 +193,52 @@ def get_training_frame(
             rows_per_task or DEFAULT_ROWS_PER_TASK,
         )
     done.features = [o.name for r in requests for o in r.outputs]
+    done.features += [d.name for s in services for d in s.derived]
     done.seconds = round(time.perf_counter() - started, 2)
-    return finish(joined, version_column is not None, order)
+    finished = finish(joined, version_column is not None, order)
+    return with_derived(finished, services) if services else finished
+
+
+SERVICES_METADATA = b"robusta.services"  # Arrow frames: JSON {service: version}
+
+
+def service_entity_columns(
+    services: Sequence[ServicePlan], given: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Where each entity is read from: the services' mappings, then ``given`` over them."""
+    mapping: dict[str, str] = {}
+    for service in services:
+        for entity, column in service.entities.items():
+            if mapping.setdefault(entity, column) != column:
+                raise TrainingInputError(
+                    f"services map entity {entity} to both {mapping[entity]} and {column}; "
+                    f"say which column holds it with entity_columns={{'{entity}': ...}}"
+                )
+    return {**mapping, **(given or {})}
+
+
+def check_request_columns(kinds: Mapping[str, str], services: Sequence[ServicePlan]) -> None:
+    """Every request input a derived feature reads is a column of the training rows."""
+    for service in services:
+        for item in service.derived:
+            for name in item.expression.requests:
+                if name not in kinds:
+                    raise TrainingInputError(
+                        f"derived feature {item.name} of service {service.name} reads "
+                        f"request.{name}: the training rows need a column {name}"
+                    )
+
+
+def with_derived_table(table: pa.Table, services: Sequence[ServicePlan]) -> pa.Table:
+    """An Arrow frame plus its services' derived columns, the service versions in its
+    schema metadata (``robusta.services``)."""
+    if not services:
+        return table
+    for name, values in derived_columns(table, services):
+        table = table.append_column(name, values)
+    meta = dict(table.schema.metadata or {})
+    meta[SERVICES_METADATA] = json.dumps(service_versions(services)).encode()
+    return table.replace_schema_metadata(meta)
 
 
 def _embedded_join(

@@ -41,6 +41,7 @@ from robusta.cli.render import (
     plan_json,
     plan_table,
     print_problems,
+    services_table,
     stream_table,
     tiles_table,
     tiles_view_table,
@@ -236,6 +237,7 @@ def validate(specs: tuple[Path, ...], config: Path | None, as_json: bool) -> Non
                 {
                     "ok": workspace.ok,
                     "specs": [s.name for s in workspace.project.specs],
+                    "services": [s.name for s in workspace.project.services],
                     "problems": [p.to_json() for p in workspace.problems],
                 },
                 indent=2,
@@ -248,7 +250,11 @@ def validate(specs: tuple[Path, ...], config: Path | None, as_json: bool) -> Non
     else:
         specs_found = workspace.project.specs
         features = sum(len(s.outputs) for s in workspace.plan.specs)
-        out.print(f"[green]ok[/green]: {len(specs_found)} spec(s), {features} output features")
+        services = len(workspace.project.services)
+        extra = f", {services} service(s)" if services else ""
+        out.print(
+            f"[green]ok[/green]: {len(specs_found)} spec(s), {features} output features{extra}"
+        )
     sys.exit(0 if workspace.ok else 1)
 
 
@@ -264,6 +270,8 @@ def plan(config: Path | None, as_json: bool) -> None:
         return
     out.print(plan_table(workspace.plan))
     out.print(tiles_table(workspace.plan))
+    if workspace.plan.services:
+        out.print(services_table(workspace.plan))
 
 
 @main.command()
@@ -454,7 +462,9 @@ def tiles(config: Path | None, spec: str, key: str, granularity: str | None, lim
     "--input", "rows", required=True, help="Training rows: Parquet, CSV or iceberg:ns.table."
 )
 @click.option("--output", required=True, help="Parquet path, or iceberg:ns.table.")
-@click.option("--features", default=None, help="Comma-separated features, base features or specs.")
+@click.option(
+    "--features", default=None, help="Comma-separated features, base features, specs or services."
+)
 @click.option("--spec", "specs", multiple=True, help="All features of this spec (repeatable).")
 @click.option("--timestamp-column", default="ts", show_default=True, help="Row time column.")
 @click.option(
@@ -551,8 +561,17 @@ def upload(
     metavar="ENTITY=VALUE",
     help="A key of the entity to look up (repeat for composite keys).",
 )
-@click.option("--features", default=None, help="Comma-separated features, base features or specs.")
+@click.option(
+    "--features", default=None, help="Comma-separated features, base features, specs or services."
+)
 @click.option("--at", type=UTC_TIME, help="Look up as of this TIME (ISO, naive = UTC).")
+@click.option(
+    "--request",
+    "inputs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A request input of a service's derived features (repeat for several).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def lookup(
@@ -560,6 +579,7 @@ def lookup(
     entities: tuple[str, ...],
     features: str | None,
     at: datetime | None,
+    inputs: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Feature values of one entity from the online store (windows assembled now)."""
@@ -572,12 +592,18 @@ def lookup(
         if not sep or not name:
             raise click.BadParameter(f'"{item}" is not ENTITY=VALUE', param_hint="--entity")
         entity[name] = value
+    request: dict[str, object] = {}
+    for item in inputs:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f'"{item}" is not NAME=VALUE', param_hint="--request")
+        request[name] = value
     names = [n.strip() for n in (features or "").split(",") if n.strip()] or None
     with FeatureClient.from_config(config) as client:
         try:
             # without --features: what is uploaded, and which specs were skipped
             [vector] = client.get_features(
-                [entity], names, _utc(at), skip_unavailable=names is None
+                [entity], names, _utc(at), skip_unavailable=names is None, request=request
             )
         except MissingEntityError as exc:
             ask = "give " + " ".join(f"--entity {name}=..." for name in exc.missing)

@@ -11,7 +11,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from robusta.errors import Problem
-from robusta.plan.model import Plan, SpecPlan
+from robusta.plan.model import Plan, ServicePlan, SpecPlan
 
 if TYPE_CHECKING:
     from robusta.api.backfill import BackfillResult
@@ -61,17 +61,18 @@ def fit(table: Table, console: Console) -> RenderableType:
 
 def _by_row(table: Table) -> Table:
     """One block per row of ``table``: a line per column, the header beside the value."""
-    rows = Table(
-        title=table.title, caption=table.caption, show_header=False, header_style="bold"
-    )
+    rows = Table(title=table.title, caption=table.caption, show_header=False, header_style="bold")
     rows.add_column(style="bold", no_wrap=True)
     rows.add_column(overflow="fold")
     cells = [list(column.cells) for column in table.columns]
     count = max((len(c) for c in cells), default=0)
     for i in range(count):
         for j, column in enumerate(table.columns):
-            rows.add_row(column.header, cells[j][i] if i < len(cells[j]) else "",
-                         end_section=j == len(table.columns) - 1)
+            rows.add_row(
+                column.header,
+                cells[j][i] if i < len(cells[j]) else "",
+                end_section=j == len(table.columns) - 1,
+            )
     return rows
 
 
@@ -138,8 +139,42 @@ def tiles_table(plan: Plan) -> Table:
     return table
 
 
+def services_table(plan: Plan) -> Table:
+    table = Table(title="Feature services", header_style="bold")
+    for column in ("service", "version", "features", "derived", "entities", "request"):
+        table.add_column(column, overflow="fold")
+    for service in plan.services:
+        table.add_row(
+            service.name,
+            service.version,
+            ", ".join(o.name for o in service.outputs),
+            "\n".join(f"{d.name} = {d.expression.text.strip()}" for d in service.derived) or "-",
+            ", ".join(f"{e} as {n}" for e, n in service.entities.items()) or "-",
+            ", ".join(f"{n} {k.value}" for n, k in service.requests.items()) or "-",
+        )
+    return table
+
+
 def plan_json(plan: Plan) -> dict[str, Any]:
-    return {"specs": [_spec_json(s) for s in plan.specs]}
+    return {
+        "specs": [_spec_json(s) for s in plan.specs],
+        "services": [_service_json(s) for s in plan.services],
+    }
+
+
+def _service_json(service: ServicePlan) -> dict[str, Any]:
+    return {
+        "name": service.name,
+        "version": service.version,
+        "file": str(service.definition.file),
+        "features": [o.name for o in service.outputs],
+        "derived": [
+            {"name": d.name, "expression": d.expression.text.strip(), "type": str(d.type)}
+            for d in service.derived
+        ],
+        "entities": dict(service.entities),
+        "request": {n: k.value for n, k in service.requests.items()},
+    }
 
 
 def _spec_json(spec: SpecPlan) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlglot
@@ -20,23 +20,29 @@ from robusta.plan.model import (
     TileGroup,
     TileLayout,
 )
+from robusta.plan.services import compile_services
 from robusta.spec.config import display_path
 from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
+from robusta.spec.service import ServiceDef
 from robusta.spec.types import DataType
 
 TILE_COLUMNS = ("key_bucket", "granularity", "bucket_start", "events", "spec_version")
 
 
-def compile_plan(config: ProjectConfig, specs: Iterable[FeatureSpec]) -> tuple[Plan, list[Problem]]:
-    """Compile every spec; problems (unknown ops, bad params, wrong input types) are located.
-    A spec's tables have its own ``key_buckets``, else the project's ``offline.key_buckets``."""
+def compile_plan(
+    config: ProjectConfig, specs: Iterable[FeatureSpec], services: Sequence[ServiceDef] = ()
+) -> tuple[Plan, list[Problem]]:
+    """Compile every spec, then every service against them; problems (unknown ops, bad
+    params, wrong input types, unknown names in services) are located. A spec's tables have
+    its own ``key_buckets``, else the project's ``offline.key_buckets``."""
     problems: list[Problem] = []
     plans = [
         _compile_spec(config, spec, spec.key_buckets or config.offline.key_buckets, problems)
         for spec in specs
     ]
     problems.extend(_table_clashes(plans))
-    return Plan(tuple(plans)), problems
+    compiled, service_problems = compile_services(plans, services)
+    return Plan(tuple(plans), compiled), [*problems, *service_problems]
 
 
 def _table_clashes(plans: list[SpecPlan]) -> list[Problem]:

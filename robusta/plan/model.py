@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from robusta.ops import Operator
+from robusta.plan.derived import Expression, Kind
 from robusta.spec.durations import Duration, Window
 from robusta.spec.model import FeatureSpec
+from robusta.spec.service import ServiceDef
 from robusta.spec.types import DataType
 
 
@@ -92,9 +95,39 @@ class SpecPlan:
         return tuple(o for f in self.features for o in f.outputs)
 
 
+@dataclass(frozen=True)
+class DerivedFeature:
+    name: str
+    expression: Expression
+
+    @property
+    def type(self) -> pa.DataType:
+        return self.expression.type
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    outputs: tuple[OutputFeature, ...]  # the features it names, resolved, in order
+    derived: tuple[DerivedFeature, ...]  # in definition order (later ones may read earlier)
+    entities: Mapping[str, str]  # spec entity -> the name requests and rows give it
+    requests: Mapping[str, Kind]  # request input -> type
+    version: str
+    definition: ServiceDef
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Every column the service gives: its features, then the derived ones."""
+        return (*(o.name for o in self.outputs), *(d.name for d in self.derived))
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     specs: tuple[SpecPlan, ...]
+    services: tuple[ServicePlan, ...] = ()
 
     def spec(self, name: str) -> SpecPlan | None:
         return next((s for s in self.specs if s.name == name), None)
+
+    def service(self, name: str) -> ServicePlan | None:
+        return next((s for s in self.services if s.name == name), None)

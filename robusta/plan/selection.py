@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from robusta.errors import UnknownFeatureError
-from robusta.plan.model import OutputFeature, Plan, SpecPlan, TileGroup
+from robusta.plan.model import OutputFeature, Plan, ServicePlan, SpecPlan, TileGroup
+from robusta.plan.services import feature_index
 from robusta.spec.suggest import did_you_mean
 
 
@@ -18,15 +19,12 @@ class GroupRequest:
 
 
 def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupRequest]:
-    """Output features for names of outputs, base features or specs (None or "all": all)."""
+    """Output features for names of outputs, base features, specs or services (None or
+    "all": all); a service gives the features it names (its derived ones: ``services_in``)."""
     wanted: dict[str, OutputFeature] = {}
-    known: dict[str, list[OutputFeature]] = {}
-    for spec in plan.specs:
-        known.setdefault(spec.name, []).extend(spec.outputs)
-        for feature in spec.features:
-            known.setdefault(feature.name, []).extend(feature.outputs)
-            for output in feature.outputs:
-                known.setdefault(output.name, []).append(output)
+    known = feature_index(plan.specs)
+    for service in plan.services:
+        known.setdefault(service.name, []).extend(service.outputs)
     for name in names if names else ["all"]:
         if name == "all":
             chosen = [o for s in plan.specs for o in s.outputs]
@@ -34,8 +32,8 @@ def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupReque
             chosen = known[name]
         else:
             raise UnknownFeatureError(
-                f'no feature, base feature or spec named "{name}"{did_you_mean(name, known)}; '
-                "`robusta plan` lists them"
+                f'no feature, base feature, spec or service named "{name}"'
+                f"{did_you_mean(name, known)}; `robusta plan` lists them"
             )
         wanted.update((o.name, o) for o in chosen)
     requests = []
@@ -45,6 +43,11 @@ def resolve_features(plan: Plan, names: Sequence[str] | None) -> list[GroupReque
             if outputs:
                 requests.append(GroupRequest(spec, group, outputs))
     return requests
+
+
+def services_in(plan: Plan, names: Sequence[str] | None) -> list[ServicePlan]:
+    """The services among ``names``, in the order given."""
+    return [s for n in dict.fromkeys(names or ()) if (s := plan.service(n)) is not None]
 
 
 def choose_specs(plan: Plan, names: Sequence[str] | None) -> list[SpecPlan]:

@@ -27,10 +27,12 @@ import pyarrow as pa
 
 from robusta.errors import RobustaError
 from robusta.plan.assembly import GroupAssembler, Rows, TileSet
+from robusta.plan.derived import request_array
 from robusta.plan.key_assembly import KeyAssembler
 from robusta.plan.keys import record_key
-from robusta.plan.model import KeyColumn, Plan, TileGroup
-from robusta.plan.selection import GroupRequest, resolve_features
+from robusta.plan.model import KeyColumn, Plan, ServicePlan, TileGroup
+from robusta.plan.selection import GroupRequest, resolve_features, services_in
+from robusta.plan.services import derive
 from robusta.serving.feature_log import FeatureLog
 from robusta.spec.datatypes import DataType
 from robusta.spec.durations import floor_to, from_micros, to_micros
@@ -149,16 +151,25 @@ class FeatureClient:
         at: datetime | None = None,
         *,
         skip_unavailable: bool = False,
+        request: Mapping[str, Any] | None = None,
     ) -> list[FeatureVector]:
         """Per entity (a mapping of entity name to key value), the requested features
-        (outputs, base features or specs; None: every feature the entities' keys serve) as
-        of ``at`` (default now), capped by each spec's version pointer.
+        (outputs, base features, specs or services; None: every feature the entities' keys
+        serve) as of ``at`` (default now), capped by each spec's version pointer.
+
+        A service also gives its derived features; ``request`` holds their request inputs,
+        each one value for every entity or a list of one per entity. A service's entity
+        mapping lets entities name keys as the service does.
 
         With ``skip_unavailable``, a spec the online store cannot serve (never uploaded, or
         uploaded at another version of the spec) is left out instead of failing the lookup;
         each vector's ``skipped`` says which and why."""
         if isinstance(features, str):
             features = [features]
+        given = entities
+        services = services_in(self.plan, features)
+        if services:
+            entities = _mapped_entities(entities, services)
         groups = self._resolve(entities, features)
         t = to_micros(at if at is not None else datetime.now().astimezone())
         values: list[dict[str, Any]] | None = None
@@ -166,7 +177,7 @@ class FeatureClient:
         by_spec: dict[str, list[_Group]] = {}
         for group in groups:
             by_spec.setdefault(group.request.spec.name, []).append(group)
-        request = FeatureLog.new_request() if self.log is not None else ""
+        request_id = FeatureLog.new_request() if self.log is not None else ""
         skipped: dict[str, str] = {}
         for spec, members in by_spec.items():
             wanted = [
@@ -194,15 +205,18 @@ class FeatureClient:
                 rows = self._assemble(group, state, part, t)
                 if self.log is not None:
                     pointer = None if state is None else state.pointer
-                    self._log(self.log, request, group, entities, t, pointer, rows)
+                    self._log(self.log, request_id, group, entities, t, pointer, rows)
                 if values is None:
                     values = rows
                 else:
                     for row, more in zip(values, rows, strict=True):
                         row.update(more)
+        rows = values or [{} for _ in entities]
+        if services:
+            _add_derived(rows, services, request or {})
         return [
             FeatureVector(e, v, dict(pointers), dict(skipped))
-            for e, v in zip(entities, values or [{} for _ in entities], strict=True)
+            for e, v in zip(given, rows, strict=True)
         ]
 
     def _assemble(
@@ -320,6 +334,60 @@ class FeatureClient:
             )
         self._groups[cache_key] = groups
         return groups
+
+
+def _mapped_entities(entities: Sequence[Entity], services: Sequence[ServicePlan]) -> list[Entity]:
+    """Entities as the specs name their keys: a service maps a spec entity to the name its
+    requests use (``entities: {CUSTOMER_ID: SHOPPER}``)."""
+    mapping: dict[str, str] = {}
+    for service in services:
+        for entity, name in service.entities.items():
+            if mapping.setdefault(entity, name) != name:
+                raise LookupRequestError(
+                    f"services map entity {entity} to both {mapping[entity]} and {name}; "
+                    "look them up in separate calls"
+                )
+    if not mapping:
+        return list(entities)
+    return [
+        {**e, **{entity: e[name] for entity, name in mapping.items() if name in e}}
+        for e in entities
+    ]
+
+
+def _add_derived(
+    rows: list[dict[str, Any]], services: Sequence[ServicePlan], request: Mapping[str, Any]
+) -> None:
+    """Each service's derived values added to ``rows``: the features read become Arrow
+    columns of their served types and go through the one evaluator the training frames use
+    (:func:`robusta.plan.services.derive`)."""
+    n = len(rows)
+    for service in services:
+        if not service.derived:
+            continue
+        types = {o.name: o.type for o in service.outputs}
+        read = {f for d in service.derived for f in d.expression.features if f in types}
+        columns = {f: pa.array([row.get(f) for row in rows], types[f]) for f in read}
+        inputs = {
+            name: request_array(_per_entity(request[name], n, name), kind, name)
+            for name, kind in service.requests.items()
+            if name in request
+        }
+        for name, array in derive(service, columns, inputs, n).items():
+            for row, value in zip(rows, array.to_pylist(), strict=True):
+                row[name] = value
+
+
+def _per_entity(value: Any, n: int, name: str) -> list[Any]:
+    """One request input value per entity: a list of ``n`` values, or one for all."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise LookupRequestError(
+                f"request input {name} has {len(value)} values for {n} entities: give one "
+                "value for all, or one per entity"
+            )
+        return list(value)
+    return [value] * n
 
 
 def _window_end(t: int, state: SpecState | None, group: _Group) -> int:

@@ -339,23 +339,7 @@ def _selectors(ctx: _SpecContext, path: tuple[str | int, ...]) -> dict[str, str]
 
 def _query_location(doc: YamlDoc, problem: QueryProblem) -> Location:
     """Map a position inside the query text to the spec file."""
-    marks = doc.marks.get(("query",))
-    if marks is None:
-        return Location(doc.file, 1, 1)
-    lines = doc.text.split("\n")
-    if marks.style == ">" or (marks.style != "|" and problem.line > 1):
-        # Folded and multi-line flow scalars re-wrap the text: point at the query itself.
-        return Location(doc.file, marks.value_line + 1, marks.value_column + 1)
-    if marks.style == "|":
-        first = marks.value_line + 1  # block content starts on the line after the indicator
-        indent = next(
-            (len(line) - len(line.lstrip(" ")) for line in lines[first:] if line.strip()), 0
-        )
-        return Location(doc.file, first + problem.line, indent + problem.column)
-    shift = 1 if marks.style in ("'", '"') else 0
-    if problem.line == 1:
-        return Location(doc.file, marks.value_line + 1, marks.value_column + shift + problem.column)
-    return Location(doc.file, marks.value_line + problem.line, problem.column)
+    return doc.place(("query",)).at(problem.line, problem.column)
 
 
 def query_location(spec_file: Path, problem: QueryProblem) -> Location:

@@ -10,6 +10,8 @@ from robusta.errors import Location, Problem
 from robusta.spec.config import display_path, load_config
 from robusta.spec.loader import load_spec, spec_files
 from robusta.spec.model import FeatureDef, FeatureSpec, ProjectConfig
+from robusta.spec.service import ServiceDef, is_service, load_service
+from robusta.spec.yamldoc import YamlLoadError, load_yaml
 
 
 @dataclass
@@ -19,6 +21,7 @@ class Project:
     config: ProjectConfig | None
     specs: tuple[FeatureSpec, ...]
     problems: list[Problem] = field(default_factory=list)
+    services: tuple[ServiceDef, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -46,18 +49,36 @@ def load_project(config_path: Path, only: Sequence[Path] = ()) -> Project:
     for extra in selected - {f.resolve() for f in files}:
         files.append(extra)
     specs: list[FeatureSpec] = []
+    services: list[ServiceDef] = []
     for file in files:
         if not file.is_file():
             problems.append(Problem(Location(display_path(file)), "spec file not found"))
             continue
-        spec, found = load_spec(file, config)
+        service, found = _service(file)
+        if service is None and not found:
+            spec, found = load_spec(file, config)
+            if spec is not None:
+                specs.append(spec)
+        elif service is not None and (not selected or file.resolve() in selected):
+            services.append(service)
         if not selected or file.resolve() in selected:
             problems.extend(found)
-        if spec is not None:
-            specs.append(spec)
     problems.extend(_clashes(specs, selected))
-    chosen = [s for s in specs if not selected or s.file in selected]
-    return Project(config, tuple(chosen), sorted(problems, key=lambda p: p.location))
+    # A service checked alone still resolves against every spec.
+    chosen = [s for s in specs if not selected or services or s.file in selected]
+    return Project(
+        config, tuple(chosen), sorted(problems, key=lambda p: p.location), tuple(services)
+    )
+
+
+def _service(file: Path) -> tuple[ServiceDef | None, list[Problem]]:
+    """The service a file defines; (None, []) when it is a spec (or not YAML: the spec
+    loader reports that)."""
+    try:
+        doc = load_yaml(file, display_path(file))
+    except YamlLoadError:
+        return None, []
+    return load_service(doc, file) if is_service(doc) else (None, [])
 
 
 def _clashes(specs: list[FeatureSpec], selected: set[Path]) -> list[Problem]:

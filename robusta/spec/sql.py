@@ -28,7 +28,7 @@ _TOKEN_REPR = re.compile(r"<Token token_type: TokenType\.(\w+), text: (.*?), lin
 _MISSING_PART = re.compile(r"Required keyword: '\w+' missing for <class '[\w.]*?(\w+)'>")
 
 
-def _clean_tokens(message: str) -> str:
+def clean_tokens(message: str) -> str:
     """sqlglot messages embed token and class reprs; say it in SQL terms instead."""
     message = _MISSING_PART.sub(lambda m: f"incomplete {m.group(1).upper()} clause", message)
     return _TOKEN_REPR.sub(
@@ -92,7 +92,7 @@ def parse_query(query: str, result: QueryAnalysis) -> exp.Query | None:
             highlight = str(err.get("highlight") or "")
             column = max(end_col - len(highlight) + 1, 1)
             near = f' near "{highlight}"' if highlight else ""
-            description = _clean_tokens(str(err.get("description") or "cannot parse"))
+            description = clean_tokens(str(err.get("description") or "cannot parse"))
             result.problems.append(
                 QueryProblem(line, column, f"SQL syntax error{near}: {description}")
             )

@@ -29,6 +29,29 @@ class Marks:
     style: str | None = None  # scalar style: None plain, "'", '"', "|", ">"
 
 
+@dataclass(frozen=True, slots=True)
+class TextPlace:
+    """Where a text value (a query, an expression) sits in its file, to locate positions
+    inside the text."""
+
+    file: str
+    marks: Marks | None
+    block_indent: int = 0  # the content's indent in a "|" block
+
+    def at(self, line: int, column: int) -> Location:
+        """The file location of (1-based) ``line``:``column`` inside the text."""
+        marks = self.marks
+        if marks is None:
+            return Location(self.file, 1, 1)
+        if marks.style == ">" or (marks.style != "|" and line > 1):
+            # Folded and multi-line flow scalars re-wrap the text: point at the text itself.
+            return Location(self.file, marks.value_line + 1, marks.value_column + 1)
+        if marks.style == "|":  # block content starts on the line after the indicator
+            return Location(self.file, marks.value_line + 1 + line, self.block_indent + column)
+        shift = 1 if marks.style in ("'", '"') else 0
+        return Location(self.file, marks.value_line + 1, marks.value_column + shift + column)
+
+
 @dataclass
 class YamlDoc:
     """Plain data from a YAML file with the marks of every path in it."""
@@ -50,6 +73,15 @@ class YamlDoc:
         if key:
             return Location(self.file, m.key_line + 1, m.key_column + 1)
         return Location(self.file, m.value_line + 1, m.value_column + 1)
+
+    def place(self, path: PathKey) -> TextPlace:
+        """Where the text value at ``path`` sits (:class:`TextPlace`)."""
+        marks = self.marks.get(path)
+        indent = 0
+        if marks is not None and marks.style == "|":
+            lines = self.text.split("\n")[marks.value_line + 1 :]
+            indent = next((len(x) - len(x.lstrip(" ")) for x in lines if x.strip()), 0)
+        return TextPlace(self.file, marks, indent)
 
 
 class YamlLoadError(Exception):

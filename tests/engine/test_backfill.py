@@ -258,7 +258,7 @@ def test_cli_backfill_to_parquet_and_iceberg(project: Project, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--features", "n_event_1h"], 'no feature, base feature or spec named "n_event_1h"'),
+        (["--features", "n_event_1h"], 'spec or service named "n_event_1h"'),
         (["--timestamp-column", "when"], 'no timestamp column "when"'),
         (["--entity-column", "USER_ID=usr"], 'no USER_ID entity column "usr"'),
         (["--timestamp-column", "label"], 'time column "label" is int64'),
