@@ -627,6 +627,37 @@ def lookup(
         )
 
 
+@main.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--timeout-ms",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 600_000),
+    help="A lookup slower than this answers 503.",
+)
+@click.option(
+    "--threads", default=4, show_default=True, type=click.IntRange(1, 64), help="Lookup threads."
+)
+@handle_errors
+def serve(config: Path | None, host: str, port: int, timeout_ms: int, threads: int) -> None:
+    """Serve feature lookups over HTTP: POST /features, GET /health, /metrics, /openapi.json."""
+    from robusta.serving import FeatureClient
+
+    try:
+        from robusta.serving.server import run_server
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"robusta serve needs the serve extra ({exc.name} is missing): "
+            "pip install 'robusta[serve]'"
+        ) from None
+    with FeatureClient.from_config(config) as client:
+        err.print(f"serving {len(client.plan.specs)} spec(s) on http://{host}:{port}")
+        run_server(client, host, port, timeout_ms=timeout_ms, threads=threads)
+
+
 @main.command("list")
 @config_option
 @click.option("--owner", default=None, help="Only features of this owner (team).")
@@ -894,6 +925,10 @@ def stream(
 
 class NothingServedError(RobustaError, LookupError):
     """A lookup for which the online store holds none of the specs."""
+
+
+class MissingExtraError(RobustaError, ImportError):
+    """A command needs an optional dependency group that is not installed."""
 
 
 def _report(result: Any, as_json: bool, render: Callable[[Any], Table]) -> None:

@@ -51,13 +51,17 @@ derived:
 DERIVED = ["click_rate", "boosted_dwell", "engaged", "n_top", "rate_or_zero"]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    root = tmp_path_factory.mktemp("services")
+def services_project(root: Path) -> Served:
+    """The serving tests' project materialized on the embedded engine, plus the service."""
     served = serving_project(root, engine="embedded")
     (root / "feature_defs" / "ranking.yaml").write_text(SERVICE)
     served.workspace = load_workspace(root / "robusta.yaml").require_valid()
     return served
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
+    return services_project(tmp_path_factory.mktemp("services"))
 
 
 @pytest.fixture(params=["embedded", "redis"])
