@@ -117,6 +117,7 @@ class FeatureClient:
         self.on_unavailable = on_unavailable
         self.log = log  # served vectors go to Iceberg in the background (feature_log)
         self._groups: dict[tuple[str, ...] | None, list[_Group]] = {}
+        self._services: dict[tuple[str, ...], list[ServicePlan]] = {}
 
     @classmethod
     def from_config(
@@ -167,7 +168,7 @@ class FeatureClient:
         if isinstance(features, str):
             features = [features]
         given = entities
-        services = services_in(self.plan, features)
+        services = self._services_of(features)
         if services:
             entities = _mapped_entities(entities, services)
         groups = self._resolve(entities, features)
@@ -294,6 +295,15 @@ class FeatureClient:
             )
 
     # ---- request resolution ---------------------------------------------------------------
+    def _services_of(self, features: Sequence[str] | None) -> list[ServicePlan]:
+        if not features or not self.plan.services:
+            return []
+        key = tuple(features)
+        found = self._services.get(key)
+        if found is None:
+            found = self._services[key] = services_in(self.plan, features)
+        return found
+
     def _resolve(self, entities: Sequence[Entity], features: Sequence[str] | None) -> list[_Group]:
         if not entities:
             return []

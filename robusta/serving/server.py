@@ -8,7 +8,8 @@
 
 Starlette on uvicorn (uvloop, httptools): measured against the alternatives in
 ``bench/serve.py``. Lookups run in a small thread pool, each bounded by the configured
-timeout, so a slow store answers 503 in time instead of holding the event loop. Every
+timeout, so a slow store answers 503 in time instead of holding the event loop (the
+embedded store's local reads run on the loop: no thread handoff). Every
 error is a JSON ``{"error": message}`` with a 4xx status (503 for the store), never a
 stack trace.
 """
@@ -95,11 +96,18 @@ class FeatureServer:
     def _timed(
         self, path: str, handler: Callable[[Request], Awaitable[Response]]
     ) -> Callable[[Request], Awaitable[Response]]:
+        seconds = self.metrics.seconds.labels(path)  # label children bound once: µs per request
+        counts: dict[int, Any] = {}
+
         async def run(request: Request) -> Response:
             started = time.perf_counter()
             response = await handler(request)
-            self.metrics.seconds.labels(path).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(path, str(response.status_code)).inc()
+            seconds.observe(time.perf_counter() - started)
+            status = response.status_code
+            count = counts.get(status)
+            if count is None:
+                count = counts[status] = self.metrics.requests.labels(path, str(status))
+            count.inc()
             return response
 
         return run
@@ -160,10 +168,13 @@ class FeatureServer:
 
     # ---- errors -------------------------------------------------------------------------
     async def _bounded(self, work: Callable[[], Any]) -> Any:
-        """``work()`` in the pool within the timeout; a Response when it failed."""
+        """``work()`` within the timeout (in the pool; on the loop for a local store, whose
+        reads cannot hang and take less than a thread handoff); a Response when it failed."""
         loop = asyncio.get_running_loop()
         self.metrics.in_flight.inc()
         try:
+            if self.client.store.local:
+                return work()
             return await asyncio.wait_for(loop.run_in_executor(self.pool, work), self.timeout)
         except TimeoutError:
             return error(503, f"the online store did not answer within {self.timeout * 1000:g} ms")
@@ -187,9 +198,17 @@ class FeatureServer:
 
 
 def run_server(
-    client: FeatureClient, host: str, port: int, *, timeout_ms: int, threads: int
+    client: FeatureClient,
+    host: str,
+    port: int,
+    *,
+    timeout_ms: int,
+    threads: int,
+    loop: str = "uvloop",
+    http: str = "httptools",
 ) -> None:
-    """Serve until interrupted (uvicorn; uvloop and httptools)."""
+    """Serve until interrupted (uvicorn; uvloop and httptools unless ``loop``/``http``
+    say otherwise: bench/serve.py compares them)."""
     import uvicorn
 
     server = FeatureServer(client, timeout_ms=timeout_ms, threads=threads)
@@ -198,8 +217,8 @@ def run_server(
             server.app,
             host=host,
             port=port,
-            loop="uvloop",
-            http="httptools",
+            loop=loop,
+            http=http,
             log_level="warning",
             access_log=False,
         )

@@ -101,6 +101,9 @@ class OnlineStore(ABC):
     """One online key-value store; see the module docstring for the layout and guarantees."""
 
     kind: str
+    # Reads are local (memory-mapped files): they cannot hang on a network, so a server may
+    # run them on its event loop instead of a bounded thread.
+    local: bool = False
 
     @abstractmethod
     def read(

@@ -49,6 +49,7 @@ def _environment(path: Path, map_size_gb: int, create: bool) -> Any:
 
 class EmbeddedStore(OnlineStore):
     kind = "embedded"
+    local = True
 
     def __init__(self, path: Path, *, map_size_gb: int = 64, create: bool = False) -> None:
         self.path = path

@@ -1,0 +1,241 @@
+"""Benchmark: the feature server under load on loopback, beside the in-process client.
+
+The lookup benchmark's project (``bench/lookup.py``: its spec, tiles built in numpy and
+written to the embedded store) is served by ``robusta serve`` in a process of its own, once
+per ASGI stack compared (uvicorn with uvloop + httptools, the default, and with asyncio +
+h11). A bounded open-loop generator (asyncio, keep-alive connections) sends ``--rate``
+requests/s of 1 random entity for ``--seconds``; latency runs from each request's scheduled
+time to its complete answer, so a stall counts against every request it delays. Beside it,
+the same lookups in-process (``FeatureClient.get_features``), measured in the same run, and
+each server's peak RSS.
+
+    .venv/bin/python bench/serve.py --keys 100000 --events 2000000 --rate 1000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lookup import PREFIX, REDIS_URL, build, percentiles, timed
+from rich.console import Console
+from rich.table import Table
+
+STACKS = {
+    "uvicorn+uvloop+httptools": ("uvloop", "httptools"),
+    "uvicorn+asyncio+h11": ("asyncio", "h11"),
+}
+CONNECTIONS = 32
+TARGET_P99_MS = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start(config: Path, loop: str, http: str, port: int) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys; from robusta.serving import FeatureClient; "
+        "from robusta.serving.server import run_server; "
+        "client = FeatureClient.from_config(sys.argv[1]); "
+        "run_server(client, '127.0.0.1', int(sys.argv[2]), timeout_ms=1000, threads=4, "
+        "loop=sys.argv[3], http=sys.argv[4])"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(config), str(port), loop, http])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not start within 60 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request out, its answer read whole."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def post(self, port: int, body: bytes) -> int:
+        head = (
+            f"POST /features HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+
+async def load(port: int, bodies: list[bytes], rate: float) -> tuple[list[float], int]:
+    """Open loop: request ``i`` is due at ``i / rate`` s; latency from that due time."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(CONNECTIONS):
+        pool.put_nowait(Connection(*await asyncio.open_connection("127.0.0.1", port)))
+    latencies: list[float] = []
+    failures = 0
+    started = time.perf_counter()
+
+    async def one(i: int, body: bytes) -> None:
+        nonlocal failures
+        due = started + i / rate
+        connection = await pool.get()
+        try:
+            status = await connection.post(port, body)
+        finally:
+            pool.put_nowait(connection)
+        latencies.append(time.perf_counter() - due)
+        failures += status != 200
+
+    tasks = []
+    for i, body in enumerate(bodies):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, body)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait().writer.close()
+    return latencies, failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="feature server load benchmark")
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load duration (bounded)")
+    args = parser.parse_args()
+    console = Console(width=150)
+    root = Path(tempfile.mkdtemp(prefix="robusta-serve-"))
+    try:
+        run(root, args, console)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=PREFIX + "*", count=5_000):
+            client.unlink(key)
+
+
+def run(root: Path, args: argparse.Namespace, console: Console) -> None:
+    from robusta.serving import FeatureClient
+    from robusta.spec.durations import from_micros
+
+    workspace, keys, pointer = build(root, args.keys, args.events, console)
+    features = [o.name for s in workspace.plan.specs for o in s.outputs]
+    entity = next(
+        iter(k.entity for s in workspace.plan.specs for g in s.groups for k in g.layout.keys)
+    )
+    at = from_micros(pointer)
+    rng = random.Random(5)
+    count = min(int(args.rate * args.seconds), 200_000)
+    picks = [rng.choice(keys) for _ in range(count)]
+    bodies = [
+        json.dumps({"entities": [{entity: k}], "features": features, "at": at.isoformat()}).encode()
+        for k in picks
+    ]
+    with FeatureClient.from_config(root / "robusta.yaml") as client:
+        calls = iter(picks * 2)
+        inproc = percentiles(
+            timed(
+                lambda: client.get_features([{entity: next(calls)}], features, at),
+                min(count, 5_000),
+            )
+        )
+    rows = []
+    for name, (loop_kind, http) in STACKS.items():
+        port = free_port()
+        server = start(root / "robusta.yaml", loop_kind, http, port)
+        try:
+            asyncio.run(load(port, bodies[: min(500, count)], args.rate))  # warm up
+            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
+            own = time.process_time()
+            latencies, failures = asyncio.run(load(port, bodies, args.rate))
+            elapsed = time.perf_counter() - started
+            server_us = (cpu_seconds(server.pid) - cpu) / len(bodies) * 1e6
+            client_us = (time.process_time() - own) / len(bodies) * 1e6
+            rss = peak_rss_mib(server.pid)
+        finally:
+            server.terminate()
+            server.wait(10)
+        p50, p99, p999 = percentiles(latencies)
+        rows.append(
+            (name, len(latencies) / elapsed, failures, p50, p99, p999, rss, server_us, client_us)
+        )
+    table = Table(
+        title=f"robusta serve: 1 entity x {len(features)} features, {count:,} requests "
+        f"at {args.rate:,.0f}/s (open loop)"
+    )
+    for column in (
+        "stack",
+        "achieved req/s",
+        "non-200",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "in-process p50 / p99 ms",
+        "p99 HTTP / in-process",
+        f"p99 <= {TARGET_P99_MS} ms",
+        "server peak RSS MiB",
+        "CPU us/request server / load client",
+    ):
+        table.add_column(column, justify="right")
+    for name, achieved, failures, p50, p99, p999, rss, server_us, client_us in rows:
+        table.add_row(
+            name,
+            f"{achieved:,.0f}",
+            str(failures),
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            f"{p999:.2f}",
+            f"{inproc[0]:.3f} / {inproc[1]:.3f}",
+            f"{p99 / inproc[1]:.1f}x",
+            "yes" if p99 <= TARGET_P99_MS else "NO",
+            f"{rss:,.0f}",
+            f"{server_us:,.0f} / {client_us:,.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"bench process peak RSS {peak_rss_mib(os.getpid()):,.0f} MiB; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
