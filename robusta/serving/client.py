@@ -16,6 +16,7 @@ returned version pointer, bit for bit. No JVM and no Iceberg on this path (featu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -220,6 +221,100 @@ class FeatureClient:
             for e, v in zip(given, rows, strict=True)
         ]
 
+    def rank(
+        self,
+        user: Entity,
+        items: Sequence[object] | pa.Array,
+        features: Sequence[str] | str,
+        at: datetime | None = None,
+        *,
+        item_entity: str | None = None,
+        request: Mapping[str, Any] | None = None,
+    ) -> pa.Table:
+        """A ranking request: features of one user and each of N candidate items, one row
+        per item (in order), as Arrow columns: the item keys, then every feature. Features
+        keyed by the user are assembled once and repeated; by the item, per item; by user and
+        item (crosses), per pair. Each spec's store is read once for all of them; pointers
+        are in the schema metadata (``robusta.pointers``, JSON). ``.to_pandas()`` or
+        ``column.to_numpy()`` convert without a Python object per value.
+
+        ``item_entity``: the items' entity, when the features have more than one entity
+        beside the user's. ``request``: the derived features' inputs (one value, or one per
+        item)."""
+        if isinstance(features, str):
+            features = [features]
+        keys = items.to_pylist() if isinstance(items, (pa.Array, pa.ChunkedArray)) else list(items)
+        services = self._services_of(features)
+        [user] = _mapped_entities([user], services)
+        groups = self._resolve_ranking(user, keys, features, item_entity)
+        entity = groups[0][2]
+        t = to_micros(at if at is not None else datetime.now().astimezone())
+        n = len(keys)
+        pairs = [{**user, entity: key} for key in keys]
+        columns: dict[str, pa.Array] = {entity: pa.array(keys)}
+        pointers: dict[str, str | None] = {}
+        for spec, members in _by_spec(groups).items():
+            wanted = [
+                (g.request.group.layout.table, _key_text(e, g.request.group))
+                for g, role, _ in members
+                for e in ([user] if role == _USER else pairs)
+            ]
+            state, raws = self.store.read(spec, wanted)  # one round trip per spec
+            self._check_state(spec, state, t, [g for g, _, _ in members])
+            pointers[spec] = None if state is None else from_micros(state.pointer).isoformat()
+            at_raw = 0
+            for group, role, _ in members:
+                count = 1 if role == _USER else n
+                table = self._group_table(group, state, raws[at_raw : at_raw + count], t)
+                at_raw += count
+                if role == _USER:  # one row, repeated for every item
+                    table = table.take(pa.array(np.zeros(n, np.int64)))
+                for name in table.column_names:
+                    columns[name] = table.column(name).combine_chunks()
+        for service in services:
+            inputs = {
+                name: request_array(_per_entity(request[name], n, name), kind, name)
+                for name, kind in service.requests.items()
+                if request and name in request
+            }
+            columns.update(derive(service, columns, inputs, n))
+        meta = {b"robusta.pointers": json.dumps(pointers).encode()}
+        return pa.table(columns).replace_schema_metadata(meta)
+
+    def _resolve_ranking(
+        self,
+        user: Entity,
+        items: list[object],
+        features: Sequence[str],
+        item_entity: str | None,
+    ) -> list[tuple[_Group, str, str]]:
+        """Every group of the request with its role (user, item or cross) and the items'
+        entity (given, or the one entity the features have beside the user's)."""
+        requests = resolve_features(self.plan, features)
+        others = {e for r in requests for e in _entities(r.group)} - set(user)
+        if item_entity is None:
+            if len(others) != 1:
+                raise LookupRequestError(
+                    "say which entity the items are with item_entity: the features have "
+                    f"{', '.join(sorted(others)) or 'no entity'} beside the user's"
+                )
+            item_entity = next(iter(others))
+        probe = {**user, item_entity: items[0] if items else ""}
+        out = []
+        for group in self._resolve([probe], features):
+            entities = _entities(group.request.group)
+            if entities <= set(user):
+                out.append((group, _USER, item_entity))
+            elif item_entity in entities and entities <= {*user, item_entity}:
+                out.append((group, _ITEM, item_entity))
+            else:
+                raise LookupRequestError(
+                    f"features of spec {group.request.spec.name} are keyed by "
+                    f"{', '.join(sorted(entities))}: a ranking request gives "
+                    f"{', '.join(sorted(user))} and items of {item_entity}"
+                )
+        return out
+
     def _assemble(
         self, group: _Group, state: SpecState | None, raws: list[bytes | None], t: int
     ) -> list[dict[str, Any]]:
@@ -232,18 +327,24 @@ class FeatureClient:
         if n <= PER_KEY_MAX:
             end = _window_end(t, state, group)
             return [group.key_assembler.assemble(record, end) for record in records]
-        assembler = group.assembler
-        index = TileSet.from_records(group.request.group, records, assembler.sizes)
-        rows = Rows(
-            keys=(),
-            ts=np.full(n, t, np.int64),
-            ts_valid=np.ones(n, np.bool_),
-            pointer=None if state is None else np.full(n, state.pointer, np.int64),
-            pointer_valid=None if state is None else np.ones(n, np.bool_),
-        )
-        table = assembler.assemble(index, rows, codes=np.arange(n, dtype=np.int64))
+        table = _assembled_table(group, state, records, t)
         names, columns = table.column_names, table.to_pydict().values()
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def _group_table(
+        self, group: _Group, state: SpecState | None, raws: list[bytes | None], t: int
+    ) -> pa.Table:
+        """The group's outputs for every record as columns (the vectorized assembler, or
+        pre-assembled values with a key's defaults where it has none)."""
+        names = [o.name for o in group.request.outputs]
+        if state is not None and state.mode == "preassembled":
+            fill = pa.RecordBatch.from_pylist([self._defaults(group)]).select(names)
+            batches = [
+                fill if r is None else decode(r, group.values_schema).select(names) for r in raws
+            ]
+            return pa.Table.from_batches(batches, fill.schema).combine_chunks()
+        records = [group.empty if r is None else decode(r, group.tiles_schema) for r in raws]
+        return _assembled_table(group, state, records, t)
 
     @staticmethod
     def _log(
@@ -344,6 +445,35 @@ class FeatureClient:
             )
         self._groups[cache_key] = groups
         return groups
+
+
+_USER, _ITEM = "user", "item"  # a ranking group's role: once, or per item (crosses too)
+
+
+def _by_spec(
+    groups: list[tuple[_Group, str, str]],
+) -> dict[str, list[tuple[_Group, str, str]]]:
+    out: dict[str, list[tuple[_Group, str, str]]] = {}
+    for member in groups:
+        out.setdefault(member[0].request.spec.name, []).append(member)
+    return out
+
+
+def _assembled_table(
+    group: _Group, state: SpecState | None, records: list[pa.RecordBatch], t: int
+) -> pa.Table:
+    """The vectorized assembler over tile records (record ``i`` is row ``i``)."""
+    n = len(records)
+    assembler = group.assembler
+    index = TileSet.from_records(group.request.group, records, assembler.sizes)
+    rows = Rows(
+        keys=(),
+        ts=np.full(n, t, np.int64),
+        ts_valid=np.ones(n, np.bool_),
+        pointer=None if state is None else np.full(n, state.pointer, np.int64),
+        pointer_valid=None if state is None else np.ones(n, np.bool_),
+    )
+    return assembler.assemble(index, rows, codes=np.arange(n, dtype=np.int64))
 
 
 def _mapped_entities(entities: Sequence[Entity], services: Sequence[ServicePlan]) -> list[Entity]:

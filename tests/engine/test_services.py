@@ -25,9 +25,10 @@ from robusta.api.training import (
     get_training_frame,
 )
 from robusta.errors import UnknownFeatureError
+from robusta.jobs.materialize import materialize
 from robusta.jobs.upload import upload
 from robusta.plan.derived import DerivedInputError
-from robusta.serving import FeatureClient, FeatureVector
+from robusta.serving import FeatureClient, FeatureVector, LookupRequestError
 from robusta.spec.durations import floor_to, from_micros
 from robusta.store.online import OnlineStore, open_online_store
 from robusta.testing.compare import bits
@@ -51,9 +52,24 @@ derived:
 DERIVED = ["click_rate", "boosted_dwell", "engaged", "n_top", "rate_or_zero"]
 
 
+CHANNELS = """\
+name: channels
+query: SELECT channel_id, dwell_seconds, event_ts FROM events
+timestamp: event_ts
+granularities: [1d, 1h, 5m]
+features:
+  channel_events: {op: count, windows: [1h, 1d], group_by_selectors: {channel_id: CHANNEL_ID}}
+  channel_dwell:
+    {op: avg, input: dwell_seconds, windows: [1d], group_by_selectors: {channel_id: CHANNEL_ID}}
+"""
+
+
 def services_project(root: Path) -> Served:
-    """The serving tests' project materialized on the embedded engine, plus the service."""
+    """The serving tests' project materialized on the embedded engine, plus a spec keyed by
+    channel (the items of ranking requests) and the service."""
     served = serving_project(root, engine="embedded")
+    (root / "feature_defs" / "channels.yaml").write_text(CHANNELS)
+    materialize(load_workspace(root / "robusta.yaml").require_valid(), ["channels"])
     (root / "feature_defs" / "ranking.yaml").write_text(SERVICE)
     served.workspace = load_workspace(root / "robusta.yaml").require_valid()
     return served
@@ -222,3 +238,32 @@ def test_a_spark_service_frame_equals_the_embedded_one(served: Served, spark: An
     for a, b in zip(embedded.to_pylist(), got, strict=True):
         for name in service.feature_names:
             assert bits(a[name]) == bits(b[name]), name
+
+
+def test_a_ranking_request_equals_lookups_per_item(served: Served, store: OnlineStore) -> None:
+    upload(served.workspace, at=from_micros(served.at), store=store)
+    client = FeatureClient(served.workspace, store)
+    events = served.events.to_pylist()
+    user = max(
+        {e["user_id"] for e in events if e["user_id"]},
+        key=lambda u: sum(1 for e in events if e["user_id"] == u),
+    )
+    channels = [*sorted({e["channel_id"] for e in events if e["channel_id"]}), "no-such-channel"]
+    at = from_micros(served.at)
+    features = ["n_events_1d", "top_channels_1h", "pair_events", "channels", "ranking"]
+    boosts = [0.5 + i for i in range(len(channels))]
+    table = client.rank({"SHOPPER": user}, channels, features, at, request={"boost": boosts})
+    assert table.column_names[0] == "CHANNEL_ID"
+    assert table.column("CHANNEL_ID").to_pylist() == channels
+    pointers = json.loads(table.schema.metadata[b"robusta.pointers"])
+    assert set(pointers) == {"engagement", "channels"}
+    rows = table.to_pylist()
+    for channel, boost, row in zip(channels, boosts, rows, strict=True):
+        entity = {"SHOPPER": user, "CHANNEL_ID": channel}
+        [want] = client.get_features([entity], features, at, request={"boost": boost})
+        assert set(want.values) <= set(row)
+        for name, value in want.values.items():
+            assert bits(row[name]) == bits(value), (name, channel)
+    assert any(r["pair_events_1h"] for r in rows) and any(r["channel_events_1d"] for r in rows)
+    with pytest.raises(LookupRequestError, match="item_entity"):
+        client.rank({"USER_ID": user}, channels, ["n_events_1d"], at)
