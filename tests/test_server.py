@@ -164,6 +164,32 @@ def test_what_is_not_a_lookup_gets_a_4xx(server: Server) -> None:
     assert "error" in missing.json()
 
 
+def test_a_ranking_request_over_http_equals_the_client(served: Served, server: Server) -> None:
+    at = from_micros(served.at)
+    user = entities(served, 1)[0]["SHOPPER"]
+    items = ["ch_000", "ch_001", "ch_002", "nowhere"]
+    features = ["n_events_1d", "pair_events", "channels", "ranking"]
+    body = {
+        "user": {"SHOPPER": user},
+        "items": items,
+        "features": features,
+        "at": at.isoformat(),
+        "request": {"boost": [1.0, 2.0, 3.0, 4.0]},
+    }
+    answer = httpx.post(f"{server.url}/rank", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    with FeatureClient.from_config(served.root / "robusta.yaml") as client:
+        want = client.rank(
+            {"SHOPPER": user}, items, features, at, request={"boost": [1.0, 2.0, 3.0, 4.0]}
+        )
+    assert bits(answer.json()["columns"]) == bits(want.to_pydict())
+    arrow = httpx.post(f"{server.url}/rank", json=body, headers={"Accept": ARROW_STREAM})
+    assert pa.ipc.open_stream(arrow.content).read_all().equals(want)
+    wrong = httpx.post(f"{server.url}/rank", json={**body, "features": []})
+    assert wrong.status_code == 400
+    assert "name the features" in wrong.json()["error"]
+
+
 def test_health_metrics_and_openapi(server: Server) -> None:
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok"
@@ -240,9 +266,9 @@ def test_the_server_keeps_its_openapi_promises(server: Server) -> None:
     every status, content type and body as documented."""
     api = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]  # type: ignore[union-attr]
-    assert {op.path for op in operations} == {"/features", "/health", "/metrics"}
+    assert {op.path for op in operations} == {"/features", "/rank", "/health", "/metrics"}
     cases = [(op, GenerationMode.POSITIVE) for op in operations]
-    cases += [(op, GenerationMode.NEGATIVE) for op in operations if op.path == "/features"]
+    cases += [(op, GenerationMode.NEGATIVE) for op in operations if op.method == "post"]
     for operation, mode in cases:
 
         @given(case=operation.as_strategy(generation_mode=mode))

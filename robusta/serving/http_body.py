@@ -52,6 +52,46 @@ def parse_body(data: object) -> LookupBody:
     )
 
 
+@dataclass(frozen=True)
+class RankBody:
+    user: dict[str, object]
+    items: list[object]
+    features: list[str]
+    item_entity: str | None
+    at: datetime | None
+    request: dict[str, Any]
+
+
+_RANK_KEYS = ("user", "items", "features", "item_entity", "at", "request")
+
+
+def parse_rank_body(data: object) -> RankBody:
+    """A ranking request's body checked (see :func:`parse_body`)."""
+    if not isinstance(data, dict):
+        raise BadRequestError('the body must be a JSON object: {"user": {...}, "items": [...]}')
+    for key in data:
+        if key not in _RANK_KEYS:
+            hint = did_you_mean(str(key), _RANK_KEYS) or f" (keys: {', '.join(_RANK_KEYS)})"
+            raise BadRequestError(f'unknown key "{key}"{hint}')
+    [user] = _entities([data.get("user")]) if isinstance(data.get("user"), dict) else [None]
+    if user is None:
+        raise BadRequestError('"user" must be an object of entity name to key')
+    items = data.get("items")
+    if not isinstance(items, list) or len(items) > MAX_ENTITIES:
+        raise BadRequestError(f'"items" must be a list of at most {MAX_ENTITIES} item keys')
+    if any(isinstance(i, bool) or not isinstance(i, (str, int)) for i in items):
+        raise BadRequestError('"items" holds string or integer keys')
+    features = _features(data.get("features"))
+    if not features:
+        raise BadRequestError('"features" must name the features to rank with')
+    entity = data.get("item_entity")
+    if entity is not None and not isinstance(entity, str):
+        raise BadRequestError('"item_entity" must be an entity name')
+    return RankBody(
+        user, list(items), features, entity, _time(data.get("at")), _request(data.get("request"))
+    )
+
+
 def _entities(value: object) -> list[dict[str, object]]:
     if not isinstance(value, list) or not value:
         raise BadRequestError('"entities" must be a non-empty list, e.g. [{"USER_ID": "17850"}]')
@@ -124,6 +164,21 @@ def json_answer(vectors: Sequence[FeatureVector]) -> dict[str, Any]:
     }
 
 
+def columns_answer(table: pa.Table) -> dict[str, Any]:
+    """A ranking answer as JSON: columns of values, and the specs' pointers."""
+    import orjson
+
+    pointers = orjson.loads((table.schema.metadata or {}).get(POINTERS_METADATA, b"{}"))
+    return {"columns": table.to_pydict(), "pointers": pointers}
+
+
+def table_stream(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
 def feature_types(plan: Plan) -> dict[str, pa.DataType]:
     """The Arrow type of every name a result may hold: outputs and derived features."""
     types = {o.name: o.type for s in plan.specs for o in s.outputs}
@@ -144,11 +199,7 @@ def arrow_answer(vectors: Sequence[FeatureVector], types: Mapping[str, pa.DataTy
             {s: p.isoformat() if p else None for s, p in pointers.items()}
         )
     }
-    table = pa.Table.from_arrays(columns, names=names).replace_schema_metadata(meta)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue())
+    return table_stream(pa.Table.from_arrays(columns, names=names).replace_schema_metadata(meta))
 
 
 # ---- OpenAPI -----------------------------------------------------------------------------
@@ -157,7 +208,18 @@ _ERROR = {
     "required": ["error"],
     "properties": {"error": {"type": "string"}},
 }
+_POINTERS = {"type": "object", "additionalProperties": {"type": ["string", "null"]}}
 _SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
+_ENTITY = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": {"type": ["string", "integer"]},
+}
+_AT = {"type": ["string", "null"], "format": "date-time"}
+_REQUEST = {
+    "type": ["object", "null"],
+    "additionalProperties": {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]},
+}
 
 
 def openapi() -> dict[str, Any]:
@@ -183,18 +245,32 @@ def openapi() -> dict[str, Any]:
                 "type": "array",
                 "minItems": 1,
                 "maxItems": MAX_ENTITIES,
-                "items": {
-                    "type": "object",
-                    "minProperties": 1,
-                    "additionalProperties": {"type": ["string", "integer"]},
-                },
+                "items": _ENTITY,
             },
             "features": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
-            "at": {"type": ["string", "null"], "format": "date-time"},
-            "request": {
-                "type": ["object", "null"],
-                "additionalProperties": {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]},
+            "at": _AT,
+            "request": _REQUEST,
+        },
+    }
+    rank = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["user", "items", "features"],
+        "properties": {
+            "user": _ENTITY,
+            "items": {
+                "type": "array",
+                "maxItems": MAX_ENTITIES,
+                "items": {"type": ["string", "integer"]},
             },
+            "features": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "minLength": 1},
+            },
+            "item_entity": {"type": ["string", "null"]},
+            "at": _AT,
+            "request": _REQUEST,
         },
     }
     result = {
@@ -202,10 +278,7 @@ def openapi() -> dict[str, Any]:
         "required": ["values", "pointers"],
         "properties": {
             "values": {"type": "object"},
-            "pointers": {
-                "type": "object",
-                "additionalProperties": {"type": ["string", "null"]},
-            },
+            "pointers": _POINTERS,
         },
     }
     return {
@@ -229,6 +302,31 @@ def openapi() -> dict[str, Any]:
                             "content": {
                                 "application/json": {
                                     "schema": {"$ref": "#/components/schemas/LookupResponse"}
+                                },
+                                ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **errors,
+                    },
+                }
+            },
+            "/rank": {
+                "post": {
+                    "summary": "A ranking request: one user and candidate items, as columns",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RankRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "one row per item: the item keys, then every feature",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/RankResponse"}
                                 },
                                 ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
                             },
@@ -268,6 +366,15 @@ def openapi() -> dict[str, Any]:
                     "type": "object",
                     "required": ["results"],
                     "properties": {"results": {"type": "array", "items": result}},
+                },
+                "RankRequest": rank,
+                "RankResponse": {
+                    "type": "object",
+                    "required": ["columns", "pointers"],
+                    "properties": {
+                        "columns": {"type": "object", "additionalProperties": {"type": "array"}},
+                        "pointers": _POINTERS,
+                    },
                 },
                 "Error": _ERROR,
             }

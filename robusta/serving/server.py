@@ -2,6 +2,7 @@
 
     POST /features   {"entities": [{"USER_ID": "17850"}], "features": [...],
                       "at": ..., "request": {...}}
+    POST /rank       {"user": {"USER_ID": "17850"}, "items": [...], "features": [...], ...}
     GET  /health     the store answers, and each spec's pointer
     GET  /metrics    Prometheus text
     GET  /openapi.json
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
+import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -38,10 +40,13 @@ from robusta.serving.http_body import (
     MAX_BODY_BYTES,
     BadRequestError,
     arrow_answer,
+    columns_answer,
     feature_types,
     json_answer,
     openapi,
     parse_body,
+    parse_rank_body,
+    table_stream,
 )
 from robusta.store.online import OnlineStateError, OnlineStoreError
 
@@ -82,6 +87,7 @@ class FeatureServer:
         self.metrics = _Metrics()
         routes = [
             Route("/features", self._timed("/features", self.features), methods=["POST"]),
+            Route("/rank", self._timed("/rank", self.rank), methods=["POST"]),
             Route("/health", self._timed("/health", self.health), methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
@@ -113,7 +119,8 @@ class FeatureServer:
         return run
 
     # ---- endpoints ----------------------------------------------------------------------
-    async def features(self, request: Request) -> Response:
+    async def _json_body(self, request: Request) -> Any:
+        """The decoded JSON body, or the Response that refuses it."""
         kind = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         if kind != JSON:
             return error(415, f"send the body as {JSON}, not {kind}")
@@ -124,9 +131,16 @@ class FeatureServer:
         if len(raw) > MAX_BODY_BYTES:
             return error(413, f"the body is larger than {MAX_BODY_BYTES >> 20} MiB")
         try:
-            body = parse_body(orjson.loads(raw))
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return error(400, f"the body is not valid JSON: {exc}")
+
+    async def features(self, request: Request) -> Response:
+        data = await self._json_body(request)
+        if isinstance(data, Response):
+            return data
+        try:
+            body = parse_body(data)
         except BadRequestError as exc:
             return error(400, str(exc))
         self.metrics.entities.inc(len(body.entities))
@@ -142,6 +156,33 @@ class FeatureServer:
         if ARROW_STREAM in request.headers.get("accept", ""):
             return Response(arrow_answer(vectors, self.types), media_type=ARROW_STREAM)
         return Response(orjson.dumps(json_answer(vectors)), media_type=JSON)
+
+    async def rank(self, request: Request) -> Response:
+        data = await self._json_body(request)
+        if isinstance(data, Response):
+            return data
+        try:
+            body = parse_rank_body(data)
+        except BadRequestError as exc:
+            return error(400, str(exc))
+        self.metrics.entities.inc(len(body.items))
+
+        def ranked() -> pa.Table:
+            return self.client.rank(
+                body.user,
+                body.items,
+                body.features,
+                body.at,
+                item_entity=body.item_entity,
+                request=body.request,
+            )
+
+        table = await self._bounded(ranked)
+        if isinstance(table, Response):
+            return table
+        if ARROW_STREAM in request.headers.get("accept", ""):
+            return Response(table_stream(table), media_type=ARROW_STREAM)
+        return Response(orjson.dumps(columns_answer(table)), media_type=JSON)
 
     async def health(self, request: Request) -> Response:
         def states() -> dict[str, Any]:
