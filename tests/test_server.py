@@ -127,7 +127,7 @@ def test_answers_equal_the_in_process_client(served: Served, server: Server) -> 
     ("body", "status", "message"),
     [
         ({"entities": [{"SHOPPER": "1"}], "features": ["rankng"]}, 400, 'did you mean "ranking"'),
-        ({"entities": [{"SHOPPER": "1"}], "features": ["ranking"]}, 400, "CHANNEL_ID"),
+        ({"entities": [{"SHOPPER": "1"}], "features": ["ranking"]}, 400, "need entity CHANNEL_ID"),
         ({"entities": []}, 400, '"entities" must be a non-empty list'),
         ({"entities": [{"SHOPPER": 1.5}]}, 400, "must be a string or an integer key"),
         ({"entitis": [{"SHOPPER": "1"}]}, 400, 'did you mean "entities"'),

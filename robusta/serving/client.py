@@ -410,8 +410,13 @@ class FeatureClient:
             return []
         given = set(entities[0])
         cache_key = tuple(features) if features is not None else ("\0all", *sorted(given))
-        if cache_key in self._groups:
-            return self._groups[cache_key]
+        cached = self._groups.get(cache_key)
+        if cached is not None:
+            for group in cached:  # the same features, maybe asked with fewer entities
+                missing = _entities(group.request.group) - given
+                if missing:
+                    raise MissingEntityError(group.request.spec.name, sorted(missing))
+            return cached
         requests = resolve_features(self.plan, features)
         if features is None:
             requests = [r for r in requests if _entities(r.group) <= given]
