@@ -1,0 +1,242 @@
+"""Benchmark: ranking requests, one user and N candidate items, on both online stores.
+
+Three specs of 20 features each, every operator among them, windows 1h to 90d and lifetime:
+keyed by the user, by the item, and by both (crosses). Events (Zipf-skewed users and items
+over 90 days) become tiles in numpy (``robusta.testing.tiles``) written as the upload writes
+them, so no Spark runs. A request is ``FeatureClient.rank(user, items, specs)``: per spec one
+store read, then the vectorized assembly of every window. Beside it, measured in the same
+run, the floor: the same three store reads alone. Latencies are p50 / p99 over
+``--requests`` calls, each for a random user and ``--items`` random items (a tenth of them
+items the user had events with, so crosses have tiles).
+
+    .venv/bin/python bench/rank.py --users 20000 --items-total 50000 --events 2000000 --items 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from lookup import REDIS_URL, percentiles
+from pit import DAY, T0
+from rich.console import Console
+from rich.table import Table
+
+# name -> (op, input, params, windows): 20 outputs, every operator.
+FEATURES: dict[str, tuple[str, str | None, str, list[str]]] = {
+    "n": ("count", None, "", ["1h", "1d", "7d", "30d", "90d"]),
+    "spend": ("sum", "amount", "", ["1d", "30d"]),
+    "spend_avg": ("avg", "amount", "", ["7d"]),
+    "low": ("min", "amount", "", ["30d"]),
+    "top": ("max", "amount", "", ["lifetime"]),
+    "spend_var": ("variance", "amount", "", ["30d"]),
+    "spend_sd": ("stddev", "amount", "", ["90d"]),
+    "first_other": ("first", "{other}", "", ["lifetime"]),
+    "last_other": ("last", "{other}", "", ["1d"]),
+    "first_others": ("first_n", "{other}", "{n: 3}", ["lifetime"]),
+    "recent_others": ("last_n", "{other}", "{n: 5}", ["7d"]),
+    "top_others": ("top_k", "{other}", "{k: 3}", ["30d"]),
+    "others": ("approx_distinct", "{other}", "", ["7d", "90d"]),
+    "spend_q": ("approx_quantile", "amount", "{q: [0.5]}", ["30d"]),
+}
+SPECS = {  # spec -> (feature prefix, selectors, the categorical input)
+    "users": ("u", "{user_id: USER_ID}", "item_id"),
+    "items": ("i", "{item_id: ITEM_ID}", "user_id"),
+    "pairs": ("ui", "{user_id: USER_ID, item_id: ITEM_ID}", "channel"),
+}
+CONFIG = """\
+project: bench
+feature_defs: feature_defs
+sources:
+  events: {format: parquet, path: events, schema: "user_id STRING, item_id STRING, channel STRING, amount DOUBLE, ts TIMESTAMP"}
+entities:
+  USER_ID: {type: string}
+  ITEM_ID: {type: string}
+offline:
+  catalog: {type: sql, uri: "sqlite:///catalog.db"}
+  warehouse: warehouse
+  namespace: bench
+online: {type: embedded, path: online}
+"""  # noqa: E501
+PREFIX = "robusta-bench-rank:"  # its own: other benchmarks clear theirs when they end
+TARGETS = {"embedded": 15.0, "redis": 25.0}  # p99 ms, 1 user + 500 items
+
+
+def spec_yaml(name: str) -> str:
+    prefix, selectors, other = SPECS[name]
+    lines = [
+        f"name: {name}",
+        "query: SELECT user_id, item_id, channel, amount, ts FROM events",
+        "timestamp: ts",
+        "granularities: [1d, 1h, 5m]",
+        "features:",
+    ]
+    for feature, (op, column, params, windows) in FEATURES.items():
+        parts = [f"op: {op}"]
+        if column:
+            parts.append(f"input: {column.format(other=other)}")
+        if params:
+            parts.append(f"params: {params}")
+        parts.append(f"windows: [{', '.join(windows)}]")
+        parts.append(f"group_by_selectors: {selectors}")
+        if "," in selectors:
+            parts.append("primary_selector: user_id")
+        lines.append(f"  {prefix}_{feature}: {{{', '.join(parts)}}}")
+    return "\n".join(lines) + "\n"
+
+
+def build(root: Path, args: argparse.Namespace, console: Console) -> tuple[Any, np.ndarray, int]:
+    """The project and its tiles in both stores; returns (workspace, events, pointer)."""
+    from robusta.spec.model import OnlineConfig
+    from robusta.store.online import SpecState, open_online_store
+    from robusta.store.online.records import tile_records
+    from robusta.testing.tiles import build_tiles
+    from robusta.workspace import load_workspace
+
+    (root / "feature_defs").mkdir(parents=True)
+    for name in SPECS:
+        (root / "feature_defs" / f"{name}.yaml").write_text(spec_yaml(name))
+    (root / "robusta.yaml").write_text(CONFIG)
+    workspace = load_workspace(root / "robusta.yaml").require_valid()
+    rng = np.random.default_rng(11)
+    n = args.events
+    users = (rng.zipf(1.2, n) - 1) % args.users
+    items = (rng.zipf(1.2, n) - 1) % args.items_total
+    columns = {
+        "user_id": pa.array(np.char.add("u", users.astype(str))),
+        "item_id": pa.array(np.char.add("i", items.astype(str))),
+        "channel": pa.array(np.char.add("c", rng.integers(0, 40, n).astype(str))),
+        "amount": pa.array(np.round(rng.gamma(2.0, 20.0, n), 2)),
+    }
+    ts = pa.array(T0 + rng.integers(0, 90 * DAY, n), pa.int64())
+    pointer = T0 + 90 * DAY
+    stores = [
+        OnlineConfig("embedded", {"path": str(root / "online")}),
+        OnlineConfig("redis", {"url": REDIS_URL, "key_prefix": PREFIX}),
+    ]
+    for spec in workspace.plan.specs:
+        started = time.perf_counter()
+        [group] = spec.groups
+        keys = {k.column: columns[k.column] for k in group.layout.keys}
+        tiles = build_tiles(group, keys, ts, columns)
+        records = [(group.layout.table, k, v) for k, v in tile_records(group, tiles)]
+        state = SpecState(1, pointer, spec.hash, "assemble", T0 - DAY, pointer)
+        for config in stores:
+            with open_online_store(config, "bench", create=True) as store:
+                store.drop(spec.name, 1)
+                store.write(spec.name, 1, records)
+                store.commit(spec.name, state)
+        console.print(
+            f"{spec.name}: {tiles.num_rows:,} tiles, {len(records):,} keys "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+    return workspace, np.stack([users, items]), pointer
+
+
+def requests(pairs: np.ndarray, args: argparse.Namespace) -> list[tuple[dict[str, str], list[str]]]:
+    """(user, items) per request: a tenth of the items from the user's own events."""
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(args.requests):
+        user = int(pairs[0][rng.integers(0, pairs.shape[1])])
+        own = np.unique(pairs[1][pairs[0] == user])[: args.items // 10]
+        others = rng.integers(0, args.items_total, args.items - len(own))
+        items = [f"i{i}" for i in [*own.tolist(), *others.tolist()]]
+        out.append(({"USER_ID": f"u{user}"}, items))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="ranking request benchmark")
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items-total", type=int, default=50_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--items", type=int, default=500, help="candidates per request")
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+    console = Console(width=150)
+    root = Path(tempfile.mkdtemp(prefix="robusta-rank-"))
+    try:
+        run(root, args, console)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(match=PREFIX + "*", count=5_000):
+            client.unlink(key)
+
+
+def run(root: Path, args: argparse.Namespace, console: Console) -> None:
+    from robusta.serving import FeatureClient
+    from robusta.spec.durations import from_micros
+    from robusta.spec.model import OnlineConfig
+    from robusta.store.online import open_online_store
+
+    workspace, pairs, pointer = build(root, args, console)
+    asked = requests(pairs, args)
+    at = from_micros(pointer)
+    specs = list(SPECS)
+    table = Table(
+        title=f"Ranking requests: 1 user + {args.items} items, 3 specs x 20 features "
+        f"(user, item, user x item), {args.requests} requests"
+    )
+    for column in ("store", "p50 ms", "p99 ms", "floor p50 / p99 ms", "p99 / floor", "target p99"):
+        table.add_column(column, justify="right")
+    configs = {
+        "embedded": OnlineConfig("embedded", {"path": str(root / "online")}),
+        "redis": OnlineConfig("redis", {"url": REDIS_URL, "key_prefix": PREFIX}),
+    }
+    for name, config in configs.items():
+        with open_online_store(config, "bench") as store:
+            client = FeatureClient(workspace, store)
+            for user, items in asked[:20]:
+                client.rank(user, items, specs, at)  # warm up
+            times, floors = [], []
+            for user, items in asked:
+                started = time.perf_counter()
+                ranked = client.rank(user, items, specs, at)
+                times.append(time.perf_counter() - started)
+                floors.append(_floor(store, workspace, user, items))
+            assert ranked.num_rows == args.items
+        p50, p99, _ = percentiles(times)
+        f50, f99, _ = percentiles(floors)
+        ok = "yes" if p99 <= TARGETS[name] else "NO"
+        table.add_row(
+            name,
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            f"{f50:.2f} / {f99:.2f}",
+            f"{p99 / f99:.1f}x",
+            f"{TARGETS[name]:g} ms: {ok}",
+        )
+    console.print(table)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(f"peak RSS {peak:,.0f} MiB (this process: tiles built here too)")
+
+
+def _floor(store: Any, workspace: Any, user: dict[str, str], items: list[str]) -> float:
+    """The raw store reads of one request: per spec, the records it needs."""
+    from robusta.serving.client import _key_text
+
+    wanted = {}
+    for spec in workspace.plan.specs:
+        [group] = spec.groups
+        entities = {k.entity for k in group.layout.keys}
+        rows = [user] if entities == {"USER_ID"} else [{**user, "ITEM_ID": i} for i in items]
+        wanted[spec.name] = [(group.layout.table, _key_text(e, group)) for e in rows]
+    started = time.perf_counter()
+    for spec, keys in wanted.items():
+        store.read(spec, keys)
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
