@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.ops.base import Operator, Param, State, reduce_segments
+from robusta.ops.base import Operator, Param, State, picked_values, reduce_segments
 from robusta.ops.params import int_between, optional, quantile_list
 from robusta.ops.values import (
     Array,
@@ -35,6 +35,7 @@ from robusta.ops.values import (
     rank_in_segments,
     segment_ids,
     struct_fields,
+    to_numpy,
 )
 from robusta.spec.datatypes import DataType
 
@@ -267,6 +268,10 @@ class ApproxQuantile(Operator):
         pairs = [pair for sketch in parts for pair in sketch]
         items = np.array([p[0] for p in pairs], dtype=np.float64)
         weights = np.array([p[1] for p in pairs], dtype=np.int64)
+        return self._pooled_quantiles(items, weights)
+
+    def _pooled_quantiles(self, items: Array, weights: Array) -> list[float]:
+        """Quantiles of the weighted sample pooled from several sketches (in their order)."""
         order = np.argsort(items, kind="stable")
         items, cumulative = items[order], np.cumsum(weights[order])
         total = int(cumulative[-1])
@@ -275,6 +280,29 @@ class ApproxQuantile(Operator):
             # KLL's inclusive rule: the first item whose cumulative weight reaches ceil(q * n).
             i = int(np.searchsorted(cumulative, math.ceil(q * total), side="left"))
             out.append(float(items[min(i, len(items) - 1)]))
+        return out
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """The per-key ``finalize(merge_segments(...))``: each picked sketch's retained items
+        read from its bytes once (:func:`_kll_items`, the library's iteration order), pooled
+        as :meth:`_quantiles` pools them; a window of one sketch asks it."""
+        positions = np.asarray(picks, dtype=np.int64).tolist()
+        distinct = sorted(set(positions))
+        raw = dict(zip(distinct, binary_values(column, distinct), strict=True))
+        parsed = {p: _kll_items(b) for p, b in raw.items()}
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            parts = [p for p in positions[a:b] if parsed[p] is not None]
+            if not parts:
+                out.append(None)
+            elif len(parts) == 1:
+                sketch = ds.kll_doubles_sketch.deserialize(raw[parts[0]])
+                out.append([float(sketch.get_quantile(q, True)) for q in self.quantiles])
+            else:
+                pooled = [pair for p in parts if (pair := parsed[p]) is not None]
+                items = np.concatenate([p[0] for p in pooled])
+                weights = np.concatenate([p[1] for p in pooled])
+                out.append(self._pooled_quantiles(items, weights))
         return out
 
     columnar_windows = True
@@ -542,6 +570,35 @@ class TopK(Operator):
         return pa.ListArray.from_arrays(lists.offsets, lists.values, mask=mask).cast(
             self.result_type
         )
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """The per-key ``finalize(merge_segments(...))``: the definition's own merge
+        (:meth:`_reduce`) over the picked summaries, read as ``from_arrow`` reads them but
+        only for the picked rows, without the Arrow round trip of the state and the result."""
+        fields = struct_fields(column)
+        totals = picked_values(fields["total"], picks, 0)
+        rows = self._picked_summaries(fields["items"], np.asarray(picks, dtype=np.int64))
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            counts = self._reduce(rows[a:b])
+            out.append(self._items(counts[: self.k]) if sum(totals[a:b]) > 0 else None)
+        return out
+
+    def _picked_summaries(self, items: pa.Array, picks: Array) -> list[Counts]:
+        """``list_of_pairs`` of ``items[picks]`` (values decoded once per pick, as there)."""
+        offsets = np.asarray(items.offsets, dtype=np.int64)
+        first, end = offsets[:-1][picks], offsets[1:][picks]
+        if items.null_count:
+            end = np.where(np.asarray(items.is_valid(), dtype=np.bool_)[picks], end, first)
+        sizes = end - first
+        starts = np.cumsum(sizes) - sizes
+        positions = np.repeat(first - starts, sizes) + np.arange(int(sizes.sum()))
+        pairs = struct_fields(items.values.take(pa.array(positions, pa.int64())))
+        values, _ = to_numpy(pairs["value"], self.input_type)
+        counts, _ = to_numpy(pairs["count"], DataType.BIGINT)
+        flat = list(zip(values.tolist(), counts.tolist(), strict=True))
+        bounds = np.append(starts, len(flat)).tolist()
+        return [tuple(flat[lo:hi]) for lo, hi in pairwise(bounds)]
 
     def _cut(self, segments: Array, values: pa.Array, counts: Array, n: int) -> pa.Array:
         """The ``n`` segments' summaries (as ``to_arrow`` writes them) from (segment, value,
