@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -27,6 +27,7 @@ from robusta.ops.values import (
     Array,
     from_numpy,
     has_nan,
+    list_bounds,
     list_items,
     list_of_pairs,
     lists_of,
@@ -37,6 +38,7 @@ from robusta.ops.values import (
     segment_ids,
     struct_fields,
     to_numpy,
+    value_reader,
 )
 from robusta.spec.datatypes import DataType
 
@@ -322,6 +324,8 @@ class _EdgeN(Operator):
         hold ascending, disjoint times (the tiles of a window do), the fold keeps exactly the
         first (last) n items of their concatenation, each IR in its own sorted order: only
         the IRs holding those are read. Other windows take the definition."""
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
         view = _ItemsView.of(column, self.input_type)
         if view is None:
             return super().merge_windows(column, picks, offsets)
@@ -440,50 +444,42 @@ class LastN(_EdgeN):
 @dataclass(frozen=True)
 class _ItemsView:
     """The stored items of a first_n / last_n IR column, read in place for a few rows:
-    item offsets per row (0 items for null rows), item times, item values."""
+    each row's first and end item (none for null rows), item times, item values."""
 
-    first: Array
-    end: Array
-    times: Array
-    values: pa.Array
-    dtype: DataType
+    first: list[int]
+    end: list[int]
+    times: list[int]
+    read: Callable[[int, int], list[Any]]
 
     @classmethod
     def of(cls, column: pa.Array, dtype: DataType) -> _ItemsView | None:
         """None where the definition reads items otherwise (null times or values become
         fill values there)."""
         fields = struct_fields(column.values)
-        ts, values = fields["ts"], fields["value"]
-        if ts.null_count or values.null_count or not ts.type.equals(TS_TYPE):
+        ts = fields["ts"]
+        read = value_reader(fields["value"], dtype)
+        if read is None or ts.null_count or not ts.type.equals(TS_TYPE):
             return None
-        offsets = np.asarray(column.offsets, dtype=np.int64)
-        first, end = offsets[:-1], offsets[1:]
-        if column.null_count:  # a null row may still point at items
-            end = np.where(np.asarray(column.is_valid(), dtype=np.bool_), end, first)
+        first, end = list_bounds(column)
         times, _ = primitive_view(ts)
-        return cls(first, end, times, values, dtype)
+        return cls(first, end, times.tolist(), read)
 
     def ranges(self, picks: Array) -> tuple[list[int], list[int], list[int], list[int]]:
         """Per pick: its first item, item count, least and greatest item time."""
-        first = self.first[picks]
-        sizes = self.end[picks] - first
-        filled = np.flatnonzero(sizes > 0)
-        low = np.zeros(len(picks), dtype=np.int64)
-        high = np.zeros(len(picks), dtype=np.int64)
-        if len(filled):
-            lengths = sizes[filled]
-            starts = np.cumsum(lengths) - lengths
-            positions = np.repeat(first[filled] - starts, lengths) + np.arange(int(lengths.sum()))
-            times = self.times[positions]
-            low[filled] = np.minimum.reduceat(times, starts)
-            high[filled] = np.maximum.reduceat(times, starts)
-        return first.tolist(), sizes.tolist(), low.tolist(), high.tolist()
+        first, sizes, low, high = [], [], [], []
+        for p in picks.tolist():
+            lo, hi = self.first[p], self.end[p]
+            times = self.times[lo:hi]
+            first.append(lo)
+            sizes.append(hi - lo)
+            low.append(min(times, default=0))
+            high.append(max(times, default=0))
+        return first, sizes, low, high
 
     def items(self, first: int, size: int) -> list[tuple[int, Any]]:
         """The (ts, value) items of one IR as the definition's state holds them."""
-        times = self.times[first : first + size].tolist()
-        values, _ = to_numpy(self.values.slice(first, size), self.dtype)
-        return list(zip(times, values.tolist(), strict=True))
+        times = self.times[first : first + size]
+        return list(zip(times, self.read(first, first + size), strict=True))
 
 
 def _time_range(column: pa.Array) -> tuple[Array, Array, Array]:

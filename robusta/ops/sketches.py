@@ -28,14 +28,16 @@ from robusta.ops.params import int_between, optional, quantile_list
 from robusta.ops.values import (
     Array,
     binary_values,
+    list_bounds,
     list_items,
     list_of_pairs,
     lists_of,
+    primitive_view,
     python_value,
     rank_in_segments,
     segment_ids,
     struct_fields,
-    to_numpy,
+    value_reader,
 )
 from robusta.spec.datatypes import DataType
 
@@ -286,6 +288,8 @@ class ApproxQuantile(Operator):
         """The per-key ``finalize(merge_segments(...))``: each picked sketch's retained items
         read from its bytes once (:func:`_kll_items`, the library's iteration order), pooled
         as :meth:`_quantiles` pools them; a window of one sketch asks it."""
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
         positions = np.asarray(picks, dtype=np.int64).tolist()
         distinct = sorted(set(positions))
         raw = dict(zip(distinct, binary_values(column, distinct), strict=True))
@@ -575,6 +579,8 @@ class TopK(Operator):
         """The per-key ``finalize(merge_segments(...))``: the definition's own merge
         (:meth:`_reduce`) over the picked summaries, read as ``from_arrow`` reads them but
         only for the picked rows, without the Arrow round trip of the state and the result."""
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
         fields = struct_fields(column)
         totals = picked_values(fields["total"], picks, 0)
         rows = self._picked_summaries(fields["items"], np.asarray(picks, dtype=np.int64))
@@ -585,20 +591,22 @@ class TopK(Operator):
         return out
 
     def _picked_summaries(self, items: pa.Array, picks: Array) -> list[Counts]:
-        """``list_of_pairs`` of ``items[picks]`` (values decoded once per pick, as there)."""
-        offsets = np.asarray(items.offsets, dtype=np.int64)
-        first, end = offsets[:-1][picks], offsets[1:][picks]
-        if items.null_count:
-            end = np.where(np.asarray(items.is_valid(), dtype=np.bool_)[picks], end, first)
-        sizes = end - first
-        starts = np.cumsum(sizes) - sizes
-        positions = np.repeat(first - starts, sizes) + np.arange(int(sizes.sum()))
-        pairs = struct_fields(items.values.take(pa.array(positions, pa.int64())))
-        values, _ = to_numpy(pairs["value"], self.input_type)
-        counts, _ = to_numpy(pairs["count"], DataType.BIGINT)
-        flat = list(zip(values.tolist(), counts.tolist(), strict=True))
-        bounds = np.append(starts, len(flat)).tolist()
-        return [tuple(flat[lo:hi]) for lo, hi in pairwise(bounds)]
+        """``list_of_pairs`` of ``items[picks]``: the same Python values, read in place."""
+        pairs = struct_fields(items.values)
+        read = value_reader(pairs["value"], self.input_type)
+        if read is None or pairs["count"].null_count:  # values as from_arrow fills them
+            return list(list_of_pairs(items.take(pa.array(picks, pa.int64())), *self._pair))
+        counts, _ = primitive_view(pairs["count"])
+        first, end = list_bounds(items)
+        out: list[Counts] = []
+        for p in picks.tolist():
+            lo, hi = first[p], end[p]
+            out.append(tuple(zip(read(lo, hi), counts[lo:hi].tolist(), strict=True)))
+        return out
+
+    @property
+    def _pair(self) -> tuple[tuple[str, str], tuple[DataType, DataType]]:
+        return ("value", "count"), (self.input_type, DataType.BIGINT)
 
     def _cut(self, segments: Array, values: pa.Array, counts: Array, n: int) -> pa.Array:
         """The ``n`` segments' summaries (as ``to_arrow`` writes them) from (segment, value,
@@ -668,9 +676,7 @@ class TopK(Operator):
     def from_arrow(self, array: pa.Array) -> State:
         fields = struct_fields(array)
         totals = np.asarray(pc.fill_null(fields["total"], 0).to_numpy(zero_copy_only=False))
-        rows = list_of_pairs(
-            fields["items"], ("value", "count"), (self.input_type, DataType.BIGINT)
-        )
+        rows = list_of_pairs(fields["items"], *self._pair)
         return totals.astype(np.int64), _objects(rows, len(rows))
 
     def to_arrow(self, state: State) -> pa.Array:
