@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from robusta.errors import OperatorError
-from robusta.ops.values import Array, primitive_view, to_arrow_type, to_numpy
+from robusta.ops.values import Array, primitive_view, to_arrow_type, to_numpy, validity
 from robusta.spec.datatypes import DataType
 
 State = tuple[Array, ...]
@@ -355,9 +355,9 @@ def picked_values(column: pa.Array, picks: Array, fill: Any) -> list[Any]:
 
 def picked_validity(column: pa.Array, picks: Array) -> list[bool]:
     """Which of ``column[picks]`` are non-null."""
-    if not column.null_count:
+    valid = validity(column)
+    if valid is None:
         return [True] * len(picks)
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), np.bool_)
     out: list[bool] = valid[picks].tolist()
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
@@ -50,6 +51,27 @@ def _nullable_sum(av: Array, a: Array, bv: Array, b: Array) -> tuple[Array, Arra
         raise OperatorError("an integer sum overflows int64; CAST the input to DOUBLE in the query")
     value = np.where(both, total, np.where(av, a, b))
     return av | bv, value
+
+
+def _chan_fold(
+    counts: Sequence[int], means: Sequence[float], m2s: Sequence[float]
+) -> tuple[int, float, float]:
+    """``Variance.combine`` folded left over one window's IRs with Python scalars: the same
+    float operations in the same order (int64 operands of a division become float64 first,
+    as numpy's true division does), so the result is the vectorized fold's, bit for bit."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for i, (nb, mb, m2b) in enumerate(zip(counts, means, m2s, strict=True)):
+        if i == 0 or (n == 0 and nb != 0):  # the first IR; an empty acc takes b
+            n, mean, m2 = nb, mb, m2b
+        elif nb != 0:
+            total = n + nb
+            delta = mb - mean
+            mean, m2 = (
+                mean + delta * (float(nb) / float(total)),
+                m2 + m2b + delta * delta * (float(n * nb) / float(total)),
+            )
+            n = total
+    return n, mean, m2
 
 
 def _require_numeric(name: str, dtype: DataType) -> str | None:
@@ -414,6 +436,22 @@ class Variance(Operator):
         m2 = np.where(only_a, m2a, np.where(only_b, m2b, m2))
         return n, mean, m2
 
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
+        fields = struct_fields(column)
+        counts = picked_values(fields["count"], picks, 0)
+        means = picked_values(fields["mean"], picks, 0.0)
+        m2s = picked_values(fields["m2"], picks, 0.0)
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            n, _, m2 = _chan_fold(counts[a:b], means[a:b], m2s[a:b])
+            out.append(self._scalar_finish(m2 / (n - 1)) if n >= 2 else None)
+        return out
+
+    def _scalar_finish(self, variance: float) -> float:
+        return variance
+
     def finalize(self, state: State) -> pa.Array:
         n, _, m2 = state
         ok = n >= 2
@@ -468,3 +506,8 @@ class Stddev(Variance):
 
     def _finish(self, variance: Array) -> Array:
         return np.sqrt(variance)
+
+    def _scalar_finish(self, variance: float) -> float:
+        # Both are IEEE's correctly rounded root; NaN and negatives (math.sqrt raises on
+        # those) take numpy's, so the NaN's bits are the definition's too.
+        return math.sqrt(variance) if variance >= 0 else float(np.sqrt(variance))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -26,15 +27,18 @@ from robusta.ops.values import (
     Array,
     from_numpy,
     has_nan,
+    list_bounds,
     list_items,
     list_of_pairs,
     lists_of,
     placeholders,
+    primitive_view,
     python_value,
     rank_in_segments,
     segment_ids,
     struct_fields,
     to_numpy,
+    value_reader,
 )
 from robusta.spec.datatypes import DataType
 
@@ -315,6 +319,42 @@ class _EdgeN(Operator):
         times = np.asarray(pairs["ts"].cast(TS_TYPE).cast(pa.int64()), dtype=np.int64)
         return self._final(segment[near][owner], times, value, n)
 
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """The per-key ``finalize(merge_segments(...))``. Where a window's non-empty IRs
+        hold ascending, disjoint times (the tiles of a window do), the fold keeps exactly the
+        first (last) n items of their concatenation, each IR in its own sorted order: only
+        the IRs holding those are read. Other windows take the definition."""
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
+        view = _ItemsView.of(column, self.input_type)
+        if view is None:
+            return super().merge_windows(column, picks, offsets)
+        picks = np.asarray(picks, dtype=np.int64)
+        first, sizes, low, high = view.ranges(picks)
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            filled = [i for i in range(a, b) if sizes[i]]
+            if any(high[i] >= low[j] for i, j in pairwise(filled)):
+                out.append(super().merge_windows(column, picks[a:b], [0, b - a])[0])
+                continue
+            out.append(self._edge_values(view, [(first[i], sizes[i]) for i in filled]))
+        return out
+
+    def _edge_values(self, view: _ItemsView, tiles: list[tuple[int, int]]) -> list[Any] | None:
+        """The result of a window whose IRs (``(first item, size)``, ascending and disjoint in
+        time) are ``tiles``: first_n oldest first, last_n newest first; None when empty."""
+        wanted, held = [], 0
+        for tile in tiles if self.want_least else reversed(tiles):
+            if held >= self.n:
+                break
+            wanted.append(tile)
+            held += tile[1]
+        if not self.want_least:
+            wanted.reverse()
+        items = [pair for tile in wanted for pair in sorted(view.items(*tile))]
+        kept = items[: self.n] if self.want_least else items[::-1][: self.n]
+        return [self._value(v) for _, v in kept] if kept else None
+
     def _final(self, segments: Array, times: Array, values: pa.Array, n: int) -> pa.Array:
         """``finalize`` of the segments' merged IRs from (segment, ts, value) items: first_n
         oldest first, last_n newest first, null for an empty window."""
@@ -399,6 +439,47 @@ class LastN(_EdgeN):
     name = "last_n"
     summary = "values of the n events with the greatest (ts, value), newest first"
     want_least = False
+
+
+@dataclass(frozen=True)
+class _ItemsView:
+    """The stored items of a first_n / last_n IR column, read in place for a few rows:
+    each row's first and end item (none for null rows), item times, item values."""
+
+    first: list[int]
+    end: list[int]
+    times: list[int]
+    read: Callable[[int, int], list[Any]]
+
+    @classmethod
+    def of(cls, column: pa.Array, dtype: DataType) -> _ItemsView | None:
+        """None where the definition reads items otherwise (null times or values become
+        fill values there)."""
+        fields = struct_fields(column.values)
+        ts = fields["ts"]
+        read = value_reader(fields["value"], dtype)
+        if read is None or ts.null_count or not ts.type.equals(TS_TYPE):
+            return None
+        first, end = list_bounds(column)
+        times, _ = primitive_view(ts)
+        return cls(first, end, times.tolist(), read)
+
+    def ranges(self, picks: Array) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Per pick: its first item, item count, least and greatest item time."""
+        first, sizes, low, high = [], [], [], []
+        for p in picks.tolist():
+            lo, hi = self.first[p], self.end[p]
+            times = self.times[lo:hi]
+            first.append(lo)
+            sizes.append(hi - lo)
+            low.append(min(times, default=0))
+            high.append(max(times, default=0))
+        return first, sizes, low, high
+
+    def items(self, first: int, size: int) -> list[tuple[int, Any]]:
+        """The (ts, value) items of one IR as the definition's state holds them."""
+        times = self.times[first : first + size]
+        return list(zip(times, self.read(first, first + size), strict=True))
 
 
 def _time_range(column: pa.Array) -> tuple[Array, Array, Array]:

@@ -23,18 +23,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from robusta.ops.base import Operator, Param, State, reduce_segments
+from robusta.ops.base import Operator, Param, State, picked_values, reduce_segments
 from robusta.ops.params import int_between, optional, quantile_list
 from robusta.ops.values import (
     Array,
     binary_values,
+    list_bounds,
     list_items,
     list_of_pairs,
     lists_of,
+    primitive_view,
     python_value,
     rank_in_segments,
     segment_ids,
     struct_fields,
+    value_reader,
 )
 from robusta.spec.datatypes import DataType
 
@@ -267,6 +270,10 @@ class ApproxQuantile(Operator):
         pairs = [pair for sketch in parts for pair in sketch]
         items = np.array([p[0] for p in pairs], dtype=np.float64)
         weights = np.array([p[1] for p in pairs], dtype=np.int64)
+        return self._pooled_quantiles(items, weights)
+
+    def _pooled_quantiles(self, items: Array, weights: Array) -> list[float]:
+        """Quantiles of the weighted sample pooled from several sketches (in their order)."""
         order = np.argsort(items, kind="stable")
         items, cumulative = items[order], np.cumsum(weights[order])
         total = int(cumulative[-1])
@@ -275,6 +282,31 @@ class ApproxQuantile(Operator):
             # KLL's inclusive rule: the first item whose cumulative weight reaches ceil(q * n).
             i = int(np.searchsorted(cumulative, math.ceil(q * total), side="left"))
             out.append(float(items[min(i, len(items) - 1)]))
+        return out
+
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """The per-key ``finalize(merge_segments(...))``: each picked sketch's retained items
+        read from its bytes once (:func:`_kll_items`, the library's iteration order), pooled
+        as :meth:`_quantiles` pools them; a window of one sketch asks it."""
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
+        positions = np.asarray(picks, dtype=np.int64).tolist()
+        distinct = sorted(set(positions))
+        raw = dict(zip(distinct, binary_values(column, distinct), strict=True))
+        parsed = {p: _kll_items(b) for p, b in raw.items()}
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            parts = [p for p in positions[a:b] if parsed[p] is not None]
+            if not parts:
+                out.append(None)
+            elif len(parts) == 1:
+                sketch = ds.kll_doubles_sketch.deserialize(raw[parts[0]])
+                out.append([float(sketch.get_quantile(q, True)) for q in self.quantiles])
+            else:
+                pooled = [pair for p in parts if (pair := parsed[p]) is not None]
+                items = np.concatenate([p[0] for p in pooled])
+                weights = np.concatenate([p[1] for p in pooled])
+                out.append(self._pooled_quantiles(items, weights))
         return out
 
     columnar_windows = True
@@ -543,6 +575,39 @@ class TopK(Operator):
             self.result_type
         )
 
+    def merge_windows(self, column: pa.Array, picks: Array, offsets: Sequence[int]) -> list[Any]:
+        """The per-key ``finalize(merge_segments(...))``: the definition's own merge
+        (:meth:`_reduce`) over the picked summaries, read as ``from_arrow`` reads them but
+        only for the picked rows, without the Arrow round trip of the state and the result."""
+        if not len(picks):  # only empty windows (common: short windows of a quiet key)
+            return [None] * (len(offsets) - 1)
+        fields = struct_fields(column)
+        totals = picked_values(fields["total"], picks, 0)
+        rows = self._picked_summaries(fields["items"], np.asarray(picks, dtype=np.int64))
+        out: list[Any] = []
+        for a, b in pairwise(offsets):
+            counts = self._reduce(rows[a:b])
+            out.append(self._items(counts[: self.k]) if sum(totals[a:b]) > 0 else None)
+        return out
+
+    def _picked_summaries(self, items: pa.Array, picks: Array) -> list[Counts]:
+        """``list_of_pairs`` of ``items[picks]``: the same Python values, read in place."""
+        pairs = struct_fields(items.values)
+        read = value_reader(pairs["value"], self.input_type)
+        if read is None or pairs["count"].null_count:  # values as from_arrow fills them
+            return list(list_of_pairs(items.take(pa.array(picks, pa.int64())), *self._pair))
+        counts, _ = primitive_view(pairs["count"])
+        first, end = list_bounds(items)
+        out: list[Counts] = []
+        for p in picks.tolist():
+            lo, hi = first[p], end[p]
+            out.append(tuple(zip(read(lo, hi), counts[lo:hi].tolist(), strict=True)))
+        return out
+
+    @property
+    def _pair(self) -> tuple[tuple[str, str], tuple[DataType, DataType]]:
+        return ("value", "count"), (self.input_type, DataType.BIGINT)
+
     def _cut(self, segments: Array, values: pa.Array, counts: Array, n: int) -> pa.Array:
         """The ``n`` segments' summaries (as ``to_arrow`` writes them) from (segment, value,
         count) triples: :meth:`_reduce` for all segments at once, on integer codes (a value's
@@ -611,9 +676,7 @@ class TopK(Operator):
     def from_arrow(self, array: pa.Array) -> State:
         fields = struct_fields(array)
         totals = np.asarray(pc.fill_null(fields["total"], 0).to_numpy(zero_copy_only=False))
-        rows = list_of_pairs(
-            fields["items"], ("value", "count"), (self.input_type, DataType.BIGINT)
-        )
+        rows = list_of_pairs(fields["items"], *self._pair)
         return totals.astype(np.int64), _objects(rows, len(rows))
 
     def to_arrow(self, state: State) -> pa.Array:

@@ -8,6 +8,7 @@ comparisons never meet ``None``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -173,9 +174,42 @@ def primitive_view(array: pa.Array) -> tuple[Array, BoolArray | None]:
         raise OperatorError(f"no fixed-width view of {kind} values")
     data = array.buffers()[1]
     values = np.frombuffer(data, dtype=dtype, count=len(array) + array.offset)[array.offset :]
+    return values, validity(array)
+
+
+def validity(array: pa.Array) -> BoolArray | None:
+    """Which values of ``array`` are valid, read from its bitmap (a compute call costs more
+    than the few values the per-key path reads); None without nulls."""
     if not array.null_count:
-        return values, None
-    return values, np.asarray(array.is_valid().to_numpy(zero_copy_only=False), np.bool_)
+        return None
+    bitmap = np.frombuffer(array.buffers()[0], np.uint8)
+    bits = np.unpackbits(bitmap, count=array.offset + len(array), bitorder="little")
+    valid: BoolArray = bits[array.offset :].view(np.bool_)
+    return valid
+
+
+def list_bounds(array: pa.Array) -> tuple[list[int], list[int]]:
+    """Per row of a list array, its first and end item in ``array.values`` (null rows hold
+    none), as Python integers for a few reads."""
+    offsets = np.frombuffer(array.buffers()[1], np.int32, len(array) + 1 + array.offset)
+    offsets = offsets[array.offset :]
+    first, end = offsets[:-1], offsets[1:]
+    valid = validity(array)
+    if valid is not None:  # a null row may still point at items
+        end = np.where(valid, end, first)
+    return first.tolist(), end.tolist()
+
+
+def value_reader(values: pa.Array, dtype: DataType) -> Callable[[int, int], list[Any]] | None:
+    """Reads ``values[lo:hi]`` as ``to_numpy(values, dtype)[0][lo:hi].tolist()`` does
+    (temporal values as int micros or days) without converting the rest; None for values
+    with nulls or of another type than ``dtype``'s (``to_numpy`` fills and casts those)."""
+    if values.null_count or not values.type.equals(dtype.arrow()):
+        return None
+    if dtype in (DataType.TIMESTAMP, DataType.DATE):
+        view, _ = primitive_view(values)
+        return lambda lo, hi: list(view[lo:hi].tolist())
+    return lambda lo, hi: list(values.slice(lo, hi - lo).to_pylist())
 
 
 def binary_values(array: pa.Array, positions: list[int]) -> list[bytes | None]:
@@ -184,15 +218,12 @@ def binary_values(array: pa.Array, positions: list[int]) -> list[bytes | None]:
     reads."""
     if not pa.types.is_binary(array.type):
         raise OperatorError(f"expected binary values, got {array.type}")
-    validity, offsets_buffer, data = array.buffers()
+    _, offsets_buffer, data = array.buffers()
     offsets = np.frombuffer(offsets_buffer, np.int32, count=len(array) + 1 + array.offset)
     bounds = offsets[array.offset :].tolist()
     body = memoryview(data) if data is not None else memoryview(b"")
-    valid = (
-        None
-        if validity is None or not array.null_count
-        else np.asarray(array.is_valid().to_numpy(zero_copy_only=False)).tolist()
-    )
+    valid_bits = validity(array)
+    valid = None if valid_bits is None else valid_bits.tolist()
     return [
         None if valid is not None and not valid[p] else bytes(body[bounds[p] : bounds[p + 1]])
         for p in positions

@@ -62,16 +62,21 @@ class KeyAssembler:
         return -_START_BIAS - (-_START_BIAS % -self.sizes[-1])
 
     @cached_property
-    def features(self) -> list[tuple[BaseFeature, int, Windows, list[tuple[str, int]]]]:
-        """Per base feature wanted: its record column, its distinct windows and each
-        output's window position."""
+    def windows(self) -> Windows:
+        """Every distinct window of the outputs: one tile search per key finds them all."""
+        return tuple(dict.fromkeys(_micros_of(o) for o in self.outputs))
+
+    @cached_property
+    def features(self) -> list[tuple[BaseFeature, int, tuple[int, ...], list[tuple[str, int]]]]:
+        """Per base feature wanted: its record column, its windows (positions in
+        :attr:`windows`) and each output's position among those."""
         out = []
         for column, feature in enumerate(self.group.features, start=2):
             mine = [o for o in self.outputs if o.base == feature.name]
             if not mine:
                 continue
-            windows = tuple(dict.fromkeys(_micros_of(o) for o in mine))
-            positions = [(o.name, windows.index(_micros_of(o))) for o in mine]
+            windows = tuple(dict.fromkeys(self.windows.index(_micros_of(o)) for o in mine))
+            positions = [(o.name, windows.index(self.windows.index(_micros_of(o)))) for o in mine]
             out.append((feature, column, windows, positions))
         return out
 
@@ -79,14 +84,14 @@ class KeyAssembler:
         """Every output's value for windows ending at ``end`` (floored to the finest
         granularity and capped by the version pointer) from one key's tile record
         (:func:`record_schema`)."""
-        search = _search_keys(record)
-        layouts: dict[Windows, tuple[np.ndarray, list[int]]] = {}
+        picks, offsets = self.cuts(self.windows, end).picks(_search_keys(record))
+        layouts: dict[tuple[int, ...], tuple[np.ndarray, list[int]]] = {}
         values: dict[str, Any] = {}
         for feature, column, windows, outputs in self.features:
             if windows not in layouts:
-                layouts[windows] = self.cuts(windows, end).picks(search)
-            picks, offsets = layouts[windows]
-            merged = feature.op.merge_windows(record.column(column), picks, offsets)
+                layouts[windows] = _select(picks, offsets, windows)
+            mine, bounds = layouts[windows]
+            merged = feature.op.merge_windows(record.column(column), mine, bounds)
             for name, position in outputs:
                 values[name] = merged[position]
         return values
@@ -126,6 +131,19 @@ class KeyAssembler:
 
 def _micros_of(output: OutputFeature) -> int | None:
     return None if output.window.duration is None else output.window.duration.micros
+
+
+def _select(
+    picks: np.ndarray, offsets: list[int], windows: tuple[int, ...]
+) -> tuple[np.ndarray, list[int]]:
+    """The picks and offsets of some of the windows (by position) out of all of them."""
+    if len(windows) == 1:
+        [w] = windows
+        return picks[offsets[w] : offsets[w + 1]], [0, offsets[w + 1] - offsets[w]]
+    bounds = [0]
+    for w in windows:
+        bounds.append(bounds[-1] + offsets[w + 1] - offsets[w])
+    return np.concatenate([picks[offsets[w] : offsets[w + 1]] for w in windows]), bounds
 
 
 def _search_keys(record: pa.RecordBatch) -> np.ndarray:

@@ -24,6 +24,7 @@ from robusta.store.online.records import decode, tile_record_schema, tile_record
 from robusta.testing.compare import bits
 from tests.plan.test_assembly import CASES, GMIN, T0, assemble, group_for, scenario, tiles_of
 
+Params = dict[str, Any]
 OVERRIDES: list[tuple[str, DataType]] = [
     ("count", DataType.STRING),
     ("sum", DataType.DOUBLE),
@@ -47,7 +48,31 @@ OVERRIDES: list[tuple[str, DataType]] = [
     ("first", DataType.TIMESTAMP),
     ("last", DataType.DATE),
     ("last", DataType.BOOLEAN),
+    ("variance", DataType.DOUBLE),
+    ("variance", DataType.BIGINT),
+    ("stddev", DataType.DOUBLE),
+    ("first_n", DataType.DOUBLE),
+    ("last_n", DataType.DOUBLE),
+    ("first_n", DataType.STRING),
+    ("last_n", DataType.BIGINT),
+    ("first_n", DataType.TIMESTAMP),
+    ("last_n", DataType.DATE),
+    ("approx_quantile", DataType.DOUBLE),
+    ("approx_quantile", DataType.BIGINT),
+    ("top_k", DataType.STRING),
+    ("top_k", DataType.DOUBLE),
+    ("top_k", DataType.BIGINT),
+    ("top_k", DataType.TIMESTAMP),
+    ("top_k", DataType.BOOLEAN),
 ]
+# Small parameters, so the generated IRs meet the cuts: first_n / last_n keep fewer items
+# than a window holds, top_k's capacity drops counters, KLL compacts into several levels.
+PARAMS: dict[str, Params] = {
+    "first_n": {"n": 3},
+    "last_n": {"n": 2},
+    "approx_quantile": {"q": [0.0, 0.3, 0.5, 0.99, 1.0], "k": 8},
+    "top_k": {"k": 2, "capacity": 3},
+}
 SPECIAL = {
     DataType.DOUBLE: st.sampled_from([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 2.5]),
     DataType.BIGINT: st.sampled_from([0, -1, 7, 2**40]),
@@ -83,21 +108,76 @@ def ir_column(draw: st.DrawFn, op: Operator, dtype: DataType) -> pa.Array:
     return op.to_arrow(state)
 
 
-@pytest.mark.parametrize(("name", "dtype"), OVERRIDES, ids=[f"{n}-{d}" for n, d in OVERRIDES])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_merge_windows_equals_the_definition(name: str, dtype: DataType, data: Any) -> None:
-    op = make_operator(name, dtype)
-    column = data.draw(ir_column(op, dtype))
-    if data.draw(st.booleans()):  # a sliced record column starts past offset zero
-        column = pa.concat_arrays([column[:1], column]).slice(1)
-    size = len(column)
-    windows = data.draw(st.lists(st.lists(st.integers(0, size - 1), max_size=8), max_size=5))
+@st.composite
+def tile_column(draw: st.DrawFn, op: Operator, dtype: DataType) -> pa.Array:
+    """IRs as a key's tiles hold them: events in time order cut into consecutive IRs, so
+    IRs cover ascending times (equal times may straddle a cut), up to 40 of them."""
+    n = draw(st.integers(1, 80))
+    values = draw(st.lists(values_for(dtype), min_size=n, max_size=n))
+    steps = draw(st.lists(st.sampled_from([0, 1, 1, 7]), min_size=n, max_size=n))
+    ts = np.cumsum(np.asarray(steps, np.int64))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=40)))
+    offsets = np.asarray([0, *cuts, n], np.int64)
+    column = op.to_arrow(op.build(ts, pa.array(values, dtype.arrow()), offsets))
+    if pa.types.is_list(column.type) and draw(st.booleans()):
+        # Items stored in another order than ours (the definition sorts them when read).
+        rows = column.to_pylist()
+        column = pa.array([r if r is None else r[::-1] for r in rows], column.type)
+    return column
+
+
+@st.composite
+def tile_windows(draw: st.DrawFn, size: int) -> list[list[int]]:
+    """Windows as the assembler picks them: ascending runs of tiles, sharing tiles (a
+    shorter window is a suffix of a longer one), single tiles, none."""
+    windows = []
+    for _ in range(draw(st.integers(0, 5))):
+        start = draw(st.integers(0, size))
+        stop = draw(st.integers(start, size))
+        skip = draw(st.sets(st.integers(start, max(start, stop - 1)), max_size=3))
+        windows.append([p for p in range(start, stop) if p not in skip])
+    if size and draw(st.booleans()):
+        windows.append([size - 1])
+    return windows
+
+
+def check_merge_windows(op: Operator, column: pa.Array, windows: list[list[int]]) -> None:
     picks = np.asarray([p for w in windows for p in w], np.int64)
     offsets = np.cumsum([0, *(len(w) for w in windows)]).tolist()
     got = op.merge_windows(column, picks, offsets)
     want = Operator.merge_windows(op, column, picks, offsets)
     assert [bits(v) for v in got] == [bits(v) for v in want]
+
+
+def sliced(column: pa.Array, data: st.DataObject) -> pa.Array:
+    if data.draw(st.booleans()):  # a sliced record column starts past offset zero
+        return pa.concat_arrays([column[:1], column]).slice(1)
+    return column
+
+
+@pytest.mark.parametrize(("name", "dtype"), OVERRIDES, ids=[f"{n}-{d}" for n, d in OVERRIDES])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_merge_windows_equals_the_definition(name: str, dtype: DataType, data: Any) -> None:
+    """Any picks: IRs overlapping in time, repeated, out of order."""
+    op = make_operator(name, dtype, PARAMS.get(name))
+    column = sliced(data.draw(ir_column(op, dtype)), data)
+    size = len(column)
+    windows = data.draw(st.lists(st.lists(st.integers(0, size - 1), max_size=8), max_size=5))
+    check_merge_windows(op, column, windows)
+
+
+@pytest.mark.parametrize(("name", "dtype"), OVERRIDES, ids=[f"{n}-{d}" for n, d in OVERRIDES])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_merge_windows_of_tiles_equals_the_definition(
+    name: str, dtype: DataType, data: Any
+) -> None:
+    """Picks as windows of tiles make them: the overrides' fast paths (first_n / last_n
+    read only the edge tiles of time-ordered, disjoint IRs)."""
+    op = make_operator(name, dtype, PARAMS.get(name))
+    column = sliced(data.draw(tile_column(op, dtype)), data)
+    check_merge_windows(op, column, data.draw(tile_windows(len(column))))
 
 
 @pytest.mark.parametrize(("name", "dtype", "params"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
