@@ -1,15 +1,15 @@
 """Benchmark: the feature server under load on loopback, beside the in-process client.
 
-The lookup benchmark's project (``bench/lookup.py``: its spec, tiles built in numpy and
-written to the embedded store) is served by ``robusta serve`` in a process of its own, once
-per ASGI stack compared (uvicorn with uvloop + httptools, the default, and with asyncio +
-h11). A bounded open-loop generator (asyncio, keep-alive connections) sends ``--rate``
+The lookup benchmark's project (``bench/lookup.py``; by default the retail log with the
+spec of every operator and windows 1h to 90d and lifetime, materialized and uploaded) is
+served by ``robusta serve`` in a process of its own, once per ASGI stack compared (uvicorn
+with uvloop + httptools, the default, and with asyncio + h11). A bounded open-loop generator (asyncio, keep-alive connections) sends ``--rate``
 requests/s of 1 random entity for ``--seconds``; latency runs from each request's scheduled
 time to its complete answer, so a stall counts against every request it delays. Beside it,
 the same lookups in-process (``FeatureClient.get_features``), measured in the same run, and
 each server's peak RSS.
 
-    .venv/bin/python bench/serve.py --keys 100000 --events 2000000 --rate 1000 --seconds 10
+    .venv/bin/python bench/serve.py --rate 1000 --seconds 10
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from lookup import PREFIX, REDIS_URL, build, percentiles, timed
+from lookup import (
+    PREFIX,
+    REDIS_URL,
+    SPECS,
+    build_generated,
+    build_retail,
+    percentiles,
+    timed,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -135,11 +143,14 @@ async def load(port: int, bodies: list[bytes], rate: float) -> tuple[list[float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="feature server load benchmark")
-    parser.add_argument("--keys", type=int, default=100_000)
-    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--keys", type=int, default=100_000, help="generated data only")
+    parser.add_argument("--events", type=int, default=2_000_000, help="generated data only")
+    parser.add_argument("--data", choices=["retail", "generated"], default="retail")
+    parser.add_argument("--spec", choices=sorted(SPECS), help="default: full on retail")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration (bounded)")
     args = parser.parse_args()
+    args.spec = args.spec or ("full" if args.data == "retail" else "five")
     console = Console(width=150)
     root = Path(tempfile.mkdtemp(prefix="robusta-serve-"))
     try:
@@ -157,7 +168,11 @@ def run(root: Path, args: argparse.Namespace, console: Console) -> None:
     from robusta.serving import FeatureClient
     from robusta.spec.durations import from_micros
 
-    workspace, keys, pointer = build(root, args.keys, args.events, console)
+    build = build_retail if args.data == "retail" else build_generated
+    built = build(root, args, console)
+    for store in built.stores.values():
+        store.close()
+    workspace, keys, pointer = built.workspace, built.keys, built.pointer
     features = [o.name for s in workspace.plan.specs for o in s.outputs]
     entity = next(
         iter(k.entity for s in workspace.plan.specs for g in s.groups for k in g.layout.keys)
