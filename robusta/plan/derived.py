@@ -7,9 +7,10 @@ An expression is parsed by sqlglot (Spark dialect), type-checked against the fea
 types and the declared request inputs, and compiled into one evaluator over Arrow arrays
 (``pyarrow.compute``). The training frame (both engines) and the lookup client call that
 same evaluator on the same typed inputs, so derived values agree online and offline, bit for
-bit. Semantics are Spark's without ANSI mode: NULL in, NULL out; ``/`` gives DOUBLE and NULL
-for a zero divisor; ``LN``/``LOG`` give NULL for inputs <= 0; ``GREATEST``/``LEAST`` skip
-NULLs; ``ROUND`` rounds half away from zero; AND/OR use three-valued logic.
+bit. Semantics are Spark's without ANSI mode (tests/plan/test_derived.py checks them against
+Spark SQL): NULL in, NULL out; ``/`` gives DOUBLE and NULL for a zero divisor; ``LN``/``LOG``
+give NULL for inputs <= 0; ``GREATEST``/``LEAST`` skip NULLs; DOUBLE to BIGINT saturates (NaN
+gives 0); ``ROUND`` rounds half away from zero; AND/OR use three-valued logic.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class Expression:
             raise DerivedInputError(f"cannot evaluate {self.text!r}: {exc}") from None
         if isinstance(value, pa.Scalar):
             value = pa.repeat(value, rows)
-        out = value.cast(self.type) if value.type != self.type else value
+        out = value if value.type == self.type else pc.cast(value, self.type, safe=False)
         return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
@@ -269,7 +270,8 @@ def _first_meta(node: exp.Expression) -> dict[str, Any]:
 def _as(kind: Kind, value: Value) -> Value:
     """``value`` cast to ``kind``'s Arrow type (a NULL literal takes any type)."""
     target = ARROW_OF[kind]
-    return value if value.type == target else value.cast(target)
+    # Unchecked, as Spark widens BIGINT to DOUBLE (rounding past 2**53).
+    return value if value.type == target else pc.cast(value, target, safe=False)
 
 
 def _arrow_null(kind: Kind) -> pa.Scalar:
@@ -451,16 +453,30 @@ def _cast(c: _Compiler, e: exp.Expression) -> _Node:
     inner = c.node(e.this)
     if target is None or not (inner.kind.numeric or inner.kind == Kind.BOOL):
         raise c.fail(e, "CAST works between numbers and booleans: AS DOUBLE, BIGINT or BOOLEAN")
-    if target == Kind.INT:  # Spark truncates toward zero; NaN and infinities become NULL
+    if target == Kind.INT:
 
         def run(i: _Env) -> Value:
             value = inner.run(i)
             if pa.types.is_floating(value.type):
-                value = pc.if_else(pc.is_finite(value), pc.trunc(value), _arrow_null(Kind.FLOAT))
+                return _long_of(pc.trunc(value))
             return pc.cast(value, pa.int64(), safe=False)
 
         return _Node(Kind.INT, run)
-    return _Node(target, lambda i: pc.cast(inner.run(i), ARROW_OF[target]))
+    return _Node(target, lambda i: pc.cast(inner.run(i), ARROW_OF[target], safe=False))
+
+
+_LONG_LIMIT = 2.0**63
+
+
+def _long_of(value: Value) -> Value:
+    """Whole DOUBLEs to BIGINT as the JVM's ``toLong`` does: NaN gives 0, values past the
+    range (infinities too) saturate at its ends."""
+    high = pc.greater_equal(value, _LONG_LIMIT)
+    low = pc.less(value, -_LONG_LIMIT)
+    inside = pc.if_else(pc.or_(pc.or_(high, low), pc.is_nan(value)), 0.0, value)
+    out = pc.cast(inside, pa.int64(), safe=False)
+    out = pc.if_else(high, pa.scalar((1 << 63) - 1, pa.int64()), out)
+    return pc.if_else(low, pa.scalar(-(1 << 63), pa.int64()), out)
 
 
 def _extreme(function: str) -> Callable[[_Compiler, exp.Expression], _Node]:
@@ -521,12 +537,13 @@ def _round(c: _Compiler, e: exp.Expression) -> _Node:
     places = e.args.get("decimals")
     digits = 0
     if places is not None:
-        if not (isinstance(places, exp.Literal) and places.this.lstrip("-").isdigit()):
+        sign, literal = (-1, places.this) if isinstance(places, exp.Neg) else (1, places)
+        if not (isinstance(literal, exp.Literal) and str(literal.this).isdigit()):
             raise c.fail(places, "ROUND's places must be an integer literal")
-        digits = int(places.this)
+        digits = sign * int(literal.this)
     kind = Kind.FLOAT if inner.kind == Kind.NULL else inner.kind
-    if kind == Kind.INT and digits >= 0:
-        return inner
+    if kind == Kind.INT:
+        return inner if digits >= 0 else _Node(Kind.INT, _round_integer(inner, 10**-digits))
 
     def run(i: _Env) -> Value:
         value = pc.round(_as(Kind.FLOAT, inner.run(i)), digits, round_mode="half_towards_infinity")
@@ -535,8 +552,19 @@ def _round(c: _Compiler, e: exp.Expression) -> _Node:
     return _Node(kind, run)
 
 
+def _round_integer(inner: _Node, factor: int) -> Callable[[_Env], Value]:
+    """BIGINT rounding to tens, hundreds, ...: exact in integers, half away from zero."""
+
+    def run(i: _Env) -> Value:
+        value = inner.run(i)
+        magnitude = pc.multiply(pc.divide(pc.add(pc.abs(value), factor // 2), factor), factor)
+        return pc.if_else(pc.less(value, 0), pc.negate(magnitude), magnitude)
+
+    return run
+
+
 def _to_integer(function: str) -> Callable[[_Compiler, exp.Expression], _Node]:
-    """FLOOR / CEIL: BIGINT like Spark (NaN and infinities give NULL)."""
+    """FLOOR / CEIL: BIGINT like Spark (``Math.floor(x).toLong``)."""
 
     def handle(c: _Compiler, e: exp.Expression) -> _Node:
         inner = c.numeric(e.this)
@@ -544,12 +572,7 @@ def _to_integer(function: str) -> Callable[[_Compiler, exp.Expression], _Node]:
             return inner
         call = getattr(pc, function)
 
-        def run(i: _Env) -> Value:
-            value = _as(Kind.FLOAT, inner.run(i))
-            value = pc.if_else(pc.is_finite(value), call(value), _arrow_null(Kind.FLOAT))
-            return pc.cast(value, pa.int64(), safe=False)
-
-        return _Node(Kind.INT, run)
+        return _Node(Kind.INT, lambda i: _long_of(call(_as(Kind.FLOAT, inner.run(i)))))
 
     return handle
 
