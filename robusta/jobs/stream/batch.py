@@ -30,7 +30,7 @@ from robusta.jobs.stream.errors import fault
 from robusta.jobs.stream.keyed import KeyedState, without_changed
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, closed_between, open_only
+from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, open_only
 from robusta.spec.durations import floor_to, latest, to_micros
 from robusta.store.files import join
 from robusta.store.tiles import read_bucket, tile_identity
@@ -183,23 +183,10 @@ def closing_tiles(
     after: int | None,
 ) -> pa.Table | None:
     """The tiles whose bucket ends in ``(before, after]``, as of after this batch: the
-    touched ones, and the stored ones of the other keys the index names."""
+    stored ones (the keyed state's log), superseded by the touched ones."""
     if after is None or after == before:
         return None
-    pairs = state.closing_keys(group, before, after)
-    parts = []
-    if touched is not None and touched.num_rows:
-        parts.append(without_changed(touched))
-        mine = set(state.day_keys(group, touched))
-        pairs = [p for p in pairs if p not in mine]
-    stored = state.read(group, pairs)
-    if stored is not None:
-        parts.append(stored)
-    if not parts:
-        return None
-    return closed_between(
-        pa.concat_tables(parts, promote_options="default"), group, before, after
-    )
+    return state.closing(group, before, after, touched)
 
 
 def seed_tiles(
