@@ -36,7 +36,14 @@ import pyarrow.compute as pc
 
 from robusta.jobs.stream.errors import StreamingError
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import CHANGED, bucket_micros, key_ids, run_offsets, sizes
+from robusta.plan.open_tiles import (
+    CHANGED,
+    bucket_micros,
+    closing_mask,
+    key_ids,
+    run_offsets,
+    sizes,
+)
 from robusta.spec.durations import floor_to
 from robusta.store.online.records import decode, encode
 from robusta.store.tiles import tile_schema
@@ -136,11 +143,8 @@ class KeyedState:
         schema = tile_schema(group)
         parts = list(self._logged(group, before, after))
         if newer is not None and newer.num_rows:
-            ends = pc.add(bucket_micros(newer), sizes(newer, group))
-            mine = pc.less_equal(ends, after)
-            if before is not None:
-                mine = pc.and_(mine, pc.greater(ends, before))
-            parts.append(newer.filter(mine).select(schema.names).cast(schema))
+            mine = newer.filter(closing_mask(newer, group, before, after))
+            parts.append(mine.select(schema.names).cast(schema))
         parts = [t for t in parts if t.num_rows]
         if not parts:
             return None
@@ -253,7 +257,7 @@ def _latest(group: TileGroup, parts: list[pa.Table]) -> pa.Table:
     """The rows of ``parts`` (in the order tiles were written), each tile's last one."""
     rows = pa.concat_tables(parts)
     if len(parts) == 1:
-        return rows  # one version: a tile is logged once per version
+        return rows  # one entry (or the newer tiles alone): each tile once
     identity = [*(k.column for k in group.layout.keys), "granularity", "bucket_start"]
     index = pa.array(np.arange(rows.num_rows, dtype=np.int64))
     last = rows.select(identity).append_column("__row", index).group_by(identity)
