@@ -30,7 +30,7 @@ from robusta.jobs.stream.errors import fault
 from robusta.jobs.stream.keyed import KeyedState, without_changed
 from robusta.jobs.stream.stores import StreamStores
 from robusta.plan.model import SpecPlan, TileGroup
-from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, closed_between, open_only
+from robusta.plan.open_tiles import BUCKET, advance, bucket_micros, open_only
 from robusta.spec.durations import floor_to, latest, to_micros
 from robusta.store.files import join
 from robusta.store.tiles import read_bucket, tile_identity
@@ -116,7 +116,7 @@ class BatchTiles(StateVersions):
                     and self.checkpoint.seeded(self.largest)
                 )
                 touched = self._touched(group, batch if on_time else None, pointer, seed)
-                closing = self._closing(group, touched, pointer, after)
+                closing = closing_tiles(self.state, group, touched, pointer, after)
                 write_version_tiles(touched, tmp / TOUCHED, group)
                 write_version_tiles(closing, tmp / CLOSING, group)
             meta = {
@@ -174,27 +174,19 @@ class BatchTiles(StateVersions):
             stored = open_only(stored, group, pointer)
         return advance(group, self.plan.hash, stored, partial)
 
-    def _closing(
-        self, group: TileGroup, touched: pa.Table | None, before: int | None, after: int | None
-    ) -> pa.Table | None:
-        """The tiles whose bucket ends in ``(before, after]``, as of after this batch: the
-        touched ones, and the stored ones of the other keys the index names."""
-        if after is None or after == before:
-            return None
-        pairs = self.state.closing_keys(group, before, after)
-        parts = []
-        if touched is not None and touched.num_rows:
-            parts.append(without_changed(touched))
-            mine = set(self.state.day_keys(group, touched))
-            pairs = [p for p in pairs if p not in mine]
-        stored = self.state.read(group, pairs)
-        if stored is not None:
-            parts.append(stored)
-        if not parts:
-            return None
-        return closed_between(
-            pa.concat_tables(parts, promote_options="default"), group, before, after
-        )
+
+def closing_tiles(
+    state: KeyedState,
+    group: TileGroup,
+    touched: pa.Table | None,
+    before: int | None,
+    after: int | None,
+) -> pa.Table | None:
+    """The tiles whose bucket ends in ``(before, after]``, as of after this batch: the
+    stored ones (the keyed state's log), superseded by the touched ones."""
+    if after is None or after == before:
+        return None
+    return state.closing(group, before, after, touched)
 
 
 def seed_tiles(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from robusta.jobs.stream.batch import BatchTiles, Rows
 from robusta.jobs.stream.checkpoint import Checkpoint, SpecStatus
 from robusta.jobs.stream.errors import StreamingError, fault
+from robusta.jobs.stream.keyed import KeyedState
 from robusta.jobs.stream.offline import OfflineCommit
 from robusta.jobs.stream.online import OnlineApply
 from robusta.jobs.stream.stateful import StatefulTiles
@@ -102,6 +103,8 @@ class SpecStream:
                 "start a fresh checkpoint (streaming.checkpoint), or stream it with --engine "
                 "embedded"
             )
+        if self.engine == "embedded":
+            KeyedState(self.folder / "keyed", self.plan).check_layout(self.plan.name)
 
     def _check_mode(self) -> None:
         modes = self.config.online.options.get("modes") or {}
