@@ -18,7 +18,11 @@ import pytest
 
 from tests.conftest import SPEC, MakeProject
 
-BOUND_SECONDS = 2.5  # "within about 2 s": 1.2-1.9 s measured, the rest is headroom
+# "Within about 2 s" of CPU when the bound was set (1.2-1.9 s measured). On 2026-12-07 the
+# same commands of the then-previous commit took 2.5-3.3 s of CPU on a quiet machine (this
+# one's cores are slower now: imports alone, pyiceberg with sqlalchemy and pandas through
+# pyarrow.dataset, take 2 s), so the bound leaves that headroom; no JVM is the real check.
+BOUND_SECONDS = 3.5
 
 
 def _children(pid: int) -> list[str]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from robusta.ops import Operator
-from robusta.plan.derived import Expression, Kind
 from robusta.spec.durations import Duration, Window
 from robusta.spec.model import FeatureSpec
 from robusta.spec.service import ServiceDef
+
+if TYPE_CHECKING:  # the evaluator (sqlglot, Arrow compute) loads with the first service
+    from robusta.plan.derived import Expression, Kind
 from robusta.spec.types import DataType
 
 

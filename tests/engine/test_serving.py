@@ -389,7 +389,7 @@ def test_upload_and_lookup_commands(served: Served) -> None:
     assert table.exit_code == 0 and "version pointer" in table.output
     for bad, message in (
         (["--entity", "USER_ID"], "is not ENTITY=VALUE"),
-        (["--entity", "USER_ID=u", "--features", "nope"], "no feature, base feature or spec"),
+        (["--entity", "USER_ID=u", "--features", "nope"], "no feature, base feature, spec or"),
         (["--entity", "USER_ID=u", "--features", "pair_events_1h"], "need entity CHANNEL_ID"),
     ):
         failed = runner.invoke(main, ["lookup", "--config", config, "--at", at, *bad])

@@ -391,7 +391,8 @@ def example_queries() -> dict[str, str]:
     from robusta.demo.demo import STREAM_SPEC
 
     files = sorted([*ROOT.glob("feature_defs/*.yaml"), *ROOT.glob("examples/*/feature_defs/*")])
-    out = {str(f.relative_to(ROOT)): str(yaml.safe_load(f.read_text())["query"]) for f in files}
+    docs = {str(f.relative_to(ROOT)): yaml.safe_load(f.read_text()) for f in files}
+    out = {name: str(doc["query"]) for name, doc in docs.items() if "service" not in doc}
     out["robusta/demo/demo.py:STREAM_SPEC"] = str(yaml.safe_load(STREAM_SPEC)["query"])
     return out
 
