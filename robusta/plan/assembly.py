@@ -41,8 +41,8 @@ I64 = npt.NDArray[np.int64]
 BOOL = npt.NDArray[np.bool_]
 _IDX_BITS = 32
 _NO_KEY = -1
-# A record of at most this many tiles is kept whole by TileSet.narrowed (measured: a take
-# of a few rows costs about as much as copying this many).
+# A record of at most this many tiles is kept whole by TileSet.narrowed: one slice of it
+# costs less than cutting it into its picked runs.
 WHOLE_RECORD_ROWS = 256
 
 
@@ -231,25 +231,22 @@ class TileSet:
     def narrowed(self, used: I64) -> tuple[TileSet, I64]:
         """A set of online records' tiles holding those at sorted positions ``used``, in
         one chunk, and its positions of ``used``. Picks are usually a small part of a busy
-        key's record (a 90-day record holds ~26k 5-minute tiles, windows read a few): such
-        records give only their picked tiles; small or mostly picked ones come whole, as one
-        ``take`` costs more than copying a few rows."""
+        key's record (a 90-day record holds ~26k 5-minute tiles, windows read a few runs of
+        them): each record gives its runs of picked tiles as zero-copy slices, small
+        records one slice of all their tiles (one slice costs more than a few rows)."""
         lengths = np.fromiter((r.num_rows for r in self.records), np.int64, len(self.records))
         bounds = np.cumsum(lengths) - lengths
         owner = np.searchsorted(bounds, used, side="right") - 1
-        picked = np.bincount(owner, minlength=len(lengths))
-        whole = (lengths <= WHOLE_RECORD_ROWS) | (picked * 2 >= lengths)
         keep = np.zeros(len(self.search), np.bool_)
         keep[used] = True
-        keep |= np.repeat(whole & (picked > 0), lengths)
-        pieces = []
-        cut = np.searchsorted(owner, np.arange(len(lengths) + 1))  # ``used`` by record
-        for r in np.flatnonzero(picked).tolist():
-            record = self.records[r]
-            if not whole[r]:
-                local = used[cut[r] : cut[r + 1]] - bounds[r]
-                record = record.take(pa.array(local, pa.int64()))
-            pieces.append(record)
+        small = np.bincount(owner, minlength=len(lengths)) > 0
+        keep |= np.repeat(small & (lengths <= WHOLE_RECORD_ROWS), lengths)
+        begins, ends = _runs(keep, bounds)
+        record = np.searchsorted(bounds, begins, side="right") - 1
+        at, size = (begins - bounds[record]).tolist(), (ends - begins).tolist()
+        pieces = [
+            self.records[r].slice(a, n) for r, a, n in zip(record.tolist(), at, size, strict=True)
+        ]
         tiles = pa.Table.from_batches(pieces, self.tiles.schema).combine_chunks()
         kept = np.flatnonzero(keep)
         search = self.search[kept]
@@ -352,6 +349,15 @@ class TileSet:
         picks = np.repeat(first_m - run_offsets, flat_counts) + np.arange(total, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
         return picks.astype(np.int64), offsets
+
+
+def _runs(keep: BOOL, bounds: I64) -> tuple[I64, I64]:
+    """Start and end of every run of ``keep`` rows, runs cut at the record starts ``bounds``."""
+    cut = np.zeros(len(keep) + 1, np.bool_)
+    cut[bounds] = True
+    before = np.concatenate([[False], keep])
+    at = np.concatenate([keep, [False]])
+    return np.flatnonzero(at & (~before | cut)), np.flatnonzero(before & (~at | cut))
 
 
 def _search_key(group: I64, bucket: I64) -> I64:
