@@ -406,7 +406,7 @@ class ApproxQuantile(Operator):
 def _kll_pool(column: pa.Array, positions: Array) -> tuple[Array, Array, Array]:
     """:func:`_kll_items` of every image ``column[positions]`` at once: (retained items per
     image, 0 for none; the items, image after image; their weights). Images in the full
-    compact layout are read with a few numpy gathers; others one by one."""
+    compact or the one-item layout are read with a few numpy gathers; others one by one."""
     body, starts, ends = binary_view(column)
     start, end = starts[positions], ends[positions]
     full = np.zeros(len(start), np.bool_)
@@ -428,7 +428,17 @@ def _kll_pool(column: pa.Array, positions: Array) -> tuple[Array, Array, Array]:
     weights = np.repeat(np.left_shift(1, _within(levels)), following - offset)
     sizes = np.zeros(len(start), np.int64)
     sizes[rows] = counts
-    others = np.flatnonzero(~full & (end > start))
+    # One-item images (a tile of one event): an 8-byte preamble, then the item.
+    single = np.flatnonzero((end - start == 16) & ~full)
+    head = body[start[single, None] + np.arange(4)]
+    single = single[(head[:, 0] == 2) & (head[:, 2] == 15) & (head[:, 3] & 5 == 4)]
+    if len(single):
+        sizes[single] = 1
+        owner = np.concatenate([np.repeat(rows, counts), single])
+        order = np.argsort(owner, kind="stable")
+        items = np.concatenate([items, gather(body, start[single] + 8, 8, "<f8")])[order]
+        weights = np.concatenate([weights, np.ones(len(single), np.int64)])[order]
+    others = np.flatnonzero((sizes == 0) & (end > start))
     if not len(others):
         return sizes, items, weights
     return _with_others(column, positions, others, (sizes, items, weights))
