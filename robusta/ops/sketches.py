@@ -28,6 +28,8 @@ from robusta.ops.params import int_between, optional, quantile_list
 from robusta.ops.values import (
     Array,
     binary_values,
+    binary_view,
+    gather,
     list_bounds,
     list_items,
     list_of_pairs,
@@ -313,29 +315,29 @@ class ApproxQuantile(Operator):
 
     def window_values(self, column: pa.Array, picks: Array, offsets: Array) -> pa.Array:
         """Columnar ``finalize(merge_segments(...))`` for the assembler: the retained items
-        and weights of every picked sketch read from its bytes once, pooled and ranked for
-        all windows at once; a window of one sketch asks it (``get_quantile``), as
-        :meth:`_quantiles` does."""
+        and weights of every picked sketch read from its bytes once (:func:`_kll_pool`),
+        pooled and ranked for all windows at once. A window of one sketch is the definition's
+        ``get_quantile`` of it, which is the same rule over the same sample (tested), except
+        where ties between NaN or signed zeros could order differently: those ask the sketch."""
         bounds = np.asarray(offsets, dtype=np.int64)
         n = len(bounds) - 1
-        segment = segment_ids(bounds)
         distinct, inverse = np.unique(np.asarray(picks, dtype=np.int64), return_inverse=True)
-        raw = binary_values(column, distinct.tolist())
-        parsed = [_kll_items(b) for b in raw]
-        present = np.fromiter((p is not None for p in parsed), np.bool_, len(parsed))
-        used = present[inverse.reshape(-1)]
-        tile, segment = inverse.reshape(-1)[used], segment[used]
+        sizes, items, weights = _kll_pool(column, distinct)
+        inverse = inverse.reshape(-1)
+        used = sizes[inverse] > 0
+        tile, segment = inverse[used], segment_ids(bounds)[used]
         parts = np.bincount(segment, minlength=n)
         values = np.zeros((n, len(self.quantiles)), dtype=np.float64)
-        # One sketch: its own quantiles.
-        first = np.cumsum(parts) - parts
-        for s in np.flatnonzero(parts == 1).tolist():
-            sketch = ds.kll_doubles_sketch.deserialize(raw[int(tile[first[s]])])
+        # Windows of one sketch with NaN or -0.0 among its items ask the sketch.
+        odd = (parts[segment] == 1) & _unordered_ties(sizes, items)[tile]
+        for s, t in zip(segment[odd].tolist(), distinct[tile[odd]].tolist(), strict=True):
+            [raw] = binary_values(column, [t])
+            sketch = ds.kll_doubles_sketch.deserialize(raw)
             values[s] = [float(sketch.get_quantile(q, True)) for q in self.quantiles]
-        # Several: the pooled weighted sample, KLL's inclusive rule.
-        pooled = parts[segment] >= 2
+        pooled = ~odd
         if pooled.any():
-            values[:] = self._pooled(parsed, tile[pooled], segment[pooled], values, n)
+            pool = (sizes, items, weights)
+            values[:] = self._pooled(pool, tile[pooled], segment[pooled], values, n)
         flat = pa.array(values.reshape(-1), pa.float64())
         width = len(self.quantiles)
         starts = pa.array(np.arange(0, (n + 1) * width, width), pa.int32())
@@ -343,22 +345,19 @@ class ApproxQuantile(Operator):
 
     def _pooled(
         self,
-        parsed: list[tuple[Array, Array] | None],
+        pool: tuple[Array, Array, Array],
         tile: Array,
         segment: Array,
         values: Array,
         n: int,
     ) -> Array:
-        sizes = np.fromiter((0 if p is None else len(p[0]) for p in parsed), np.int64, len(parsed))
-        items = np.concatenate([p[0] for p in parsed if p is not None])
-        weights = np.concatenate([p[1] for p in parsed if p is not None])
+        """``values`` with each window's quantiles of its pooled sample (KLL's inclusive
+        rule): the window of item ``i`` is ``segment[i]`` and its sketch ``tile[i]``."""
+        sizes, items, weights = pool
         begin = np.cumsum(sizes) - sizes
         lengths = sizes[tile]
         owner = np.repeat(segment, lengths)
-        within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
-            np.cumsum(lengths) - lengths, lengths
-        )
-        positions = np.repeat(begin[tile], lengths) + within
+        positions = np.repeat(begin[tile], lengths) + _within(lengths)
         item, weight = items[positions], weights[positions]
         order = np.lexsort((item, owner))  # stable: as the pooled argsort of each window
         item, owner = item[order], owner[order]
@@ -402,6 +401,84 @@ class ApproxQuantile(Operator):
 
     def spark_merge(self, ir: str, order: str) -> str:
         return f"kll_merge_agg_double({ir}, {self.k})"
+
+
+def _kll_pool(column: pa.Array, positions: Array) -> tuple[Array, Array, Array]:
+    """:func:`_kll_items` of every image ``column[positions]`` at once: (retained items per
+    image, 0 for none; the items, image after image; their weights). Images in the full
+    compact or the one-item layout are read with a few numpy gathers; others one by one."""
+    body, starts, ends = binary_view(column)
+    start, end = starts[positions], ends[positions]
+    full = np.zeros(len(start), np.bool_)
+    long = np.flatnonzero(end - start >= 20)
+    head = body[start[long, None] + np.array([0, 2, 3, 18])]
+    full[long] = (head[:, 0] == 5) & (head[:, 1] == 15) & (head[:, 2] & 5 == 0) & (head[:, 3] > 0)
+    rows = np.flatnonzero(full)
+    levels = body[start[rows] + 18].astype(np.int64)
+    level_at = gather(body, np.repeat(start[rows] + 20, levels) + 4 * _within(levels), 4, "<u4")
+    first_item = start[rows] + 36 + 4 * levels
+    counts = (end[rows] - first_item) // 8
+    items = gather(body, np.repeat(first_item, counts) + 8 * _within(counts), 8, "<f8")
+    # Level h's items (2**h each) run from its offset to the next level's, the top one's to
+    # the end of the image.
+    first_level = np.cumsum(levels) - levels
+    offset = level_at.astype(np.int64) - np.repeat(level_at[first_level], levels)
+    following = np.append(offset[1:], 0)
+    following[first_level + levels - 1] = counts
+    weights = np.repeat(np.left_shift(1, _within(levels)), following - offset)
+    sizes = np.zeros(len(start), np.int64)
+    sizes[rows] = counts
+    # One-item images (a tile of one event): an 8-byte preamble, then the item.
+    single = np.flatnonzero((end - start == 16) & ~full)
+    head = body[start[single, None] + np.arange(4)]
+    single = single[(head[:, 0] == 2) & (head[:, 2] == 15) & (head[:, 3] & 5 == 4)]
+    if len(single):
+        sizes[single] = 1
+        owner = np.concatenate([np.repeat(rows, counts), single])
+        order = np.argsort(owner, kind="stable")
+        items = np.concatenate([items, gather(body, start[single] + 8, 8, "<f8")])[order]
+        weights = np.concatenate([weights, np.ones(len(single), np.int64)])[order]
+    others = np.flatnonzero((sizes == 0) & (end > start))
+    if not len(others):
+        return sizes, items, weights
+    return _with_others(column, positions, others, (sizes, items, weights))
+
+
+def _with_others(
+    column: pa.Array, positions: Array, others: Array, pool: tuple[Array, Array, Array]
+) -> tuple[Array, Array, Array]:
+    """``pool`` with the images ``positions[others]`` (not in the full compact layout, or
+    empty) read through :func:`_kll_items`, each in its place."""
+    sizes, items, weights = pool
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    raw = binary_values(column, positions[others].tolist())
+    parsed = [_kll_items(b) for b in raw]
+    more = [p for p in parsed if p is not None]
+    if not more:
+        return sizes, items, weights
+    added = np.fromiter((0 if p is None else len(p[0]) for p in parsed), np.int64, len(parsed))
+    sizes = sizes.copy()
+    sizes[others] = added
+    order = np.argsort(np.concatenate([owner, np.repeat(others, added)]), kind="stable")
+    items = np.concatenate([items, *(p[0] for p in more)])[order]
+    weights = np.concatenate([weights, *(p[1] for p in more)])[order]
+    return sizes, items, weights
+
+
+def _unordered_ties(sizes: Array, items: Array) -> Array:
+    """Per image, whether it holds a NaN or a -0.0: items whose order among equal items
+    the library's sort and numpy's may not share."""
+    odd = np.isnan(items) | ((items == 0) & np.signbit(items))
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    return np.bincount(owner[odd], minlength=len(sizes)) > 0
+
+
+def _within(lengths: Array) -> Array:
+    """0 .. lengths[i] - 1 for every i, concatenated."""
+    lengths = np.asarray(lengths, np.int64)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out: Array = np.arange(len(starts), dtype=np.int64) - starts
+    return out
 
 
 def _kll_items(image: bytes | None) -> tuple[Array, Array] | None:

@@ -212,6 +212,29 @@ def value_reader(values: pa.Array, dtype: DataType) -> Callable[[int, int], list
     return lambda lo, hi: list(values.slice(lo, hi - lo).to_pylist())
 
 
+def binary_view(array: pa.Array) -> tuple[Array, Array, Array]:
+    """A binary array's bytes (uint8) and each row's start and end in them (int64; a null
+    row is empty), read in place."""
+    if not pa.types.is_binary(array.type):
+        raise OperatorError(f"expected binary values, got {array.type}")
+    _, offsets_buffer, data = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32, count=len(array) + 1 + array.offset)
+    bounds = offsets[array.offset :].astype(np.int64)
+    starts, ends = bounds[:-1], bounds[1:]
+    valid = validity(array)
+    if valid is not None:  # a null row may still point at bytes
+        ends = np.where(valid, ends, starts)
+    body = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return body, starts, ends
+
+
+def gather(body: Array, starts: Array, width: int, dtype: str) -> Array:
+    """The ``width``-byte little-endian values of ``dtype`` at byte offsets ``starts``."""
+    cells = body[np.asarray(starts, np.int64)[:, None] + np.arange(width)]
+    values: Array = np.ascontiguousarray(cells).view(dtype).reshape(-1)
+    return values
+
+
 def binary_values(array: pa.Array, positions: list[int]) -> list[bytes | None]:
     """``array[p]`` for each position of a binary array, as bytes (None for nulls), sliced
     straight from its buffers: a ``take`` costs more than the few values the per-key path

@@ -41,6 +41,9 @@ I64 = npt.NDArray[np.int64]
 BOOL = npt.NDArray[np.bool_]
 _IDX_BITS = 32
 _NO_KEY = -1
+# A record of at most this many tiles is kept whole by TileSet.narrowed: one slice of it
+# costs less than cutting it into its picked runs.
+WHOLE_RECORD_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,14 @@ class GroupAssembler:
         ends = _window_ends(rows, self.sizes[0])
         n = len(rows)
         segments: dict[tuple[int | None, ...], tuple[I64, I64]] = {}  # windows -> picks, offsets
+        for windows, _ in self.windows.values():
+            if windows not in segments:
+                segments[windows] = index.windows_tiles(codes, ends, windows, rows.ts_valid)
+        if index.records and segments:  # one lookup's records: keep the tiles windows use
+            index, segments = _narrowed(index, segments)
         values: dict[str, pa.Array] = {}
         for feature in self.features:
             windows, outputs = self.windows[feature.name]
-            if windows not in segments:
-                segments[windows] = index.windows_tiles(codes, ends, windows, rows.ts_valid)
             picks, offsets = segments[windows]
             op = feature.op
             if op.columnar_windows:
@@ -129,6 +135,18 @@ class GroupAssembler:
         return pa.table(
             [values[o.name] for o in self.outputs], names=[o.name for o in self.outputs]
         )
+
+
+def _narrowed(
+    index: TileSet, segments: dict[tuple[int | None, ...], tuple[I64, I64]]
+) -> tuple[TileSet, dict[tuple[int | None, ...], tuple[I64, I64]]]:
+    """``index`` narrowed to the tiles of ``segments``, and the segments' picks in it."""
+    used = np.unique(np.concatenate([picks for picks, _ in segments.values()]))
+    narrowed, at = index.narrowed(used)
+    return narrowed, {
+        windows: (at[np.searchsorted(used, picks)], offsets)
+        for windows, (picks, offsets) in segments.items()
+    }
 
 
 def _micros_of(output: OutputFeature) -> int | None:
@@ -163,6 +181,7 @@ class TileSet:
     states: dict[str, State] = field(default_factory=dict)
     columns: dict[str, pa.Array] = field(default_factory=dict)
     presorted: bool = False  # ``tiles`` already in sorted order (``order`` is the identity)
+    records: Sequence[pa.RecordBatch] = ()  # online records, one chunk each (from_records)
 
     @classmethod
     def build(cls, group: TileGroup, tiles: pa.Table, sizes: list[int]) -> TileSet:
@@ -191,18 +210,13 @@ class TileSet:
     ) -> TileSet:
         """Tiles of online records: record ``i`` holds the tiles of key code ``i``, with
         columns ``level`` (0 = finest), ``bucket_start`` (epoch micros) and the IRs, sorted
-        by (level, bucket_start); so the whole set is sorted without a sort."""
-        if len(records) == 1:  # one lookup key: no concatenation
-            tiles = pa.Table.from_batches(records)
-            codes = np.zeros(records[0].num_rows, dtype=np.int64)
-            levels = records[0].column("level").to_numpy().astype(np.int64)
-            starts = records[0].column("bucket_start").to_numpy()
-        else:  # one chunk per column, so picks index it directly
-            tiles = pa.Table.from_batches(records).combine_chunks()
-            lengths = np.fromiter((r.num_rows for r in records), np.int64, len(records))
-            codes = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
-            levels = np.asarray(tiles.column("level").to_numpy(), np.int64)
-            starts = np.asarray(tiles.column("bucket_start").to_numpy(), np.int64)
+        by (level, bucket_start); so the whole set is sorted without a sort. The records
+        stay apart (one chunk each) until :meth:`narrowed` keeps the tiles windows use."""
+        tiles = pa.Table.from_batches(records)
+        lengths = np.fromiter((r.num_rows for r in records), np.int64, len(records))
+        codes = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
+        levels = np.asarray(tiles.column("level").to_numpy(), np.int64)
+        starts = np.asarray(tiles.column("bucket_start").to_numpy(), np.int64)
         largest = sizes[-1]
         origin = int(starts.min()) if len(starts) else 0
         origin -= origin % largest
@@ -210,7 +224,37 @@ class TileSet:
         search = _search_key(codes * len(sizes) + levels, buckets)
         order = np.arange(len(search), dtype=np.int64)
         keys = pa.array(np.arange(len(records)))
-        return cls(group, sizes, origin, search, order, keys, tiles, presorted=True)
+        return cls(
+            group, sizes, origin, search, order, keys, tiles, presorted=True, records=records
+        )
+
+    def narrowed(self, used: I64) -> tuple[TileSet, I64]:
+        """A set of online records' tiles holding those at sorted positions ``used``, in
+        one chunk, and its positions of ``used``. Picks are usually a small part of a busy
+        key's record (a 90-day record holds ~26k 5-minute tiles, windows read a few runs of
+        them): each record gives its runs of picked tiles as zero-copy slices, small
+        records one slice of all their tiles (one slice costs more than a few rows)."""
+        lengths = np.fromiter((r.num_rows for r in self.records), np.int64, len(self.records))
+        bounds = np.cumsum(lengths) - lengths
+        owner = np.searchsorted(bounds, used, side="right") - 1
+        keep = np.zeros(len(self.search), np.bool_)
+        keep[used] = True
+        small = np.bincount(owner, minlength=len(lengths)) > 0
+        keep |= np.repeat(small & (lengths <= WHOLE_RECORD_ROWS), lengths)
+        begins, ends = _runs(keep, bounds)
+        record = np.searchsorted(bounds, begins, side="right") - 1
+        at, size = (begins - bounds[record]).tolist(), (ends - begins).tolist()
+        pieces = [
+            self.records[r].slice(a, n) for r, a, n in zip(record.tolist(), at, size, strict=True)
+        ]
+        tiles = pa.Table.from_batches(pieces, self.tiles.schema).combine_chunks()
+        kept = np.flatnonzero(keep)
+        search = self.search[kept]
+        order = np.arange(len(kept), dtype=np.int64)
+        narrowed = TileSet(
+            self.group, self.sizes, self.origin, search, order, self.keys, tiles, presorted=True
+        )
+        return narrowed, np.searchsorted(kept, used).astype(np.int64)
 
     def codes_of(self, row_keys: Sequence[pa.Array]) -> I64:
         """Each row's key code; _NO_KEY for a null key or a key without tiles."""
@@ -305,6 +349,15 @@ class TileSet:
         picks = np.repeat(first_m - run_offsets, flat_counts) + np.arange(total, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
         return picks.astype(np.int64), offsets
+
+
+def _runs(keep: BOOL, bounds: I64) -> tuple[I64, I64]:
+    """Start and end of every run of ``keep`` rows, runs cut at the record starts ``bounds``."""
+    cut = np.zeros(len(keep) + 1, np.bool_)
+    cut[bounds] = True
+    before = np.concatenate([[False], keep])
+    at = np.concatenate([keep, [False]])
+    return np.flatnonzero(at & (~before | cut)), np.flatnonzero(before & (~at | cut))
 
 
 def _search_key(group: I64, bucket: I64) -> I64:

@@ -250,14 +250,17 @@ class FeatureClient:
         entity = groups[0][2]
         t = to_micros(at if at is not None else datetime.now().astimezone())
         n = len(keys)
-        pairs = [{**user, entity: key} for key in keys]
         columns: dict[str, pa.Array] = {entity: pa.array(keys)}
         pointers: dict[str, str | None] = {}
         for spec, members in _by_spec(groups).items():
             wanted = [
-                (g.request.group.layout.table, _key_text(e, g.request.group))
+                (g.request.group.layout.table, text)
                 for g, role, _ in members
-                for e in ([user] if role == _USER else pairs)
+                for text in (
+                    [_key_text(user, g.request.group)]
+                    if role == _USER
+                    else _item_key_texts(user, keys, entity, g.request.group)
+                )
             ]
             state, raws = self.store.read(spec, wanted)  # one round trip per spec
             self._check_state(spec, state, t, [g for g, _, _ in members])
@@ -553,6 +556,32 @@ def _key_text(entity: Entity, group: TileGroup) -> str:
     if len(parts) == 1 and isinstance(parts[0], str):
         return parts[0]  # what record_key makes of one text
     return record_key(parts)
+
+
+def _item_key_texts(
+    user: Entity, items: list[object], entity: str, group: TileGroup
+) -> list[str]:
+    """:func:`_key_text` of ``{**user, entity: item}`` for every item: the user's parts
+    are made once, the items' without a mapping per item."""
+    parts: list[list[str] | str] = [
+        _part_texts(items, key) if key.entity == entity else str(_key_value(user, key))
+        for key in group.layout.keys
+    ]
+    if len(parts) == 1:
+        return [parts[0]] * len(items) if isinstance(parts[0], str) else parts[0]
+    framed = [
+        f"{len(part)}:{part}|" if isinstance(part, str) else [f"{len(t)}:{t}|" for t in part]
+        for part in parts
+    ]
+    per_item = [[f] * len(items) if isinstance(f, str) else f for f in framed]
+    return ["".join(texts) for texts in zip(*per_item, strict=True)]
+
+
+def _part_texts(values: list[object], key: KeyColumn) -> list[str]:
+    """The text :func:`_key_value` makes of each of ``values`` as ``key``'s part."""
+    if key.type in (DataType.BIGINT, DataType.INT):
+        return [str(_key_value({key.entity: v}, key)) for v in values]
+    return [v if isinstance(v, str) else str(v) for v in values]
 
 
 def _key_value(entity: Entity, key: KeyColumn) -> object:

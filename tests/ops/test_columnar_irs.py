@@ -203,6 +203,65 @@ def test_quantile_window_values_equal_the_definition(data: st.DataObject, qs: li
     assert bits(fast.to_pylist()) == bits(slow.to_pylist())
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(0, 3000), min_size=1, max_size=6),
+    st.sampled_from([8, 20, 200]),
+    st.sampled_from(["gamma", "ties", "zeros"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_quantiles_of_one_sketch_equal_the_definition(
+    sizes: list[int], k: int, kind: str, seed: int
+) -> None:
+    """Windows of one sketch each (many compacted levels, ties, signed zeros): the pooled
+    rule the columnar path uses for them gives the sketch's own ``get_quantile``."""
+    rng = np.random.default_rng(seed)
+    qs = [0.0, 0.3, 0.5, 0.99, 1.0]
+    op = make_operator("approx_quantile", DataType.DOUBLE, {"q": qs, "k": k})
+    n = sum(sizes)
+    if kind == "gamma":
+        drawn = np.round(rng.gamma(2.0, 20.0, n), 2)
+    elif kind == "ties":
+        drawn = rng.integers(0, 4, n).astype(np.float64)
+    else:  # -0.0 and 0.0 tie: those windows ask the sketch
+        drawn = rng.choice([0.0, -0.0, 1.0], n)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    tiles = op.to_arrow(op.build(np.zeros(n, np.int64), pa.array(drawn), offsets))
+    picks = np.arange(len(sizes), dtype=np.int64)
+    bounds = np.arange(len(sizes) + 1, dtype=np.int64)
+    fast = op.window_values(tiles, picks, bounds)
+    slow = op.finalize(op.merge_segments(op.from_arrow(tiles.take(pa.array(picks))), bounds))
+    assert bits(fast.to_pylist()) == bits(slow.to_pylist())
+
+
+def test_kll_images_read_at_once_as_one_by_one() -> None:
+    """_kll_pool over full images, one-item images, empty images and nulls (in a sliced
+    column) reads what _kll_items reads of each."""
+    import datasketches
+
+    from robusta.ops.sketches import _kll_items, _kll_pool
+
+    images: list[bytes | None] = [None]
+    for values in ([], [2.5], [1.0, 2.0], list(np.linspace(0, 1, 3000)), [7.0]):
+        sketch = datasketches.kll_doubles_sketch(8)
+        for v in values:
+            sketch.update(float(v))
+        images += [sketch.serialize(), None]
+    column = pa.array([b"x", *images], pa.binary()).slice(1)
+    positions = np.array([8, 0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 4], np.int64)
+    sizes, items, weights = _kll_pool(column, positions)
+    offset = 0
+    for size, image in zip(sizes.tolist(), (images[p] for p in positions), strict=True):
+        want = _kll_items(image)
+        got = (items[offset : offset + size], weights[offset : offset + size])
+        offset += size
+        if want is None:
+            assert size == 0
+            continue
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    assert offset == len(items)
+
+
 @pytest.mark.parametrize("name", ["sum", "avg", "first", "approx_distinct", "top_k", "last_n"])
 def test_state_path_in_chunks_equals_one_pass(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """build_arrow / merge_arrow of the state path work a few segments at a time (bounded

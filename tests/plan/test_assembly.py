@@ -194,6 +194,44 @@ def test_no_tiles_gives_empty_windows() -> None:
     assert got.to_pylist() == [{f"f_{w.name}": None for w in WINDOWS}]
 
 
+@pytest.mark.parametrize(("name", "dtype", "params"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+@pytest.mark.parametrize("whole", [0, 1 << 20], ids=["picked-tiles", "whole-records"])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_online_records_give_the_same_bits(
+    name: str, dtype: DataType, params: dict[str, Any], whole: int, data: st.DataObject
+) -> None:
+    """The online client's path (a record per row, narrowed to the tiles windows use, either
+    way: every record cut to its picked tiles, or every record whole) gives the bits the
+    tile-table path gives."""
+    from unittest import mock
+
+    from robusta.store.online.records import decode, tile_record_schema, tile_records
+
+    group = group_for(name, dtype, params)
+    events, rows = data.draw(scenario(dtype))
+    want = assemble(group, events, rows)
+    schema = tile_record_schema(group)
+    stored = {key: decode(raw, schema) for key, raw in tile_records(group, tiles_of(group, events))}
+    empty = pa.RecordBatch.from_pylist([], schema=schema)
+    records = [stored.get(key, empty) for key, _, _ in rows]
+    assembler = GroupAssembler(group, group.features[0].outputs)
+    with mock.patch("robusta.plan.assembly.WHOLE_RECORD_ROWS", whole):
+        got = assembler.assemble(
+            TileSet.from_records(group, records, assembler.sizes),
+            Rows(
+                keys=(),
+                ts=np.asarray([t or 0 for _, t, _ in rows], np.int64),
+                ts_valid=np.asarray([t is not None for _, t, _ in rows]),
+                pointer=np.asarray([p or 0 for _, _, p in rows], np.int64),
+                pointer_valid=np.asarray([p is not None for _, _, p in rows]),
+            ),
+            codes=np.arange(len(rows), dtype=np.int64),
+        )
+    assert got.schema == want.schema
+    assert bits(got.to_pylist()) == bits(want.to_pylist())
+
+
 @pytest.mark.parametrize("name", ["sum", "variance"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
