@@ -134,8 +134,11 @@ def run_size(
         else Step(float("nan"), 0, skipped=True)
     )
     print(f"  DuckDB: {steps['duckdb']}", flush=True)
-    steps["join"] = join(workspace, root / "rows.parquet")
+    # The budgeted join first: the unbudgeted one is the step that may outgrow the machine.
     steps["join budget"] = join(with_budget(workspace, budget), root / "rows.parquet")
+    print(f"  join ({show_size(budget)}): {steps['join budget']}", flush=True)
+    steps["join"] = join(workspace, root / "rows.parquet")
+    print(f"  join (default budget): {steps['join']}", flush=True)
     return steps
 
 

@@ -187,3 +187,21 @@ def test_exact_top_k_sorts_by_count_then_value() -> None:
         {"value": "c", "count": 1},
     ]
     assert len(reference_value("top_k", {}, events, None, 100)) == 4
+
+
+def test_reference_map_keeps_the_smallest_bucket_values_in_the_window() -> None:
+    from robusta.testing.reference import reference_map
+
+    events = [
+        (1, "b", 2.0),
+        (2, "a", 1.0),
+        (3, None, 9.0),
+        (4, "c", 3.0),
+        (5, "a", 4.0),
+        (9, "d", 1),
+    ]
+    assert reference_map("sum", {}, events, None, 9, 2) == {"a": 5.0, "b": 2.0}
+    assert reference_map("count", {}, events, 3, 9, 5) == {"a": 1, "c": 1}
+    assert reference_map("max", {}, events, 6, 9, 5) == {}
+    flags = [(1, True, 1), (2, False, 1), (3, 10, 1), (4, 9, 1)]
+    assert list(reference_map("count", {}, flags, None, 9, 4)) == ["10", "9", "false", "true"]

@@ -65,7 +65,7 @@ def _entry(spec: SpecPlan, group: TileGroup, feature: BaseFeature) -> FeatureEnt
         owner=feature.owner,
         description=feature.description,
         spec_description=spec.spec.description,
-        op=feature.op.name,
+        op=feature.op.label,
         params=dict(feature.op.params),
         input=feature.input,
         input_type=str(feature.input_type),

@@ -103,7 +103,7 @@ def plan_table(plan: Plan) -> Table:
                 table.add_row(
                     spec.name,
                     feature.name,
-                    feature.op.name,
+                    feature.op.label,
                     feature.input or "-",
                     ", ".join(w.name for w in feature.windows),
                     ", ".join(o.name for o in feature.outputs),
@@ -198,7 +198,7 @@ def _spec_json(spec: SpecPlan) -> dict[str, Any]:
                 "features": [
                     {
                         "name": f.name,
-                        "op": f.op.name,
+                        "op": f.op.label,
                         "input": f.input,
                         "input_type": f.input_type.value,
                         "params": f.op.params,
@@ -296,7 +296,7 @@ def tiles_view_table(view: TileView) -> Table:
         table.add_column(column)
     features = view.group.features
     for feature in features:
-        table.add_column(f"{feature.name} ({feature.op.name})", overflow="fold")
+        table.add_column(f"{feature.name} ({feature.op.label})", overflow="fold")
     finalized = {f.name: view.finalized(f.name) for f in features}
     irs = {f.name: rows.column(f.ir_column).to_pylist() for f in features}
     columns = ("granularity", "bucket_start", *keys)

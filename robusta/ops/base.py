@@ -85,6 +85,11 @@ class Operator(ABC):
         if problem is not None:
             raise OperatorError(problem)
 
+    @property
+    def label(self) -> str:
+        """How listings name this operator."""
+        return self.name
+
     # ---- validation -------------------------------------------------------------------
     @classmethod
     def normalize_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:

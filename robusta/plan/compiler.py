@@ -11,8 +11,10 @@ import sqlglot
 
 from robusta.errors import Location, OperatorError, Problem, UnknownOperatorError
 from robusta.ops import Operator, ParamError, make_operator
+from robusta.ops.bucketed import Bucketed
 from robusta.plan.model import (
     BaseFeature,
+    BucketBy,
     KeyColumn,
     OutputFeature,
     Plan,
@@ -75,10 +77,13 @@ def _reserved(feature: FeatureDef) -> str | None:
     return None
 
 
+GroupKey = tuple[tuple[tuple[str, str], ...], BucketBy | None]
+
+
 def _compile_spec(
     config: ProjectConfig, spec: FeatureSpec, key_buckets: int, problems: list[Problem]
 ) -> SpecPlan:
-    by_keys: dict[tuple[tuple[str, str], ...], list[BaseFeature]] = {}
+    by_keys: dict[GroupKey, list[BaseFeature]] = {}
     primaries: dict[tuple[tuple[str, str], ...], str] = {}
     for feature in spec.features:
         if not feature.op:
@@ -87,7 +92,8 @@ def _compile_spec(
         if compiled is None:
             continue
         keys = tuple(sorted(feature.group_by_selectors.items()))
-        by_keys.setdefault(keys, []).append(compiled)
+        bucket = _bucket(feature)
+        by_keys.setdefault((keys, bucket), []).append(compiled)
         if feature.primary_selector not in feature.group_by_selectors:
             continue  # already reported by the spec checks
         first = primaries.setdefault(keys, feature.primary_selector)
@@ -100,16 +106,24 @@ def _compile_spec(
                 )
             )
     groups = []
-    for keys, features in by_keys.items():
+    for (keys, bucket), features in by_keys.items():
         columns = tuple(
             KeyColumn(col, entity, _key_type(config, spec, col, entity)) for col, entity in keys
         )
         # Named by spec and keys, so adding a feature with other keys never renames a table.
         table = f"{spec.name}__by_{'__'.join(c for c, _ in keys)}".lower()
+        if bucket is not None:  # maps: a table per bucket column and bound
+            table += f"__per_{bucket.column}_{bucket.max_buckets}".lower()
         primary = primaries.get(keys, keys[0][0] if keys else "")
-        layout = TileLayout(table, columns, primary, spec.granularities, key_buckets)
+        layout = TileLayout(table, columns, primary, spec.granularities, key_buckets, bucket)
         groups.append(TileGroup(layout, tuple(features)))
     return SpecPlan(spec, tuple(groups), _spec_hash(spec, groups, key_buckets))
+
+
+def _bucket(feature: FeatureDef) -> BucketBy | None:
+    if feature.bucket_by is None:
+        return None
+    return BucketBy(feature.bucket_by, feature.max_buckets)
 
 
 def _compile_feature(
@@ -157,6 +171,8 @@ def _compile_feature(
             )
         )
         return None
+    if feature.bucket_by is not None:
+        op = Bucketed(op, feature.max_buckets)
     outputs = tuple(
         OutputFeature(f"{feature.name}_{w.name}", feature.name, w, op.result_type)
         for w in feature.windows
@@ -171,6 +187,7 @@ def _compile_feature(
         owner=spec.owner,
         description=feature.description,
         hash=_digest(_feature_identity(spec, feature, op)),
+        bucket_by=feature.bucket_by,
     )
 
 
@@ -196,7 +213,7 @@ def _feature_identity(spec: FeatureSpec, feature: FeatureDef, op: Operator) -> A
     Windows and descriptions are left out on purpose: they change assembly or docs, not tiles.
     Params are the operator's normalized ones, so writing a default out changes nothing.
     """
-    return {
+    identity: dict[str, Any] = {
         "query": _normalized_query(spec.query),
         "timestamp": spec.timestamp,
         "granularities": [g.micros for g in spec.granularities],
@@ -208,6 +225,11 @@ def _feature_identity(spec: FeatureSpec, feature: FeatureDef, op: Operator) -> A
         "input_type": op.input_type.value,
         "params": op.params,
     }
+    if isinstance(op, Bucketed):  # only then: the versions of other features stay as they were
+        identity["bucket_by"] = feature.bucket_by
+        identity["max_buckets"] = op.max_buckets
+        identity["op"] = op.inner.name
+    return identity
 
 
 def _spec_hash(spec: FeatureSpec, groups: list[TileGroup], key_buckets: int) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from robusta.ops import Operator
+from robusta.ops.bucketed import Bucketed
 from robusta.spec.durations import Duration, Window
 from robusta.spec.model import FeatureSpec
 from robusta.spec.service import ServiceDef
@@ -41,10 +42,21 @@ class BaseFeature:
     owner: str
     description: str
     hash: str  # of everything that decides this feature's IR
+    bucket_by: str | None = None  # a map per value of this column (``ops.bucketed``)
 
     @property
     def ir_column(self) -> str:
         return self.name
+
+    def op_input(self, column: Callable[[str], pa.Array]) -> pa.Array | None:
+        """What the operator builds from, given ``column(name)`` of the rows in build order:
+        the input column, or for a map the struct of bucket values and inputs."""
+        values = None if self.input is None else column(self.input)
+        if self.bucket_by is None:
+            return values
+        if not isinstance(self.op, Bucketed):
+            raise TypeError(f"feature {self.name} has bucket_by but a plain operator")
+        return self.op.input_struct(column(self.bucket_by), values)
 
     @property
     def ir_type(self) -> pa.DataType:
@@ -59,6 +71,14 @@ class KeyColumn:
 
 
 @dataclass(frozen=True, slots=True)
+class BucketBy:
+    """A group of map features: one map entry per value of ``column`` (``ops.bucketed``)."""
+
+    column: str
+    max_buckets: int
+
+
+@dataclass(frozen=True, slots=True)
 class TileLayout:
     """How one group of base features (same group-by keys) is tiled and stored."""
 
@@ -67,6 +87,7 @@ class TileLayout:
     primary: str  # key column that shards tiles (key_bucket) and aligns the bucketed join
     granularities: tuple[Duration, ...]  # largest first
     key_buckets: int
+    bucket: BucketBy | None = None  # every feature of the group is a map by this column
 
     @property
     def finest(self) -> Duration:

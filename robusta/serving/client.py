@@ -331,7 +331,8 @@ class FeatureClient:
             end = _window_end(t, state, group)
             return [group.key_assembler.assemble(record, end) for record in records]
         table = _assembled_table(group, state, records, t)
-        names, columns = table.column_names, table.to_pydict().values()
+        names = table.column_names
+        columns = table.to_pydict(maps_as_pydicts="strict").values()
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def _group_table(
@@ -605,7 +606,7 @@ def _value_rows(
     return [
         {n: defaults[n] for n in names}
         if batch is None
-        else {n: batch.column(n)[0].as_py() for n in names}
+        else {n: batch.column(n)[0].as_py(maps_as_pydicts="strict") for n in names}
         for batch in batches
     ]
 

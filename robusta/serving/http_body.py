@@ -169,7 +169,7 @@ def columns_answer(table: pa.Table) -> dict[str, Any]:
     import orjson
 
     pointers = orjson.loads((table.schema.metadata or {}).get(POINTERS_METADATA, b"{}"))
-    return {"columns": table.to_pydict(), "pointers": pointers}
+    return {"columns": table.to_pydict(maps_as_pydicts="strict"), "pointers": pointers}
 
 
 def table_stream(table: pa.Table) -> bytes:

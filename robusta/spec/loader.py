@@ -11,7 +11,14 @@ from robusta.spec.checks import Checker
 from robusta.spec.config import display_path
 from robusta.spec.durations import Duration, DurationSyntaxError, Window
 from robusta.spec.embedded_sql import embedded_problems
-from robusta.spec.model import MAX_KEY_BUCKETS, FeatureDef, FeatureSpec, ProjectConfig
+from robusta.spec.model import (
+    DEFAULT_MAX_BUCKETS,
+    MAX_BUCKETS_LIMIT,
+    MAX_KEY_BUCKETS,
+    FeatureDef,
+    FeatureSpec,
+    ProjectConfig,
+)
 from robusta.spec.sql import QueryProblem, analyze_query
 from robusta.spec.suggest import did_you_mean, one_of
 from robusta.spec.types import Column, DataType
@@ -20,7 +27,16 @@ from robusta.spec.yamldoc import YamlDoc, YamlLoadError, load_yaml
 SPEC_REQUIRED = ("name", "query", "timestamp", "features")
 SPEC_OPTIONAL = ("owner", "description", "granularities", "key_buckets")
 FEATURE_REQUIRED = ("op", "windows", "group_by_selectors")
-FEATURE_OPTIONAL = ("input", "params", "primary_selector", "description")
+FEATURE_OPTIONAL = (
+    "input",
+    "params",
+    "primary_selector",
+    "description",
+    "bucket_by",
+    "max_buckets",
+)
+# What a bucket_by column may hold: types whose text is the same on both engines.
+BUCKET_TYPES = {DataType.STRING, DataType.INT, DataType.BIGINT, DataType.BOOLEAN, DataType.DATE}
 DEFAULT_GRANULARITIES = ("1d", "1h", "5m")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -217,6 +233,13 @@ def _feature(ctx: _SpecContext, name: str, finest: Duration | None) -> FeatureDe
         ctx.require_column((*path, "input"), input_col, "input")
         input_col = ctx.canonical(input_col)
     params = check.mapping((*path, "params")) or {}
+    bucket_by = check.text((*path, "bucket_by"))
+    if bucket_by is not None:
+        ctx.require_column((*path, "bucket_by"), bucket_by, "bucket_by", BUCKET_TYPES)
+        bucket_by = ctx.canonical(bucket_by)
+    max_buckets = check.whole((*path, "max_buckets"), 1, MAX_BUCKETS_LIMIT)
+    if max_buckets is not None and bucket_by is None:
+        check.add((*path, "max_buckets"), "max_buckets bounds a map: add bucket_by: <column>")
     windows = _windows(check, path, finest)
     selectors = _selectors(ctx, path)
     primary = check.text((*path, "primary_selector"))
@@ -252,6 +275,8 @@ def _feature(ctx: _SpecContext, name: str, finest: Duration | None) -> FeatureDe
         primary_selector=primary or "",
         description=check.text((*path, "description")) or "",
         locations=locations,
+        bucket_by=bucket_by,
+        max_buckets=max_buckets or DEFAULT_MAX_BUCKETS,
     )
 
 

@@ -27,6 +27,8 @@ MAX_KEY_BUCKETS = 65_536
 # offline.join_memory: the tiles one point-in-time join task holds at a time
 DEFAULT_JOIN_MEMORY = 1 << 30
 MIN_JOIN_MEMORY, MAX_JOIN_MEMORY = 1 << 10, 1 << 40
+# A feature's bucket_by map keeps at most max_buckets entries (default, largest allowed).
+DEFAULT_MAX_BUCKETS, MAX_BUCKETS_LIMIT = 100, 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,9 @@ class FeatureDef:
     description: str = ""
     # where each part was written, for messages raised by later stages (plan, ops)
     locations: Mapping[str, Location] = field(default_factory=dict)
+    # a query column: the feature is a map {its value: the op's value} (ops.bucketed)
+    bucket_by: str | None = None
+    max_buckets: int = DEFAULT_MAX_BUCKETS
 
     def where(self, part: str) -> Location | None:
         return self.locations.get(part) or self.locations.get("")

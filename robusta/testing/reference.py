@@ -21,6 +21,7 @@ fast here.
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
@@ -134,6 +135,35 @@ def reference_value(
     return [{"value": v, "count": c} for v, c in ranked[: _int_param(params, "k", DEFAULT_K)]]
 
 
+def bucket_text(value: Any) -> str:
+    """A bucket value as map features key it: Spark's CAST(... AS STRING) spelling."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def reference_map(
+    op: str,
+    params: Mapping[str, Any],
+    events: Iterable[tuple[int, Any, Any]],
+    start: int | None,
+    end: int,
+    max_buckets: int,
+) -> dict[str, Any]:
+    """A map feature (``bucket_by``) over ``(ts, bucket value, value)`` events of ONE key:
+    ``reference_value`` of each bucket value's events in ``[start, end)``, for the
+    ``max_buckets`` smallest bucket values (as text) that have one; null buckets are left
+    out. An empty window gives an empty map."""
+    by: dict[str, list[tuple[int, Any]]] = {}
+    for ts, bucket, value in events:
+        if bucket is None or ts is None or ts >= end or (start is not None and ts < start):
+            continue
+        by.setdefault(bucket_text(bucket), []).append((ts, value))
+    return {b: reference_value(op, params, by[b], start, end) for b in sorted(by)[:max_buckets]}
+
+
 def evaluate(
     events: Iterable[tuple[Hashable, int, Any]],
     key: Hashable,
@@ -165,7 +195,9 @@ __all__ = [
     "ALL_OPS",
     "EXACT_OPS",
     "SKETCH_OPS",
+    "bucket_text",
     "evaluate",
+    "reference_map",
     "reference_value",
     "window_bounds",
 ]

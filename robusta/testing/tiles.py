@@ -43,7 +43,7 @@ def build_tiles(
     events = np.diff(offsets)
     states = {}
     for f in group.features:
-        values = pc.take(pc.take(inputs[f.input], keep), pa.array(order)) if f.input else None
+        values = f.op_input(lambda name: pc.take(pc.take(inputs[name], keep), pa.array(order)))
         states[f.name] = f.op.build(micros[order], values, offsets)
     levels = [(sizes[0], codes[first], bucket[first], first, events, states)]
     for size in sizes[1:]:

@@ -152,6 +152,23 @@ SPEC_CASES = [
     ),
     ("needs-input", SPEC.replace("    input: amount\n", ""), "9:3", "needs an input column"),
     (
+        "bucket-by-unknown",
+        SPEC.replace(
+            "primary_selector: user_id\n", "primary_selector: user_id\n    bucket_by: itme_id\n"
+        ),
+        "15:16",
+        'bucket_by "itme_id" is not an output column of the query (did you mean "item_id"?)',
+    ),
+    (
+        "max-buckets-zero",
+        SPEC.replace(
+            "primary_selector: user_id\n",
+            "primary_selector: user_id\n    bucket_by: item_id\n    max_buckets: 0\n",
+        ),
+        "16:18",
+        '"max_buckets" must be a whole number from 1 to 10000, got 0',
+    ),
+    (
         "key-buckets-zero",
         SPEC.replace("timestamp: ts", "timestamp: ts\nkey_buckets: 0"),
         "7:14",
@@ -386,6 +403,20 @@ NAME_CASES = [
         "capacity (5) must be at least k (10)",
     ),
     ("huge-window", SPEC.replace("[1h, 7d]", "[1h, 99999999d]"), "longer than 36600 days"),
+    (
+        "bucket-by-double",
+        SPEC.replace(
+            "primary_selector: user_id\n", "primary_selector: user_id\n    bucket_by: amount\n"
+        ),
+        'bucket_by "amount" is double, expected',
+    ),
+    (
+        "max-buckets-alone",
+        SPEC.replace(
+            "primary_selector: user_id\n", "primary_selector: user_id\n    max_buckets: 5\n"
+        ),
+        "max_buckets bounds a map: add bucket_by: <column>",
+    ),
     (
         "yaml-tag",
         SPEC.replace("owner: growth", "owner: !!python/object:os.system x"),

@@ -91,9 +91,7 @@ def finest_tiles(
         partial[PART] = rows.column(PART).take(starts)
     partial["events"] = pa.array(np.diff(offsets), pa.int64())
     for feature in group.features:
-        values = None
-        if feature.input is not None:
-            values = events.column(feature.input).take(order).combine_chunks()
+        values = feature.op_input(lambda name: events.column(name).take(order).combine_chunks())
         partial[feature.ir_column] = feature.op.build_arrow(sorted_ts, values, offsets).cast(
             feature.ir_type
         )

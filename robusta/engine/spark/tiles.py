@@ -15,12 +15,13 @@ from typing import Any
 from robusta.engine.counts import Range, TileCounts
 from robusta.engine.spark.files import read_files, write_tile_parts
 from robusta.plan.keys import spark_key_bucket
-from robusta.plan.model import SpecPlan, TileGroup
+from robusta.plan.model import BucketBy, SpecPlan, TileGroup
 from robusta.spec.durations import Duration
 from robusta.store.files import Storage
 
 BUCKET = "__bucket"  # bucket start, epoch microseconds
 LAST_EVENT = "__last_event"  # latest event time of a finest tile, epoch microseconds
+_VALUE = "__bucket_value"  # a map feature's bucket value (``ops.bucketed``), as text
 __all__ = ["Range", "TileCounts", "TileJob", "read_tiles", "write_tiles"]
 
 
@@ -89,15 +90,34 @@ class TileJob:
         where = ""
         if self.window.bounded:
             where = f"WHERE __m IS NULL OR (__m >= {self.window.start} AND __m < {self.window.end})"
+        bucket = layout.bucket
+        if bucket is not None:  # maps: per (keys, tile, bucket value) first, then collected
+            inputs.append(f"CAST({q(bucket.column)} AS STRING) AS {_VALUE}")
+        rows = f"""
+            SELECT {", ".join([*keys, *inputs])}, unix_micros({ts}) AS __m, {ts} AS __ts
+            FROM {self.events_view()}"""
+        by = [*grouped, f"__m - pmod(__m, {size})"]
         sql = f"""
             SELECT {", ".join(f"{g} AS {q(k)}" for g, k in zip(grouped, self.keys, strict=True))},
                    __m - pmod(__m, {size}) AS {BUCKET}, count(1) AS events,
                    max(__m) AS {LAST_EVENT}, {irs}
-            FROM (SELECT {", ".join([*keys, *inputs])}, unix_micros({ts}) AS __m, {ts} AS __ts
-                  FROM {self.events_view()}) AS e
+            FROM ({rows}) AS e
             {where}
-            GROUP BY {", ".join(grouped)}, __m - pmod(__m, {size})
+            GROUP BY {", ".join(by)}
         """
+        if bucket is not None:
+            per_value = f"""
+                SELECT {", ".join(grouped)}, __m - pmod(__m, {size}) AS {BUCKET}, {_VALUE},
+                       count(1) AS events, max(__m) AS {LAST_EVENT}, {irs}
+                FROM ({rows}) AS e
+                {where}
+                GROUP BY {", ".join([*by, _VALUE])}"""
+            named = [f"{g} AS {q(k)}" for g, k in zip(grouped, self.keys, strict=True)]
+            sql = f"""
+                SELECT {", ".join(named)}, {BUCKET}, sum(events) AS events,
+                       max({LAST_EVENT}) AS {LAST_EVENT}, {self._maps(bucket.max_buckets)}
+                FROM ({per_value}) AS v
+                GROUP BY {", ".join([*grouped, BUCKET])}"""
         self._finest_all = self.spark.sql(sql).persist()
         self._cached.append(self._finest_all)
         return self._finest_all
@@ -129,12 +149,56 @@ class TileJob:
         )
         parent = f"{BUCKET} - pmod({BUCKET}, {size.micros})"
         keys = ", ".join(q(k) for k in self.keys)
-        rollup = self.spark.sql(
+        sql = (
             f"SELECT {keys}, {parent} AS {BUCKET}, sum(events) AS events, {irs} "
             f"FROM {view} GROUP BY {keys}, {parent}"
-        ).persist()
+        )
+        if self.group.layout.bucket is not None:
+            sql = self._map_rollup(view, parent, self.group.layout.bucket)
+        rollup = self.spark.sql(sql).persist()
         self._cached.append(rollup)
         return rollup
+
+    def _maps(self, max_buckets: int) -> str:
+        """Per feature, the map of the per-value IRs of a group's rows (``_VALUE``, the
+        feature's IR column): its ``max_buckets`` smallest values (``ops.bucketed``),
+        sorted, with null values left out."""
+        order = "(l, r) -> CASE WHEN l.k < r.k THEN -1 WHEN l.k > r.k THEN 1 ELSE 0 END"
+        maps = []
+        for f in self.group.features:
+            entries = f"collect_list(struct({_VALUE} AS k, {q(f.ir_column)} AS v))"
+            kept = f"filter({entries}, x -> x.k IS NOT NULL)"
+            top = f"slice(array_sort({kept}, {order}), 1, {max_buckets})"
+            maps.append(f"map_from_entries({top}) AS {q(f.ir_column)}")
+        return ", ".join(maps)
+
+    def _map_rollup(self, view: str, parent: str, bucket: BucketBy) -> str:
+        """A coarser level of map tiles: every child tile's entries (one per bucket value,
+        shared by all features of the group) are merged per (keys, parent, value) with the
+        inner operators' ``spark_merge`` in time order, then collected into maps again.
+        A child without entries still counts its events (``posexplode_outer``)."""
+        features = self.group.features
+        keys = ", ".join(q(k) for k in self.keys)
+        values = ", ".join(
+            f"try_element_at({q(f.ir_column)}, {_VALUE}) AS {q(f.ir_column)}" for f in features
+        )
+        exploded = (
+            f"SELECT {keys}, {BUCKET}, events, __pos, {_VALUE}, {values} FROM {view} "
+            f"LATERAL VIEW OUTER posexplode(map_keys({q(features[0].ir_column)})) "
+            f"AS __pos, {_VALUE}"
+        )
+        irs = ", ".join(
+            f"{f.op.spark_merge(q(f.ir_column), BUCKET)} AS {q(f.ir_column)}" for f in features
+        )
+        per_value = (
+            f"SELECT {keys}, {parent} AS __parent, {_VALUE}, "
+            "sum(CASE WHEN coalesce(__pos, 0) = 0 THEN events ELSE 0 END) AS events, "
+            f"{irs} FROM ({exploded}) AS x GROUP BY {keys}, {parent}, {_VALUE}"
+        )
+        return (
+            f"SELECT {keys}, __parent AS {BUCKET}, sum(events) AS events, "
+            f"{self._maps(bucket.max_buckets)} FROM ({per_value}) AS v GROUP BY {keys}, __parent"
+        )
 
     def _finish(self, frame: Any, size: Duration) -> Any:
         from pyspark.sql import functions as F
