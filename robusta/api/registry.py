@@ -42,6 +42,7 @@ class FeatureEntry:
     spec_version: str
     defined_at: str  # file:line of the feature's definition
     tile_table: str
+    bucket_by: str | None = None  # a map per value of this query column
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +77,7 @@ def _entry(spec: SpecPlan, group: TileGroup, feature: BaseFeature) -> FeatureEnt
         spec_version=spec.hash,
         defined_at=_where(definition.locations.get(""), str(spec.spec.file)),
         tile_table=group.layout.table,
+        bucket_by=feature.bucket_by,
     )
 
 
@@ -143,6 +145,8 @@ def lineage(workspace: Workspace, entry: FeatureEntry) -> list[Lineage]:
     wanted = [(c, "key") for c in entry.entities]
     if entry.input is not None:
         wanted.insert(0, (entry.input, "input"))
+    if entry.bucket_by is not None:
+        wanted.append((entry.bucket_by, "bucket_by"))
     wanted.append((spec.spec.timestamp, "timestamp"))
     return [Lineage(c, role, _sources(spec.spec.query, c, schema)) for c, role in wanted]
 

@@ -45,6 +45,8 @@ def describe_view(
     facts.add_column(style="bold")
     facts.add_column(overflow="fold")
     op = entry.op + (f" {entry.params}" if entry.params else "")
+    if entry.bucket_by is not None:
+        op += f", a map per {entry.bucket_by}"
     keys = ", ".join(f"{c} ({entity})" for c, entity in entry.entities.items())
     for label, value in (
         ("feature", entry.name),

@@ -11,7 +11,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from robusta.errors import Problem
-from robusta.plan.model import Plan, ServicePlan, SpecPlan
+from robusta.plan.model import BaseFeature, Plan, ServicePlan, SpecPlan
 
 if TYPE_CHECKING:
     from robusta.api.backfill import BackfillResult
@@ -103,13 +103,20 @@ def plan_table(plan: Plan) -> Table:
                 table.add_row(
                     spec.name,
                     feature.name,
-                    feature.op.label,
+                    _op_text(feature),
                     feature.input or "-",
                     ", ".join(w.name for w in feature.windows),
                     ", ".join(o.name for o in feature.outputs),
                     str(feature.ir_type),
                 )
     return table
+
+
+def _op_text(feature: BaseFeature) -> str:
+    """The operator, and for a map the column it is per."""
+    if feature.bucket_by is None:
+        return feature.op.label
+    return f"{feature.op.label} per {feature.bucket_by}"
 
 
 def tiles_table(plan: Plan) -> Table:
@@ -199,6 +206,7 @@ def _spec_json(spec: SpecPlan) -> dict[str, Any]:
                     {
                         "name": f.name,
                         "op": f.op.label,
+                        "bucket_by": f.bucket_by,
                         "input": f.input,
                         "input_type": f.input_type.value,
                         "params": f.op.params,

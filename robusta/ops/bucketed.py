@@ -67,8 +67,8 @@ class Bucketed(Operator):
 
     @property
     def label(self) -> str:
-        """How listings show it: the inner operator's name, per bucket."""
-        return f"{self.inner.name} per bucket"
+        """How listings show it: the inner operator's name (they show the column)."""
+        return self.inner.name
 
     # ---- types --------------------------------------------------------------------------
     @property
