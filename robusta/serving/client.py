@@ -35,6 +35,7 @@ from robusta.plan.model import KeyColumn, Plan, ServicePlan, TileGroup
 from robusta.plan.selection import GroupRequest, resolve_features, services_in
 from robusta.plan.services import derive
 from robusta.serving.feature_log import FeatureLog
+from robusta.serving.value_cache import DEFAULT_CACHE_SIZE, ValueCache
 from robusta.spec.datatypes import DataType
 from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.online import (
@@ -99,6 +100,7 @@ class _Group:
     empty: pa.RecordBatch
     values_schema: pa.Schema
     longest: int  # the longest bounded window requested, in micros (0 if none)
+    cache: ValueCache  # values of recent per-key lookups (``value_cache``)
 
 
 class FeatureClient:
@@ -111,8 +113,12 @@ class FeatureClient:
         *,
         on_unavailable: str = "error",
         log: FeatureLog | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
+        """``cache_size``: per requested tile group, how many keys' assembled values are
+        kept for repeats (``robusta.serving.value_cache``); 0 turns the cache off."""
         self.workspace = workspace.require_valid()
+        self.cache_size = cache_size
         self.plan: Plan = workspace.plan
         self.store = store
         self.on_unavailable = on_unavailable
@@ -128,11 +134,12 @@ class FeatureClient:
         project = workspace.config
         online = store or open_online_store(project.online, project.project)
         mode = str(project.online.options.get("on_unavailable", "error"))
+        size = int(project.online.options.get("cache_size", DEFAULT_CACHE_SIZE))
         options = dict(project.online.options.get("log") or {})
         log = None
         if options.pop("enabled", False):
             log = FeatureLog(project.offline, **options)
-        return cls(workspace, online, on_unavailable=mode, log=log)
+        return cls(workspace, online, on_unavailable=mode, log=log, cache_size=size)
 
     def close(self) -> None:
         if self.log is not None:
@@ -326,10 +333,10 @@ class FeatureClient:
         if state is not None and state.mode == "preassembled":
             batches = [decode(r, group.values_schema) if r is not None else None for r in raws]
             return _value_rows(group, batches, self._defaults(group))
-        records = [group.empty if r is None else decode(r, group.tiles_schema) for r in raws]
         if n <= PER_KEY_MAX:
             end = _window_end(t, state, group)
-            return [group.key_assembler.assemble(record, end) for record in records]
+            return [_key_values(group, raw, end) for raw in raws]
+        records = [group.empty if r is None else decode(r, group.tiles_schema) for r in raws]
         table = _assembled_table(group, state, records, t)
         names = table.column_names
         columns = table.to_pydict(maps_as_pydicts="strict").values()
@@ -450,6 +457,7 @@ class FeatureClient:
                         (o.window.duration.micros for o in request.outputs if o.window.duration),
                         default=0,
                     ),
+                    ValueCache(self.cache_size),
                 )
             )
         self._groups[cache_key] = groups
@@ -537,6 +545,19 @@ def _per_entity(value: Any, n: int, name: str) -> list[Any]:
             )
         return list(value)
     return [value] * n
+
+
+def _key_values(group: _Group, raw: bytes | None, end: int) -> dict[str, Any]:
+    """One key's values at ``end`` from its record: from the cache when the same record was
+    assembled at the same end before, else decoded and assembled (and kept)."""
+    key = ValueCache.key(raw, end)
+    cached = group.cache.get(key)
+    if cached is not None:
+        return cached
+    record = group.empty if raw is None else decode(raw, group.tiles_schema)
+    values = group.key_assembler.assemble(record, end)
+    group.cache.put(key, values)
+    return values
 
 
 def _window_end(t: int, state: SpecState | None, group: _Group) -> int:

@@ -19,6 +19,7 @@ from robusta.spec.model import (
     DEFAULT_RETENTION,
     DEFAULT_STREAM_MAINTAIN,
     ENGINES,
+    MAX_CACHE_SIZE,
     MAX_JOIN_MEMORY,
     MAX_KEY_BUCKETS,
     MIN_JOIN_MEMORY,
@@ -74,7 +75,7 @@ _ONLINE_KEYS: dict[str, tuple[str, ...]] = {
 }
 # Keys every backend takes: serving mode per spec, retention margin, what lookups do when the
 # store is down, feature logging.
-_ONLINE_COMMON = ("modes", "margin", "on_unavailable", "log")
+_ONLINE_COMMON = ("modes", "margin", "on_unavailable", "log", "cache_size")
 # online.log: served feature vectors to Iceberg (robusta.serving.feature_log); numbers > 0.
 LOG_KEYS = {"flush_seconds": 5.0, "max_rows": 100_000, "batch_rows": 10_000}
 SERVING_MODES = ("assemble", "preassembled")
@@ -405,6 +406,8 @@ def _online(check: Checker, root: Path) -> OnlineConfig:
             ("online", "on_unavailable"),
             f"on_unavailable must be one of {one_of(ON_UNAVAILABLE)}",
         )
+    if "cache_size" in body:
+        check.whole(("online", "cache_size"), 0, MAX_CACHE_SIZE)
     if "log" in body:
         options["log"] = _log_options(check)
     if kind == "embedded":

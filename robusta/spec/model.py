@@ -27,6 +27,8 @@ MAX_KEY_BUCKETS = 65_536
 # offline.join_memory: the tiles one point-in-time join task holds at a time
 DEFAULT_JOIN_MEMORY = 1 << 30
 MIN_JOIN_MEMORY, MAX_JOIN_MEMORY = 1 << 10, 1 << 40
+# online.cache_size: assembled values kept per requested tile group (serving.value_cache)
+DEFAULT_CACHE_SIZE, MAX_CACHE_SIZE = 4_096, 1 << 20
 # A feature's bucket_by map keeps at most max_buckets entries (default, largest allowed).
 DEFAULT_MAX_BUCKETS, MAX_BUCKETS_LIMIT = 100, 10_000
 

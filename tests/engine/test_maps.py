@@ -291,9 +291,21 @@ def test_streamed_map_tiles_equal_the_reference(engine: str, tmp_path: Path) -> 
     events = generate_events(
         GeneratorConfig(seed=8, days=2, events_per_day=600, users=20, items=40, channels=5)
     )
+    users = [{"USER_ID": u} for u in sorted({u for u in events.column("user_id").to_pylist() if u})]
+    store = open_online_store(workspace.config.online, workspace.config.project, create=True)
+    cached = FeatureClient(workspace, store)  # kept across both landings: its cache too
     for i, part in enumerate(by_time(events, 2)):
         land(tmp_path / "data", part, f"part-{i}", order=i)
         stream(workspace, available_now=True)
+        fresh = FeatureClient(workspace, store, cache_size=0)
+        for _ in range(2):  # the second round from the cache
+            got = [cached.get_features([u], ["maps"])[0] for u in users]  # the per-key path
+            want = [fresh.get_features([u], ["maps"])[0] for u in users]
+            assert [bits(v.values) for v in got] == [bits(v.values) for v in want]
+            assert [v.pointers for v in got] == [v.pointers for v in want]
+    assert any(v.values["m_n_events_1d"] for v in got)
+    hits = [g.cache.hits for groups in cached._groups.values() for g in groups]
+    assert sum(hits) >= 2 * len(users), hits  # the repeats came from the cache
     plan = workspace.plan.spec("maps")
     assert plan is not None
     for group in plan.groups:

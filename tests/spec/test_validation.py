@@ -129,7 +129,7 @@ SPEC_CASES = [
     (
         "undeclared-entity",
         SPEC.replace("{user_id: USER_ID}", "{user_id: USER}"),
-        "13:35",
+        "12:38",
         'entity "USER" is not declared (did you mean "USER_ID"?)',
     ),
     (
@@ -194,6 +194,12 @@ def test_bad_spec_is_located(
 
 
 CONFIG_CASES = [
+    (
+        "cache-size-negative",
+        CONFIG + "online: {type: embedded, cache_size: -1}\n",
+        "12:38",
+        '"cache_size" must be a whole number from 0 to 1048576, got -1',
+    ),
     (
         "unknown-config-key",
         CONFIG.replace("feature_defs: feature_defs", "feature_def: feature_defs"),
