@@ -333,22 +333,56 @@ def test_spark_map_tiles_equal_the_embedded_tiles(
         finally:
             job.release()
         mine, _ = build_tiles(events, plan, group)
-        identity = ["user_id", "granularity", "bucket_start"]
-        order = [(c, "ascending") for c in identity]
-        mine, theirs = mine.sort_by(order), theirs.sort_by(order)
-        for column in [*identity, "key_bucket", "events", "spec_version"]:
-            assert mine.column(column).to_pylist() == theirs.column(column).to_pylist(), column
-        for feature in group.features:
-            a, b = (
-                feature.op.finalize(
-                    feature.op.from_arrow(t.column(feature.ir_column).combine_chunks())
-                ).to_pylist()
-                for t in (mine, theirs)
-            )
-            for x, y, n in zip(a, b, mine.column("events").to_pylist(), strict=True):
-                assert [k for k, _ in x] == [k for k, _ in y], feature.name
-                for (_, u), (_, v) in zip(x, y, strict=True):
-                    assert_same(inner(feature), u, v, n)
+        assert_same_map_tiles(mine, theirs, group)
+
+
+def assert_same_map_tiles(mine: pa.Table, theirs: pa.Table, group: Any) -> None:
+    """Two engines' map tiles: the same tiles, entries and values (``assert_same``)."""
+    identity = ["user_id", "granularity", "bucket_start"]
+    order = [(c, "ascending") for c in identity]
+    mine, theirs = mine.sort_by(order), theirs.sort_by(order)
+    for column in [*identity, "key_bucket", "events", "spec_version"]:
+        assert mine.column(column).to_pylist() == theirs.column(column).to_pylist(), column
+    events = mine.column("events").to_pylist()
+    for feature in group.features:
+        a, b = (
+            feature.op.finalize(
+                feature.op.from_arrow(t.column(feature.ir_column).combine_chunks())
+            ).to_pylist()
+            for t in (mine, theirs)
+        )
+        for x, y, n in zip(a, b, events, strict=True):
+            assert [k for k, _ in x] == [k for k, _ in y], feature.name
+            for (_, u), (_, v) in zip(x, y, strict=True):
+                assert_same(inner(feature), u, v, n)
+
+
+@pytest.mark.spark
+def test_a_spark_materialize_writes_the_embedded_map_tiles(
+    spark: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Spark's whole batch job (the tile job, the tasks' file writer, the commit) over the
+    same events writes the embedded engine's map tiles."""
+    from tests.engine.test_streaming import tile_rows
+
+    tables = {}
+    groups: tuple[Any, ...] = ()
+    for engine in ("spark", "embedded"):
+        root = Path(tmp_path_factory.mktemp(f"maps-{engine}"))
+        project = make_project(root, engine=engine)
+        (root / "feature_defs" / "maps.yaml").write_text(maps_spec("[1h, 1d]"))
+        project.reload()
+        materialize(project.workspace, ["maps"])
+        spec = project.workspace.plan.spec("maps")
+        assert spec is not None
+        groups = spec.groups
+        tables[engine] = {
+            g.layout.table: tile_rows(project.workspace, g.layout.table) for g in groups
+        }
+    for group in groups:
+        mine, theirs = (tables[e][group.layout.table] for e in ("embedded", "spark"))
+        assert mine.num_rows == theirs.num_rows > 100
+        assert_same_map_tiles(mine, theirs, group)
 
 
 def assert_same(op: Operator, a: Any, b: Any, events: int) -> None:
