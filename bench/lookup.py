@@ -1,4 +1,4 @@
-"""Benchmark: online lookup latency, assembled at lookup time, embedded and Redis.
+"""Benchmark: online lookup latency, head values and assembled tiles, embedded and Redis.
 
 Two data sets (``--data``):
 
@@ -14,10 +14,14 @@ Two data sets (``--data``):
   days: 70% uniform, 30% Zipf-skewed), tiles built in numpy (``robusta.testing.tiles``) and
   written as the upload writes them, so the run needs no Spark.
 
-Each lookup is ``FeatureClient.get_features`` for random keys at the version pointer: one
-store read plus window assembly of every feature. Beside it, measured in the same run on the
-same keys: the floor, the store's raw read of the same records (``OnlineStore.read``: one LMDB
-transaction, or one Redis round trip; no decoding, no assembly). Before timing counts, the
+Each lookup is ``FeatureClient.get_features`` for random keys at the version pointer, on two
+rows: one store read of the values the upload wrote at its pointer (head values: what lookups
+at or after the pointer read until a stream moves it), and one store read of the tiles plus
+window assembly of every feature (``heads=False``: lookups at earlier times, streamed specs).
+Beside each, measured in the same run on the same keys: the floor, the store's raw read of the
+same records (``OnlineStore.read``: one LMDB transaction, or one Redis round trip; no
+decoding, no assembly). A last table runs the tiles through the value cache with
+Zipf-drawn keys. Before timing counts, the
 per-key path (up to ``PER_KEY_MAX`` entities) is checked equal, bit for bit, to the vectorized
 one on a sample of keys. Latencies are p50 / p99 / p99.9 over ``--lookups`` calls.
 
@@ -106,7 +110,9 @@ def store_configs(root: Path) -> dict[str, Any]:
 
 def build_generated(root: Path, args: argparse.Namespace, console: Console) -> Built:
     """Generated events, tiles built in numpy, written to both stores."""
+    from robusta.jobs.upload import value_records_at
     from robusta.store.online import SpecState, open_online_store
+    from robusta.store.online.base import heads_table
     from robusta.store.online.records import tile_records
     from robusta.testing.tiles import build_tiles
     from robusta.workspace import load_workspace
@@ -135,12 +141,16 @@ def build_generated(root: Path, args: argparse.Namespace, console: Console) -> B
         },
     )
     records = [(group.layout.table, k, v) for k, v in tile_records(group, tiles)]
+    keys_count = len(records)
+    pointer = T0 + 30 * DAY
+    # as an upload writes them: the tiles, and every key's values at the pointer (heads)
+    heads = value_records_at(group, tiles, pointer)
+    records += [(heads_table(group.layout.table), k, v) for k, v in heads]
     console.print(
-        f"{events:,} events -> {tiles.num_rows:,} tiles, {len(records):,} keys "
+        f"{events:,} events -> {tiles.num_rows:,} tiles, {keys_count:,} keys "
         f"({time.perf_counter() - started:.0f} s)"
     )
-    pointer = T0 + 30 * DAY
-    state = SpecState(1, pointer, spec.hash, "assemble", T0 - DAY, pointer)
+    state = SpecState(1, pointer, spec.hash, "assemble", T0 - DAY, pointer, pointer)
     stores = {}
     for kind, config in store_configs(root).items():
         store = open_online_store(config, "bench", create=True)
@@ -148,8 +158,8 @@ def build_generated(root: Path, args: argparse.Namespace, console: Console) -> B
         store.write(spec.name, 1, records)
         store.commit(spec.name, state)
         stores[kind] = store
-    title = f"{len(records):,} generated keys ({events:,} events over 30 days)"
-    return Built(workspace, [k for _, k, _ in records], pointer, stores, title)
+    title = f"{keys_count:,} generated keys ({events:,} events over 30 days)"
+    return Built(workspace, [k for _, k, _ in records[:keys_count]], pointer, stores, title)
 
 
 def build_retail(root: Path, args: argparse.Namespace, console: Console) -> Built:
@@ -241,9 +251,9 @@ def check_paths(client: Any, keys: list[str], features: list[str], at: Any) -> i
 
 
 def cached_lookups(built: Built, args: argparse.Namespace, features: list[str], at: Any) -> Table:
-    """Single-entity lookups through the client's value cache (the default), keys drawn
-    Zipf-skewed as live traffic repeats them (hot users), at the pointer: hits skip the
-    decode and the assembly; the hit rate says how many. Cold: a fresh client per row."""
+    """Single-entity lookups of tiles through the client's value cache (the default), keys
+    drawn Zipf-skewed as live traffic repeats them (hot users): hits skip the decode and the
+    assembly; the hit rate says how many. A fresh client per store."""
     from robusta.serving import FeatureClient
 
     rng = np.random.default_rng(11)
@@ -254,7 +264,7 @@ def cached_lookups(built: Built, args: argparse.Namespace, features: list[str], 
     for column in ("store", "p50", "p99", "p99.9", "hit rate", "hit p50", "miss p50"):
         out.add_column(column, justify="right")
     for kind, store in built.stores.items():
-        client = FeatureClient(built.workspace, store)
+        client = FeatureClient(built.workspace, store, heads=False)  # the cache before tiles
         ranks = (rng.zipf(ZIPF, args.lookups) - 1) % len(built.keys)
         order = rng.permutation(len(built.keys))
         picks = [[{"USER_ID": built.keys[order[r]]}] for r in ranks]
@@ -317,6 +327,7 @@ def main() -> None:
 def run(built: Built, args: argparse.Namespace, console: Console) -> None:
     from robusta.serving import FeatureClient
     from robusta.spec.durations import from_micros
+    from robusta.store.online.base import heads_table
 
     workspace, keys = built.workspace, built.keys
     [spec] = workspace.plan.specs
@@ -335,6 +346,7 @@ def run(built: Built, args: argparse.Namespace, console: Console) -> None:
     for column in (
         "store",
         "entities",
+        "records read",
         "p50",
         "p99",
         "p99.9",
@@ -346,24 +358,29 @@ def run(built: Built, args: argparse.Namespace, console: Console) -> None:
     ):
         results.add_column(column, justify="right")
     for (kind, n), (want50, want99) in TARGETS.items():
-        # Every lookup decoded and assembled: the value cache off (it has its own table).
-        client = FeatureClient(workspace, built.stores[kind], cache_size=0)
         repeat = args.lookups if n == 1 else max(200, args.lookups // 10)
         picks = [[{"USER_ID": rng.choice(keys)} for _ in range(n)] for _ in range(repeat + 200)]
-        ours = percentiles(timed(lookups(client, picks, features, at), repeat))
-        wanted = [[(table_name, e["USER_ID"]) for e in p] for p in picks]
-        floor = percentiles(timed(store_reads(built.stores[kind], spec.name, wanted), repeat))
-        met = (want50 is None or ours[0] <= want50) and ours[1] <= want99
-        results.add_row(
-            kind,
-            str(n),
-            *(f"{v:.3f}" for v in ours),
-            f"{floor[0]:.3f}",
-            f"{floor[1]:.3f}",
-            f"{ours[0] / floor[0]:.1f}x",
-            f"{want50 or '-'} / {want99}",
-            "yes" if met else "NO",
-        )
+        # head values: what the upload wrote at its pointer (lookups at or after it, until a
+        # stream moves it); tiles: assembled at lookup (earlier times, streamed specs). The
+        # value cache is off in both (it has its own table).
+        for heads in (True, False):
+            client = FeatureClient(workspace, built.stores[kind], cache_size=0, heads=heads)
+            ours = percentiles(timed(lookups(client, picks, features, at), repeat))
+            table = heads_table(table_name) if heads else table_name
+            wanted = [[(table, e["USER_ID"]) for e in p] for p in picks]
+            floor = percentiles(timed(store_reads(built.stores[kind], spec.name, wanted), repeat))
+            met = (want50 is None or ours[0] <= want50) and ours[1] <= want99
+            results.add_row(
+                kind,
+                str(n),
+                "head values" if heads else "tiles",
+                *(f"{v:.3f}" for v in ours),
+                f"{floor[0]:.3f}",
+                f"{floor[1]:.3f}",
+                f"{ours[0] / floor[0]:.1f}x",
+                f"{want50 or '-'} / {want99}",
+                "yes" if met else "NO",
+            )
     console.print(results)
     console.print(cached_lookups(built, args, features, at))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

@@ -3,11 +3,13 @@
 Three specs of 20 features each, every operator among them, windows 1h to 90d and lifetime:
 keyed by the user, by the item, and by both (crosses). Events (Zipf-skewed users and items
 over 90 days) become tiles in numpy (``robusta.testing.tiles``) written as the upload writes
-them, so no Spark runs. A request is ``FeatureClient.rank(user, items, specs)``: per spec one
-store read, then the vectorized assembly of every window. Beside it, measured in the same
-run, the floor: the same three store reads alone. Latencies are p50 / p99 over
-``--requests`` calls, each for a random user and ``--items`` random items (a tenth of them
-items the user had events with, so crosses have tiles).
+them (tiles and head values), so no Spark runs. A request is ``FeatureClient.rank(user,
+items, specs)`` at the pointer: per spec one store read of the head values the upload wrote
+at its pointer or, on a second row (``heads=False``), of the tiles, then the vectorized
+assembly of every window. Beside it, measured in the same run, the floor: the same three
+store reads alone. Latencies are p50 / p99 over ``--requests`` calls, each for a random user
+and ``--items`` random items (a tenth of them items the user had events with, so crosses
+have tiles).
 
     .venv/bin/python bench/rank.py --users 20000 --items-total 50000 --events 2000000 --items 500
 """
@@ -94,8 +96,10 @@ def spec_yaml(name: str) -> str:
 
 def build(root: Path, args: argparse.Namespace, console: Console) -> tuple[Any, np.ndarray, int]:
     """The project and its tiles in both stores; returns (workspace, events, pointer)."""
+    from robusta.jobs.upload import value_records_at
     from robusta.spec.model import OnlineConfig
     from robusta.store.online import SpecState, open_online_store
+    from robusta.store.online.base import heads_table
     from robusta.store.online.records import tile_records
     from robusta.testing.tiles import build_tiles
     from robusta.workspace import load_workspace
@@ -127,14 +131,18 @@ def build(root: Path, args: argparse.Namespace, console: Console) -> tuple[Any, 
         keys = {k.column: columns[k.column] for k in group.layout.keys}
         tiles = build_tiles(group, keys, ts, columns)
         records = [(group.layout.table, k, v) for k, v in tile_records(group, tiles)]
-        state = SpecState(1, pointer, spec.hash, "assemble", T0 - DAY, pointer)
+        keys_count = len(records)
+        # as an upload writes them: the tiles, and every key's values at the pointer (heads)
+        heads = value_records_at(group, tiles, pointer)
+        records += [(heads_table(group.layout.table), k, v) for k, v in heads]
+        state = SpecState(1, pointer, spec.hash, "assemble", T0 - DAY, pointer, pointer)
         for config in stores:
             with open_online_store(config, "bench", create=True) as store:
                 store.drop(spec.name, 1)
                 store.write(spec.name, 1, records)
                 store.commit(spec.name, state)
         console.print(
-            f"{spec.name}: {tiles.num_rows:,} tiles, {len(records):,} keys "
+            f"{spec.name}: {tiles.num_rows:,} tiles, {keys_count:,} keys "
             f"({time.perf_counter() - started:.0f} s)"
         )
     return workspace, np.stack([users, items]), pointer
@@ -188,50 +196,66 @@ def run(root: Path, args: argparse.Namespace, console: Console) -> None:
         title=f"Ranking requests: 1 user + {args.items} items, 3 specs x 20 features "
         f"(user, item, user x item), {args.requests} requests"
     )
-    for column in ("store", "p50 ms", "p99 ms", "floor p50 / p99 ms", "p99 / floor", "target p99"):
+    for column in (
+        "store",
+        "records read",
+        "p50 ms",
+        "p99 ms",
+        "floor p50 / p99 ms",
+        "p99 / floor",
+        "target p99",
+    ):
         table.add_column(column, justify="right")
     configs = {
         "embedded": OnlineConfig("embedded", {"path": str(root / "online")}),
         "redis": OnlineConfig("redis", {"url": REDIS_URL, "key_prefix": PREFIX}),
     }
     for name, config in configs.items():
-        with open_online_store(config, "bench") as store:
-            client = FeatureClient(workspace, store)
-            for user, items in asked[:20]:
-                client.rank(user, items, specs, at)  # warm up
-            times, floors = [], []
-            for user, items in asked:
-                started = time.perf_counter()
-                ranked = client.rank(user, items, specs, at)
-                times.append(time.perf_counter() - started)
-                floors.append(_floor(store, workspace, user, items))
-            assert ranked.num_rows == args.items
-        p50, p99, _ = percentiles(times)
-        f50, f99, _ = percentiles(floors)
-        ok = "yes" if p99 <= TARGETS[name] else "NO"
-        table.add_row(
-            name,
-            f"{p50:.2f}",
-            f"{p99:.2f}",
-            f"{f50:.2f} / {f99:.2f}",
-            f"{p99 / f99:.1f}x",
-            f"{TARGETS[name]:g} ms: {ok}",
-        )
+        # heads: the values the upload wrote at its pointer (a request at the pointer);
+        # tiles: assembled at request time (earlier times, or a stream moved the pointer)
+        for heads in (True, False):
+            with open_online_store(config, "bench") as store:
+                client = FeatureClient(workspace, store, heads=heads, cache_size=0)
+                for user, items in asked[:20]:
+                    client.rank(user, items, specs, at)  # warm up
+                times, floors = [], []
+                for user, items in asked:
+                    started = time.perf_counter()
+                    ranked = client.rank(user, items, specs, at)
+                    times.append(time.perf_counter() - started)
+                    floors.append(_floor(store, workspace, user, items, heads))
+                assert ranked.num_rows == args.items
+            p50, p99, _ = percentiles(times)
+            f50, f99, _ = percentiles(floors)
+            ok = "yes" if p99 <= TARGETS[name] else "NO"
+            table.add_row(
+                name,
+                "head values" if heads else "tiles (assembled)",
+                f"{p50:.2f}",
+                f"{p99:.2f}",
+                f"{f50:.2f} / {f99:.2f}",
+                f"{p99 / f99:.1f}x",
+                f"{TARGETS[name]:g} ms: {ok}",
+            )
     console.print(table)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(f"peak RSS {peak:,.0f} MiB (this process: tiles built here too)")
 
 
-def _floor(store: Any, workspace: Any, user: dict[str, str], items: list[str]) -> float:
+def _floor(
+    store: Any, workspace: Any, user: dict[str, str], items: list[str], heads: bool
+) -> float:
     """The raw store reads of one request: per spec, the records it needs."""
     from robusta.serving.client import _key_text
+    from robusta.store.online.base import heads_table
 
     wanted = {}
     for spec in workspace.plan.specs:
         [group] = spec.groups
         entities = {k.entity for k in group.layout.keys}
         rows = [user] if entities == {"USER_ID"} else [{**user, "ITEM_ID": i} for i in items]
-        wanted[spec.name] = [(group.layout.table, _key_text(e, group)) for e in rows]
+        table = heads_table(group.layout.table) if heads else group.layout.table
+        wanted[spec.name] = [(table, _key_text(e, group)) for e in rows]
     started = time.perf_counter()
     for spec, keys in wanted.items():
         store.read(spec, keys)

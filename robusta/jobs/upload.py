@@ -19,6 +19,7 @@ generation is dropped, so a crash mid-upload leaves the previous pointer and val
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import OnlineConfig, ProjectConfig
 from robusta.store.files import Storage
 from robusta.store.online import OnlineStore, Record, SpecState, open_online_store
+from robusta.store.online.base import heads_table
 from robusta.store.online.records import (
     key_runs,
     tile_records,
@@ -182,6 +184,7 @@ class _SpecUpload:
             mode=self.mode,
             horizon=horizon,
             uploaded_at=to_micros(datetime.now().astimezone()),
+            heads_at=pointer if self.mode == "assemble" else None,
         )
         self.step(f"{self.plan.name}: advancing the version pointer to {_iso(pointer)}")
         self._commit(state, live)
@@ -320,12 +323,18 @@ class BucketRecords:
         tiles = read_bucket(
             self.storage, paths, bucket, end=self.pointer, identity=tile_identity(self.group)
         )
-        if self.mode == "preassembled":
-            pairs = _value_records(self.group, tiles, self.pointer)
-        else:
-            pairs = _tile_records(self.group, tiles, self.horizon, _has_lifetime(self.group))
         table = self.group.layout.table
-        return ((table, key, record) for key, record in pairs)
+        if self.mode == "preassembled":
+            pairs = value_records_at(self.group, tiles, self.pointer)
+            return ((table, key, record) for key, record in pairs)
+        pairs = _tile_records(self.group, tiles, self.horizon, _has_lifetime(self.group))
+        # Beside the tiles, every key's values at the pointer: lookups at or after it (the
+        # live ones) read those while a stream has not moved the pointer (SpecState.heads_at).
+        heads = value_records_at(self.group, tiles, self.pointer)
+        return itertools.chain(
+            ((table, key, record) for key, record in pairs),
+            ((heads_table(table), key, record) for key, record in heads),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +363,8 @@ class _Counted:
 
     def __iter__(self) -> Iterator[Record]:
         for record in self.records:
-            self.keys += 1
+            if not record[0].endswith(heads_table("")):  # tiles, not a key's head values
+                self.keys += 1
             yield record
 
 
@@ -422,7 +432,11 @@ def _prefixes(group: TileGroup, tiles: pa.Table, horizon: int) -> pa.Table:
     return pa.table({n: out[n] for n in schema.names}, schema=schema)
 
 
-def _value_records(group: TileGroup, tiles: pa.Table, pointer: int) -> Iterator[tuple[str, bytes]]:
+def value_records_at(
+    group: TileGroup, tiles: pa.Table, pointer: int
+) -> Iterator[tuple[str, bytes]]:
+    """Per key of ``tiles`` (every tile up to ``pointer``), its record of every output's
+    value as of ``pointer``: the pre-assembled mode's records and the head records."""
     if tiles.num_rows == 0:
         return iter(())
     assembler = GroupAssembler(group, tuple(o for f in group.features for o in f.outputs))
@@ -442,4 +456,4 @@ def _iso(micros: int) -> str:
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["UploadError", "UploadReport", "upload"]
+__all__ = ["UploadError", "UploadReport", "upload", "value_records_at"]

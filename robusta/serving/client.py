@@ -45,6 +45,7 @@ from robusta.store.online import (
     SpecState,
     open_online_store,
 )
+from robusta.store.online.base import heads_table
 from robusta.store.online.records import decode, tile_record_schema, value_record_schema
 from robusta.workspace import Workspace, load_workspace
 
@@ -114,16 +115,21 @@ class FeatureClient:
         on_unavailable: str = "error",
         log: FeatureLog | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        heads: bool = True,
     ) -> None:
         """``cache_size``: per requested tile group, how many keys' assembled values are
-        kept for repeats (``robusta.serving.value_cache``); 0 turns the cache off."""
+        kept for repeats (``robusta.serving.value_cache``); 0 turns the cache off.
+        ``heads``: lookups at or after an upload's pointer read the values it wrote as of
+        it (``SpecState.heads_at``) instead of assembling tiles; False always assembles."""
         self.workspace = workspace.require_valid()
         self.cache_size = cache_size
+        self.heads = heads
         self.plan: Plan = workspace.plan
         self.store = store
         self.on_unavailable = on_unavailable
         self.log = log  # served vectors go to Iceberg in the background (feature_log)
         self._groups: dict[tuple[str, ...] | None, list[_Group]] = {}
+        self._states: dict[str, SpecState | None] = {}  # per spec, the last state read
         self._services: dict[tuple[str, ...], list[ServicePlan]] = {}
 
     @classmethod
@@ -194,8 +200,9 @@ class FeatureClient:
                 for g in members
                 for e in entities
             ]
+            heads = False
             try:
-                state, raws = self.store.read(spec, wanted)
+                state, raws, heads = self._read(spec, wanted, t)
             except OnlineStoreError:
                 if self.on_unavailable != "empty":
                     raise
@@ -211,7 +218,7 @@ class FeatureClient:
             pointers[spec] = None if state is None else from_micros(state.pointer)
             for i, group in enumerate(members):
                 part = raws[i * len(entities) : (i + 1) * len(entities)]
-                rows = self._assemble(group, state, part, t)
+                rows = self._assemble(group, state, part, t, heads)
                 if self.log is not None:
                     pointer = None if state is None else state.pointer
                     self._log(self.log, request_id, group, entities, t, pointer, rows)
@@ -269,13 +276,14 @@ class FeatureClient:
                     else _item_key_texts(user, keys, entity, g.request.group)
                 )
             ]
-            state, raws = self.store.read(spec, wanted)  # one round trip per spec
+            state, raws, heads = self._read(spec, wanted, t)  # a round trip per spec, mostly
             self._check_state(spec, state, t, [g for g, _, _ in members])
             pointers[spec] = None if state is None else from_micros(state.pointer).isoformat()
             at_raw = 0
             for group, role, _ in members:
                 count = 1 if role == _USER else n
-                table = self._group_table(group, state, raws[at_raw : at_raw + count], t)
+                part = raws[at_raw : at_raw + count]
+                table = self._group_table(group, state, part, t, heads)
                 at_raw += count
                 if role == _USER:  # one row, repeated for every item
                     table = table.take(pa.array(np.zeros(n, np.int64)))
@@ -325,12 +333,36 @@ class FeatureClient:
                 )
         return out
 
+    def _read(
+        self, spec: str, wanted: list[tuple[str, str]], t: int
+    ) -> tuple[SpecState | None, list[bytes | None], bool]:
+        """The spec's state and the ``(table, key)`` records wanted, in one round trip when
+        the last state read foretells it: each key's head values (written by the upload as
+        of its pointer) when they serve ``t`` (``t`` at or after the pointer, which no stream
+        has moved since), its tiles otherwise. Returns (state, records, heads read)."""
+        last = self._states.get(spec)
+        guess = self.heads and (last is None or (last.heads_usable and t >= last.pointer))
+        asked = [(heads_table(table), key) for table, key in wanted] if guess else wanted
+        state, raws = self.store.read(spec, asked)
+        self._states[spec] = state
+        heads = self.heads and state is not None and state.heads_usable and t >= state.pointer
+        if guess and not heads:  # the state moved on (a stream) or ``t`` is before it
+            state, raws = self.store.read(spec, wanted)
+            self._states[spec] = state
+        return state, raws, guess and heads
+
     def _assemble(
-        self, group: _Group, state: SpecState | None, raws: list[bytes | None], t: int
+        self,
+        group: _Group,
+        state: SpecState | None,
+        raws: list[bytes | None],
+        t: int,
+        heads: bool = False,
     ) -> list[dict[str, Any]]:
-        """One fresh mapping of feature name to value per record."""
+        """One fresh mapping of feature name to value per record (``heads``: the records
+        are values at the pointer, as in the pre-assembled mode)."""
         n = len(raws)
-        if state is not None and state.mode == "preassembled":
+        if heads or (state is not None and state.mode == "preassembled"):
             batches = [decode(r, group.values_schema) if r is not None else None for r in raws]
             return _value_rows(group, batches, self._defaults(group))
         if n <= PER_KEY_MAX:
@@ -343,13 +375,19 @@ class FeatureClient:
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def _group_table(
-        self, group: _Group, state: SpecState | None, raws: list[bytes | None], t: int
+        self,
+        group: _Group,
+        state: SpecState | None,
+        raws: list[bytes | None],
+        t: int,
+        heads: bool = False,
     ) -> pa.Table:
         """The group's outputs for every record as columns (the vectorized assembler, or
-        pre-assembled values with a key's defaults where it has none)."""
+        pre-assembled or head values with a key's defaults where it has none)."""
         names = [o.name for o in group.request.outputs]
-        if state is not None and state.mode == "preassembled":
-            fill = pa.RecordBatch.from_pylist([self._defaults(group)]).select(names)
+        if heads or (state is not None and state.mode == "preassembled"):
+            defaults = [self._defaults(group)]
+            fill = pa.RecordBatch.from_pylist(defaults, schema=group.values_schema).select(names)
             batches = [
                 fill if r is None else decode(r, group.values_schema).select(names) for r in raws
             ]

@@ -278,6 +278,43 @@ def test_map_lookups_equal_the_frame_at_the_returned_pointer(
     assert any(v.values["m_n_events_1d"] for v in many)
 
 
+def test_head_values_equal_the_assembled_ones(
+    served: Served, store: OnlineStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At and after the upload's pointer lookups read the values the upload wrote (its head
+    records); they equal the values assembled from the tiles, bit for bit, for every
+    operator, map or not, one entity or many, and in ranking requests."""
+    upload(served.workspace, at=from_micros(served.at), store=store)
+    heads = FeatureClient(served.workspace, store, cache_size=0)
+    tiles = FeatureClient(served.workspace, store, cache_size=0, heads=False)
+    users = sorted({e["USER_ID"] for e, _ in lookups(served, 40)}, key=str)
+    asked: list[set[str]] = []
+    read = store.read
+
+    def spy(spec: str, wanted: list[tuple[str, str]]) -> Any:
+        asked.append({table for table, _ in wanted})
+        return read(spec, wanted)
+
+    monkeypatch.setattr(store, "read", spy)
+    for at in (served.at, served.at + 5 * MIN, served.at + 3 * 1440 * MIN):
+        for batch in (
+            [{"USER_ID": users[0]}],
+            [{"USER_ID": "nobody"}],
+            [{"USER_ID": u} for u in users],
+        ):
+            asked.clear()
+            got = heads.get_features(batch, ["maps"], from_micros(at))
+            assert asked and all(t.endswith("#heads") for read in asked for t in read), asked
+            want = tiles.get_features(batch, ["maps"], from_micros(at))
+            assert [bits(v.values) for v in got] == [bits(v.values) for v in want]
+            assert [v.pointers for v in got] == [v.pointers for v in want]
+    state = store.state("maps")
+    assert state is not None and state.heads_usable
+    asked.clear()  # before the pointer: the tiles, in one read once the client knows it
+    heads.get_features([{"USER_ID": users[0]}], ["maps"], from_micros(state.pointer - 1))
+    assert len(asked) == 1 and not any(t.endswith("#heads") for t in asked[0])
+
+
 # ---- streams -------------------------------------------------------------------------
 def test_streamed_map_tiles_equal_the_reference(engine: str, tmp_path: Path) -> None:
     """Two landings streamed in available-now mode: every map tile the stream committed to

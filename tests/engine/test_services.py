@@ -265,5 +265,9 @@ def test_a_ranking_request_equals_lookups_per_item(served: Served, store: Online
         for name, value in want.values.items():
             assert bits(row[name]) == bits(value), (name, channel)
     assert any(r["pair_events_1h"] for r in rows) and any(r["channel_events_1d"] for r in rows)
+    # at the pointer the request read the upload's head values: the tiles assemble the same
+    tiles = FeatureClient(served.workspace, store, heads=False)
+    assembled = tiles.rank({"SHOPPER": user}, channels, features, at, request={"boost": boosts})
+    assert bits(assembled.to_pylist()) == bits(rows)
     with pytest.raises(LookupRequestError, match="item_entity"):
         client.rank({"USER_ID": user}, channels, ["n_events_1d"], at)

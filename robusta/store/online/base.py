@@ -64,6 +64,14 @@ class SpecState:
     mode: str  # "assemble" (tiles) or "preassembled" (values as of the pointer)
     horizon: int  # the oldest bucket start stored (epoch micros); lifetime prefixes before it
     uploaded_at: int  # epoch micros
+    # assemble mode: the pointer at which the upload also wrote every key's values (its head
+    # records, ``heads_table``); lookups at or after the pointer read those while it holds
+    heads_at: int | None = None
+
+    @property
+    def heads_usable(self) -> bool:
+        """Whether the head records hold the values as of the current pointer."""
+        return self.mode == "assemble" and self.heads_at == self.pointer
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -84,6 +92,11 @@ def require_state(spec: str, expected: SpecState | None, found: SpecState | None
     """The check of :meth:`OnlineStore.apply`: the stored state is the one expected."""
     if found != expected:
         raise OnlineConflictError(spec, expected, found)
+
+
+def heads_table(table: str) -> str:
+    """Where an upload writes a tile table's keys' values as of its pointer (assemble mode)."""
+    return f"{table}#heads"
 
 
 def record_id(spec: str, generation: int, table: str, key: str) -> bytes:
