@@ -327,10 +327,12 @@ class BucketRecords:
         if self.mode == "preassembled":
             pairs = value_records_at(self.group, tiles, self.pointer)
             return ((table, key, record) for key, record in pairs)
-        pairs = _tile_records(self.group, tiles, self.horizon, _has_lifetime(self.group))
-        # Beside the tiles, every key's values at the pointer: lookups at or after it (the
-        # live ones) read those while a stream has not moved the pointer (SpecState.heads_at).
-        heads = value_records_at(self.group, tiles, self.pointer)
+        stored = _record_tiles(self.group, tiles, self.horizon, _has_lifetime(self.group))
+        pairs = tile_records(self.group, stored)
+        # Beside the tiles, every key's values at the pointer assembled from those tiles:
+        # lookups at or after it (the live ones) read those while a stream has not moved the
+        # pointer (SpecState.heads_at).
+        heads = value_records_at(self.group, stored, self.pointer)
         return itertools.chain(
             ((table, key, record) for key, record in pairs),
             ((heads_table(table), key, record) for key, record in heads),
@@ -390,13 +392,13 @@ def _micros(tiles: pa.Table) -> pa.Array:
     return tiles.column(BUCKET_START).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
 
 
-def _tile_records(
-    group: TileGroup, tiles: pa.Table, horizon: int, lifetime: bool
-) -> Iterator[tuple[str, bytes]]:
+def _record_tiles(group: TileGroup, tiles: pa.Table, horizon: int, lifetime: bool) -> pa.Table:
+    """The tiles online records hold: from the horizon on, after each key's lifetime
+    prefix."""
     recent = tiles.filter(pc.greater_equal(_micros(tiles), horizon))
     if lifetime:
         recent = pa.concat_tables([_prefixes(group, tiles, horizon), recent])
-    return tile_records(group, recent)
+    return recent
 
 
 def _prefixes(group: TileGroup, tiles: pa.Table, horizon: int) -> pa.Table:
