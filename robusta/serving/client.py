@@ -35,7 +35,7 @@ from robusta.plan.model import KeyColumn, Plan, ServicePlan, TileGroup
 from robusta.plan.selection import GroupRequest, resolve_features, services_in
 from robusta.plan.services import derive
 from robusta.serving.feature_log import FeatureLog
-from robusta.serving.value_cache import DEFAULT_CACHE_SIZE, ValueCache
+from robusta.serving.value_cache import DEFAULT_CACHE_SIZE, ValueCache, fresh
 from robusta.spec.datatypes import DataType
 from robusta.spec.durations import floor_to, from_micros, to_micros
 from robusta.store.online import (
@@ -102,6 +102,7 @@ class _Group:
     values_schema: pa.Schema
     longest: int  # the longest bounded window requested, in micros (0 if none)
     cache: ValueCache  # values of recent per-key lookups (``value_cache``)
+    memo: dict[str, Any] = field(default_factory=dict)  # the group's defaults, once known
 
 
 class FeatureClient:
@@ -411,8 +412,12 @@ class FeatureClient:
         log.record(request, group.request.spec, names, keys, t, pointer, rows)
 
     def _defaults(self, group: _Group) -> dict[str, Any]:
-        """Values of a key without events (count 0, others null)."""
-        return self._assemble(group, None, [None], 0)[0]
+        """Values of a key without events (count 0, others null, maps empty): assembled
+        once per group (callers copy them)."""
+        if "defaults" not in group.memo:
+            group.memo["defaults"] = self._assemble(group, None, [None], 0)[0]
+        values: dict[str, Any] = group.memo["defaults"]
+        return values
 
     def _check_state(
         self, spec: str, state: SpecState | None, t: int, members: list[_Group]
@@ -661,13 +666,31 @@ def _key_value(entity: Entity, key: KeyColumn) -> object:
 def _value_rows(
     group: _Group, batches: list[pa.RecordBatch | None], defaults: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
+    """Per record of values (None: the key has none), the requested values as fresh
+    mappings, converted in one call for all records."""
     names = [o.name for o in group.request.outputs]
+    present = [b for b in batches if b is not None]
+    columns: list[list[Any]] = []
+    if present:
+        values = present[0] if len(present) == 1 else pa.Table.from_batches(present)
+        columns = [_python(values.column(n)) for n in names]
+    found = zip(*columns, strict=True)
     return [
-        {n: defaults[n] for n in names}
+        {n: fresh(defaults[n]) for n in names}
         if batch is None
-        else {n: batch.column(n)[0].as_py(maps_as_pydicts="strict") for n in names}
+        else dict(zip(names, next(found), strict=True))
         for batch in batches
     ]
+
+
+def _python(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """A column's values as Python objects, maps as dicts (a column at a time: per value
+    ``as_py`` calls cost several times more)."""
+    if pa.types.is_map(column.type):
+        values: list[Any] = column.to_pylist(maps_as_pydicts="strict")
+        return values
+    plain: list[Any] = column.to_pylist()
+    return plain
 
 
 def _iso(micros: int) -> str:

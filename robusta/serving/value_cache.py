@@ -18,7 +18,7 @@ from typing import Any
 
 from robusta.spec.model import DEFAULT_CACHE_SIZE
 
-__all__ = ["DEFAULT_CACHE_SIZE", "ValueCache"]
+__all__ = ["DEFAULT_CACHE_SIZE", "ValueCache", "fresh"]
 
 Values = dict[str, Any]
 
@@ -45,21 +45,21 @@ class ValueCache:
             return None
         self._items.move_to_end(key)
         self.hits += 1
-        return {name: _fresh(value) for name, value in found.items()}
+        return {name: fresh(value) for name, value in found.items()}
 
     def put(self, key: tuple[int, int, int], values: Values) -> None:
         """Keep a copy of ``values`` (the caller keeps its own)."""
         if self.size <= 0:
             return
-        self._items[key] = {name: _fresh(value) for name, value in values.items()}
+        self._items[key] = {name: fresh(value) for name, value in values.items()}
         if len(self._items) > self.size:
             self._items.popitem(last=False)
 
 
-def _fresh(value: Any) -> Any:
+def fresh(value: Any) -> Any:
     """A copy of a value that shares nothing mutable with it (lists, dicts, nested)."""
     if isinstance(value, list):
-        return [_fresh(v) for v in value]
+        return [fresh(v) for v in value]
     if isinstance(value, dict):
-        return {k: _fresh(v) for k, v in value.items()}
+        return {k: fresh(v) for k, v in value.items()}
     return value
