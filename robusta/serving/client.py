@@ -672,7 +672,7 @@ def _value_rows(
     present = [b for b in batches if b is not None]
     columns: list[list[Any]] = []
     if present:
-        values = present[0] if len(present) == 1 else pa.Table.from_batches(present)
+        values = present[0] if len(present) == 1 else pa.concat_batches(present)
         columns = [_python(values.column(n)) for n in names]
     found = zip(*columns, strict=True)
     return [
