@@ -434,24 +434,39 @@ def _prefixes(group: TileGroup, tiles: pa.Table, horizon: int) -> pa.Table:
     return pa.table({n: out[n] for n in schema.names}, schema=schema)
 
 
+HEAD_SLICE_TILES = 200_000  # tiles assembled at once for head (and pre-assembled) records
+
+
 def value_records_at(
-    group: TileGroup, tiles: pa.Table, pointer: int
+    group: TileGroup, tiles: pa.Table, pointer: int, *, slice_tiles: int = HEAD_SLICE_TILES
 ) -> Iterator[tuple[str, bytes]]:
     """Per key of ``tiles`` (every tile up to ``pointer``), its record of every output's
-    value as of ``pointer``: the pre-assembled mode's records and the head records."""
+    value as of ``pointer``: the pre-assembled mode's records and the head records.
+    Assembled a slice of keys at a time (about ``slice_tiles`` tiles), so the decoded IRs
+    (sketches are Python objects) never exist for a whole key bucket at once."""
     if tiles.num_rows == 0:
-        return iter(())
-    assembler = GroupAssembler(group, tuple(o for f in group.features for o in f.outputs))
+        return
     columns = [k.column for k in group.layout.keys]
-    distinct = tiles.select(columns).group_by(columns).aggregate([])
-    n = distinct.num_rows
-    rows = Rows(
-        keys=[distinct.column(c).combine_chunks() for c in columns],
-        ts=np.full(n, pointer, np.int64),
-        ts_valid=np.ones(n, np.bool_),
-    )
-    values = assembler.assemble(tiles, rows)
-    return value_records(record_keys(list(rows.keys)), values)
+    texts = record_keys([tiles.column(c).combine_chunks() for c in columns])
+    keyed = tiles.append_column("__key", texts)
+    keyed = keyed.sort_by([("__key", "ascending")])
+    runs = key_runs(keyed.column("__key").combine_chunks())
+    assembler = GroupAssembler(group, tuple(o for f in group.features for o in f.outputs))
+    first = 0
+    while first < len(runs) - 1:
+        last = int(np.searchsorted(runs, runs[first] + slice_tiles, side="right")) - 1
+        last = max(last, first + 1)  # a key with more tiles than a slice still goes whole
+        part = keyed.slice(int(runs[first]), int(runs[last] - runs[first]))
+        starts = pa.array(runs[first:last] - runs[first], pa.int64())
+        n = last - first
+        rows = Rows(
+            keys=[part.column(c).take(starts).combine_chunks() for c in columns],
+            ts=np.full(n, pointer, np.int64),
+            ts_valid=np.ones(n, np.bool_),
+        )
+        values = assembler.assemble(part.drop_columns(["__key"]), rows)
+        yield from value_records(part.column("__key").take(starts).combine_chunks(), values)
+        first = last
 
 
 def _iso(micros: int) -> str:
