@@ -50,7 +50,7 @@ lint: dev  ## ruff + mypy --strict
 
 # Two workers (the machine's cores), each test file whole in one (its module fixtures: Spark
 # sessions, clusters, servers). Most files wait on JVMs and subprocesses half the time.
-PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile
+PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=25
 
 pytest: dev
 	$(JAVA_ENV) $(PYTEST)
