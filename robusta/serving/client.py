@@ -249,8 +249,8 @@ class FeatureClient:
         """A ranking request: features of one user and each of N candidate items, one row
         per item (in order), as Arrow columns: the item keys, then every feature. Features
         keyed by the user are assembled once and repeated; by the item, per item; by user and
-        item (crosses), per pair. Each spec's store is read once for all of them (``_read``); pointers
-        are in the schema metadata (``robusta.pointers``, JSON). ``.to_pandas()`` or
+        item (crosses), per pair. Each spec's store is read once for all of them (``_read``);
+        pointers are in the schema metadata (``robusta.pointers``, JSON). ``.to_pandas()`` or
         ``column.to_numpy()`` convert without a Python object per value.
 
         ``item_entity``: the items' entity, when the features have more than one entity
