@@ -267,6 +267,7 @@ class FeatureClient:
         n = len(keys)
         columns: dict[str, pa.Array] = {entity: pa.array(keys)}
         pointers: dict[str, str | None] = {}
+        request_id = FeatureLog.new_request() if self.log is not None else ""
         for spec, members in _by_spec(groups).items():
             wanted = [
                 (g.request.group.layout.table, text)
@@ -277,8 +278,14 @@ class FeatureClient:
                     else _item_key_texts(user, keys, entity, g.request.group)
                 )
             ]
-            state, raws, heads = self._read(spec, wanted, t)  # a round trip per spec, mostly
-            self._check_state(spec, state, t, [g for g, _, _ in members])
+            try:
+                state, raws, heads = self._read(spec, wanted, t)  # a round trip, mostly
+            except OnlineStoreError:
+                if self.on_unavailable != "empty":
+                    raise
+                state, raws, heads = None, [None] * len(wanted), False  # the defaults
+            else:
+                self._check_state(spec, state, t, [g for g, _, _ in members])
             pointers[spec] = None if state is None else from_micros(state.pointer).isoformat()
             at_raw = 0
             for group, role, _ in members:
@@ -288,6 +295,11 @@ class FeatureClient:
                 at_raw += count
                 if role == _USER:  # one row, repeated for every item
                     table = table.take(pa.array(np.zeros(n, np.int64)))
+                if self.log is not None:  # logged as a lookup of every (user, item) is
+                    served = [{**user, entity: k} for k in keys]
+                    pointer = None if state is None else state.pointer
+                    rows = table.to_pylist(maps_as_pydicts="strict")
+                    self._log(self.log, request_id, group, served, t, pointer, rows)
                 for name in table.column_names:
                     columns[name] = table.column(name).combine_chunks()
         for service in services:

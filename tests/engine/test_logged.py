@@ -278,3 +278,27 @@ def test_a_since_after_every_lookup_finds_nothing_to_compare(logged: Logged) -> 
     late = datetime.now(UTC) + timedelta(days=1)
     with pytest.raises(NoLogError, match="no logged lookups since"):
         consistency(logged.served.workspace, since=late, engine="embedded")
+
+
+def test_ranking_requests_are_logged_as_served(tmp_path: Path) -> None:
+    """A ranking request logs its rows as lookups do: the user's once, each item's (here
+    user x channel pairs) per item, with the values it answered."""
+    served = serving_project(tmp_path, "embedded")
+    config = served.workspace.project.config
+    assert config is not None
+    store = open_online_store(online_config("embedded", tmp_path), "test", create=True)
+    upload(served.workspace, at=from_micros(served.at), store=store)
+    log = FeatureLog(config.offline, flush_seconds=0.2)
+    client = FeatureClient(served.workspace, store, log=log)
+    user = {"USER_ID": str(lookups(served, 1)[0][0]["USER_ID"])}
+    channels = sorted({c for c in served.events.column("channel_id").to_pylist() if c})[:3]
+    ranked = client.rank(user, channels, ["n_events_1d", "pair_events_1h"])
+    client.close()
+    assert log.stats().logged == 2 * len(channels) and log.stats().dropped == 0
+    frame = get_training_frame(None, ["engagement"], workspace=served.workspace, source="logged")
+    rows = sorted(frame.to_pylist(), key=lambda r: str(r["CHANNEL_ID"]))
+    assert [(r["USER_ID"], r["CHANNEL_ID"]) for r in rows] == [
+        (user["USER_ID"], c) for c in channels
+    ]
+    for name in ("n_events_1d", "pair_events_1h"):
+        assert [r[name] for r in rows] == ranked.column(name).to_pylist(), name

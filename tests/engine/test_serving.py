@@ -359,6 +359,12 @@ def test_redis_down_gives_a_clear_error_in_time_and_recovers(
     defaults = fallback.get_features(entities, None)
     assert all(v.pointer is None for v in defaults)
     assert {v.values["n_events_1d"] for v in defaults} == {0}
+    user = {"USER_ID": entities[0]["USER_ID"]}
+    ranked = fallback.rank(user, ["c1", "c2"], ["n_events_1d", "pair_events_1h"])
+    assert json.loads(ranked.schema.metadata[b"robusta.pointers"]) == {"engagement": None}
+    assert ranked.column("pair_events_1h").to_pylist() == [0, 0]
+    with pytest.raises(OnlineStoreError):
+        client.rank(user, ["c1"], ["pair_events_1h"])
     private_redis("start")
     again = client.get_features(entities, None)
     assert [bits(v.values) for v in again] == [bits(v.values) for v in before]
