@@ -54,6 +54,7 @@ class Kind(Enum):
     BOOL = "BOOLEAN"
     TEXT = "STRING"
     LIST = "ARRAY"
+    MAP = "MAP"  # a per-category map feature (bucket_by)
     OTHER = "another type"
     NULL = "NULL"
 
@@ -88,6 +89,8 @@ def kind_of(arrow: pa.DataType) -> Kind:
         return Kind.TEXT
     if pa.types.is_list(arrow) or pa.types.is_large_list(arrow):
         return Kind.LIST
+    if pa.types.is_map(arrow):
+        return Kind.MAP
     return Kind.OTHER
 
 
@@ -158,7 +161,7 @@ def compile_expression(
         raise DerivedExpressionError("write one SQL expression")
     compiler = _Compiler(text, {k.lower(): (k, v) for k, v in features.items()}, requests)
     node = compiler.node(tree)
-    if node.kind in (Kind.LIST, Kind.OTHER):
+    if node.kind in (Kind.LIST, Kind.MAP, Kind.OTHER):
         raise DerivedExpressionError(
             f"the expression gives {node.kind.value}; a derived feature is a number, text "
             "or a boolean (SIZE(list) counts a list)"
@@ -249,7 +252,7 @@ class _Compiler:
             return Kind.NULL, nodes
         if kinds <= {Kind.INT, Kind.FLOAT}:
             return (Kind.FLOAT if Kind.FLOAT in kinds else Kind.INT), nodes
-        if len(kinds) > 1 or kinds & {Kind.LIST, Kind.OTHER}:
+        if len(kinds) > 1 or kinds & {Kind.LIST, Kind.MAP, Kind.OTHER}:
             raise self.fail(
                 parts[0],
                 f"{what} mixes {', '.join(sorted(k.value for k in kinds))}; CAST them to one type",
@@ -363,7 +366,7 @@ def _negate(c: _Compiler, e: exp.Expression) -> _Node:
 def _compare(function: str) -> Callable[[_Compiler, exp.Expression], _Node]:
     def handle(c: _Compiler, e: exp.Expression) -> _Node:
         kind, (left, right) = c.same([e.this, e.expression], "the comparison")
-        if kind in (Kind.LIST, Kind.OTHER):
+        if kind in (Kind.LIST, Kind.MAP, Kind.OTHER):
             raise c.fail(e, f"cannot compare {kind.value} values")
         call = getattr(pc, function)
         return _Node(Kind.BOOL, lambda i: call(_as(kind, left.run(i)), _as(kind, right.run(i))))
