@@ -375,7 +375,7 @@ class FeatureClient:
         """One fresh mapping of feature name to value per record (``heads``: the records
         are values at the pointer, as in the pre-assembled mode)."""
         n = len(raws)
-        if heads or (state is not None and state.mode == "preassembled"):
+        if _values_read(state, heads):
             batches = [decode(r, group.values_schema) if r is not None else None for r in raws]
             return _value_rows(group, batches, self._defaults(group))
         if n <= PER_KEY_MAX:
@@ -398,7 +398,7 @@ class FeatureClient:
         """The group's outputs for every record as columns (the vectorized assembler, or
         pre-assembled or head values with a key's defaults where it has none)."""
         names = [o.name for o in group.request.outputs]
-        if heads or (state is not None and state.mode == "preassembled"):
+        if _values_read(state, heads):
             defaults = [self._defaults(group)]
             fill = pa.RecordBatch.from_pylist(defaults, schema=group.values_schema).select(names)
             batches = [
@@ -600,6 +600,11 @@ def _per_entity(value: Any, n: int, name: str) -> list[Any]:
             )
         return list(value)
     return [value] * n
+
+
+def _values_read(state: SpecState | None, heads: bool) -> bool:
+    """Whether the records read are values (head records, or a pre-assembled spec's)."""
+    return heads or (state is not None and state.mode == "preassembled")
 
 
 def _key_values(group: _Group, raw: bytes | None, end: int) -> dict[str, Any]:
