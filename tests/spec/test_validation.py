@@ -129,7 +129,7 @@ SPEC_CASES = [
     (
         "undeclared-entity",
         SPEC.replace("{user_id: USER_ID}", "{user_id: USER}"),
-        "12:38",
+        "13:35",
         'entity "USER" is not declared (did you mean "USER_ID"?)',
     ),
     (
