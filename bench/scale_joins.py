@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--budget", default="256MiB")
     parser.add_argument("--materialize-seconds", type=float, required=True)
     parser.add_argument("--materialize-peak", type=int, required=True, help="MiB")
+    parser.add_argument(
+        "--budgeted-only", action="store_true", help="skip the default-budget join"
+    )
     args = parser.parse_args()
     budget = parse_size(args.budget)
     if budget is None:
@@ -51,8 +54,10 @@ def main() -> None:
     }
     steps["join budget"] = scale.join(scale.with_budget(workspace, budget), rows)
     console.print(f"  join ({args.budget}): {steps['join budget']}")
-    steps["join"] = scale.join(workspace, rows)
-    console.print(f"  join (default budget): {steps['join']}")
+    steps["join"] = scale.Step(float("nan"), 0, skipped=True)
+    if not args.budgeted_only:
+        steps["join"] = scale.join(workspace, rows)
+        console.print(f"  join (default budget): {steps['join']}")
     console.print(f"  done (load {pit_bench.load_average()})")
     console.print(scale.table({args.events: steps}, 200_000, budget))
     console.print(scale.tiles_table({args.events: tiles}))
