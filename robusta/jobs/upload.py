@@ -40,7 +40,7 @@ from robusta.spec.durations import Duration, floor_to, from_micros, to_micros
 from robusta.spec.model import OnlineConfig, ProjectConfig
 from robusta.store.files import Storage
 from robusta.store.online import OnlineStore, Record, SpecState, open_online_store
-from robusta.store.online.base import heads_table
+from robusta.store.online.base import heads_table, is_heads_table
 from robusta.store.online.records import (
     key_runs,
     tile_records,
@@ -365,7 +365,7 @@ class _Counted:
 
     def __iter__(self) -> Iterator[Record]:
         for record in self.records:
-            if not record[0].endswith(heads_table("")):  # tiles, not a key's head values
+            if not is_heads_table(record[0]):  # a key's tiles, not its head values
                 self.keys += 1
             yield record
 

@@ -39,7 +39,7 @@ from robusta.testing.reference import reference_map, window_bounds
 from robusta.workspace import load_workspace
 from tests.engine.test_materialize import FEATURES, assert_close, make_project
 from tests.engine.test_serving import Served, lookups, serving_project
-from tests.engine.test_tile_contract import DDL, FIXTURES, SIZES, batches, query_rows
+from tests.engine.test_tile_contract import FIXTURES, SIZES, batches, query_rows, spark_tiles
 from tests.store.test_online_contract import online_config
 
 MIN = 60_000_000
@@ -358,17 +358,8 @@ def test_streamed_map_tiles_equal_the_reference(engine: str, tmp_path: Path) -> 
 def test_spark_map_tiles_equal_the_embedded_tiles(
     spark: Any, plan: SpecPlan, rows: list[dict[str, Any]]
 ) -> None:
-    from robusta.engine.spark.tiles import Range, TileJob
-
     events = query_rows(rows)
-    view = "__maps_events"
-    spark.createDataFrame(events.to_pandas(), schema=DDL).createOrReplaceTempView(view)
-    for group in plan.groups:
-        job = TileJob(spark, plan, group, Range(), events=view)
-        try:
-            theirs = job.tiles().toArrow()
-        finally:
-            job.release()
+    for group, theirs in spark_tiles(spark, plan, events):
         mine, _ = build_tiles(events, plan, group)
         assert_same_map_tiles(mine, theirs, group)
 

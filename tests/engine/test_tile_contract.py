@@ -10,6 +10,7 @@ tiles (exact IRs identical, floats within 1e-12, sketches with equal estimates).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,19 +137,24 @@ def test_embedded_tiles_equal_the_reference(plan: SpecPlan, rows: list[dict[str,
 def test_spark_tiles_equal_the_embedded_tiles(
     spark: Any, plan: SpecPlan, rows: list[dict[str, Any]]
 ) -> None:
+    events = query_rows(rows)
+    for group, theirs in spark_tiles(spark, plan, events):
+        mine, _ = build_tiles(events, plan, group)
+        assert_same_tiles(mine, theirs, group)
+
+
+def spark_tiles(spark: Any, plan: SpecPlan, events: pa.Table) -> Iterator[tuple[Any, pa.Table]]:
+    """Per tile group, the Spark tile job's tiles of ``events`` (the spec query's rows)."""
     from robusta.engine.spark.tiles import Range, TileJob
 
-    events = query_rows(rows)
     view = "__contract_events"
     spark.createDataFrame(events.to_pandas(), schema=DDL).createOrReplaceTempView(view)
     for group in plan.groups:
         job = TileJob(spark, plan, group, Range(), events=view)
         try:
-            theirs = job.tiles().toArrow()
+            yield group, job.tiles().toArrow()
         finally:
             job.release()
-        mine, _ = build_tiles(events, plan, group)
-        assert_same_tiles(mine, theirs, group)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=FIXTURES)

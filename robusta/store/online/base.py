@@ -94,9 +94,16 @@ def require_state(spec: str, expected: SpecState | None, found: SpecState | None
         raise OnlineConflictError(spec, expected, found)
 
 
+_HEADS = "#heads"
+
+
 def heads_table(table: str) -> str:
     """Where an upload writes a tile table's keys' values as of its pointer (assemble mode)."""
-    return f"{table}#heads"
+    return f"{table}{_HEADS}"
+
+
+def is_heads_table(table: str) -> bool:
+    return table.endswith(_HEADS)
 
 
 def record_id(spec: str, generation: int, table: str, key: str) -> bytes:
