@@ -46,7 +46,13 @@ from robusta.store.online import (
     open_online_store,
 )
 from robusta.store.online.base import heads_table
-from robusta.store.online.records import decode, tile_record_schema, value_record_schema
+from robusta.store.online.records import (
+    decode,
+    decode_rows,
+    encode,
+    tile_record_schema,
+    value_record_schema,
+)
 from robusta.workspace import Workspace, load_workspace
 
 Entity = Mapping[str, object]
@@ -376,8 +382,7 @@ class FeatureClient:
         are values at the pointer, as in the pre-assembled mode)."""
         n = len(raws)
         if _values_read(state, heads):
-            batches = [decode(r, group.values_schema) if r is not None else None for r in raws]
-            return _value_rows(group, batches, self._defaults(group))
+            return _value_rows(group, raws, self._defaults(group))
         if n <= PER_KEY_MAX:
             end = _window_end(t, state, group)
             return [_key_values(group, raw, end) for raw in raws]
@@ -397,16 +402,27 @@ class FeatureClient:
     ) -> pa.Table:
         """The group's outputs for every record as columns (the vectorized assembler, or
         pre-assembled or head values with a key's defaults where it has none)."""
-        names = [o.name for o in group.request.outputs]
         if _values_read(state, heads):
-            defaults = [self._defaults(group)]
-            fill = pa.RecordBatch.from_pylist(defaults, schema=group.values_schema).select(names)
-            batches = [
-                fill if r is None else decode(r, group.values_schema).select(names) for r in raws
-            ]
-            return pa.Table.from_batches(batches, fill.schema).combine_chunks()
+            return self._value_table(group, raws)
         records = [group.empty if r is None else decode(r, group.tiles_schema) for r in raws]
         return _assembled_table(group, state, records, t)
+
+    def _value_table(self, group: _Group, raws: list[bytes | None]) -> pa.Table:
+        """The requested values of every record of values as columns, a key's defaults
+        where it has none: the records present and the defaults' record (built once)
+        decoded in one go, then one ``take``."""
+        names = [o.name for o in group.request.outputs]
+        present = [r for r in raws if r is not None]
+        if len(present) == len(raws):
+            return decode_rows(present, group.values_schema, names)
+        if "fill" not in group.memo:  # the defaults as a value record
+            row = pa.RecordBatch.from_pylist([self._defaults(group)], schema=group.values_schema)
+            group.memo["fill"] = encode(row)
+        rows = decode_rows([*present, group.memo["fill"]], group.values_schema, names)
+        found = np.fromiter((r is not None for r in raws), np.bool_, len(raws))
+        index = np.full(len(raws), len(present), np.int64)
+        index[found] = np.arange(len(present))
+        return rows.take(pa.array(index))
 
     @staticmethod
     def _log(
@@ -640,9 +656,7 @@ def _key_text(entity: Entity, group: TileGroup) -> str:
     return record_key(parts)
 
 
-def _item_key_texts(
-    user: Entity, items: list[object], entity: str, group: TileGroup
-) -> list[str]:
+def _item_key_texts(user: Entity, items: list[object], entity: str, group: TileGroup) -> list[str]:
     """:func:`_key_text` of ``{**user, entity: item}`` for every item: the user's parts
     are made once, the items' without a mapping per item."""
     parts: list[list[str] | str] = [
@@ -681,22 +695,22 @@ def _key_value(entity: Entity, key: KeyColumn) -> object:
 
 
 def _value_rows(
-    group: _Group, batches: list[pa.RecordBatch | None], defaults: Mapping[str, Any]
+    group: _Group, raws: list[bytes | None], defaults: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """Per record of values (None: the key has none), the requested values as fresh
-    mappings, converted in one call for all records."""
+    mappings: the records present decoded at once and converted a column at a time."""
     names = [o.name for o in group.request.outputs]
-    present = [b for b in batches if b is not None]
+    present = [r for r in raws if r is not None]
     columns: list[list[Any]] = []
     if present:
-        values = present[0] if len(present) == 1 else pa.concat_batches(present)
+        values = decode_rows(present, group.values_schema, names)
         columns = [_python(values.column(n)) for n in names]
     found = zip(*columns, strict=True)
     return [
         {n: fresh(defaults[n]) for n in names}
-        if batch is None
+        if raw is None
         else dict(zip(names, next(found), strict=True))
-        for batch in batches
+        for raw in raws
     ]
 
 
