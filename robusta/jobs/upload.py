@@ -41,11 +41,8 @@ from robusta.spec.model import OnlineConfig, ProjectConfig
 from robusta.store.files import Storage
 from robusta.store.online import OnlineStore, Record, SpecState, open_online_store
 from robusta.store.online.base import heads_table, is_heads_table
-from robusta.store.online.records import (
-    key_runs,
-    tile_records,
-    value_records,
-)
+from robusta.store.online.records import key_runs, tile_records
+from robusta.store.online.value_records import value_records
 from robusta.store.tiles import read_bucket, tile_identity
 from robusta.workspace import Workspace
 

@@ -46,13 +46,8 @@ from robusta.store.online import (
     open_online_store,
 )
 from robusta.store.online.base import heads_table
-from robusta.store.online.records import (
-    decode,
-    decode_rows,
-    encode,
-    tile_record_schema,
-    value_record_schema,
-)
+from robusta.store.online.records import decode, tile_record_schema, value_record_schema
+from robusta.store.online.value_records import decode_values, encode_values
 from robusta.workspace import Workspace, load_workspace
 
 Entity = Mapping[str, object]
@@ -414,11 +409,11 @@ class FeatureClient:
         names = [o.name for o in group.request.outputs]
         present = [r for r in raws if r is not None]
         if len(present) == len(raws):
-            return decode_rows(present, group.values_schema, names)
+            return decode_values(present, group.values_schema, names)
         if "fill" not in group.memo:  # the defaults as a value record
-            row = pa.RecordBatch.from_pylist([self._defaults(group)], schema=group.values_schema)
-            group.memo["fill"] = encode(row)
-        rows = decode_rows([*present, group.memo["fill"]], group.values_schema, names)
+            row = pa.Table.from_pylist([self._defaults(group)], schema=group.values_schema)
+            group.memo["fill"] = encode_values(row)[0]
+        rows = decode_values([*present, group.memo["fill"]], group.values_schema, names)
         found = np.fromiter((r is not None for r in raws), np.bool_, len(raws))
         index = np.full(len(raws), len(present), np.int64)
         index[found] = np.arange(len(present))
@@ -703,7 +698,7 @@ def _value_rows(
     present = [r for r in raws if r is not None]
     columns: list[list[Any]] = []
     if present:
-        values = decode_rows(present, group.values_schema, names)
+        values = decode_values(present, group.values_schema, names)
         columns = [_python(values.column(n)) for n in names]
     found = zip(*columns, strict=True)
     return [

@@ -3,13 +3,14 @@
 A *tile record* holds one key's tiles of one tile group as an Arrow record batch (columns
 ``level`` (0 = finest granularity), ``bucket_start`` (epoch micros) and one IR column per base
 feature), sorted by (level, bucket_start), so the assembler indexes a lookup's records
-without sorting (:meth:`robusta.plan.assembly.TileSet.from_records`). A *value record*
-(pre-assembled specs) holds one row of final feature values. Both are Arrow IPC messages
-without the schema, which the plan gives.
+without sorting (:meth:`robusta.plan.assembly.TileSet.from_records`), as an Arrow IPC
+message without the schema, which the plan gives. Value records (a key's row of final
+values) are packed for fast decoding of many: :mod:`robusta.store.online.value_records`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -48,12 +49,19 @@ def decode_rows(
     (only the columns ``names``, when given). The records are read as one IPC stream (the
     schema, every message, the end): about half the cost of reading each on its own.
     (Read in two threads, two halves took longer: Arrow's reader holds the GIL enough.)"""
-    if raws:
-        stream = b"".join([bytes(schema.serialize()), *raws, _END_OF_STREAM])
+    if len(raws) == 1:  # no stream to frame (a lookup of one key)
+        table = pa.Table.from_batches([decode(raws[0], schema)])
+    elif raws:
+        stream = b"".join([_schema_message(schema), *raws, _END_OF_STREAM])
         table = pa.ipc.open_stream(stream).read_all()
     else:
         table = schema.empty_table()
     return (table if names is None else table.select(list(names))).combine_chunks()
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_message(schema: pa.Schema) -> bytes:
+    return bytes(schema.serialize())
 
 
 def key_runs(keys: pa.Array) -> np.ndarray:
@@ -77,94 +85,6 @@ def tile_records(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[str, bytes
         }
     ).sort_by([("__key", "ascending"), (LEVEL, "ascending"), (BUCKET_START, "ascending")])
     yield from _runs(body, tile_record_schema(group))
-
-
-def value_records(keys: pa.Array, values: pa.Table) -> Iterator[tuple[str, bytes]]:
-    """(key text, value record) per row: ``keys`` are key texts, ``values`` the features."""
-    if values.num_rows == 0:
-        return
-    rows = _OwnRows(values)
-    for i, key in enumerate(keys.to_pylist()):
-        yield key, encode(rows.row(i))
-
-
-class _OwnRows:
-    """One-row batches of a table, each holding its own values only.
-
-    Arrow's IPC writer (pyarrow 26) writes the whole offsets buffer of a zero-length slice
-    of a string array, which the slice of a row with an empty or null list hands it: such
-    a row's record carried every offset of its list's child (10-50x the row). A row with
-    an empty or null top-level list gets a one-row array built once instead, and a row with
-    an empty list further down (in a map's values) is copied (``take``, rarer and slower)."""
-
-    def __init__(self, values: pa.Table) -> None:
-        self.batch = values.combine_chunks().to_batches()[0]
-        self.spare: dict[int, tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]] = {}
-        self.copied = np.zeros(self.batch.num_rows, np.bool_)
-        for i, column in enumerate(self.batch.columns):
-            if _is_list(column.type):
-                nulls = column.is_null().to_numpy(zero_copy_only=False)
-                lengths = np.diff(column.offsets.to_numpy())
-                empty = (lengths == 0) & ~nulls
-                self.spare[i] = (nulls, pa.nulls(1, column.type), empty, _empty_list(column.type))
-                self.copied |= _deep_empties(column)
-            else:
-                self.copied |= _shallow_empties(column)
-        self.patched = np.zeros(self.batch.num_rows, np.bool_)
-        for nulls, _, empty, _ in self.spare.values():
-            self.patched |= nulls | empty
-
-    def row(self, i: int) -> pa.RecordBatch:
-        if self.copied[i]:
-            return self.batch.take(pa.array([i], pa.int64()))
-        if not self.patched[i]:
-            return self.batch.slice(i, 1)
-        arrays = []
-        for j, column in enumerate(self.batch.columns):
-            spare = self.spare.get(j)
-            if spare is not None and spare[0][i]:
-                arrays.append(spare[1])
-            elif spare is not None and spare[2][i]:
-                arrays.append(spare[3])
-            else:
-                arrays.append(column.slice(i, 1))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.batch.schema)
-
-
-def _is_list(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind))
-
-
-def _empty_list(kind: pa.DataType) -> pa.Array:
-    return pa.array([[]], kind)
-
-
-def _deep_empties(column: pa.Array) -> np.ndarray:
-    """Rows of a list column with an empty or null list among its values' descendants."""
-    offsets = column.offsets.to_numpy()
-    child = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    parents = np.repeat(np.arange(len(column)), np.diff(offsets))
-    out = np.zeros(len(column), np.bool_)
-    out[parents[_shallow_empties(child) | _list_empties(child)]] = True
-    return out
-
-
-def _list_empties(array: pa.Array) -> np.ndarray:
-    """Rows of ``array`` that are an empty or null list, or hold one further down."""
-    if not _is_list(array.type):
-        return np.zeros(len(array), np.bool_)
-    lengths = np.diff(array.offsets.to_numpy())
-    nulls = array.is_null().to_numpy(zero_copy_only=False)
-    return np.asarray((lengths == 0) | nulls | _deep_empties(array), np.bool_)
-
-
-def _shallow_empties(array: pa.Array) -> np.ndarray:
-    """Rows of a non-list array (a struct's fields) with an empty or null list inside."""
-    out = np.zeros(len(array), np.bool_)
-    if pa.types.is_struct(array.type):
-        for field in array.flatten():
-            out |= _shallow_empties(field) | _list_empties(field)
-    return out
 
 
 def _runs(body: pa.Table, schema: pa.Schema) -> Iterator[tuple[str, bytes]]:

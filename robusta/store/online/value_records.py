@@ -1,0 +1,237 @@
+"""Value records: one key's row of final feature values (head values, pre-assembled specs).
+
+A lookup of many keys (a ranking request's 500 items) decodes that many records, and an Arrow
+IPC message costs about a quarter of a microsecond per array on top of its own fixed cost,
+whatever the row holds. So a value record is *packed*: ``MAGIC``, then every fixed-width
+value (integers, floats, booleans, dates, times, timestamps, durations) with a validity byte
+at fixed places, then the other values (texts, lists, maps) as an IPC message of those
+columns alone. Many records decode as one numpy view of their fixed parts and one IPC
+stream of the rest. Values are kept bit for bit (floats as their bits: NaN payloads, -0.0).
+
+Records written before packing (a bare IPC message, which starts with 0xFFFFFFFF) still
+decode: ``decode_values`` reads either.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from robusta.store.online.records import decode, decode_rows, encode
+
+MAGIC = b"RBV1"  # a packed record; an IPC message starts with 0xFFFFFFFF instead
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a schema's values go: the fixed-width fields (index in the schema, storage
+    dtype) packed in ``dtype``, the other fields in an IPC message of ``rest``."""
+
+    fixed: tuple[tuple[int, np.dtype], ...]
+    dtype: np.dtype
+    rest: pa.Schema
+
+    @property
+    def width(self) -> int:
+        return int(self.dtype.itemsize)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(schema: pa.Schema) -> _Layout:
+    fixed = []
+    rest = []
+    for i, field in enumerate(schema):
+        storage = _storage(field.type)
+        if storage is None:
+            rest.append(field)
+        else:
+            fixed.append((i, storage))
+    dtype = np.dtype([item for i, s in fixed for item in ((f"v{i}", s), (f"n{i}", np.uint8))])
+    return _Layout(tuple(fixed), dtype, pa.schema(rest))
+
+
+def _storage(kind: pa.DataType) -> np.dtype | None:
+    """The unsigned integer a fixed-width type's values are kept as (bits), or None."""
+    if pa.types.is_boolean(kind):
+        return np.dtype(np.uint8)
+    plain = (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_temporal(kind)  # dates, times, timestamps, durations
+    ) and not pa.types.is_interval(kind)
+    if not plain or kind.bit_width not in (8, 16, 32, 64):
+        return None
+    return np.dtype(f"<u{kind.bit_width // 8}")
+
+
+def value_records(keys: pa.Array, values: pa.Table) -> Iterator[tuple[str, bytes]]:
+    """(key text, value record) per row: ``keys`` are key texts, ``values`` the features."""
+    yield from zip(keys.to_pylist(), encode_values(values), strict=True)
+
+
+def encode_values(values: pa.Table) -> list[bytes]:
+    """The packed value record of every row of ``values``."""
+    n = values.num_rows
+    if n == 0:
+        return []
+    layout = _layout(values.schema)
+    values = values.combine_chunks()
+    packed = np.zeros(n, layout.dtype)
+    for i, storage in layout.fixed:
+        column = values.column(i).chunk(0)
+        packed[f"n{i}"] = column.is_valid().to_numpy(zero_copy_only=False)
+        packed[f"v{i}"] = _bits(column, storage)
+    blob = packed.tobytes()
+    width = layout.width
+    heads = [MAGIC + blob[r * width : (r + 1) * width] for r in range(n)]
+    if not layout.rest.names:
+        return heads
+    rest = _OwnRows(values.select(layout.rest.names))
+    return [head + encode(rest.row(r)) for r, head in enumerate(heads)]
+
+
+def _bits(column: pa.Array, storage: np.dtype) -> np.ndarray:
+    """A fixed-width column's values as unsigned integers of its width (nulls as 0)."""
+    if pa.types.is_boolean(column.type):
+        return np.asarray(column.fill_null(False).to_numpy(zero_copy_only=False), np.uint8)
+    unsigned = pa.from_numpy_dtype(storage)
+    return np.asarray(column.view(unsigned).fill_null(0).to_numpy(), storage)
+
+
+def decode_values(
+    raws: Sequence[bytes], schema: pa.Schema, names: Sequence[str] | None = None
+) -> pa.Table:
+    """Value records (packed, or bare IPC messages as written before) as one table of one
+    chunk, a row per record in order, with only the columns ``names`` when given."""
+    wanted = list(schema.names if names is None else names)
+    packed = [raw.startswith(MAGIC) for raw in raws]
+    if not all(packed):
+        if not any(packed):
+            return decode_rows(raws, schema, wanted)
+        batches = [_decode_one(raw, schema) for raw in raws]  # both kinds: not a fast path
+        return pa.Table.from_batches(batches, schema).select(wanted).combine_chunks()
+    return _unpack(raws, schema, wanted)
+
+
+def _decode_one(raw: bytes, schema: pa.Schema) -> pa.RecordBatch:
+    if raw.startswith(MAGIC):
+        return _unpack([raw], schema, schema.names).to_batches()[0]
+    return decode(raw, schema)
+
+
+def _unpack(raws: Sequence[bytes], schema: pa.Schema, wanted: list[str]) -> pa.Table:
+    layout = _layout(schema)
+    n = len(raws)
+    start, width = len(MAGIC), layout.width
+    columns: dict[str, pa.Array] = {}
+    fixed = dict(layout.fixed)
+    chosen = {i for i, field in enumerate(schema) if field.name in set(wanted) and i in fixed}
+    if chosen:
+        blob = b"".join([raw[start : start + width] for raw in raws])
+        packed = np.frombuffer(blob, layout.dtype, count=n)
+        for i in sorted(chosen):
+            columns[schema[i].name] = _column(schema[i].type, packed[f"v{i}"], packed[f"n{i}"])
+    others = [name for name in wanted if name in set(layout.rest.names)]
+    if others:
+        tails = [raw[start + width :] for raw in raws]
+        rest = decode_rows(tails, layout.rest, others)
+        columns.update(zip(others, rest.columns, strict=True))
+    return pa.Table.from_arrays(
+        [columns[name] for name in wanted], schema=pa.schema([schema.field(n) for n in wanted])
+    )
+
+
+def _column(kind: pa.DataType, bits: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """An Arrow array of ``kind`` from its values' bits and validity bytes."""
+    mask = valid == 0
+    if pa.types.is_boolean(kind):
+        return pa.array(bits != 0, pa.bool_(), mask=mask if mask.any() else None)
+    data = pa.py_buffer(np.ascontiguousarray(bits))
+    bitmap = pa.array(~mask).buffers()[1] if mask.any() else None
+    return pa.Array.from_buffers(kind, len(bits), [bitmap, data], null_count=int(mask.sum()))
+
+
+class _OwnRows:
+    """One-row batches of a table, each holding its own values only.
+
+    Arrow's IPC writer (pyarrow 26) writes the whole offsets buffer of a zero-length slice
+    of a string array, which the slice of a row with an empty or null list hands it: such
+    a row's record carried every offset of its list's child (10-50x the row). A row with
+    an empty or null top-level list gets a one-row array built once instead, and a row with
+    an empty list further down (in a map's values) is copied (``take``, rarer and slower)."""
+
+    def __init__(self, values: pa.Table) -> None:
+        self.batch = values.combine_chunks().to_batches()[0]
+        self.spare: dict[int, tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]] = {}
+        self.copied = np.zeros(self.batch.num_rows, np.bool_)
+        for i, column in enumerate(self.batch.columns):
+            if _is_list(column.type):
+                nulls = column.is_null().to_numpy(zero_copy_only=False)
+                lengths = np.diff(column.offsets.to_numpy())
+                empty = (lengths == 0) & ~nulls
+                self.spare[i] = (nulls, pa.nulls(1, column.type), empty, _empty_list(column.type))
+                self.copied |= _deep_empties(column)
+            else:
+                self.copied |= _shallow_empties(column)
+        self.patched = np.zeros(self.batch.num_rows, np.bool_)
+        for nulls, _, empty, _ in self.spare.values():
+            self.patched |= nulls | empty
+
+    def row(self, i: int) -> pa.RecordBatch:
+        if self.copied[i]:
+            return self.batch.take(pa.array([i], pa.int64()))
+        if not self.patched[i]:
+            return self.batch.slice(i, 1)
+        arrays = []
+        for j, column in enumerate(self.batch.columns):
+            spare = self.spare.get(j)
+            if spare is not None and spare[0][i]:
+                arrays.append(spare[1])
+            elif spare is not None and spare[2][i]:
+                arrays.append(spare[3])
+            else:
+                arrays.append(column.slice(i, 1))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.batch.schema)
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind))
+
+
+def _empty_list(kind: pa.DataType) -> pa.Array:
+    return pa.array([[]], kind)
+
+
+def _deep_empties(column: pa.Array) -> np.ndarray:
+    """Rows of a list column with an empty or null list among its values' descendants."""
+    offsets = column.offsets.to_numpy()
+    child = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    parents = np.repeat(np.arange(len(column)), np.diff(offsets))
+    out = np.zeros(len(column), np.bool_)
+    out[parents[_shallow_empties(child) | _list_empties(child)]] = True
+    return out
+
+
+def _list_empties(array: pa.Array) -> np.ndarray:
+    """Rows of ``array`` that are an empty or null list, or hold one further down."""
+    if not _is_list(array.type):
+        return np.zeros(len(array), np.bool_)
+    lengths = np.diff(array.offsets.to_numpy())
+    nulls = array.is_null().to_numpy(zero_copy_only=False)
+    return np.asarray((lengths == 0) | nulls | _deep_empties(array), np.bool_)
+
+
+def _shallow_empties(array: pa.Array) -> np.ndarray:
+    """Rows of a non-list array (a struct's fields) with an empty or null list inside."""
+    out = np.zeros(len(array), np.bool_)
+    if pa.types.is_struct(array.type):
+        for field in array.flatten():
+            out |= _shallow_empties(field) | _list_empties(field)
+    return out
+
+
+__all__ = ["MAGIC", "decode_values", "encode_values", "value_records"]
