@@ -47,7 +47,11 @@ from robusta.store.online import (
 )
 from robusta.store.online.base import heads_table
 from robusta.store.online.records import decode, tile_record_schema, value_record_schema
-from robusta.store.online.value_records import decode_values, encode_values
+from robusta.store.online.value_records import (
+    decode_value_columns,
+    decode_values,
+    encode_values,
+)
 from robusta.workspace import Workspace, load_workspace
 
 Entity = Mapping[str, object]
@@ -698,8 +702,7 @@ def _value_rows(
     present = [r for r in raws if r is not None]
     columns: list[list[Any]] = []
     if present:
-        values = decode_values(present, group.values_schema, names)
-        columns = [_python(values.column(n)) for n in names]
+        columns = list(decode_value_columns(present, group.values_schema, names).values())
     found = zip(*columns, strict=True)
     return [
         {n: fresh(defaults[n]) for n in names}
@@ -707,16 +710,6 @@ def _value_rows(
         else dict(zip(names, next(found), strict=True))
         for raw in raws
     ]
-
-
-def _python(column: pa.Array | pa.ChunkedArray) -> list[Any]:
-    """A column's values as Python objects, maps as dicts (a column at a time: per value
-    ``as_py`` calls cost several times more)."""
-    if pa.types.is_map(column.type):
-        values: list[Any] = column.to_pylist(maps_as_pydicts="strict")
-        return values
-    plain: list[Any] = column.to_pylist()
-    return plain
 
 
 def _iso(micros: int) -> str:
