@@ -208,8 +208,13 @@ def _rest_columns(raws: Sequence[bytes], layout: _Layout, wanted: list[str]) -> 
 
 
 def _python(column: pa.Array | pa.ChunkedArray) -> list[Any]:
-    values: list[Any] = column.to_pylist(maps_as_pydicts="strict")
-    return values
+    """A column's values as Python objects, maps as dicts (``maps_as_pydicts`` converts
+    value by value: only maps pay for it)."""
+    if pa.types.is_map(column.type):
+        values: list[Any] = column.to_pylist(maps_as_pydicts="strict")
+        return values
+    plain: list[Any] = column.to_pylist()
+    return plain
 
 
 def _native(kind: pa.DataType) -> bool:
