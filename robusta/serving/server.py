@@ -18,6 +18,7 @@ stack trace.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -253,6 +254,10 @@ def run_server(
     import uvicorn
 
     server = FeatureServer(client, timeout_ms=timeout_ms, threads=threads)
+    # What exists now (the plan, the store, the libraries) lives as long as the server:
+    # frozen, the collector's full passes skip it, so they no longer stall requests.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(
             server.app,
