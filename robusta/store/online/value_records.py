@@ -198,7 +198,7 @@ def _rest_columns(raws: Sequence[bytes], layout: _Layout, wanted: list[str]) -> 
     if not others:
         return {}
     start = len(MAGIC) + layout.width
-    table = decode_rows([memoryview(raw)[start:] for raw in raws], layout.rest, others)
+    table = decode_rows([raw[start:] for raw in raws], layout.rest, others)
     return {
         name: table.column(name).chunk(0)
         if table.num_rows
