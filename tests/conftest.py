@@ -45,6 +45,19 @@ features:
 MakeProject = Callable[..., Path]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _redis_keys_cleared() -> Iterator[None]:
+    """Tests' Redis keys do not outlive the run (each process clears its own prefixes)."""
+    yield
+    from tests.store.test_online_contract import REDIS_PREFIXES, clear_redis_prefixes
+
+    if REDIS_PREFIXES:
+        try:
+            clear_redis_prefixes(REDIS_PREFIXES)
+        except Exception as exc:  # a cleanup must not fail the run: say so
+            print(f"could not clear the tests' Redis keys: {exc}")
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> MakeProject:
     """Write robusta.yaml plus spec files; returns the config path."""

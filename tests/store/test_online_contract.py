@@ -17,6 +17,7 @@ from robusta.spec.model import OnlineConfig
 from robusta.store.online import OnlineConflictError, OnlineStore, SpecState, open_online_store
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_PREFIXES: set[str] = set()  # this process's key prefixes: cleared when its tests end
 BACKENDS = ["embedded", "redis", "aerospike"]
 
 
@@ -36,6 +37,7 @@ def online_config(kind: str, tmp_path: Path) -> OnlineConfig:
     prefix = f"robusta-test:{uuid.uuid4().hex[:8]}:"
     if kind == "redis":
         redis_or_skip()
+        REDIS_PREFIXES.add(prefix)
         return OnlineConfig("redis", {"url": REDIS_URL, "key_prefix": prefix, "timeout_ms": 500})
     if kind == "aerospike":
         hosts = os.environ.get("ROBUSTA_AEROSPIKE_HOSTS")
@@ -176,3 +178,18 @@ def test_claimed_generations_are_unique_and_above_the_live_one(store: OnlineStor
     assert min(claims) >= 1
     assert store.claim_generation("s", 1_000) == 1_001  # a counter behind jumps past it
     assert store.claim_generation("s", 0) == 1_002
+
+
+def clear_redis_prefixes(prefixes: set[str], url: str = REDIS_URL) -> int:
+    """Delete the keys under ``prefixes`` (one pass over the test keys); how many."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    width = len(next(iter(prefixes)).encode())  # every prefix is "robusta-test:<8 hex>:"
+    wanted = {p.encode() for p in prefixes}
+    doomed = [
+        k for k in client.scan_iter(match="robusta-test:*", count=5_000) if k[:width] in wanted
+    ]
+    for at in range(0, len(doomed), 1_000):
+        client.unlink(*doomed[at : at + 1_000])
+    return len(doomed)
