@@ -143,6 +143,7 @@ def main() -> None:
     print(
         f"{'path':<30}{'files':>6}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'batch p50 s':>13}"
         f"{'events/s':>10}{'RSS MiB before':>16}{'after':>7}{'peak':>7}{'JVM peak':>10}"
+        f"{'anon MiB before':>17}{'after':>7}"
     )
     for engine, r in results.items():
         p50, p95, worst = percentiles(timed_files(r["latencies"], args.warmup))
@@ -154,7 +155,7 @@ def main() -> None:
             f"{'robusta stream (' + engine + ')':<30}{len(r['latencies']) - args.warmup:>6}"
             f"{p50:>8.2f}{p95:>8.2f}{worst:>8.2f}{batch:>13.2f}{rate:>10.0f}"
             f"{r['rss_before']:>16.0f}{r['rss_after']:>7.0f}{r['peak']:>7.0f}"
-            f"{r['jvm_peak']:>10.0f}"
+            f"{r['jvm_peak']:>10.0f}{r['anon_before']:>17.0f}{r['anon_after']:>7.0f}"
         )
     if batched:
         p50, p95, worst = percentiles(batched)
@@ -223,7 +224,7 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
         client = FeatureClient.from_config(root / "robusta.yaml")
         wait_visible(client, 1, 1800)
         batch_seconds.clear()
-        rss_before = rss_mib()
+        rss_before, anon_before = rss_mib(), rss_mib("RssAnon")
         latencies = []
         for i in range(1, args.files + 1):
             landed = time.perf_counter()
@@ -232,7 +233,7 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
             wait_visible(client, i + 1, 120)
             latencies.append(time.perf_counter() - landed)
             time.sleep(max(0.0, args.interval - (time.perf_counter() - landed)))
-        rss_after = rss_mib()
+        rss_after, anon_after = rss_mib(), rss_mib("RssAnon")
         stop.set()
         runner.join(timeout=120)
         return {
@@ -240,6 +241,8 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
             "batch_seconds": batch_seconds,
             "rss_before": rss_before,
             "rss_after": rss_after,
+            "anon_before": anon_before,
+            "anon_after": anon_after,
             "peak": peak_driver_mib(),
             "jvm_peak": peak_jvm_mib() if engine == "spark" else 0.0,
         }
@@ -290,10 +293,11 @@ def peak_driver_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rss_mib() -> float:
-    """This process's resident memory now (VmRSS)."""
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``; ``RssAnon``: without file-backed
+    pages such as the embedded state's LMDB map, which the kernel can drop)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
