@@ -35,7 +35,7 @@ def encode(batch: pa.RecordBatch) -> bytes:
     return bytes(batch.serialize())
 
 
-def decode(raw: bytes | memoryview, schema: pa.Schema) -> pa.RecordBatch:
+def decode(raw: bytes, schema: pa.Schema) -> pa.RecordBatch:
     return pa.ipc.read_record_batch(pa.py_buffer(raw), schema)
 
 
@@ -43,7 +43,7 @@ _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 
 def decode_rows(
-    raws: Sequence[bytes | memoryview], schema: pa.Schema, names: Sequence[str] | None = None
+    raws: Sequence[bytes], schema: pa.Schema, names: Sequence[str] | None = None
 ) -> pa.Table:
     """Many records as one table of one chunk, a record's rows after the previous one's
     (only the columns ``names``, when given). The records are read as one IPC stream (the
