@@ -6,11 +6,12 @@ import math
 import struct
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robusta.store.online.records import decode, decode_rows, encode
+from robusta.store.online.records import _runs, decode, decode_rows, encode, one_batch, own_slices
 from robusta.store.online.value_records import (
     MAGIC,
     decode_value_columns,
@@ -185,3 +186,37 @@ def test_ipc_records_read_at_once_equal_records_read_one_by_one(
     table = decode_rows(raws, SCHEMA)
     one_by_one = [r for raw in raws for r in _rows(pa.Table.from_batches([decode(raw, SCHEMA)]))]
     assert _rows(table) == one_by_one
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(rows, min_size=1, max_size=4), min_size=1, max_size=8), st.data())
+def test_runs_cut_from_a_batch_hold_their_own_rows_only(
+    runs: list[list[dict[str, Any]]], data: st.DataObject
+) -> None:
+    # every run (a key's tiles) next to a large body of other rows, as tile records are cut
+    filler = {**dict.fromkeys(SCHEMA.names), "recent": [f"w{i}" for i in range(400)]}
+    filler["by_channel"] = {"c": [1.0] * 50}
+    place = data.draw(st.integers(0, len(runs)))
+    every = [*runs[:place], [filler] * 30, *runs[place:]]
+    batch = one_batch(_table([r for run in every for r in run]))
+    bounds = np.cumsum([0, *(len(run) for run in every)])
+    for k, part in enumerate(own_slices(batch, bounds)):
+        expected = _table(every[k])
+        assert _rows(pa.Table.from_batches([part])) == _rows(expected)
+        raw = encode(part)
+        assert _rows(pa.Table.from_batches([decode(raw, SCHEMA)])) == _rows(expected)
+        alone = encode(expected.to_batches()[0])
+        if k != place:  # the filler is as large as it is
+            assert len(raw) <= len(alone) + 128 * len(every[k]), (k, len(raw), len(alone))
+
+
+def test_a_key_whose_lists_are_all_empty_gets_a_small_tile_record() -> None:
+    words = [[f"item-{i}-{j}" for j in range(20)] for i in range(20_000)]
+    body = pa.table(
+        {
+            "__key": pa.array(["a"] * 20_000 + ["b"] * 3),
+            "recent": pa.array([*words, [], None, []], pa.list_(pa.string())),
+        }
+    )
+    records = dict(_runs(body, pa.schema([body.schema.field("recent")])))
+    assert len(records["b"]) < 1_000, len(records["b"])

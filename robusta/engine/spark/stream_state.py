@@ -58,7 +58,7 @@ from robusta.plan.open_tiles import (
     run_offsets,
 )
 from robusta.spec.durations import floor_to, latest
-from robusta.store.online.records import decode, encode
+from robusta.store.online.records import decode, encode, one_batch, own_slices
 from robusta.store.tiles import tile_schema
 
 GROUP = "__group"  # the tile group's index in the plan
@@ -172,7 +172,8 @@ def seed_frame(spark: Any, plan: SpecPlan, tiles: dict[int, pa.Table]) -> Any:
     rows = []
     for index, table in tiles.items():
         group = plan.groups[index]
-        for _, tiles_of_key in by_key(group, table):
+        for _, run in by_key(group, table):
+            tiles_of_key = pa.Table.from_batches([run])
             start = int(bucket_micros(tiles_of_key)[0].as_py())
             primary = tiles_of_key.column(group.layout.primary).combine_chunks()
             bucket = int(key_buckets(primary, group.layout.key_buckets)[0])
@@ -180,15 +181,16 @@ def seed_frame(spark: Any, plan: SpecPlan, tiles: dict[int, pa.Table]) -> Any:
     return spark.createDataFrame(rows, SEED_SCHEMA)
 
 
-def by_key(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[bytes, pa.Table]]:
-    """``tiles`` split by key: (its state id, its tiles)."""
+def by_key(group: TileGroup, tiles: pa.Table) -> Iterator[tuple[bytes, pa.RecordBatch]]:
+    """``tiles`` split by key: (its state id, its tiles, holding their own values)."""
     marks = pa.table({"id": pa.array(key_ids(group, tiles), pa.binary())})
     order = pc.sort_indices(marks, sort_keys=[("id", "ascending")])
     tiles, marks = tiles.take(order), marks.take(order)
     offsets = run_offsets(marks, ["id"])
     ids = marks.column("id").to_pylist()
-    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-        yield ids[a], tiles.slice(a, b - a)
+    runs = own_slices(one_batch(tiles), offsets)
+    for a, run in zip(offsets[:-1].tolist(), runs, strict=True):
+        yield ids[a], run
 
 
 # ---- what the driver gets back ----------------------------------------------------------------
@@ -365,8 +367,7 @@ class _Processor:
 
     def _store(self, group: TileGroup, tiles: pa.Table) -> None:
         for key, tiles_of_key in by_key(group, tiles):
-            batch = tiles_of_key.combine_chunks().to_batches()[0]
-            self.tiles.updateValue((key,), (encode(batch),))
+            self.tiles.updateValue((key,), (encode(tiles_of_key),))
             self.writes += 1
 
     def _index(self, group: TileGroup, partial: pa.Table) -> None:

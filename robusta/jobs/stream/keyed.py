@@ -45,7 +45,7 @@ from robusta.plan.open_tiles import (
     sizes,
 )
 from robusta.spec.durations import floor_to
-from robusta.store.online.records import decode, encode
+from robusta.store.online.records import decode, encode, own_slices
 from robusta.store.tiles import tile_schema
 
 PIECE = 1 << 16  # rows per log entry at most: a close decodes a few large batches
@@ -203,9 +203,9 @@ class KeyedState:
         days = marks.column("day").to_pylist()
         keys = marks.column("key").to_pylist()
         new = np.zeros(len(offsets) - 1, np.bool_)
-        for i, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
-            value = encode(rows.slice(a, b - a))
-            old = txn.replace(prefix + _time(days[a]) + keys[a], value, db=tiles_db)
+        runs = own_slices(rows, offsets)
+        for i, (a, run) in enumerate(zip(offsets[:-1].tolist(), runs, strict=True)):
+            old = txn.replace(prefix + _time(days[a]) + keys[a], encode(run), db=tiles_db)
             new[i] = old is None
         logged = np.repeat(new, np.diff(offsets))
         if CHANGED in sorted_tiles.column_names:
@@ -232,10 +232,15 @@ class KeyedState:
         runs = np.concatenate([[0], np.flatnonzero(np.diff(ends)) + 1, [len(ends)]])
         prefix = _prefix(group)
         stamp = version.to_bytes(8, "big")
+        keys = []
+        bounds = []
         for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
             for piece, lo in enumerate(range(a, b, PIECE)):
-                key = prefix + _time(int(ends[a])) + stamp + piece.to_bytes(4, "big")
-                txn.put(key, encode(rows.slice(lo, min(PIECE, b - lo))), db=log)
+                keys.append(prefix + _time(int(ends[a])) + stamp + piece.to_bytes(4, "big"))
+                bounds.append(lo)
+        pieces = own_slices(rows, np.array([*bounds, len(ends)], np.int64))
+        for key, piece_rows in zip(keys, pieces, strict=True):
+            txn.put(key, encode(piece_rows), db=log)
 
     def _drop_before(self, txn: Any, group: TileGroup, day: int, pointer: int) -> None:
         """Delete the tiles of the days before ``day`` (closed) and the log entries that

@@ -6,6 +6,11 @@ feature), sorted by (level, bucket_start), so the assembler indexes a lookup's r
 without sorting (:meth:`robusta.plan.assembly.TileSet.from_records`), as an Arrow IPC
 message without the schema, which the plan gives. Value records (a key's row of final
 values) are packed for fast decoding of many: :mod:`robusta.store.online.value_records`.
+
+Every record is a slice of a larger batch, cut by :func:`own_slices`: Arrow's IPC writer
+(pyarrow 26) writes the whole offsets buffer of a zero-length slice of a string or list
+array, which the slice of rows whose lists are all empty or null hands it (a key whose
+last-n lists are empty carried every offset of the batch: 240 KB for 300 bytes of tiles).
 """
 
 from __future__ import annotations
@@ -93,6 +98,84 @@ def _runs(body: pa.Table, schema: pa.Schema) -> Iterator[tuple[str, bytes]]:
         [body.column(name).combine_chunks() for name in schema.names], schema=schema
     )
     starts = key_runs(keys)
-    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
-        batch = data.slice(a, b - a).combine_chunks().to_batches()
-        yield str(keys[a].as_py()), encode(batch[0])
+    batch = one_batch(data)
+    for a, run in zip(starts[:-1].tolist(), own_slices(batch, starts), strict=True):
+        yield str(keys[a].as_py()), encode(run)
+
+
+def one_batch(table: pa.Table) -> pa.RecordBatch:
+    """``table`` as one record batch (its columns combined)."""
+    table = table.combine_chunks()
+    if table.num_rows == 0:
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    (batch,) = table.to_batches()
+    return batch
+
+
+def own_slices(batch: pa.RecordBatch, bounds: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """Each run of rows ``[bounds[k], bounds[k + 1])`` of ``batch`` as a batch that holds
+    its own values only (see the module docstring): a slice, or, for the columns of a run
+    with an empty descendant, a one-row array built once (a null or empty list) or a copy."""
+    hollow = [_hollow(column, bounds) for column in batch.columns]
+    if not any(column.any() for column in hollow):
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            yield batch.slice(a, b - a)
+        return
+    spares = {j: _Spare(batch.column(j)) for j, column in enumerate(hollow) if column.any()}
+    flags = np.stack(hollow, axis=1)
+    patched = [bool(p) for p in np.any(flags, axis=1)]
+    for k, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        if not patched[k]:
+            yield batch.slice(a, b - a)
+            continue
+        arrays = [
+            spares[j].rows(a, b) if own else column.slice(a, b - a)
+            for j, (column, own) in enumerate(zip(batch.columns, flags[k].tolist(), strict=True))
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+class _Spare:
+    """A column's runs as arrays of their own: a null or empty list row from arrays
+    built once (most of them), any other run copied (``take``, slower)."""
+
+    def __init__(self, column: pa.Array) -> None:
+        self.column = column
+        self.nulls = self.empty = None
+        if _is_list(column.type):
+            self.nulls = column.is_null().to_numpy(zero_copy_only=False)
+            self.empty = np.diff(column.offsets.to_numpy()) == 0
+            self.null_row = pa.nulls(1, column.type)
+            self.empty_row = pa.array([[]], column.type)
+
+    def rows(self, a: int, b: int) -> pa.Array:
+        if b - a == 1 and self.nulls is not None and self.empty is not None:
+            if self.nulls[a]:
+                return self.null_row
+            if self.empty[a]:
+                return self.empty_row
+        return self.column.take(pa.array(np.arange(a, b, dtype=np.int64)))
+
+
+def _hollow(array: pa.Array, bounds: np.ndarray) -> np.ndarray:
+    """Per run of ``array`` (``bounds``, positions in it), whether a slice of the run
+    holds a zero-length slice of a child array, or a null list whose offsets span values
+    (operators' null masks leave them), at any depth."""
+    out = np.zeros(len(bounds) - 1, np.bool_)
+    if _is_list(array.type):
+        offsets = np.asarray(array.offsets.to_numpy(), np.int64)  # places in .values
+        inner = offsets[bounds]
+        out |= np.diff(inner) == 0
+        if array.null_count:
+            nulls = array.is_null().to_numpy(zero_copy_only=False)
+            spanning = np.concatenate([[0], np.cumsum(nulls & (np.diff(offsets) > 0))])
+            out |= np.diff(spanning[bounds]) > 0
+        out |= _hollow(array.values, inner)
+    elif pa.types.is_struct(array.type):
+        for field in array.flatten():
+            out |= _hollow(field, bounds)
+    return out
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind))

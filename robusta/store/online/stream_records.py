@@ -22,6 +22,8 @@ from robusta.store.online.records import (
     decode,
     encode,
     key_runs,
+    one_batch,
+    own_slices,
     tile_record_schema,
 )
 
@@ -81,8 +83,7 @@ def merge_tile_records(
         schema=schema,
     )
     key_column = body.column(_KEY).combine_chunks()
-    for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
-        batch = data.slice(a, b - a).combine_chunks().to_batches()[0]
+    for a, batch in zip(runs[:-1].tolist(), own_slices(one_batch(data), runs), strict=True):
         out.append((table, str(key_column[a].as_py()), encode(batch)))
     return out
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from robusta.store.online.records import decode, decode_rows, encode
+from robusta.store.online.records import decode, decode_rows, encode, one_batch, own_slices
 
 MAGIC = b"RBV1"  # a packed record; an IPC message starts with 0xFFFFFFFF instead
 
@@ -109,8 +109,8 @@ def encode_values(values: pa.Table) -> list[bytes]:
     heads = [MAGIC + blob[r * width : (r + 1) * width] for r in range(n)]
     if not layout.rest.names:
         return heads
-    rest = _OwnRows(values.select(layout.rest.names))
-    return [head + encode(rest.row(r)) for r, head in enumerate(heads)]
+    rest = own_slices(one_batch(values.select(layout.rest.names)), np.arange(n + 1))
+    return [head + encode(row) for head, row in zip(heads, rest, strict=True)]
 
 
 def _bits(column: pa.Array, storage: np.dtype) -> np.ndarray:
@@ -235,85 +235,6 @@ def _column(kind: pa.DataType, bits: np.ndarray, valid: np.ndarray) -> pa.Array:
     data = pa.py_buffer(np.ascontiguousarray(bits))
     bitmap = pa.array(~mask).buffers()[1] if mask.any() else None
     return pa.Array.from_buffers(kind, len(bits), [bitmap, data], null_count=int(mask.sum()))
-
-
-class _OwnRows:
-    """One-row batches of a table, each holding its own values only.
-
-    Arrow's IPC writer (pyarrow 26) writes the whole offsets buffer of a zero-length slice
-    of a string array, which the slice of a row with an empty or null list hands it: such
-    a row's record carried every offset of its list's child (10-50x the row). A row with
-    an empty or null top-level list gets a one-row array built once instead, and a row with
-    an empty list further down (in a map's values) is copied (``take``, rarer and slower)."""
-
-    def __init__(self, values: pa.Table) -> None:
-        self.batch = values.combine_chunks().to_batches()[0]
-        self.spare: dict[int, tuple[np.ndarray, pa.Array, np.ndarray, pa.Array]] = {}
-        self.copied = np.zeros(self.batch.num_rows, np.bool_)
-        for i, column in enumerate(self.batch.columns):
-            if _is_list(column.type):
-                nulls = column.is_null().to_numpy(zero_copy_only=False)
-                lengths = np.diff(column.offsets.to_numpy())
-                empty = (lengths == 0) & ~nulls
-                self.spare[i] = (nulls, pa.nulls(1, column.type), empty, _empty_list(column.type))
-                self.copied |= _deep_empties(column)
-            else:
-                self.copied |= _shallow_empties(column)
-        self.patched = np.zeros(self.batch.num_rows, np.bool_)
-        for nulls, _, empty, _ in self.spare.values():
-            self.patched |= nulls | empty
-
-    def row(self, i: int) -> pa.RecordBatch:
-        if self.copied[i]:
-            return self.batch.take(pa.array([i], pa.int64()))
-        if not self.patched[i]:
-            return self.batch.slice(i, 1)
-        arrays = []
-        for j, column in enumerate(self.batch.columns):
-            spare = self.spare.get(j)
-            if spare is not None and spare[0][i]:
-                arrays.append(spare[1])
-            elif spare is not None and spare[2][i]:
-                arrays.append(spare[3])
-            else:
-                arrays.append(column.slice(i, 1))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.batch.schema)
-
-
-def _is_list(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind))
-
-
-def _empty_list(kind: pa.DataType) -> pa.Array:
-    return pa.array([[]], kind)
-
-
-def _deep_empties(column: pa.Array) -> np.ndarray:
-    """Rows of a list column with an empty or null list among its values' descendants."""
-    offsets = column.offsets.to_numpy()
-    child = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    parents = np.repeat(np.arange(len(column)), np.diff(offsets))
-    out = np.zeros(len(column), np.bool_)
-    out[parents[_shallow_empties(child) | _list_empties(child)]] = True
-    return out
-
-
-def _list_empties(array: pa.Array) -> np.ndarray:
-    """Rows of ``array`` that are an empty or null list, or hold one further down."""
-    if not _is_list(array.type):
-        return np.zeros(len(array), np.bool_)
-    lengths = np.diff(array.offsets.to_numpy())
-    nulls = array.is_null().to_numpy(zero_copy_only=False)
-    return np.asarray((lengths == 0) | nulls | _deep_empties(array), np.bool_)
-
-
-def _shallow_empties(array: pa.Array) -> np.ndarray:
-    """Rows of a non-list array (a struct's fields) with an empty or null list inside."""
-    out = np.zeros(len(array), np.bool_)
-    if pa.types.is_struct(array.type):
-        for field in array.flatten():
-            out |= _shallow_empties(field) | _list_empties(field)
-    return out
 
 
 __all__ = ["MAGIC", "decode_value_columns", "decode_values", "encode_values", "value_records"]
