@@ -286,6 +286,41 @@ def sizes(tiles: pa.Table, group: TileGroup) -> pa.Array:
     return pc.take(micros, index)
 
 
+def latest_versions(group: TileGroup, parts: list[pa.Table]) -> pa.Table:
+    """The rows of ``parts`` (in the order tiles were written), each tile's last one."""
+    rows = pa.concat_tables(parts)
+    if len(parts) == 1:
+        return rows  # one entry (or the newer tiles alone): each tile once
+    identity = [*(k.column for k in group.layout.keys), "granularity", "bucket_start"]
+    index = pa.array(np.arange(rows.num_rows, dtype=np.int64))
+    last = rows.select(identity).append_column("__row", index).group_by(identity)
+    picks = np.sort(np.asarray(last.aggregate([("__row", "max")]).column("__row_max")))
+    return rows.take(picks)
+
+
+def log_pieces(
+    group: TileGroup, tiles: pa.Table, pointer: int | None, rows_per_piece: int
+) -> tuple[pa.RecordBatch, list[tuple[int, int]], np.ndarray]:
+    """``tiles`` laid out for a log by tile end: those still open after ``pointer``, sorted
+    by end, as one batch; each piece's (end, number among its end's) and the pieces' row
+    bounds in the batch (at most ``rows_per_piece`` rows a piece)."""
+    ends = np.asarray(pc.add(bucket_micros(tiles), sizes(tiles, group)).to_numpy(), np.int64)
+    open_ = ends > pointer if pointer is not None else np.ones(len(ends), np.bool_)
+    order = np.argsort(ends, kind="stable")
+    order = order[open_[order]]
+    rows = tiles.take(pa.array(order, pa.int64())).combine_chunks()
+    batch = rows.to_batches()[0] if rows.num_rows else pa.RecordBatch.from_pylist([], rows.schema)
+    ends = ends[order]
+    runs = np.concatenate([[0], np.flatnonzero(np.diff(ends)) + 1, [len(ends)]]).astype(np.int64)
+    pieces: list[tuple[int, int]] = []
+    starts: list[int] = []
+    for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
+        for number, first in enumerate(range(a, b, rows_per_piece)):
+            pieces.append((int(ends[a]), number))
+            starts.append(first)
+    return batch, pieces, np.array([*starts, len(ends)], np.int64)
+
+
 # ---- state keys -------------------------------------------------------------------------------
 def key_ids(group: TileGroup, tiles: pa.Table) -> list[bytes]:
     """Each row's key as the bytes a stream's state is keyed by (its online text, or a

@@ -714,3 +714,19 @@ def test_a_spark_checkpoint_with_driver_state_is_refused(tmp_path: Path) -> None
     (folder / "spark").mkdir()
     with pytest.raises(StreamingError, match="fresh checkpoint"):
         stream(workspace, available_now=True, engine="spark")
+
+
+def test_a_spark_checkpoint_of_the_earlier_state_layout_is_refused(tmp_path: Path) -> None:
+    """A Spark checkpoint whose state indexed finest buckets (no layout mark beside its
+    committed batches) is refused before Spark starts: its closes would find no log."""
+    from robusta.jobs.stream.spec import SpecStream
+
+    workspace = streaming_project(tmp_path, SMALL_SPEC)
+    folder = tmp_path / "checkpoints" / "engagement"
+    (folder / "spark" / "commits").mkdir(parents=True)
+    (folder / "spark" / "commits" / "0").write_text("v1\n")
+    with pytest.raises(StreamingError, match="layout 1 .* fresh checkpoint"):
+        stream(workspace, available_now=True, engine="spark")
+    (folder / "spark-state-layout").write_text("2\n")  # the layout this Robusta writes
+    (plan,) = workspace.plan.specs
+    SpecStream(workspace.config, plan, "spark")._check_engine()  # accepted

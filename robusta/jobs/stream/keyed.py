@@ -41,11 +41,12 @@ from robusta.plan.open_tiles import (
     bucket_micros,
     closing_mask,
     key_ids,
+    latest_versions,
+    log_pieces,
     run_offsets,
-    sizes,
 )
 from robusta.spec.durations import floor_to
-from robusta.store.online.records import decode, encode, own_slices
+from robusta.store.online.records import decode, encode, one_batch, own_slices
 from robusta.store.tiles import tile_schema
 
 PIECE = 1 << 16  # rows per log entry at most: a close decodes a few large batches
@@ -148,7 +149,7 @@ class KeyedState:
         parts = [t for t in parts if t.num_rows]
         if not parts:
             return None
-        return _latest(group, parts)
+        return latest_versions(group, parts)
 
     def _logged(self, group: TileGroup, before: int | None, after: int) -> Iterator[pa.Table]:
         """The log's entries ending in ``(before, after]``, in key order (end, version,
@@ -198,7 +199,7 @@ class KeyedState:
         order = pc.sort_indices(marks, sort_keys=[("day", "ascending"), ("key", "ascending")])
         marks = marks.take(order)
         sorted_tiles = tiles.take(order)
-        rows = _one_batch(sorted_tiles.select(schema.names).cast(schema))
+        rows = one_batch(sorted_tiles.select(schema.names).cast(schema))
         offsets = run_offsets(marks, ["day", "key"])
         days = marks.column("day").to_pylist()
         keys = marks.column("key").to_pylist()
@@ -221,25 +222,11 @@ class KeyedState:
         """``tiles`` as log entries of ``version``: by end, in pieces of :data:`PIECE`
         rows (those that ended by ``pointer`` are closed: not logged)."""
         _, _, log, _ = self._open()
-        ends = np.asarray(pc.add(bucket_micros(tiles), sizes(tiles, group)).to_numpy(), np.int64)
-        open_ = ends > pointer if pointer is not None else np.ones(len(ends), np.bool_)
-        order = np.argsort(ends, kind="stable")
-        order = order[open_[order]]
-        if len(order) == 0:
-            return
-        rows = _one_batch(tiles.take(order))
-        ends = ends[order]
-        runs = np.concatenate([[0], np.flatnonzero(np.diff(ends)) + 1, [len(ends)]])
+        rows, pieces, bounds = log_pieces(group, tiles, pointer, PIECE)
         prefix = _prefix(group)
         stamp = version.to_bytes(8, "big")
-        keys = []
-        bounds = []
-        for a, b in zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True):
-            for piece, lo in enumerate(range(a, b, PIECE)):
-                keys.append(prefix + _time(int(ends[a])) + stamp + piece.to_bytes(4, "big"))
-                bounds.append(lo)
-        pieces = own_slices(rows, np.array([*bounds, len(ends)], np.int64))
-        for key, piece_rows in zip(keys, pieces, strict=True):
+        for (end, piece), piece_rows in zip(pieces, own_slices(rows, bounds), strict=True):
+            key = prefix + _time(end) + stamp + piece.to_bytes(4, "big")
             txn.put(key, encode(piece_rows), db=log)
 
     def _drop_before(self, txn: Any, group: TileGroup, day: int, pointer: int) -> None:
@@ -256,24 +243,6 @@ class KeyedState:
     def _days(self, tiles: pa.Table) -> np.ndarray:
         starts = np.asarray(bucket_micros(tiles).to_numpy(), np.int64)
         return starts - np.mod(starts, self.largest)
-
-
-def _latest(group: TileGroup, parts: list[pa.Table]) -> pa.Table:
-    """The rows of ``parts`` (in the order tiles were written), each tile's last one."""
-    rows = pa.concat_tables(parts)
-    if len(parts) == 1:
-        return rows  # one entry (or the newer tiles alone): each tile once
-    identity = [*(k.column for k in group.layout.keys), "granularity", "bucket_start"]
-    index = pa.array(np.arange(rows.num_rows, dtype=np.int64))
-    last = rows.select(identity).append_column("__row", index).group_by(identity)
-    picks = np.sort(np.asarray(last.aggregate([("__row", "max")]).column("__row_max")))
-    return rows.take(picks)
-
-
-def _one_batch(table: pa.Table) -> pa.RecordBatch:
-    """``table`` (rows) as one record batch, sliced per value without copying."""
-    (batch,) = table.combine_chunks().to_batches()
-    return batch
 
 
 def _prefix(group: TileGroup) -> bytes:

@@ -116,6 +116,7 @@ class SparkQuery:
 
         spec = self.spec
         spec.begin()
+        spec.mark_spark_layout()
         for name in spec.plan.spec.sources:
             read_stream(spark, spec.config, name).createOrReplaceTempView(name)
         events = spark.sql(spec.plan.spec.query)
@@ -147,9 +148,7 @@ class SparkQuery:
         spec = self.spec
         plan = spec.plan
         tiles = {}
-        commits = spec.folder / "spark" / "commits"
-        fresh = not commits.is_dir() or not any(p.name.isdigit() for p in commits.iterdir())
-        if fresh and spec.checkpoint.seeded(plan.spec.granularities[0].micros):
+        if not spec.spark_started() and spec.checkpoint.seeded(plan.spec.granularities[0].micros):
             start = spec.checkpoint.start["pointer"]
             for index, group in enumerate(plan.groups):
                 seed = seed_tiles(spec.stores, plan, group, start)

@@ -34,6 +34,8 @@ from robusta.spec.model import ProjectConfig, SourceConfig
 from robusta.store.files import join
 from robusta.store.tiles import coverage
 
+SPARK_STATE_LAYOUT = "2"  # 2: a log of tiles by end (1: an index of finest buckets)
+
 if TYPE_CHECKING:
     from robusta.engine.spark.stream_state import StateOutput
 
@@ -105,6 +107,31 @@ class SpecStream:
             )
         if self.engine == "embedded":
             KeyedState(self.folder / "keyed", self.plan).check_layout(self.plan.name)
+        if self.engine == "spark" and self.spark_started():
+            layout = self._spark_layout.read_text() if self._spark_layout.exists() else "1"
+            if layout.strip() != SPARK_STATE_LAYOUT:
+                raise StreamingError(
+                    f"the checkpoint of spec {self.plan.name} ({self.folder}) holds Spark "
+                    f"state in layout {layout.strip()} (an index of finest buckets); this "
+                    f"Robusta keeps layout {SPARK_STATE_LAYOUT} (a log of tiles by end): start "
+                    "a fresh checkpoint (streaming.checkpoint) after the stream's last closed "
+                    "bucket, or stream it with the Robusta that wrote it"
+                )
+
+    @property
+    def _spark_layout(self) -> Path:
+        return self.folder / "spark-state-layout"
+
+    def spark_started(self) -> bool:
+        """Whether the Spark query committed a batch (its state exists)."""
+        commits = self.folder / "spark" / "commits"
+        return commits.is_dir() and any(p.name.isdigit() for p in commits.iterdir())
+
+    def mark_spark_layout(self) -> None:
+        """Record the layout of the Spark state a fresh query starts (read by ``check``)."""
+        if not self.spark_started():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._spark_layout.write_text(SPARK_STATE_LAYOUT + "\n")
 
     def _check_mode(self) -> None:
         modes = self.config.online.options.get("modes") or {}

@@ -4,12 +4,14 @@ A lookup of many keys (a ranking request's 500 items) decodes that many records,
 IPC message costs about a quarter of a microsecond per array on top of its own fixed cost,
 whatever the row holds. So a value record is *packed*: ``MAGIC``, then every fixed-width
 value (integers, floats, booleans, dates, times, timestamps, durations) with a validity byte
-at fixed places, then the other values (texts, lists, maps) as an IPC message of those
-columns alone. Many records decode as one numpy view of their fixed parts and one IPC
-stream of the rest. Values are kept bit for bit (floats as their bits: NaN payloads, -0.0).
+at fixed places, then the texts, lists, structs and maps as plain buffers
+(:mod:`robusta.store.online.packed`), then any other value (none of the operators' types) as
+an IPC message of those columns alone. Many records decode as one numpy view of their fixed
+parts and one gather per buffer of the rest. Values are kept bit for bit (floats as their
+bits: NaN payloads, -0.0).
 
-Records written before packing (a bare IPC message, which starts with 0xFFFFFFFF) still
-decode: ``decode_values`` reads either.
+Records written before still decode: ``RBV1`` records (the fixed-width values packed, every
+other value in the IPC message) and bare IPC messages (which start with 0xFFFFFFFF).
 """
 
 from __future__ import annotations
@@ -23,22 +25,38 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from robusta.store.online.packed import (
+    Reader,
+    pack,
+    packable,
+    python_native,
+    python_readers,
+    unpack,
+    unpack_python,
+)
 from robusta.store.online.records import decode, decode_rows, encode, one_batch, own_slices
 
-MAGIC = b"RBV1"  # a packed record; an IPC message starts with 0xFFFFFFFF instead
+MAGIC = b"RBV2"  # a packed record; an IPC message starts with 0xFFFFFFFF instead
+MAGIC_V1 = b"RBV1"  # written before texts and lists were packed: those in the IPC message
 
 
 @dataclass(frozen=True)
 class _Layout:
     """Where a schema's values go: the fixed-width fields (index in the schema, storage
-    dtype) packed in ``dtype``, the other fields in an IPC message of ``rest``."""
+    dtype) packed in ``dtype``, then the ``packed`` fields' buffers, then the other fields
+    in an IPC message of ``rest``."""
 
+    schema: pa.Schema
     fixed: tuple[tuple[int, np.dtype], ...]
     dtype: np.dtype
+    packed: tuple[int, ...]  # fields laid out by ``robusta.store.online.packed``
     rest: pa.Schema
     format: str  # the fixed part for ``struct``: each value as Python reads it, its validity
     places: dict[str, int]  # fixed-width field -> its value's place in a ``struct`` tuple
     converted: dict[str, pa.DataType]  # fixed-width fields ``struct`` reads as integers
+
+    packed_kinds: tuple[pa.DataType, ...]
+    readers: tuple[Reader, ...] | None  # reading the packed fields as Python values, if all can
 
     @property
     def width(self) -> int:
@@ -46,20 +64,38 @@ class _Layout:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(schema: pa.Schema) -> _Layout:
+def _layout(schema: pa.Schema, magic: bytes = MAGIC) -> _Layout:
+    """The layout of records of ``schema`` that start with ``magic`` (``MAGIC_V1``: no
+    packed fields)."""
     fixed = []
+    packed = []
     rest = []
     for i, field in enumerate(schema):
         storage = _storage(field.type)
-        if storage is None:
-            rest.append(field)
-        else:
+        if storage is not None:
             fixed.append((i, storage))
+        elif magic == MAGIC and packable(field.type):
+            packed.append(i)
+        else:
+            rest.append(field)
     dtype = np.dtype([item for i, s in fixed for item in ((f"v{i}", s), (f"n{i}", np.uint8))])
     codes = "".join(_struct_code(schema[i].type) + "B" for i, _ in fixed)
     places = {schema[i].name: 2 * k for k, (i, _) in enumerate(fixed)}
     converted = {schema[i].name: schema[i].type for i, _ in fixed if not _native(schema[i].type)}
-    return _Layout(tuple(fixed), dtype, pa.schema(rest), "<" + codes, places, converted)
+    kinds = tuple(schema[i].type for i in packed)
+    readers = python_readers(kinds) if all(python_native(k) for k in kinds) else None
+    return _Layout(
+        schema,
+        tuple(fixed),
+        dtype,
+        tuple(packed),
+        pa.schema(rest),
+        "<" + codes,
+        places,
+        converted,
+        kinds,
+        readers,
+    )
 
 
 def _struct_code(kind: pa.DataType) -> str:
@@ -99,18 +135,23 @@ def encode_values(values: pa.Table) -> list[bytes]:
         return []
     layout = _layout(values.schema)
     values = values.combine_chunks()
-    packed = np.zeros(n, layout.dtype)
+    fixed = np.zeros(n, layout.dtype)
     for i, storage in layout.fixed:
         column = values.column(i).chunk(0)
-        packed[f"n{i}"] = column.is_valid().to_numpy(zero_copy_only=False)
-        packed[f"v{i}"] = _bits(column, storage)
-    blob = packed.tobytes()
+        fixed[f"n{i}"] = column.is_valid().to_numpy(zero_copy_only=False)
+        fixed[f"v{i}"] = _bits(column, storage)
+    blob = fixed.tobytes()
     width = layout.width
-    heads = [MAGIC + blob[r * width : (r + 1) * width] for r in range(n)]
-    if not layout.rest.names:
-        return heads
-    rest = own_slices(one_batch(values.select(layout.rest.names)), np.arange(n + 1))
-    return [head + encode(row) for head, row in zip(heads, rest, strict=True)]
+    out = [MAGIC + blob[r * width : (r + 1) * width] for r in range(n)]
+    if layout.packed:
+        data, bounds = pack([values.column(i).chunk(0) for i in layout.packed])
+        texts = data.tobytes()
+        ends = bounds.tolist()
+        out = [head + texts[ends[r] : ends[r + 1]] for r, head in enumerate(out)]
+    if layout.rest.names:
+        rest = own_slices(one_batch(values.select(layout.rest.names)), np.arange(n + 1))
+        out = [head + encode(row) for head, row in zip(out, rest, strict=True)]
+    return out
 
 
 def _bits(column: pa.Array, storage: np.dtype) -> np.ndarray:
@@ -124,26 +165,34 @@ def _bits(column: pa.Array, storage: np.dtype) -> np.ndarray:
 def decode_values(
     raws: Sequence[bytes], schema: pa.Schema, names: Sequence[str] | None = None
 ) -> pa.Table:
-    """Value records (packed, or bare IPC messages as written before) as one table of one
-    chunk, a row per record in order, with only the columns ``names`` when given."""
+    """Value records (packed, or as written before) as one table of one chunk, a row per
+    record in order, with only the columns ``names`` when given."""
     wanted = list(schema.names if names is None else names)
-    packed = [raw.startswith(MAGIC) for raw in raws]
-    if not all(packed):
-        if not any(packed):
-            return decode_rows(raws, schema, wanted)
-        batches = [_decode_one(raw, schema) for raw in raws]  # both kinds: not a fast path
+    magics = {_magic(raw) for raw in raws}
+    if len(magics) > 1:  # records of two formats (an upload under way): not a fast path
+        batches = [_decode_one(raw, schema) for raw in raws]
         return pa.Table.from_batches(batches, schema).select(wanted).combine_chunks()
-    return _unpack(raws, schema, wanted)
+    magic = magics.pop() if magics else MAGIC
+    if not magic:
+        return decode_rows(raws, schema, wanted)
+    return _unpack(raws, _layout(schema, magic), wanted)
+
+
+def _magic(raw: bytes) -> bytes:
+    """``MAGIC``, ``MAGIC_V1`` or, for a bare IPC message, nothing."""
+    head = raw[: len(MAGIC)]
+    return head if head in (MAGIC, MAGIC_V1) else b""
 
 
 def _decode_one(raw: bytes, schema: pa.Schema) -> pa.RecordBatch:
-    if raw.startswith(MAGIC):
-        return _unpack([raw], schema, schema.names).to_batches()[0]
+    magic = _magic(raw)
+    if magic:
+        return _unpack([raw], _layout(schema, magic), schema.names).to_batches()[0]
     return decode(raw, schema)
 
 
-def _unpack(raws: Sequence[bytes], schema: pa.Schema, wanted: list[str]) -> pa.Table:
-    layout = _layout(schema)
+def _unpack(raws: Sequence[bytes], layout: _Layout, wanted: list[str]) -> pa.Table:
+    schema = layout.schema
     fixed = dict(layout.fixed)
     chosen = set(wanted)
     columns: dict[str, pa.Array] = {}
@@ -152,10 +201,13 @@ def _unpack(raws: Sequence[bytes], schema: pa.Schema, wanted: list[str]) -> pa.T
         packed = np.frombuffer(_fixed_parts(raws, layout), layout.dtype, count=len(raws))
         for i in picked:
             columns[schema[i].name] = _column(schema[i].type, packed[f"v{i}"], packed[f"n{i}"])
-    columns.update(_rest_columns(raws, layout, wanted))
+    columns.update(_variable_columns(raws, layout, wanted))
     return pa.Table.from_arrays(
         [columns[name] for name in wanted], schema=pa.schema([schema.field(n) for n in wanted])
     )
+
+
+PYTHON_READ_MAX = 16  # records read as Python values one by one; more go through Arrow
 
 
 def decode_value_columns(
@@ -163,14 +215,15 @@ def decode_value_columns(
 ) -> dict[str, list[Any]]:
     """Packed value records as Python values, a list per column of ``names`` (maps as
     dicts): what :func:`decode_values` then ``to_pylist`` give, without Arrow arrays for
-    the numbers and booleans (a lookup of one key decodes in a few microseconds)."""
-    layout = _layout(schema)
-    if not all(raw.startswith(MAGIC) for raw in raws):
+    a few records (a lookup of one key decodes in a few microseconds)."""
+    magics = {_magic(raw) for raw in raws}
+    if len(magics) != 1 or b"" in magics:
         table = decode_values(raws, schema, names)
         return {name: _python(table.column(name)) for name in names}
+    layout = _layout(schema, magics.pop())
     out: dict[str, list[Any]] = {}
     tuples = []
-    if raws and layout.width:
+    if layout.width:
         tuples = list(struct.iter_unpack(layout.format, _fixed_parts(raws, layout)))
     for name in names:
         place = layout.places.get(name)
@@ -181,8 +234,12 @@ def decode_value_columns(
         if kind is not None:  # dates, times, timestamps, durations: as Arrow makes them
             values = pa.array(values, pa.from_numpy_dtype(_signed(kind))).view(kind).to_pylist()
         out[name] = values
-    for name, column in _rest_columns(raws, layout, list(names)).items():
-        out[name] = _python(column)
+    others = [name for name in names if name not in layout.places]
+    if others and layout.readers is not None and len(raws) <= PYTHON_READ_MAX:
+        out.update(_python_columns(raws, layout, others))
+    elif others:
+        for name, column in _variable_columns(raws, layout, others).items():
+            out[name] = _python(column)
     return {name: out[name] for name in names}
 
 
@@ -192,18 +249,64 @@ def _fixed_parts(raws: Sequence[bytes], layout: _Layout) -> bytes:
     return b"".join([raw[start:end] for raw in raws])
 
 
-def _rest_columns(raws: Sequence[bytes], layout: _Layout, wanted: list[str]) -> dict[str, pa.Array]:
-    rest = set(layout.rest.names)
-    others = [name for name in wanted if name in rest]
-    if not others:
+def _variable_columns(
+    raws: Sequence[bytes], layout: _Layout, wanted: list[str]
+) -> dict[str, pa.Array]:
+    """The wanted columns of the packed fields and of the IPC message."""
+    chosen = set(wanted)
+    names = [layout.schema[i].name for i in layout.packed]
+    rest = [name for name in wanted if name in set(layout.rest.names)]
+    if chosen.isdisjoint(names) and not rest:
         return {}
     start = len(MAGIC) + layout.width
-    table = decode_rows([raw[start:] for raw in raws], layout.rest, others)
+    tails = [raw[start:] for raw in raws]
+    out: dict[str, pa.Array] = {}
+    if layout.packed:
+        lengths = np.fromiter(map(len, tails), np.int64, len(tails))
+        starts = np.cumsum(lengths) - lengths
+        blob = np.frombuffer(b"".join(tails), np.uint8)
+        arrays, ends = unpack(blob, starts, layout.packed_kinds)
+        out.update((n, a) for n, a in zip(names, arrays, strict=True) if n in chosen)
+        skipped = (ends - starts).tolist()
+        tails = [tail[skip:] for tail, skip in zip(tails, skipped, strict=True)]
+    if rest:
+        out.update(_rest_columns(tails, layout.rest, rest))
+    return out
+
+
+def _python_columns(
+    raws: Sequence[bytes], layout: _Layout, wanted: list[str]
+) -> dict[str, list[Any]]:
+    """``_variable_columns`` as Python values, read record by record without Arrow."""
+    start = len(MAGIC) + layout.width
+    readers = layout.readers or ()
+    rows = []
+    tails = []
+    for raw in raws:
+        values, end = unpack_python(raw, start, readers)
+        rows.append(values)
+        tails.append(raw[end:])
+    chosen = set(wanted)
+    out = {
+        layout.schema[i].name: [row[k] for row in rows]
+        for k, i in enumerate(layout.packed)
+        if layout.schema[i].name in chosen
+    }
+    rest = [name for name in wanted if name in set(layout.rest.names)]
+    if rest:
+        for name, column in _rest_columns(tails, layout.rest, rest).items():
+            out[name] = _python(column)
+    return out
+
+
+def _rest_columns(tails: list[bytes], rest: pa.Schema, wanted: list[str]) -> dict[str, pa.Array]:
+    """Columns ``wanted`` of the records' IPC messages (``tails``)."""
+    table = decode_rows(tails, rest, wanted)
     return {
         name: table.column(name).chunk(0)
         if table.num_rows
         else pa.array([], table.schema.field(name).type)
-        for name in others
+        for name in wanted
     }
 
 
