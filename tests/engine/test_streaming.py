@@ -725,7 +725,7 @@ def test_a_spark_checkpoint_of_the_earlier_state_layout_is_refused(tmp_path: Pat
     folder = tmp_path / "checkpoints" / "engagement"
     (folder / "spark" / "commits").mkdir(parents=True)
     (folder / "spark" / "commits" / "0").write_text("v1\n")
-    with pytest.raises(StreamingError, match="layout 1 .* fresh checkpoint"):
+    with pytest.raises(StreamingError, match=r"layout 1 .* fresh checkpoint"):
         stream(workspace, available_now=True, engine="spark")
     (folder / "spark-state-layout").write_text("2\n")  # the layout this Robusta writes
     (plan,) = workspace.plan.specs
