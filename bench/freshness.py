@@ -222,7 +222,7 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
                 raise SystemExit("the stream did not start; run with ROBUSTA_DEBUG=1")
             time.sleep(0.2)
         client = FeatureClient.from_config(root / "robusta.yaml")
-        wait_visible(client, 1, 1800)
+        wait_visible(client, 1, 1800, runner)
         batch_seconds.clear()
         rss_before, anon_before = rss_mib(), rss_mib("RssAnon")
         latencies = []
@@ -230,7 +230,7 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
             landed = time.perf_counter()
             events = file_events(i, args.events, args.active_keys, rng)
             land(root / "landing", events, f"f{i:04d}")
-            wait_visible(client, i + 1, 120)
+            wait_visible(client, i + 1, 120, runner)
             latencies.append(time.perf_counter() - landed)
             time.sleep(max(0.0, args.interval - (time.perf_counter() - landed)))
         rss_after, anon_after = rss_mib(), rss_mib("RssAnon")
@@ -316,9 +316,15 @@ def peak_jvm_mib() -> float:
     return 0.0
 
 
-def wait_visible(client: object, count: int, timeout: float) -> None:
+def wait_visible(
+    client: object, count: int, timeout: float, runner: threading.Thread | None = None
+) -> None:
+    """Until the probe's ``count``-th event is visible; stops at once if the stream died
+    (its error is on stderr: Python prints a thread's uncaught exception)."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
+        if runner is not None and not runner.is_alive():
+            raise SystemExit(f"the stream stopped before the probe's event {count} was visible")
         try:
             [vector] = client.get_features(  # type: ignore[attr-defined]
                 [{"USER_ID": "probe"}], ["n_events_lifetime"], at=None
