@@ -219,14 +219,15 @@ class StateOutput:
 def collect_output(frame: Any) -> StateOutput:
     """The operator's output of a micro-batch (``foreachBatch``'s frame), decoded. Always
     collected: Spark commits the operator's state only when its output was computed.
-    Collected a partition at a time (each partition's job runs once): a first batch over
-    millions of keys hands back gigabytes of tiles, past Spark's limit on one job's results
-    (``spark.driver.maxResultSize``) and the driver JVM's heap if collected at once."""
+    (Collected at once: a first batch over millions of keys can pass Spark's limit on one
+    job's results, ``spark.driver.maxResultSize``; a partition at a time ran the partitions
+    one after another, every batch.)"""
+    table = frame.toArrow()
     out = StateOutput()
     parts: dict[tuple[str, int], list[pa.Table]] = {}
     pointers = set()
-    for row in frame.toLocalIterator(prefetchPartitions=False):
-        data = pa.ipc.open_stream(pa.py_buffer(row["data"])).read_all()
+    for row in table.to_pylist():
+        data = pa.ipc.open_stream(row["data"]).read_all()
         if row["pointer"] is not None:
             pointers.add(int(row["pointer"]))
         if row["kind"] == STATS:
