@@ -300,16 +300,15 @@ def latest_versions(group: TileGroup, parts: list[pa.Table]) -> pa.Table:
 
 def log_pieces(
     group: TileGroup, tiles: pa.Table, pointer: int | None, rows_per_piece: int
-) -> tuple[pa.RecordBatch, list[tuple[int, int]], np.ndarray]:
+) -> tuple[pa.Table, list[tuple[int, int]], np.ndarray]:
     """``tiles`` laid out for a log by tile end: those still open after ``pointer``, sorted
-    by end, as one batch; each piece's (end, number among its end's) and the pieces' row
-    bounds in the batch (at most ``rows_per_piece`` rows a piece)."""
+    by end; each piece's (end, number among its end's) and the pieces' row bounds in them
+    (at most ``rows_per_piece`` rows a piece)."""
     ends = np.asarray(pc.add(bucket_micros(tiles), sizes(tiles, group)).to_numpy(), np.int64)
     open_ = ends > pointer if pointer is not None else np.ones(len(ends), np.bool_)
     order = np.argsort(ends, kind="stable")
     order = order[open_[order]]
-    rows = tiles.take(pa.array(order, pa.int64())).combine_chunks()
-    batch = rows.to_batches()[0] if rows.num_rows else pa.RecordBatch.from_pylist([], rows.schema)
+    rows = tiles.take(pa.array(order, pa.int64()))
     ends = ends[order]
     runs = np.concatenate([[0], np.flatnonzero(np.diff(ends)) + 1, [len(ends)]]).astype(np.int64)
     pieces: list[tuple[int, int]] = []
@@ -318,7 +317,7 @@ def log_pieces(
         for number, first in enumerate(range(a, b, rows_per_piece)):
             pieces.append((int(ends[a]), number))
             starts.append(first)
-    return batch, pieces, np.array([*starts, len(ends)], np.int64)
+    return rows, pieces, np.array([*starts, len(ends)], np.int64)
 
 
 # ---- state keys -------------------------------------------------------------------------------

@@ -387,15 +387,13 @@ class _Processor:
         """``tiles`` (tile-table columns) into the log by end, those still open after
         ``pointer``, after the pieces each end already has."""
         rows, pieces, bounds = log_pieces(group, tiles, pointer, PIECE_ROWS)
-        known: dict[int, int] = {}
-        for (end, piece), part in zip(pieces, own_slices(rows, bounds), strict=True):
-            if end not in known:
+        first: dict[int, int] = {}  # per end, the pieces it had
+        for (end, piece), part in zip(pieces, own_slices(one_batch(rows), bounds), strict=True):
+            if end not in first:
                 found = self.ends.getValue((end,))
-                known[end] = 0 if found is None else int(found[0])
-            self.log.updateValue((end, known[end] + piece), (encode(part),))
-        for end, first in known.items():
-            count = sum(1 for e, _ in pieces if e == end)
-            self.ends.updateValue((end,), (first + count,))
+                first[end] = 0 if found is None else int(found[0])
+            self.log.updateValue((end, first[end] + piece), (encode(part),))
+            self.ends.updateValue((end,), (first[end] + piece + 1,))
 
     def _timers(self, group: TileGroup, partial: pa.Table) -> None:
         """A timer at the end of every bucket, any granularity, holding a finest tile of

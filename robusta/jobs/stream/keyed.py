@@ -225,9 +225,10 @@ class KeyedState:
         rows, pieces, bounds = log_pieces(group, tiles, pointer, PIECE)
         prefix = _prefix(group)
         stamp = version.to_bytes(8, "big")
-        for (end, piece), piece_rows in zip(pieces, own_slices(rows, bounds), strict=True):
+        parts = own_slices(one_batch(rows), bounds)
+        for (end, piece), part in zip(pieces, parts, strict=True):
             key = prefix + _time(end) + stamp + piece.to_bytes(4, "big")
-            txn.put(key, encode(piece_rows), db=log)
+            txn.put(key, encode(part), db=log)
 
     def _drop_before(self, txn: Any, group: TileGroup, day: int, pointer: int) -> None:
         """Delete the tiles of the days before ``day`` (closed) and the log entries that

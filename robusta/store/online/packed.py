@@ -32,23 +32,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from robusta.store.online.records import is_list
+
 I64 = np.ndarray  # int64 per record (or per element)
 _U32 = np.dtype("<u4")
 
 
 def packable(kind: pa.DataType) -> bool:
     """Whether ``pack`` lays out values of ``kind``."""
-    if _width(kind) is not None or _is_bytes(kind):
+    if fixed_width(kind) is not None or _is_bytes(kind):
         return True
-    if _is_list(kind):
-        return packable(kind.value_type) if not pa.types.is_map(kind) else _map_packable(kind)
+    if is_list(kind):
+        return packable(_child_type(kind))  # a map: its key-value structs
     if pa.types.is_struct(kind):
         return all(packable(kind.field(i).type) for i in range(kind.num_fields))
     return False
-
-
-def _map_packable(kind: pa.MapType) -> bool:
-    return packable(kind.key_type) and packable(kind.item_type)
 
 
 def python_native(kind: pa.DataType) -> bool:
@@ -114,7 +112,7 @@ def _write(array: pa.Array, index: I64, record: I64, pieces: _Pieces) -> None:
     valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), np.uint8)[index]
     pieces.add(valid, record, 1)
     kind = array.type
-    width = _width(kind)
+    width = fixed_width(kind)
     if width is not None:
         pieces.add(_bits(array, width)[index], record, width)
     elif _is_bytes(kind):
@@ -125,7 +123,7 @@ def _write(array: pa.Array, index: I64, record: I64, pieces: _Pieces) -> None:
         pieces.add_sized(
             data[_ranges(offsets[index], lengths)], _per_record(lengths, record, pieces.n)
         )
-    elif _is_list(kind):
+    elif is_list(kind):
         offsets = np.asarray(array.offsets.to_numpy(), np.int64)
         lengths = (offsets[index + 1] - offsets[index]) * valid
         pieces.add(lengths.astype(_U32), record, 4)
@@ -184,7 +182,7 @@ def _read(kind: pa.DataType, m: I64, cursor: _Cursor) -> pa.Array:
     total = len(valid)
     nulls = total - int(np.count_nonzero(valid))
     bitmap = pa.py_buffer(np.packbits(valid != 0, bitorder="little")) if nulls else None
-    width = _width(kind)
+    width = fixed_width(kind)
     if width is not None:
         data = cursor.take(m * width)
         if pa.types.is_boolean(kind):
@@ -205,6 +203,7 @@ def _read(kind: pa.DataType, m: I64, cursor: _Cursor) -> pa.Array:
 
 
 def _child_type(kind: pa.DataType) -> pa.DataType:
+    """A list's values, or a map's entries (key-value structs)."""
     if pa.types.is_map(kind):
         return pa.struct([kind.key_field, kind.item_field])
     return kind.value_type
@@ -240,8 +239,8 @@ def unpack_python(raw: bytes, at: int, readers: Sequence[Reader]) -> tuple[list[
 @functools.lru_cache(maxsize=512)
 def _python_reader(kind: pa.DataType) -> Reader:
     """A function reading ``m`` elements of ``kind`` at a place: (values, next place)."""
-    if pa.types.is_boolean(kind) or (_width(kind) is not None):
-        code = _struct_code(kind)
+    if fixed_width(kind) is not None:  # booleans too
+        code = struct_code(kind)
         size = struct.calcsize("<" + code)
 
         def fixed(raw: bytes, at: int, m: int) -> tuple[list[Any], int]:
@@ -317,17 +316,19 @@ def _dict(pairs: list[dict[str, Any]]) -> dict[Any, Any]:
     return out
 
 
-def _struct_code(kind: pa.DataType) -> str:
+# ---- shared ------------------------------------------------------------------------------
+def struct_code(kind: pa.DataType) -> str:
+    """How ``struct`` reads a fixed-width value: numbers and booleans as Python values,
+    the rest (temporal types, half floats) as the signed integers Arrow keeps them as."""
     if pa.types.is_boolean(kind):
         return "?"
-    if pa.types.is_floating(kind):
+    if pa.types.is_floating(kind) and python_native(kind):
         return {32: "f", 64: "d"}[kind.bit_width]
     code = {8: "b", 16: "h", 32: "i", 64: "q"}[kind.bit_width]
     return code.upper() if pa.types.is_unsigned_integer(kind) else code
 
 
-# ---- shared ------------------------------------------------------------------------------
-def _width(kind: pa.DataType) -> int | None:
+def fixed_width(kind: pa.DataType) -> int | None:
     """Bytes per value of a fixed-width type (booleans: 1), or None."""
     if pa.types.is_boolean(kind):
         return 1
@@ -346,10 +347,6 @@ def _is_bytes(kind: pa.DataType) -> bool:
         or pa.types.is_binary(kind)
         or pa.types.is_large_binary(kind)
     )
-
-
-def _is_list(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind))
 
 
 def _ranges(starts: I64, lengths: I64) -> I64:

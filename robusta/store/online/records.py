@@ -142,7 +142,7 @@ class _Spare:
     def __init__(self, column: pa.Array) -> None:
         self.column = column
         self.nulls = self.empty = None
-        if _is_list(column.type):
+        if is_list(column.type):
             self.nulls = column.is_null().to_numpy(zero_copy_only=False)
             self.empty = np.diff(column.offsets.to_numpy()) == 0
             self.null_row = pa.nulls(1, column.type)
@@ -162,7 +162,7 @@ def _hollow(array: pa.Array, bounds: np.ndarray) -> np.ndarray:
     holds a zero-length slice of a child array, or a null list whose offsets span values
     (operators' null masks leave them), at any depth."""
     out = np.zeros(len(bounds) - 1, np.bool_)
-    if _is_list(array.type):
+    if is_list(array.type):
         offsets = np.asarray(array.offsets.to_numpy(), np.int64)  # places in .values
         inner = offsets[bounds]
         out |= np.diff(inner) == 0
@@ -177,5 +177,5 @@ def _hollow(array: pa.Array, bounds: np.ndarray) -> np.ndarray:
     return out
 
 
-def _is_list(kind: pa.DataType) -> bool:
+def is_list(kind: pa.DataType) -> bool:
     return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind))

@@ -27,10 +27,12 @@ import pyarrow as pa
 
 from robusta.store.online.packed import (
     Reader,
+    fixed_width,
     pack,
     packable,
     python_native,
     python_readers,
+    struct_code,
     unpack,
     unpack_python,
 )
@@ -79,9 +81,11 @@ def _layout(schema: pa.Schema, magic: bytes = MAGIC) -> _Layout:
         else:
             rest.append(field)
     dtype = np.dtype([item for i, s in fixed for item in ((f"v{i}", s), (f"n{i}", np.uint8))])
-    codes = "".join(_struct_code(schema[i].type) + "B" for i, _ in fixed)
+    codes = "".join(struct_code(schema[i].type) + "B" for i, _ in fixed)
     places = {schema[i].name: 2 * k for k, (i, _) in enumerate(fixed)}
-    converted = {schema[i].name: schema[i].type for i, _ in fixed if not _native(schema[i].type)}
+    converted = {
+        schema[i].name: schema[i].type for i, _ in fixed if not python_native(schema[i].type)
+    }
     kinds = tuple(schema[i].type for i in packed)
     readers = python_readers(kinds) if all(python_native(k) for k in kinds) else None
     return _Layout(
@@ -98,29 +102,10 @@ def _layout(schema: pa.Schema, magic: bytes = MAGIC) -> _Layout:
     )
 
 
-def _struct_code(kind: pa.DataType) -> str:
-    """How ``struct`` reads a fixed-width value: numbers and booleans as Python values,
-    the rest (temporal types) as the signed integers Arrow keeps them as."""
-    if pa.types.is_boolean(kind):
-        return "?"
-    if pa.types.is_floating(kind) and _native(kind):
-        return {32: "f", 64: "d"}[kind.bit_width]
-    code = {8: "b", 16: "h", 32: "i", 64: "q"}[kind.bit_width]
-    return code.upper() if pa.types.is_unsigned_integer(kind) else code
-
-
 def _storage(kind: pa.DataType) -> np.dtype | None:
     """The unsigned integer a fixed-width type's values are kept as (bits), or None."""
-    if pa.types.is_boolean(kind):
-        return np.dtype(np.uint8)
-    plain = (
-        pa.types.is_integer(kind)
-        or pa.types.is_floating(kind)
-        or pa.types.is_temporal(kind)  # dates, times, timestamps, durations
-    ) and not pa.types.is_interval(kind)
-    if not plain or kind.bit_width not in (8, 16, 32, 64):
-        return None
-    return np.dtype(f"<u{kind.bit_width // 8}")
+    width = fixed_width(kind)
+    return None if width is None else np.dtype(f"<u{width}")
 
 
 def value_records(keys: pa.Array, values: pa.Table) -> Iterator[tuple[str, bytes]]:
@@ -318,12 +303,6 @@ def _python(column: pa.Array | pa.ChunkedArray) -> list[Any]:
         return values
     plain: list[Any] = column.to_pylist()
     return plain
-
-
-def _native(kind: pa.DataType) -> bool:
-    """Whether ``struct`` reads the type's values as Python gets them from Arrow."""
-    plain = pa.types.is_integer(kind) or pa.types.is_boolean(kind)
-    return bool(plain or (pa.types.is_floating(kind) and not pa.types.is_float16(kind)))
 
 
 def _signed(kind: pa.DataType) -> np.dtype:
