@@ -13,7 +13,7 @@ else
 JAVA_ENV = JAVA_HOME="$$($(PY) -m robusta.engine.spark.java)"
 endif
 
-.PHONY: help demo test test-fast lint pytest install dev java clean
+.PHONY: help demo test test-fast test-heavy lint pytest install dev java clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -53,9 +53,12 @@ lint: dev  ## ruff + mypy --strict
 PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=25
 
 pytest: dev
-	$(JAVA_ENV) $(PYTEST)
+	$(JAVA_ENV) $(PYTEST) -m "not heavy"
 
-test: lint pytest  ## lint, then the whole test suite
+test-heavy: lint  ## the cases that start a Spark cluster or Connect server of their own
+	$(JAVA_ENV) $(PYTEST) -m heavy
+
+test: lint pytest  ## lint, then the test suite (all but `make test-heavy`)
 
 test-fast: lint  ## lint, then the tests that need no JVM (the embedded engine and all pure layers)
 	$(PYTEST) -m "not spark"

@@ -15,7 +15,9 @@ its events are in the values. Latency = visible time - landing time (polled ever
 p50/p95 over the files after ``--warmup`` (the first micro-batches compile Spark code).
 
 ``--active-keys N`` sets how many keys the open day holds: the first file (not timed) adds
-one event of each of N users, and every later file's events are of users among them. A
+one event of each of N users, landed as files of at most 500,000 users that the stream
+takes a file a micro-batch (``maxFilesPerTrigger: 1``, for every file), and every later
+file's events are of users among them. A
 micro-batch must cost what it touches, not what the open day holds: per-batch time (each
 ``run_batch``) and the driver's resident memory before and after the timed files are printed
 per engine. ``--engines`` runs the stream on each engine in turn, each in a process of its
@@ -69,6 +71,9 @@ features:
 """
 
 
+FIRST_FILE_KEYS = 500_000
+
+
 def config(trigger: str, engine: str) -> str:
     return textwrap.dedent(f"""\
         project: freshness
@@ -78,6 +83,7 @@ def config(trigger: str, engine: str) -> str:
             format: parquet
             path: landing
             schema: "user_id STRING, amount DOUBLE, ts TIMESTAMP"
+            options: {{maxFilesPerTrigger: "1"}}
         entities:
           USER_ID: {{type: string}}
         streaming:
@@ -110,6 +116,16 @@ def file_events(
             "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
         }
     )
+
+
+def first_files(first: pa.Table, users: int) -> list[pa.Table]:
+    """The first file's events (one of every user, then the probe's and the ticks) as files
+    of at most :data:`FIRST_FILE_KEYS` users, the probe and the ticks in the last: a stream
+    catches up a file a micro-batch (``maxFilesPerTrigger``), and a batch's touched tiles
+    reach the Spark driver at once, which at 5M keys is more than its memory."""
+    starts = list(range(0, users, FIRST_FILE_KEYS)) or [0]
+    ends = [*starts[1:], first.num_rows]
+    return [first.slice(a, b - a) for a, b in zip(starts, ends, strict=True)]
 
 
 def land(folder: Path, table: pa.Table, name: str) -> None:
@@ -157,6 +173,10 @@ def main() -> None:
             f"{r['rss_before']:>16.0f}{r['rss_after']:>7.0f}{r['peak']:>7.0f}"
             f"{r['jvm_peak']:>10.0f}{r['anon_before']:>17.0f}{r['anon_after']:>7.0f}"
         )
+    for engine, r in results.items():
+        if r.get("phases"):
+            parts = ", ".join(f"{name} {ms:.0f}" for name, ms in sorted(r["phases"].items()))
+            print(f"{engine} micro-batch, median ms: {parts}")
     if batched:
         p50, p95, worst = percentiles(batched)
         print(f"{'materialize + upload':<30}{len(batched):>6}{p50:>8.2f}{p95:>8.2f}{worst:>8.2f}")
@@ -214,7 +234,8 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
         runner = threading.Thread(target=lambda: stream(workspace, stop=stop), daemon=True)
         # The first file starts the engine and fills the open day; it is not timed.
         first = file_events(0, args.events, args.active_keys, rng, every_user=True)
-        land(root / "landing", first, "f0000")
+        for j, part in enumerate(first_files(first, args.active_keys)):
+            land(root / "landing", part, f"f0000-{j:03d}")
         runner.start()
         deadline = time.perf_counter() + 1800
         while not (root / ".robusta" / "online" / "data.mdb").exists():
@@ -234,6 +255,7 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
             latencies.append(time.perf_counter() - landed)
             time.sleep(max(0.0, args.interval - (time.perf_counter() - landed)))
         rss_after, anon_after = rss_mib(), rss_mib("RssAnon")
+        phases = spark_phases(args.files) if engine == "spark" else {}
         stop.set()
         runner.join(timeout=120)
         return {
@@ -245,6 +267,7 @@ def stream_path(args: argparse.Namespace, engine: str) -> dict[str, Any]:
             "anon_after": anon_after,
             "peak": peak_driver_mib(),
             "jvm_peak": peak_jvm_mib() if engine == "spark" else 0.0,
+            "phases": phases,
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -278,6 +301,27 @@ def batch_path(args: argparse.Namespace) -> list[float]:
         return latencies
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def spark_phases(batches: int) -> dict[str, float]:
+    """Median ms of each part of the spec query's last ``batches`` micro-batches, from
+    Spark's own progress reports (``durationMs``, and the state operator's metrics)."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        return {}
+    query = next((q for q in spark.streams.active if (q.name or "").startswith("robusta_")), None)
+    if query is None:
+        return {}
+    samples: dict[str, list[float]] = {}
+    for progress in query.recentProgress[-2 * batches :]:
+        for name, ms in (progress.durationMs or {}).items():
+            samples.setdefault(name, []).append(float(ms))
+        for operator in progress.stateOperators or []:
+            for name in ("allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs"):
+                samples.setdefault(f"state.{name}", []).append(float(getattr(operator, name)))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def timed_files(latencies: list[float], warmup: int) -> list[float]:

@@ -111,17 +111,22 @@ class Connection:
 
 
 async def load(port: int, bodies: list[bytes], rate: float) -> tuple[list[float], int]:
-    """Open loop: request ``i`` is due at ``i / rate`` s; latency from that due time."""
+    """Open loop: request ``i`` is due at ``i / rate`` s; latency from that due time.
+
+    A thread paces the sends (``time.sleep``: tens of microseconds late at most) and hands
+    each to the event loop as it falls due; the loop's own timers wait in whole
+    milliseconds (epoll), which would add up to a millisecond of the generator's to every
+    request's latency."""
+    loop = asyncio.get_running_loop()
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(CONNECTIONS):
         pool.put_nowait(Connection(*await asyncio.open_connection("127.0.0.1", port)))
     latencies: list[float] = []
     failures = 0
-    started = time.perf_counter()
+    tasks: list[asyncio.Task[None]] = []
 
-    async def one(i: int, body: bytes) -> None:
+    async def one(body: bytes, due: float) -> None:
         nonlocal failures
-        due = started + i / rate
         connection = await pool.get()
         try:
             status = await connection.post(port, body)
@@ -130,12 +135,21 @@ async def load(port: int, bodies: list[bytes], rate: float) -> tuple[list[float]
         latencies.append(time.perf_counter() - due)
         failures += status != 200
 
-    tasks = []
-    for i, body in enumerate(bodies):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, body)))
+    def fire(body: bytes, due: float) -> None:
+        tasks.append(loop.create_task(one(body, due)))
+
+    def pace() -> None:
+        started = time.perf_counter()
+        for i, body in enumerate(bodies):
+            due = started + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            loop.call_soon_threadsafe(fire, body, due)
+
+    await asyncio.to_thread(pace)
+    while len(tasks) < len(bodies):  # the last sends handed over, not yet run
+        await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     while not pool.empty():
         pool.get_nowait().writer.close()

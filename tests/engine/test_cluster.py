@@ -51,7 +51,7 @@ from tests.services import S3, postgres_database, s3_server
 from tests.store.test_object_storage import local_warehouse_files, on_object_storage
 from tests.store.test_online_contract import online_config
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.heavy]
 WORKERS = 2
 BASE_PYTHON = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
 

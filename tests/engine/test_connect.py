@@ -88,6 +88,7 @@ def _through_connect(project: Project, url: str) -> None:
     project.reload()
 
 
+@pytest.mark.heavy
 def test_jobs_through_spark_connect_equal_the_embedded_engine(
     connect_server: str, tmp_path: Path
 ) -> None:
@@ -119,6 +120,7 @@ def test_jobs_through_spark_connect_equal_the_embedded_engine(
     assert_served_alike(remote, local, rows, features)
 
 
+@pytest.mark.heavy
 def test_a_stream_through_spark_connect_says_what_to_do(
     connect_server: str, tmp_path: Path
 ) -> None:

@@ -90,6 +90,7 @@ STATS_SCHEMA = pa.schema(
 PIECE_ROWS = 50_000  # tiles per value handed back (tens of MB at most)
 BULK_SHARE = 4  # read a map whole when the keys wanted are at least a quarter of it
 STATE_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+CHANGELOG_CHECKPOINTS = "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled"
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ class SparkQuery:
 
         from robusta.engine.spark.sources import read_stream
         from robusta.engine.spark.stream_state import (
+            CHANGELOG_CHECKPOINTS,
             STATE_PROVIDER,
             StateLayout,
             stateful_rows,
@@ -121,6 +122,9 @@ class SparkQuery:
             read_stream(spark, spec.config, name).createOrReplaceTempView(name)
         events = spark.sql(spec.plan.spec.query)
         spark.conf.set("spark.sql.streaming.stateStore.providerClass", STATE_PROVIDER)
+        # A commit writes the batch's changed entries, not a RocksDB snapshot of the state
+        # (its flush and files grew with the open keys); snapshots follow in the background.
+        spark.conf.set(CHANGELOG_CHECKPOINTS, "true")
         layout = StateLayout(
             spec.plan,
             to_arrow_schema(events.schema, timezone="UTC"),

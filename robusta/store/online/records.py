@@ -15,7 +15,6 @@ last-n lists are empty carried every offset of the batch: 240 KB for 300 bytes o
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from robusta.plan.assembly import levels
 from robusta.plan.key_assembly import BUCKET_START, LEVEL, record_schema
 from robusta.plan.keys import record_keys
 from robusta.plan.model import OutputFeature, TileGroup
+from robusta.store.online.schema_cache import by_schema_identity
 
 
 def tile_record_schema(group: TileGroup) -> pa.Schema:
@@ -64,8 +64,12 @@ def decode_rows(
     return (table if names is None else table.select(list(names))).combine_chunks()
 
 
-@functools.lru_cache(maxsize=256)
 def _schema_message(schema: pa.Schema) -> bytes:
+    return _schema_message_cached(schema, b"")
+
+
+@by_schema_identity
+def _schema_message_cached(schema: pa.Schema, _: bytes) -> bytes:
     return bytes(schema.serialize())
 
 

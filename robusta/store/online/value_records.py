@@ -16,7 +16,6 @@ other value in the IPC message) and bare IPC messages (which start with 0xFFFFFF
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from robusta.store.online.packed import (
     unpack_python,
 )
 from robusta.store.online.records import decode, decode_rows, encode, one_batch, own_slices
+from robusta.store.online.schema_cache import by_schema_identity
 
 MAGIC = b"RBV2"  # a packed record; an IPC message starts with 0xFFFFFFFF instead
 MAGIC_V1 = b"RBV1"  # written before texts and lists were packed: those in the IPC message
@@ -65,8 +65,12 @@ class _Layout:
         return int(self.dtype.itemsize)
 
 
-@functools.lru_cache(maxsize=256)
 def _layout(schema: pa.Schema, magic: bytes = MAGIC) -> _Layout:
+    return _layout_cached(schema, magic)
+
+
+@by_schema_identity
+def _layout_cached(schema: pa.Schema, magic: bytes) -> _Layout:
     """The layout of records of ``schema`` that start with ``magic`` (``MAGIC_V1``: no
     packed fields)."""
     fixed = []
