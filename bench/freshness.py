@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -72,6 +73,8 @@ features:
 
 
 FIRST_FILE_KEYS = 500_000
+# More Spark settings for the stream's session (e.g. `, spark.sql...: "false"`), to compare.
+SPARK_CONF = os.environ.get("FRESHNESS_SPARK_CONF", "")
 
 
 def config(trigger: str, engine: str) -> str:
@@ -90,7 +93,7 @@ def config(trigger: str, engine: str) -> str:
           checkpoint: checkpoints
           trigger: {trigger}
           watermark: 1s
-        spark: {{master: "local[2]", conf: {{spark.sql.shuffle.partitions: "2"}}}}
+        spark: {{master: "local[2]", conf: {{spark.sql.shuffle.partitions: "2"{SPARK_CONF}}}}}
         """)
 
 
@@ -308,7 +311,7 @@ def spark_phases(batches: int) -> dict[str, float]:
     Spark's own progress reports (``durationMs``, and the state operator's metrics)."""
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.getActiveSession()
+    spark = SparkSession._instantiatedSession  # the stream's thread made it: not active here
     if spark is None:
         return {}
     query = next((q for q in spark.streams.active if (q.name or "").startswith("robusta_")), None)

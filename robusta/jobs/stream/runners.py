@@ -124,7 +124,9 @@ class SparkQuery:
         spark.conf.set("spark.sql.streaming.stateStore.providerClass", STATE_PROVIDER)
         # A commit writes the batch's changed entries, not a RocksDB snapshot of the state
         # (its flush and files grew with the open keys); snapshots follow in the background.
-        spark.conf.set(CHANGELOG_CHECKPOINTS, "true")
+        # The project's spark.conf decides when it names the setting.
+        if CHANGELOG_CHECKPOINTS not in spec.config.spark.conf:
+            spark.conf.set(CHANGELOG_CHECKPOINTS, "true")
         layout = StateLayout(
             spec.plan,
             to_arrow_schema(events.schema, timezone="UTC"),
