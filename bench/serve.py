@@ -4,11 +4,11 @@ The lookup benchmark's project (``bench/lookup.py``; by default the retail log w
 spec of every operator and windows 1h to 90d and lifetime, materialized and uploaded) is
 served by ``robusta serve`` in a process of its own, once per ASGI stack compared (uvicorn
 with uvloop + httptools, the default, and with asyncio + h11). A bounded open-loop generator
-(asyncio, keep-alive connections) sends ``--rate`` requests/s of 1 random entity for
-``--seconds``; latency runs from each request's scheduled time to its complete answer, so a
-stall counts against every request it delays. Beside it, the same lookups in-process
-(``FeatureClient.get_features``), measured in the same run, each server's peak RSS and CPU
-per request (server, and the load generator's own).
+(asyncio, keep-alive connections, its sends paced by a thread) sends ``--rate`` requests/s
+of 1 random entity for ``--seconds``; latency runs from each request's scheduled time to its
+complete answer, so a stall counts against every request it delays. Beside it, the same
+lookups in-process (``FeatureClient.get_features``), measured in the same run, each server's
+peak RSS and CPU per request (server, and the load generator's own).
 
     .venv/bin/python bench/serve.py --rate 1000 --seconds 10
 """
