@@ -311,9 +311,7 @@ def spark_phases(batches: int) -> dict[str, float]:
     Spark's own progress reports (``durationMs``, and the state operator's metrics)."""
     from pyspark.sql import SparkSession
 
-    spark = SparkSession._instantiatedSession  # the stream's thread made it: not active here
-    if spark is None:
-        return {}
+    spark = SparkSession.builder.getOrCreate()  # the stream's session (made in its thread)
     query = next((q for q in spark.streams.active if (q.name or "").startswith("robusta_")), None)
     if query is None:
         return {}

@@ -64,12 +64,8 @@ def decode_rows(
     return (table if names is None else table.select(list(names))).combine_chunks()
 
 
-def _schema_message(schema: pa.Schema) -> bytes:
-    return _schema_message_cached(schema, b"")
-
-
 @by_schema_identity
-def _schema_message_cached(schema: pa.Schema, _: bytes) -> bytes:
+def _schema_message(schema: pa.Schema) -> bytes:
     return bytes(schema.serialize())
 
 

@@ -10,8 +10,8 @@ through the equality-keyed cache behind, so equal schemas still share one entry.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -19,23 +19,23 @@ T = TypeVar("T")
 _MAX_IDENTITIES = 1024
 
 
-def by_schema_identity(
-    compute: Callable[[pa.Schema, bytes], T],
-) -> Callable[[pa.Schema, bytes], T]:
-    """``compute(schema, tag)`` cached by equality, with an identity-keyed front."""
+def by_schema_identity(compute: Callable[..., T]) -> Callable[..., T]:
+    """``compute(schema, *more)`` cached by equality, with a front keyed by the schema's
+    identity (and ``more``, hashable values)."""
     by_equality = functools.lru_cache(maxsize=256)(compute)
     # The entry holds the schema itself, so its id cannot be reused while it is cached.
-    seen: dict[tuple[int, bytes], tuple[pa.Schema, T]] = {}
+    seen: dict[tuple[Any, ...], tuple[pa.Schema, T]] = {}
 
     @functools.wraps(compute)
-    def cached(schema: pa.Schema, tag: bytes) -> T:
-        hit = seen.get((id(schema), tag))
+    def cached(schema: pa.Schema, *more: Hashable) -> T:
+        key = (id(schema), *more)
+        hit = seen.get(key)
         if hit is not None and hit[0] is schema:
             return hit[1]
-        value = by_equality(schema, tag)
+        value = by_equality(schema, *more)
         if len(seen) >= _MAX_IDENTITIES:
             seen.clear()
-        seen[(id(schema), tag)] = (schema, value)
+        seen[key] = (schema, value)
         return value
 
     return cached

@@ -65,12 +65,8 @@ class _Layout:
         return int(self.dtype.itemsize)
 
 
-def _layout(schema: pa.Schema, magic: bytes = MAGIC) -> _Layout:
-    return _layout_cached(schema, magic)
-
-
 @by_schema_identity
-def _layout_cached(schema: pa.Schema, magic: bytes) -> _Layout:
+def _layout(schema: pa.Schema, magic: bytes = MAGIC) -> _Layout:
     """The layout of records of ``schema`` that start with ``magic`` (``MAGIC_V1``: no
     packed fields)."""
     fixed = []
