@@ -49,13 +49,15 @@ lint: dev  ## ruff + mypy --strict
 	$(VENV)/bin/mypy
 
 # Two workers (the machine's cores), each test file whole in one (its module fixtures: Spark
-# sessions, clusters, servers). Most files wait on JVMs and subprocesses half the time.
-PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=25
+# sessions, clusters, servers), taken in collection order: files marked long first
+# (tests/conftest.py), so no worker ends alone with one. A third worker is no faster: the
+# JVMs keep both cores busy.
+PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 pytest: dev
 	$(JAVA_ENV) $(PYTEST) -m "not heavy"
 
-test-heavy: lint  ## the cases that start a Spark cluster or Connect server of their own
+test-heavy: lint  ## the cases that start a Spark cluster, a Connect server or many JVMs
 	$(JAVA_ENV) $(PYTEST) -m heavy
 
 test: lint pytest  ## lint, then the test suite (all but `make test-heavy`)

@@ -3,12 +3,12 @@
 The lookup benchmark's project (``bench/lookup.py``; by default the retail log with the
 spec of every operator and windows 1h to 90d and lifetime, materialized and uploaded) is
 served by ``robusta serve`` in a process of its own, once per ASGI stack compared (uvicorn
-with uvloop + httptools, the default, and with asyncio + h11). A bounded open-loop generator
-(asyncio, keep-alive connections, its sends paced by a thread) sends ``--rate`` requests/s
-of 1 random entity for ``--seconds``; latency runs from each request's scheduled time to its
-complete answer, so a stall counts against every request it delays. Beside it, the same
-lookups in-process (``FeatureClient.get_features``), measured in the same run, each server's
-peak RSS and CPU per request (server, and the load generator's own).
+with uvloop + httptools, the default, and with asyncio + h11). A bounded open-loop
+generator (uvloop, a protocol per keep-alive connection, its sends paced by a thread) sends
+``--rate`` requests/s of 1 random entity for ``--seconds``; latency runs from each request's
+scheduled time to its complete answer, so a stall counts against every request it delays.
+Beside it, the same lookups in-process (``FeatureClient.get_features``), measured in the
+same run, each server's peak RSS and CPU per request (server, and the load generator's own).
 
     .venv/bin/python bench/serve.py --rate 1000 --seconds 10
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import random
@@ -26,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import uvloop
 from lookup import (
     PREFIX,
     REDIS_URL,
@@ -88,71 +91,106 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection: a request out, its answer read whole."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a request out, its whole answer read back, then
+    ``done(self, status)``. A protocol, not streams: a line-by-line reader costs the
+    generator more CPU than the server spends on a request, on the same two cores."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, done: Callable[[Connection, int], None]) -> None:
+        self.done = done
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
 
-    async def post(self, port: int, body: bytes) -> int:
-        head = (
-            f"POST /features HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None  # the server's keep-alive timeout, or its end
+
+    def send(self, request: bytes) -> None:
+        if self.transport is None:
+            raise RuntimeError("the server closed a connection the load generator needs")
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+        if len(self.buffer) < end + 4 + length:
+            return
+        del self.buffer[: end + 4 + length]
+        self.done(self, int(head[9:12]))
+
+
+def request_bytes(port: int, body: bytes) -> bytes:
+    head = (
+        f"POST /features HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 async def load(port: int, bodies: list[bytes], rate: float) -> tuple[list[float], int]:
-    """Open loop: request ``i`` is due at ``i / rate`` s; latency from that due time.
+    """Open loop: request ``i`` is due at ``i / rate`` s; latency from that due time to its
+    answer, read whole. A request finding every connection busy waits for the first free.
 
     A thread paces the sends (``time.sleep``: tens of microseconds late at most) and hands
     each to the event loop as it falls due; the loop's own timers wait in whole
     milliseconds (epoll), which would add up to a millisecond of the generator's to every
     request's latency."""
     loop = asyncio.get_running_loop()
-    pool: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(CONNECTIONS):
-        pool.put_nowait(Connection(*await asyncio.open_connection("127.0.0.1", port)))
+    requests = [request_bytes(port, body) for body in bodies]
     latencies: list[float] = []
     failures = 0
-    tasks: list[asyncio.Task[None]] = []
+    idle: collections.deque[Connection] = collections.deque()  # first in, first out: each
+    # connection is used in turn, so none idles past the server's keep-alive timeout
+    waiting: collections.deque[tuple[bytes, float]] = collections.deque()
+    due_of: dict[Connection, float] = {}
+    finished = loop.create_future()
 
-    async def one(body: bytes, due: float) -> None:
+    def done(connection: Connection, status: int) -> None:
         nonlocal failures
-        connection = await pool.get()
-        try:
-            status = await connection.post(port, body)
-        finally:
-            pool.put_nowait(connection)
-        latencies.append(time.perf_counter() - due)
+        latencies.append(time.perf_counter() - due_of.pop(connection))
         failures += status != 200
+        if waiting:
+            send(connection, *waiting.popleft())
+        else:
+            idle.append(connection)
+        if len(latencies) == len(requests) and not finished.done():
+            finished.set_result(None)
 
-    def fire(body: bytes, due: float) -> None:
-        tasks.append(loop.create_task(one(body, due)))
+    def send(connection: Connection, request: bytes, due: float) -> None:
+        due_of[connection] = due
+        connection.send(request)
+
+    def fire(request: bytes, due: float) -> None:
+        if idle:
+            send(idle.popleft(), request, due)
+        else:
+            waiting.append((request, due))
 
     def pace() -> None:
         started = time.perf_counter()
-        for i, body in enumerate(bodies):
+        for i, request in enumerate(requests):
             due = started + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            loop.call_soon_threadsafe(fire, body, due)
+            loop.call_soon_threadsafe(fire, request, due)
 
+    for _ in range(CONNECTIONS):
+        _, connection = await loop.create_connection(lambda: Connection(done), "127.0.0.1", port)
+        idle.append(connection)
+    connections = list(idle)
     await asyncio.to_thread(pace)
-    while len(tasks) < len(bodies):  # the last sends handed over, not yet run
-        await asyncio.sleep(0)
-    await asyncio.gather(*tasks)
-    while not pool.empty():
-        pool.get_nowait().writer.close()
+    await asyncio.wait_for(finished, timeout=60)
+    for connection in connections:
+        if connection.transport is not None:
+            connection.transport.close()
     return latencies, failures
 
 
@@ -213,10 +251,10 @@ def run(root: Path, args: argparse.Namespace, console: Console) -> None:
         port = free_port()
         server = start(root / "robusta.yaml", loop_kind, http, port)
         try:
-            asyncio.run(load(port, bodies[: min(500, count)], args.rate))  # warm up
+            uvloop.run(load(port, bodies[: min(500, count)], args.rate))  # warm up
             started, cpu = time.perf_counter(), cpu_seconds(server.pid)
             own = time.process_time()
-            latencies, failures = asyncio.run(load(port, bodies, args.rate))
+            latencies, failures = uvloop.run(load(port, bodies, args.rate))
             elapsed = time.perf_counter() - started
             server_us = (cpu_seconds(server.pid) - cpu) / len(bodies) * 1e6
             client_us = (time.process_time() - own) / len(bodies) * 1e6

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -59,8 +60,60 @@ _BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 
 _BAD_REQUEST = (BadRequestError, LookupRequestError, UnknownFeatureError, DerivedInputError)
 
 
+@dataclass(frozen=True)
+class Post:
+    """A lookup request as the server reads it: the headers it looks at, and the body (None:
+    larger than ``MAX_BODY_BYTES``)."""
+
+    content_type: str
+    accept: str
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    media_type: str = JSON
+
+
+class _Disconnected(Exception):
+    """The client went away before its request's body arrived."""
+
+
+def refusal(status: int, message: str) -> Answer:
+    return Answer(status, orjson.dumps({"error": message}))
+
+
 def error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status, media_type=JSON)
+
+
+async def read_post(scope: Scope, receive: Receive) -> Post:
+    """The request's content type, accepted types and body, straight from ASGI (the
+    server lowercases header names); a body over the limit is not read further."""
+    kind, accept, size = JSON, "", b""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            kind = value.decode("latin-1")
+        elif name == b"accept":
+            accept = value.decode("latin-1")
+        elif name == b"content-length":
+            size = value
+    if size.isdigit() and int(size) > MAX_BODY_BYTES:
+        return Post(kind, accept, None)
+    chunks, total = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            return Post(kind, accept, None)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return Post(kind, accept, b"".join(chunks))
 
 
 class _Metrics:
@@ -89,17 +142,17 @@ class FeatureServer:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="lookup")
         self.types = feature_types(client.plan)
         self.metrics = _Metrics()
-        # The lookups are answered straight from ASGI (``__call__``): Starlette's middleware
-        # and routing cost more than a one-key lookup. The routes stay for what the router
-        # answers itself (a GET of them gets its 405).
+        # The lookups are answered straight from ASGI (``__call__``): Starlette's middleware,
+        # routing, request and response objects cost more than a one-key lookup. Their
+        # routes stay for what the router answers itself (a GET of them gets its 405).
         self.lookups = {
             "/features": self._timed("/features", self.features),
             "/rank": self._timed("/rank", self.rank),
         }
         routes = [
-            Route("/features", self.lookups["/features"], methods=["POST"]),
-            Route("/rank", self.lookups["/rank"], methods=["POST"]),
-            Route("/health", self._timed("/health", self.health), methods=["GET"]),
+            Route("/features", self._answered_in_call, methods=["POST"]),
+            Route("/rank", self._answered_in_call, methods=["POST"]),
+            Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
@@ -109,67 +162,73 @@ class FeatureServer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI app: lookups go straight to their handler, the rest through Starlette."""
-        handler = None
+        lookup = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.lookups.get(scope["path"])
-        if handler is None:
+            lookup = self.lookups.get(scope["path"])
+        if lookup is None:
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
         try:
-            response = await handler(request)
+            answer = await lookup(await read_post(scope, receive))
+        except _Disconnected:
+            return
         except Exception as exc:
             _log.exception("%s %s failed", scope["method"], scope["path"])
-            response = await self._internal(request, exc)
-        await response(scope, receive, send)
+            answer = refusal(500, _internal_message(exc))
+        headers = [
+            (b"content-type", answer.media_type.encode()),
+            (b"content-length", str(len(answer.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _timed(
-        self, path: str, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+        self, path: str, handler: Callable[[Post], Awaitable[Answer]]
+    ) -> Callable[[Post], Awaitable[Answer]]:
         seconds = self.metrics.seconds.labels(path)  # label children bound once: µs per request
         counts: dict[int, Any] = {}
 
-        async def run(request: Request) -> Response:
+        async def run(post: Post) -> Answer:
             started = time.perf_counter()
-            response = await handler(request)
+            answer = await handler(post)
             seconds.observe(time.perf_counter() - started)
-            status = response.status_code
+            status = answer.status
             count = counts.get(status)
             if count is None:
                 count = counts[status] = self.metrics.requests.labels(path, str(status))
             count.inc()
-            return response
+            return answer
 
         return run
 
-    # ---- endpoints ----------------------------------------------------------------------
-    async def _json_body(self, request: Request) -> Any:
-        """The decoded JSON body, or the Response that refuses it."""
-        kind = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-        if kind != JSON:
-            return error(415, f"send the body as {JSON}, not {kind}")
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return error(413, f"the body is larger than {MAX_BODY_BYTES >> 20} MiB")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return error(413, f"the body is larger than {MAX_BODY_BYTES >> 20} MiB")
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return error(400, f"the body is not valid JSON: {exc}")
+    async def _answered_in_call(self, request: Request) -> Response:  # pragma: no cover
+        raise HTTPException(405)  # POSTs never reach the router (see ``__call__``)
 
-    async def features(self, request: Request) -> Response:
-        data = await self._json_body(request)
-        if isinstance(data, Response):
+    # ---- endpoints ----------------------------------------------------------------------
+    @staticmethod
+    def _json_body(post: Post) -> Any:
+        """The decoded JSON body, or the Answer that refuses it."""
+        kind = post.content_type.split(";")[0].strip().lower()
+        if kind != JSON:
+            return refusal(415, f"send the body as {JSON}, not {kind}")
+        if post.body is None:
+            return refusal(413, f"the body is larger than {MAX_BODY_BYTES >> 20} MiB")
+        try:
+            return orjson.loads(post.body)
+        except orjson.JSONDecodeError as exc:
+            return refusal(400, f"the body is not valid JSON: {exc}")
+
+    async def features(self, post: Post) -> Answer:
+        data = self._json_body(post)
+        if isinstance(data, Answer):
             return data
         try:
             body = parse_body(data)
         except BadRequestError as exc:
-            return error(400, str(exc))
+            return refusal(400, str(exc))
         self.metrics.entities.inc(len(body.entities))
 
         def lookup() -> list[FeatureVector]:
@@ -178,20 +237,20 @@ class FeatureServer:
             )
 
         vectors = await self._bounded(lookup)
-        if isinstance(vectors, Response):
+        if isinstance(vectors, Answer):
             return vectors
-        if ARROW_STREAM in request.headers.get("accept", ""):
-            return Response(arrow_answer(vectors, self.types), media_type=ARROW_STREAM)
-        return Response(orjson.dumps(json_answer(vectors)), media_type=JSON)
+        if ARROW_STREAM in post.accept:
+            return Answer(200, arrow_answer(vectors, self.types), ARROW_STREAM)
+        return Answer(200, orjson.dumps(json_answer(vectors)))
 
-    async def rank(self, request: Request) -> Response:
-        data = await self._json_body(request)
-        if isinstance(data, Response):
+    async def rank(self, post: Post) -> Answer:
+        data = self._json_body(post)
+        if isinstance(data, Answer):
             return data
         try:
             body = parse_rank_body(data)
         except BadRequestError as exc:
-            return error(400, str(exc))
+            return refusal(400, str(exc))
         self.metrics.entities.inc(len(body.items))
 
         def ranked() -> pa.Table:
@@ -205,11 +264,11 @@ class FeatureServer:
             )
 
         table = await self._bounded(ranked)
-        if isinstance(table, Response):
+        if isinstance(table, Answer):
             return table
-        if ARROW_STREAM in request.headers.get("accept", ""):
-            return Response(table_stream(table), media_type=ARROW_STREAM)
-        return Response(orjson.dumps(columns_answer(table)), media_type=JSON)
+        if ARROW_STREAM in post.accept:
+            return Answer(200, table_stream(table), ARROW_STREAM)
+        return Answer(200, orjson.dumps(columns_answer(table)))
 
     async def health(self, request: Request) -> Response:
         def states() -> dict[str, Any]:
@@ -223,10 +282,13 @@ class FeatureServer:
                 }
             return {"status": "ok", "specs": specs}
 
+        started = time.perf_counter()
         answer = await self._bounded(states)
-        if isinstance(answer, Response):
-            return answer
-        return Response(orjson.dumps(answer), media_type=JSON)
+        if not isinstance(answer, Answer):
+            answer = Answer(200, orjson.dumps(answer))
+        self.metrics.seconds.labels("/health").observe(time.perf_counter() - started)
+        self.metrics.requests.labels("/health", str(answer.status)).inc()
+        return Response(answer.body, answer.status, media_type=answer.media_type)
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type="text/plain")
@@ -237,7 +299,7 @@ class FeatureServer:
     # ---- errors -------------------------------------------------------------------------
     async def _bounded(self, work: Callable[[], Any]) -> Any:
         """``work()`` within the timeout (in the pool; on the loop for a local store, whose
-        reads cannot hang and take less than a thread handoff); a Response when it failed."""
+        reads cannot hang and take less than a thread handoff); an Answer when it failed."""
         loop = asyncio.get_running_loop()
         self.metrics.in_flight.inc()
         try:
@@ -245,13 +307,14 @@ class FeatureServer:
                 return work()
             return await asyncio.wait_for(loop.run_in_executor(self.pool, work), self.timeout)
         except TimeoutError:
-            return error(503, f"the online store did not answer within {self.timeout * 1000:g} ms")
+            waited = f"{self.timeout * 1000:g} ms"
+            return refusal(503, f"the online store did not answer within {waited}")
         except (OnlineStoreError, OnlineStateError) as exc:
-            return error(503, str(exc))
+            return refusal(503, str(exc))
         except UnknownFeatureError as exc:
-            return error(400, str(exc.args[0]) if exc.args else str(exc))
+            return refusal(400, str(exc.args[0]) if exc.args else str(exc))
         except (*_BAD_REQUEST, ValidationError) as exc:
-            return error(400, str(exc))
+            return refusal(400, str(exc))
         finally:
             self.metrics.in_flight.dec()
 
@@ -261,8 +324,12 @@ class FeatureServer:
         return error(status, f"{request.method} {request.url.path}: {detail}")
 
     async def _internal(self, request: Request, exc: Exception) -> Response:
-        # A bug, not the request: the type only (the log has the rest), never a stack trace.
-        return error(500, f"internal error: {type(exc).__name__}")
+        return error(500, _internal_message(exc))
+
+
+def _internal_message(exc: Exception) -> str:
+    # A bug, not the request: the type only (the log has the rest), never a stack trace.
+    return f"internal error: {type(exc).__name__}"
 
 
 class _OneSendTransport:

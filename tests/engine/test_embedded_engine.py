@@ -43,6 +43,8 @@ ADDED = (
     "group_by_selectors: {user_id: USER_ID}}\n"
 )
 
+pytestmark = pytest.mark.long
+
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:

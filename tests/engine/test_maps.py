@@ -42,6 +42,8 @@ from tests.engine.test_serving import Served, lookups, serving_project
 from tests.engine.test_tile_contract import FIXTURES, SIZES, batches, query_rows, spark_tiles
 from tests.store.test_online_contract import online_config
 
+pytestmark = pytest.mark.long
+
 MIN = 60_000_000
 BOUND = 3
 

@@ -36,7 +36,7 @@ from robusta.store.tiles import SpecChangedError, TileTables
 from robusta.testing.reference import reference_value
 from robusta.workspace import Workspace, load_workspace
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.long]
 
 FEATURES = [  # (name, op, input, params): every operator, keyed by user
     ("n_events", "count", None, None),

@@ -29,7 +29,7 @@ from tests.engine.test_backfill import reference_cases, training_rows
 from tests.engine.test_materialize import config_text
 from tests.store.test_online_contract import online_config
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.long]
 
 MIN = 60_000_000
 GMIN = 5 * MIN

@@ -19,6 +19,8 @@ from robusta.jobs.materialize import materialize
 from robusta.store.tiles import VERSION_PROPERTY, TileTables, coverage
 from tests.engine.test_materialize import Project, make_project
 
+pytestmark = pytest.mark.long
+
 EXACT = {"granularity", "bucket_start", "events", "n_events", "clicks", "dwell_min", "first_item"}
 EXACT |= {"last_device", "first_items", "last_items", "top_channels"}
 TABLE = "engagement__by_user_id"

@@ -1,6 +1,7 @@
 """`robusta stream` killed with SIGKILL at every phase of a batch and at a random time, on
 both engines: nothing lost, nothing doubled (docs/streaming.md, "Guarantees"). A file of its
-own: its Spark case runs for minutes, and test files are what the test workers share out.
+own: its Spark case runs for minutes (six JVMs), and test files are what the test workers
+share out. The Spark case is ``heavy`` (`make test-heavy`): `make test` runs the embedded one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from robusta.demo.datagen import GeneratorConfig, generate_events
 from robusta.jobs.stream import FAULT_ENV, stream_status
 from robusta.spec.durations import floor_to, from_micros
 from robusta.workspace import Workspace
+from tests.conftest import started_engine
 from tests.engine.test_streaming import (
     GMIN,
     MIN,
@@ -31,6 +34,16 @@ from tests.engine.test_streaming import (
     land,
     streaming_project,
 )
+
+pytestmark = pytest.mark.long
+
+
+@pytest.fixture(
+    scope="module",
+    params=["embedded", pytest.param("spark", marks=[pytest.mark.spark, pytest.mark.heavy])],
+)
+def engine(request: pytest.FixtureRequest) -> str:
+    return started_engine(request)
 
 KILL_WINDOW = {"spark": (6.0, 14.0), "embedded": (0.8, 3.0)}  # seconds after start
 KILL_CONFIG = """\

@@ -43,6 +43,8 @@ from tests.engine.test_materialize import (
 )
 from tests.store.test_online_contract import online_config
 
+pytestmark = pytest.mark.long
+
 MIN = 60_000_000
 GMIN = 5 * MIN
 DAY = 1440 * MIN
