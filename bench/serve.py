@@ -100,6 +100,7 @@ class Connection(asyncio.Protocol):
         self.done = done
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.due = 0.0  # when the request in flight was due
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -107,9 +108,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None  # the server's keep-alive timeout, or its end
 
-    def send(self, request: bytes) -> None:
+    def send(self, request: bytes, due: float) -> None:
         if self.transport is None:
             raise RuntimeError("the server closed a connection the load generator needs")
+        self.due = due
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
@@ -149,27 +151,22 @@ async def load(port: int, bodies: list[bytes], rate: float) -> tuple[list[float]
     idle: collections.deque[Connection] = collections.deque()  # first in, first out: each
     # connection is used in turn, so none idles past the server's keep-alive timeout
     waiting: collections.deque[tuple[bytes, float]] = collections.deque()
-    due_of: dict[Connection, float] = {}
     finished = loop.create_future()
 
     def done(connection: Connection, status: int) -> None:
         nonlocal failures
-        latencies.append(time.perf_counter() - due_of.pop(connection))
+        latencies.append(time.perf_counter() - connection.due)
         failures += status != 200
         if waiting:
-            send(connection, *waiting.popleft())
+            connection.send(*waiting.popleft())
         else:
             idle.append(connection)
         if len(latencies) == len(requests) and not finished.done():
             finished.set_result(None)
 
-    def send(connection: Connection, request: bytes, due: float) -> None:
-        due_of[connection] = due
-        connection.send(request)
-
     def fire(request: bytes, due: float) -> None:
         if idle:
-            send(idle.popleft(), request, due)
+            idle.popleft().send(request, due)
         else:
             waiting.append((request, due))
 

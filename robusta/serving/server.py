@@ -85,8 +85,13 @@ def refusal(status: int, message: str) -> Answer:
     return Answer(status, orjson.dumps({"error": message}))
 
 
+def response(answer: Answer) -> Response:
+    """An Answer as Starlette's Response (for the routes Starlette serves)."""
+    return Response(answer.body, answer.status, media_type=answer.media_type)
+
+
 def error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status, media_type=JSON)
+    return response(refusal(status, message))
 
 
 async def read_post(scope: Scope, receive: Receive) -> Post:
@@ -149,6 +154,7 @@ class FeatureServer:
             "/features": self._timed("/features", self.features),
             "/rank": self._timed("/rank", self.rank),
         }
+        self._health = self._timed("/health", self._states)
         routes = [
             Route("/features", self._answered_in_call, methods=["POST"]),
             Route("/rank", self._answered_in_call, methods=["POST"]),
@@ -186,14 +192,14 @@ class FeatureServer:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _timed(
-        self, path: str, handler: Callable[[Post], Awaitable[Answer]]
-    ) -> Callable[[Post], Awaitable[Answer]]:
+        self, path: str, handler: Callable[..., Awaitable[Answer]]
+    ) -> Callable[..., Awaitable[Answer]]:
         seconds = self.metrics.seconds.labels(path)  # label children bound once: µs per request
         counts: dict[int, Any] = {}
 
-        async def run(post: Post) -> Answer:
+        async def run(*args: Any) -> Answer:
             started = time.perf_counter()
-            answer = await handler(post)
+            answer = await handler(*args)
             seconds.observe(time.perf_counter() - started)
             status = answer.status
             count = counts.get(status)
@@ -271,6 +277,9 @@ class FeatureServer:
         return Answer(200, orjson.dumps(columns_answer(table)))
 
     async def health(self, request: Request) -> Response:
+        return response(await self._health())
+
+    async def _states(self) -> Answer:
         def states() -> dict[str, Any]:
             specs = {}
             for spec in self.client.plan.specs:
@@ -282,13 +291,8 @@ class FeatureServer:
                 }
             return {"status": "ok", "specs": specs}
 
-        started = time.perf_counter()
         answer = await self._bounded(states)
-        if not isinstance(answer, Answer):
-            answer = Answer(200, orjson.dumps(answer))
-        self.metrics.seconds.labels("/health").observe(time.perf_counter() - started)
-        self.metrics.requests.labels("/health", str(answer.status)).inc()
-        return Response(answer.body, answer.status, media_type=answer.media_type)
+        return answer if isinstance(answer, Answer) else Answer(200, orjson.dumps(answer))
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type="text/plain")

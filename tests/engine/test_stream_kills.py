@@ -45,6 +45,7 @@ pytestmark = pytest.mark.long
 def engine(request: pytest.FixtureRequest) -> str:
     return started_engine(request)
 
+
 KILL_WINDOW = {"spark": (6.0, 14.0), "embedded": (0.8, 3.0)}  # seconds after start
 KILL_CONFIG = """\
   sources:
